@@ -1,0 +1,19 @@
+//! `sov-core` is layer 0 of sov: the small vocabulary every other crate speaks.
+//!
+//! - [`Did`]: a `did:key` naming an Ed25519 public key (multicodec `0xed01`, base58btc).
+//! - [`ContentId`]: a CIDv1 with a BLAKE3-256 multihash, for raw and DAG-CBOR blocks.
+//! - [`Signed`]: canonical DAG-CBOR bytes of a message, a domain tag naming its type and
+//!   version, the signer's DID and a strictly verified Ed25519 signature.
+//! - [`dagcbor`]: deterministic (canonical) DAG-CBOR encoding and a decoder that rejects
+//!   anything non-canonical, so a block's bytes and its CID are a function of its value.
+//!
+//! Nothing here does I/O, reads a clock or draws randomness: callers pass those in.
+
+mod cid;
+pub mod dagcbor;
+mod did;
+mod signed;
+
+pub use cid::{CidError, Codec, ContentId};
+pub use did::{Did, DidError};
+pub use signed::{Message, SignError, Signed, Signer};

@@ -1,0 +1,15 @@
+//! `sov-identity` is layer 1 of sov: who a node is.
+//!
+//! - [`Keypair`]: the node's Ed25519 key; its name is a `did:key`; the X25519 key for key
+//!   agreement is derived from it as the did:key method specifies (Ed25519 → Montgomery).
+//! - [`DidDocument`]: the W3C DID document derived from a DID (never stored).
+//! - [`keystore`]: `$SOV_HOME/identity.key`, mode 0600, optionally sealed with a passphrase
+//!   (Argon2id + XChaCha20-Poly1305).
+
+mod document;
+mod keypair;
+pub mod keystore;
+
+pub use document::{DidDocument, VerificationMethod, key_agreement_multibase};
+pub use keypair::{Keypair, key_agreement_public};
+pub use sov_core::{Did, DidError};
