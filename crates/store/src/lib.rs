@@ -1,1 +1,104 @@
-//! placeholder
+//! `sov-store` is a layer-2 crate of sov: the node's encrypted, content-addressed object store.
+//!
+//! ```text
+//!   file ──FastCDC──▶ chunks ──seal (convergent key)──▶ raw blocks   (CID = BLAKE3 of ciphertext)
+//!                                 │
+//!                 chunk keys, name, media type, size, hash ──seal (random object key)──▶ meta
+//!                                 │
+//!   manifest {owner, created, chunks, meta} ──sign──▶ DAG-CBOR block; its CID is the object id
+//!   grant {object, reader, wrapped object key} ──sign──▶ DAG-CBOR block, one per reader
+//! ```
+//!
+//! Every block is verified against its CID when read, even from our own disk; plaintext
+//! exists only in memory. On disk (redb, one file): `blocks` (CID → bytes), `objects`,
+//! `grants` (object → grant CIDs), `refs` (CID → how many objects use the block) and
+//! `pending` (adds in progress, so a crash mid-add is cleaned up at the next open).
+//! An object becomes visible in one final transaction, so a process killed during `add`
+//! leaves no half-visible object. CAR v1 export/import moves objects to other nodes and to
+//! IPFS tooling; import verifies everything before it commits anything.
+
+pub mod car;
+mod crypto;
+pub mod manifest;
+mod store;
+
+use std::path::PathBuf;
+
+pub use car::CarError;
+use sov_core::{ContentId, Did};
+pub use store::{AddOptions, Added, ObjectInfo, ObjectMeta, Store};
+
+/// Largest block (chunk ciphertext or manifest) sov writes or accepts: 1 MiB, the block
+/// size IPFS implementations accept without special flags.
+pub const MAX_BLOCK: usize = 1 << 20;
+
+/// The store's file name inside the node's home.
+pub const DB_FILE: &str = "store.redb";
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No such object here.
+    #[error("object {0} is not in this store")]
+    NotFound(ContentId),
+    /// The object is here, but no grant lets this node read it.
+    #[error(
+        "{reader} has no read grant for object {object}: its owner must run `sov data grant {object} {reader}`"
+    )]
+    NoGrant {
+        /// the object
+        object: ContentId,
+        /// this node
+        reader: Did,
+    },
+    /// Only the owner of an object can grant access to it.
+    #[error("only the owner ({owner}) can grant access to object {object}")]
+    NotOwner {
+        /// the object
+        object: ContentId,
+        /// its owner
+        owner: Did,
+    },
+    /// Stored bytes fail verification.
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    /// A manifest or grant is not valid.
+    #[error("invalid object: {0}")]
+    Invalid(String),
+    /// A CAR file is malformed or fails verification.
+    #[error("invalid CAR: {0}")]
+    Car(#[from] CarError),
+    /// The object exceeds what one manifest can describe.
+    #[error("object too large: {0}")]
+    TooLarge(String),
+    /// Another process holds the database.
+    #[error("the store {0} is in use by another sov process (is a node running?)")]
+    InUse(PathBuf),
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(String),
+    /// Reading input or writing output failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The store's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+macro_rules! db_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_errors!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);

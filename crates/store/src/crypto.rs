@@ -1,0 +1,226 @@
+//! The store's cryptography, in one room.
+//!
+//! - **Chunks** are sealed with XChaCha20-Poly1305 under a *convergent* key: the keyed BLAKE3
+//!   hash of the chunk under the node's secret convergence key. The same chunk added twice by
+//!   this node gives the same block, so an edited file re-uses its unchanged chunks; another
+//!   node (with another convergence secret) cannot confirm guesses about the content (the
+//!   Tahoe-LAFS "convergence secret"). A block is `nonce (24) ‖ ciphertext ‖ tag (16)`.
+//! - The **object key** is random per object; it seals the object's metadata, which carries
+//!   the chunk keys. Whoever holds the object key can read the object, nobody else.
+//! - A **grant** wraps the object key for one reader's X25519 key: ephemeral X25519 →
+//!   HKDF-SHA256 → XChaCha20-Poly1305, bound to the object id and the reader's DID.
+
+use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce, aead::AeadInOut};
+use hkdf::Hkdf;
+use rand::Rng as _;
+use sha2::Sha256;
+use sov_core::{ContentId, Did};
+use sov_identity::{Keypair, key_agreement_public};
+use zeroize::Zeroizing;
+
+/// A 32-byte symmetric key, zeroised on drop.
+pub type Key = Zeroizing<[u8; 32]>;
+
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+/// Bytes a sealed block adds to its plaintext.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+/// Decryption or unwrapping failed: wrong key or altered bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unauthentic;
+
+/// A fresh random key.
+pub fn random_key() -> Key {
+    let mut k = Zeroizing::new([0u8; 32]);
+    rand::rng().fill_bytes(k.as_mut());
+    k
+}
+
+/// The convergent key of a chunk for a node whose convergence secret is `secret`.
+pub fn chunk_key(secret: &[u8; 32], plaintext: &[u8]) -> Key {
+    Zeroizing::new(*blake3::keyed_hash(secret, plaintext).as_bytes())
+}
+
+/// Seal one chunk into a block. The nonce is derived from the key: a convergent key is
+/// already unique to its content, so the same chunk always gives the same block.
+pub fn seal_chunk(key: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&blake3::keyed_hash(key, b"sov/chunk-nonce/1").as_bytes()[..NONCE_LEN]);
+    seal_with_nonce(key, nonce, plaintext, b"sov/chunk/1")
+}
+
+/// Open a block sealed by [`seal_chunk`].
+pub fn open_chunk(key: &[u8; 32], block: &[u8]) -> Result<Vec<u8>, Unauthentic> {
+    open(key, block, b"sov/chunk/1")
+}
+
+/// Seal small data (metadata) under a random nonce.
+pub fn seal(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rng().fill_bytes(&mut nonce);
+    seal_with_nonce(key, nonce, plaintext, aad)
+}
+
+fn seal_with_nonce(
+    key: &[u8; 32],
+    nonce: [u8; NONCE_LEN],
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let tag = XChaCha20Poly1305::new(&(*key).into())
+        .encrypt_inout_detached(&XNonce::from(nonce), aad, (&mut out[NONCE_LEN..]).into())
+        .expect("XChaCha20-Poly1305 encrypts any length sov produces");
+    out.extend_from_slice(&tag);
+    out
+}
+
+/// Open `nonce ‖ ciphertext ‖ tag`.
+pub fn open(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, Unauthentic> {
+    if sealed.len() < SEAL_OVERHEAD {
+        return Err(Unauthentic);
+    }
+    let (nonce, rest) = sealed.split_at(NONCE_LEN);
+    let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let nonce = XNonce::try_from(nonce).map_err(|_| Unauthentic)?;
+    let tag = Tag::try_from(tag).map_err(|_| Unauthentic)?;
+    let mut out = body.to_vec();
+    XChaCha20Poly1305::new(&(*key).into())
+        .decrypt_inout_detached(&nonce, aad, out.as_mut_slice().into(), &tag)
+        .map_err(|_| Unauthentic)?;
+    Ok(out)
+}
+
+/// The object key wrapped for one reader.
+pub struct Wrapped {
+    /// The ephemeral X25519 public key.
+    pub ephemeral: [u8; 32],
+    /// `nonce ‖ AEAD(object key) ‖ tag`.
+    pub sealed: Vec<u8>,
+}
+
+/// Wrap `object_key` for `reader`, bound to `object`.
+pub fn wrap_key(object_key: &[u8; 32], object: &ContentId, reader: &Did) -> Wrapped {
+    let reader_pub = key_agreement_public(reader);
+    let eph = x25519_dalek::StaticSecret::random_from_rng(&mut rand::rng());
+    let eph_pub = x25519_dalek::PublicKey::from(&eph);
+    let shared = eph.diffie_hellman(&reader_pub);
+    let kek = derive_wrap_key(
+        shared.as_bytes(),
+        eph_pub.as_bytes(),
+        reader_pub.as_bytes(),
+        object,
+    );
+    Wrapped {
+        ephemeral: eph_pub.to_bytes(),
+        sealed: seal(&kek, object_key, &wrap_aad(object, reader)),
+    }
+}
+
+/// Unwrap an object key wrapped for `me`.
+pub fn unwrap_key(
+    me: &Keypair,
+    object: &ContentId,
+    ephemeral: &[u8; 32],
+    sealed: &[u8],
+) -> Result<Key, Unauthentic> {
+    let my_pub = key_agreement_public(&me.did());
+    let shared = me
+        .x25519_secret()
+        .diffie_hellman(&x25519_dalek::PublicKey::from(*ephemeral));
+    // A low-order ephemeral key would make the shared secret predictable.
+    if !shared.was_contributory() {
+        return Err(Unauthentic);
+    }
+    let kek = derive_wrap_key(shared.as_bytes(), ephemeral, my_pub.as_bytes(), object);
+    let key = Zeroizing::new(open(&kek, sealed, &wrap_aad(object, &me.did()))?);
+    let key: [u8; 32] = key.as_slice().try_into().map_err(|_| Unauthentic)?;
+    Ok(Zeroizing::new(key))
+}
+
+fn derive_wrap_key(
+    shared: &[u8; 32],
+    eph: &[u8; 32],
+    reader: &[u8; 32],
+    object: &ContentId,
+) -> Key {
+    let mut salt = [0u8; 64];
+    salt[..32].copy_from_slice(eph);
+    salt[32..].copy_from_slice(reader);
+    let mut info = b"sov/grant/1\0".to_vec();
+    info.extend_from_slice(&object.to_bytes());
+    let mut kek = Zeroizing::new([0u8; 32]);
+    Hkdf::<Sha256>::new(Some(&salt), shared)
+        .expand(&info, kek.as_mut())
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    kek
+}
+
+fn wrap_aad(object: &ContentId, reader: &Did) -> Vec<u8> {
+    let mut aad = object.to_bytes();
+    aad.extend_from_slice(reader.to_string().as_bytes());
+    aad
+}
+
+/// Decrypt with a plain AEAD call (used by tests to cross-check the in-place path).
+#[cfg(test)]
+fn open_simple(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+    use chacha20poly1305::aead::{Aead, Payload};
+    let nonce = XNonce::try_from(&sealed[..NONCE_LEN]).ok()?;
+    XChaCha20Poly1305::new(&(*key).into())
+        .decrypt(
+            &nonce,
+            Payload {
+                msg: &sealed[NONCE_LEN..],
+                aad,
+            },
+        )
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn chunk_round_trip_and_convergence(data in proptest::collection::vec(any::<u8>(), 0..2048), secret in any::<[u8; 32]>()) {
+            let k = chunk_key(&secret, &data);
+            let block = seal_chunk(&k, &data);
+            prop_assert_eq!(block.len(), data.len() + SEAL_OVERHEAD);
+            prop_assert_eq!(&seal_chunk(&chunk_key(&secret, &data), &data), &block);
+            prop_assert_eq!(open_chunk(&k, &block).unwrap(), data.clone());
+            prop_assert_eq!(open_simple(&k, &block, b"sov/chunk/1").unwrap(), data);
+        }
+
+        #[test]
+        fn altered_block_is_unauthentic(data in proptest::collection::vec(any::<u8>(), 1..256), bit in any::<usize>()) {
+            let k = random_key();
+            let mut block = seal_chunk(&k, &data);
+            let bit = bit % (block.len() * 8);
+            block[bit / 8] ^= 1 << (bit % 8);
+            prop_assert_eq!(open_chunk(&k, &block), Err(Unauthentic));
+        }
+    }
+
+    #[test]
+    fn wrapped_key_opens_only_for_its_reader_and_object() {
+        let (alice, bob) = (Keypair::generate(), Keypair::generate());
+        let object = ContentId::of(sov_core::Codec::DagCbor, b"manifest");
+        let other = ContentId::of(sov_core::Codec::DagCbor, b"another");
+        let key = random_key();
+        let w = wrap_key(&key, &object, &bob.did());
+        assert_eq!(
+            *unwrap_key(&bob, &object, &w.ephemeral, &w.sealed).unwrap(),
+            *key
+        );
+        assert!(unwrap_key(&alice, &object, &w.ephemeral, &w.sealed).is_err());
+        assert!(unwrap_key(&bob, &other, &w.ephemeral, &w.sealed).is_err());
+        assert!(unwrap_key(&bob, &object, &[0u8; 32], &w.sealed).is_err());
+    }
+}

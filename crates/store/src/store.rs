@@ -1,0 +1,922 @@
+//! [`Store`]: objects in a redb file, encrypted, verified on every read.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::{Read, Write},
+    path::{Path, PathBuf},
+};
+
+use rayon::prelude::*;
+use redb::{
+    Database, Durability, MultimapTableDefinition, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
+use serde_bytes::ByteBuf;
+use sov_core::{Codec, ContentId, Did, Signed, dagcbor};
+use sov_identity::Keypair;
+use zeroize::Zeroizing;
+
+use crate::{
+    Error, MAX_BLOCK, Result,
+    car::{self, CarReader},
+    crypto::{self, Key},
+    manifest::{ChunkRef, Grant, META_AAD, Manifest, Meta},
+};
+
+const BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blocks");
+/// object id → bytes the object's distinct blocks take.
+const OBJECTS: TableDefinition<&[u8], u64> = TableDefinition::new("objects");
+const GRANTS: MultimapTableDefinition<&[u8], &[u8]> = MultimapTableDefinition::new("grants");
+const REFS: TableDefinition<&[u8], u64> = TableDefinition::new("refs");
+/// add in progress → its start time; blocks of an add that never finished are collected.
+const PENDING: TableDefinition<u64, u64> = TableDefinition::new("pending");
+
+/// Content-defined chunking: at least 256 KiB, about 512 KiB, at most what keeps a sealed
+/// block within [`MAX_BLOCK`].
+const CHUNK_MIN: usize = 256 * 1024;
+const CHUNK_AVG: usize = 512 * 1024;
+const CHUNK_MAX: usize = MAX_BLOCK - crypto::SEAL_OVERHEAD;
+/// Plaintext gathered before a batch is sealed in parallel and written.
+const BATCH_BYTES: usize = 32 * 1024 * 1024;
+
+/// Context strings for secrets derived from the identity seed.
+const CONVERGENCE_CONTEXT: &str = "sov store 2026-11 convergence secret v1";
+const GEAR_CONTEXT: &str = "sov store 2026-11 chunker gear seed v1";
+
+/// Options for [`Store::add`].
+#[derive(Debug, Clone)]
+pub struct AddOptions {
+    /// The name readers see.
+    pub name: String,
+    /// The media type.
+    pub media_type: String,
+    /// Creation time, seconds since the Unix epoch (the store reads no clock).
+    pub created: u64,
+}
+
+/// What [`Store::add`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Added {
+    /// The new object's id.
+    pub id: ContentId,
+    /// Plaintext bytes.
+    pub size: u64,
+    /// Chunks in the object.
+    pub chunks: usize,
+    /// Chunks that were not already stored (the rest were re-used).
+    pub new_chunks: usize,
+}
+
+/// What this node knows about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The object id.
+    pub id: ContentId,
+    /// Its owner.
+    pub owner: Did,
+    /// Creation time (Unix seconds), as the owner signed it.
+    pub created: u64,
+    /// Number of chunks.
+    pub chunks: usize,
+    /// Bytes of its blocks (ciphertext).
+    pub stored_bytes: u64,
+    /// Name, media type, size and hash, if this node can read the object.
+    pub meta: Option<ObjectMeta>,
+}
+
+/// The sealed part of an object, as a reader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The name.
+    pub name: String,
+    /// The media type.
+    pub media_type: String,
+    /// Plaintext length.
+    pub size: u64,
+    /// BLAKE3 of the plaintext.
+    pub hash: [u8; 32],
+}
+
+/// The node's object store. Methods take `&self`; redb serialises writers.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    me: Keypair,
+    convergence: Zeroizing<[u8; 32]>,
+    gear_seed: u64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("me", &self.me.did())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Open (or create) the store at `path` for the node `me`.
+    pub fn open(path: &Path, me: Keypair) -> Result<Self> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse(path.to_owned()),
+            e => Error::Db(format!("{}: {e}", path.display())),
+        })?;
+        let w = db.begin_write()?;
+        {
+            w.open_table(BLOCKS)?;
+            w.open_table(OBJECTS)?;
+            w.open_multimap_table(GRANTS)?;
+            w.open_table(REFS)?;
+            w.open_table(PENDING)?;
+        }
+        w.commit()?;
+        let convergence = me.derive_secret(CONVERGENCE_CONTEXT);
+        let gear = me.derive_secret(GEAR_CONTEXT);
+        let gear_seed = u64::from_le_bytes(gear[..8].try_into().expect("8 bytes"));
+        let store = Self {
+            db,
+            path: path.to_owned(),
+            me,
+            convergence,
+            gear_seed,
+        };
+        store.collect_unfinished()?;
+        Ok(store)
+    }
+
+    /// The identity this store reads and signs as.
+    pub fn identity(&self) -> &Keypair {
+        &self.me
+    }
+
+    /// Remove the blocks of adds that never finished (the process died mid-add).
+    fn collect_unfinished(&self) -> Result<()> {
+        let r = self.db.begin_read()?;
+        if r.open_table(PENDING)?.is_empty()? {
+            return Ok(());
+        }
+        drop(r);
+        let w = self.db.begin_write()?;
+        {
+            let refs = w.open_table(REFS)?;
+            let mut blocks = w.open_table(BLOCKS)?;
+            let mut orphans = Vec::new();
+            for entry in blocks.iter()? {
+                let (k, _) = entry?;
+                if refs.get(k.value())?.is_none() {
+                    orphans.push(k.value().to_vec());
+                }
+            }
+            for k in orphans {
+                blocks.remove(k.as_slice())?;
+            }
+            w.open_table(PENDING)?.retain(|_, _| false)?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Add the bytes of `input` as a new object owned by this node. `progress` is called with
+    /// the number of plaintext bytes processed so far.
+    pub fn add(
+        &self,
+        mut input: impl Read,
+        opts: AddOptions,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Added> {
+        let ticket = rand_u64();
+        let mut w = self.db.begin_write()?;
+        w.open_table(PENDING)?.insert(ticket, opts.created)?;
+        w.set_durability(Durability::None)?;
+        w.commit()?;
+
+        let chunker = fastcdc::v2020::StreamCDC::with_level_and_seed(
+            &mut input,
+            CHUNK_MIN,
+            CHUNK_AVG,
+            CHUNK_MAX,
+            fastcdc::v2020::Normalization::Level1,
+            self.gear_seed,
+        );
+        let mut hasher = blake3::Hasher::new();
+        let mut chunks: Vec<ChunkRef> = Vec::new();
+        let mut keys: Vec<Key> = Vec::new();
+        let mut new_chunks = 0usize;
+        let mut size = 0u64;
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut batch_bytes = 0usize;
+        let mut chunker = chunker.peekable();
+        loop {
+            let next = chunker.next();
+            let done = next.is_none();
+            if let Some(chunk) = next {
+                let chunk = chunk.map_err(|e| match e {
+                    fastcdc::v2020::Error::IoError(e) => Error::Io(e),
+                    e => Error::Io(std::io::Error::other(e.to_string())),
+                })?;
+                batch_bytes += chunk.data.len();
+                batch.push(chunk.data);
+            }
+            if batch_bytes >= BATCH_BYTES || (done && !batch.is_empty()) {
+                let sealed = self.seal_batch(&batch, &mut hasher);
+                let mut w = self.db.begin_write()?;
+                w.set_durability(Durability::None)?;
+                {
+                    let mut blocks = w.open_table(BLOCKS)?;
+                    for (key, cid, block) in sealed {
+                        if blocks.get(cid.to_bytes().as_slice())?.is_none() {
+                            blocks.insert(cid.to_bytes().as_slice(), block.as_slice())?;
+                            new_chunks += 1;
+                        }
+                        chunks.push(ChunkRef {
+                            cid,
+                            size: block.len() as u64,
+                        });
+                        keys.push(key);
+                    }
+                }
+                w.commit()?;
+                size += batch_bytes as u64;
+                progress(size);
+                batch.clear();
+                batch_bytes = 0;
+            }
+            if done {
+                break;
+            }
+        }
+
+        let object_key = crypto::random_key();
+        let meta = Meta {
+            name: opts.name,
+            media_type: opts.media_type,
+            size,
+            hash: ByteBuf::from(hasher.finalize().as_bytes().to_vec()),
+            keys: keys.iter().map(|k| ByteBuf::from(k.to_vec())).collect(),
+        };
+        let meta_bytes = Zeroizing::new(dagcbor::to_vec(&meta).map_err(invalid)?);
+        let manifest = Manifest {
+            version: 1,
+            owner: self.me.did(),
+            created: opts.created,
+            chunks,
+            meta: ByteBuf::from(crypto::seal(&object_key, &meta_bytes, META_AAD)),
+        };
+        let manifest = Signed::sign(manifest, &self.me)
+            .and_then(|s| s.encode())
+            .map_err(invalid)?;
+        if manifest.len() > MAX_BLOCK {
+            return Err(Error::TooLarge(format!(
+                "{} chunks need a {} byte manifest; the limit is {MAX_BLOCK}",
+                meta.keys.len(),
+                manifest.len()
+            )));
+        }
+        let id = ContentId::of(Codec::DagCbor, &manifest);
+        let (grant_id, grant) = self.make_grant(&id, &object_key, &self.me.did())?;
+        let decoded = decode_manifest(&id, &manifest)?;
+
+        let w = self.db.begin_write()?;
+        {
+            {
+                let mut blocks = w.open_table(BLOCKS)?;
+                blocks.insert(id.to_bytes().as_slice(), manifest.as_slice())?;
+                blocks.insert(grant_id.to_bytes().as_slice(), grant.as_slice())?;
+            }
+            let stored = add_refs(&w, &id, &decoded, &[grant_id])?;
+            w.open_table(OBJECTS)?
+                .insert(id.to_bytes().as_slice(), stored)?;
+            w.open_multimap_table(GRANTS)?
+                .insert(id.to_bytes().as_slice(), grant_id.to_bytes().as_slice())?;
+            w.open_table(PENDING)?.remove(ticket)?;
+        }
+        w.commit()?;
+        Ok(Added {
+            id,
+            size,
+            chunks: meta.keys.len(),
+            new_chunks,
+        })
+    }
+
+    /// Seal a batch of chunks on all cores; hash the plaintext on the side.
+    fn seal_batch(
+        &self,
+        batch: &[Vec<u8>],
+        hasher: &mut blake3::Hasher,
+    ) -> Vec<(Key, ContentId, Vec<u8>)> {
+        let secret = &self.convergence;
+        let (sealed, ()) = rayon::join(
+            || {
+                batch
+                    .par_iter()
+                    .map(|plain| {
+                        let key = crypto::chunk_key(secret, plain);
+                        let block = crypto::seal_chunk(&key, plain);
+                        let cid = ContentId::of(Codec::Raw, &block);
+                        (key, cid, block)
+                    })
+                    .collect::<Vec<_>>()
+            },
+            || {
+                for plain in batch {
+                    hasher.update(plain);
+                }
+            },
+        );
+        sealed
+    }
+
+    fn make_grant(
+        &self,
+        object: &ContentId,
+        object_key: &[u8; 32],
+        reader: &Did,
+    ) -> Result<(ContentId, Vec<u8>)> {
+        let w = crypto::wrap_key(object_key, object, reader);
+        let grant = Grant {
+            object: *object,
+            reader: *reader,
+            ephemeral: ByteBuf::from(w.ephemeral.to_vec()),
+            wrapped: ByteBuf::from(w.sealed),
+        };
+        let bytes = Signed::sign(grant, &self.me)
+            .and_then(|s| s.encode())
+            .map_err(invalid)?;
+        Ok((ContentId::of(Codec::DagCbor, &bytes), bytes))
+    }
+
+    /// Read the object `id` and write its plaintext to `out`, chunk by chunk. Every block is
+    /// checked against its CID and decrypted (authenticated) before any of its bytes are
+    /// written; the whole plaintext hash is checked at the end, and a mismatch is an error.
+    pub fn get(&self, id: &ContentId, out: &mut dyn Write) -> Result<ObjectInfo> {
+        let r = self.db.begin_read()?;
+        let blocks = r.open_table(BLOCKS)?;
+        let manifest = self.manifest(&blocks, id)?;
+        let key = self.object_key(&r, id, &manifest)?;
+        let meta = open_meta(&key, &manifest)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut written = 0u64;
+        let mut start = 0;
+        while start < manifest.chunks.len() {
+            // Read about BATCH_BYTES of blocks, then open them in parallel.
+            let mut end = start;
+            let mut bytes = 0u64;
+            while end < manifest.chunks.len() && bytes < BATCH_BYTES as u64 {
+                bytes += manifest.chunks[end].size;
+                end += 1;
+            }
+            let sealed = (start..end)
+                .map(|i| read_block(&blocks, &manifest.chunks[i].cid))
+                .collect::<Result<Vec<_>>>()?;
+            let plain = sealed
+                .par_iter()
+                .zip(&meta.keys[start..end])
+                .zip(&manifest.chunks[start..end])
+                .map(|((block, key), chunk)| {
+                    let key: &[u8; 32] = key.as_slice().try_into().map_err(|_| {
+                        Error::Invalid(format!("object {id}: chunk key is not 32 bytes"))
+                    })?;
+                    crypto::open_chunk(key, block).map_err(|_| {
+                        Error::Corrupt(format!(
+                            "chunk {} of object {id} does not decrypt",
+                            chunk.cid
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for p in &plain {
+                hasher.update(p);
+                written += p.len() as u64;
+                if written > meta.size {
+                    return Err(Error::Corrupt(format!(
+                        "object {id} is longer than recorded"
+                    )));
+                }
+                out.write_all(p)?;
+            }
+            start = end;
+        }
+        out.flush()?;
+        if written != meta.size || hasher.finalize().as_bytes() != meta.hash.as_slice() {
+            return Err(Error::Corrupt(format!(
+                "object {id}: plaintext does not match its recorded length and hash"
+            )));
+        }
+        Ok(info(id, &manifest, total_size(&manifest), Some(&meta)))
+    }
+
+    /// What this node knows about `id`.
+    pub fn info(&self, id: &ContentId) -> Result<ObjectInfo> {
+        let r = self.db.begin_read()?;
+        let stored = r
+            .open_table(OBJECTS)?
+            .get(id.to_bytes().as_slice())?
+            .map(|v| v.value())
+            .ok_or(Error::NotFound(*id))?;
+        let blocks = r.open_table(BLOCKS)?;
+        let manifest = self.manifest(&blocks, id)?;
+        let meta = match self.object_key(&r, id, &manifest) {
+            Ok(key) => Some(open_meta(&key, &manifest)?),
+            Err(Error::NoGrant { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(info(id, &manifest, stored, meta.as_ref()))
+    }
+
+    /// Every object in the store, oldest first.
+    pub fn list(&self) -> Result<Vec<ObjectInfo>> {
+        let ids: Vec<ContentId> = {
+            let r = self.db.begin_read()?;
+            let objects = r.open_table(OBJECTS)?;
+            let mut ids = Vec::new();
+            for entry in objects.iter()? {
+                let (k, _) = entry?;
+                ids.push(
+                    ContentId::from_bytes(k.value())
+                        .map_err(|e| Error::Corrupt(format!("object key: {e}")))?,
+                );
+            }
+            ids
+        };
+        let mut all = ids
+            .iter()
+            .map(|id| self.info(id))
+            .collect::<Result<Vec<_>>>()?;
+        all.sort_by(|a, b| (a.created, a.id).cmp(&(b.created, b.id)));
+        Ok(all)
+    }
+
+    /// How many blocks the store holds, and their total size in bytes.
+    pub fn block_stats(&self) -> Result<(u64, u64)> {
+        let r = self.db.begin_read()?;
+        let blocks = r.open_table(BLOCKS)?;
+        let mut n = 0;
+        let mut bytes = 0;
+        for entry in blocks.iter()? {
+            let (_, v) = entry?;
+            n += 1;
+            bytes += v.value().len() as u64;
+        }
+        Ok((n, bytes))
+    }
+
+    /// Whether the object is stored here.
+    pub fn contains(&self, id: &ContentId) -> Result<bool> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(OBJECTS)?
+            .get(id.to_bytes().as_slice())?
+            .is_some())
+    }
+
+    /// Let `reader` read object `id`: wraps the object key for their X25519 key. Only the
+    /// owner can grant. Granting twice to the same reader returns the existing grant.
+    pub fn grant(&self, id: &ContentId, reader: &Did) -> Result<ContentId> {
+        let r = self.db.begin_read()?;
+        let blocks = r.open_table(BLOCKS)?;
+        let manifest = self.manifest(&blocks, id)?;
+        if manifest.owner != self.me.did() {
+            return Err(Error::NotOwner {
+                object: *id,
+                owner: manifest.owner,
+            });
+        }
+        if let Some((gid, _)) = self
+            .grants(&r, id, &manifest)?
+            .into_iter()
+            .find(|(_, g)| g.reader == *reader)
+        {
+            return Ok(gid);
+        }
+        let key = self.object_key(&r, id, &manifest)?;
+        drop((blocks, r));
+        let (gid, bytes) = self.make_grant(id, &key, reader)?;
+        let w = self.db.begin_write()?;
+        {
+            w.open_table(BLOCKS)?
+                .insert(gid.to_bytes().as_slice(), bytes.as_slice())?;
+            w.open_multimap_table(GRANTS)?
+                .insert(id.to_bytes().as_slice(), gid.to_bytes().as_slice())?;
+            bump_ref(&w, &gid, 1)?;
+            let mut objects = w.open_table(OBJECTS)?;
+            let stored = objects
+                .get(id.to_bytes().as_slice())?
+                .map(|v| v.value())
+                .ok_or(Error::NotFound(*id))?;
+            objects.insert(id.to_bytes().as_slice(), stored + bytes.len() as u64)?;
+        }
+        w.commit()?;
+        Ok(gid)
+    }
+
+    /// The readers granted access to `id` (the owner included).
+    pub fn readers(&self, id: &ContentId) -> Result<Vec<Did>> {
+        let r = self.db.begin_read()?;
+        let manifest = self.manifest(&r.open_table(BLOCKS)?, id)?;
+        Ok(self
+            .grants(&r, id, &manifest)?
+            .into_iter()
+            .map(|(_, g)| g.reader)
+            .collect())
+    }
+
+    /// Remove object `id` and every block no other object uses.
+    pub fn remove(&self, id: &ContentId) -> Result<()> {
+        let w = self.db.begin_write()?;
+        {
+            let key = id.to_bytes();
+            if w.open_table(OBJECTS)?.remove(key.as_slice())?.is_none() {
+                return Err(Error::NotFound(*id));
+            }
+            let manifest = {
+                let blocks = w.open_table(BLOCKS)?;
+                self.manifest(&blocks, id)?
+            };
+            let grant_ids: Vec<Vec<u8>> = {
+                let mut grants = w.open_multimap_table(GRANTS)?;
+                let mut ids = Vec::new();
+                for g in grants.remove_all(key.as_slice())? {
+                    ids.push(g?.value().to_vec());
+                }
+                ids
+            };
+            let mut used: HashSet<Vec<u8>> =
+                manifest.chunks.iter().map(|c| c.cid.to_bytes()).collect();
+            used.insert(key);
+            used.extend(grant_ids);
+            let mut refs = w.open_table(REFS)?;
+            let mut blocks = w.open_table(BLOCKS)?;
+            for cid in used {
+                let n = refs.get(cid.as_slice())?.map(|v| v.value()).unwrap_or(0);
+                if n <= 1 {
+                    refs.remove(cid.as_slice())?;
+                    blocks.remove(cid.as_slice())?;
+                } else {
+                    refs.insert(cid.as_slice(), n - 1)?;
+                }
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Write object `id` as a CAR v1 file: manifest, grants, then each distinct chunk once.
+    /// Every block is verified against its CID on the way out.
+    pub fn export_car(&self, id: &ContentId, out: &mut dyn Write) -> Result<()> {
+        let r = self.db.begin_read()?;
+        let blocks = r.open_table(BLOCKS)?;
+        let manifest = self.manifest(&blocks, id)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+        car::write_header(&mut out, id)?;
+        car::write_block(&mut out, id, &read_block(&blocks, id)?)?;
+        for (gid, _) in self.grants(&r, id, &manifest)? {
+            car::write_block(&mut out, &gid, &read_block(&blocks, &gid)?)?;
+        }
+        let mut seen = HashSet::new();
+        for chunk in &manifest.chunks {
+            if seen.insert(chunk.cid) {
+                car::write_block(&mut out, &chunk.cid, &read_block(&blocks, &chunk.cid)?)?;
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    /// Import an object from a CAR v1 stream: its root must be a manifest, every other block
+    /// one of its chunks or a grant signed by its owner, each block must match its CID and
+    /// every chunk must be present. All of it is checked inside one write transaction that
+    /// is committed only if everything holds: a bad CAR leaves nothing behind.
+    pub fn import_car(&self, input: impl Read) -> Result<ContentId> {
+        let mut reader = CarReader::new(std::io::BufReader::with_capacity(1 << 20, input))?;
+        let [root] = reader.roots() else {
+            return Err(Error::Invalid("a sov CAR has exactly one root".into()));
+        };
+        let root = *root;
+        if root.codec() != Codec::DagCbor {
+            return Err(Error::Invalid(format!("root {root} is not a manifest")));
+        }
+        let w = self.db.begin_write()?;
+        match self.import_into(&w, root, &mut reader) {
+            Ok(()) => {
+                w.commit()?;
+                Ok(root)
+            }
+            Err(e) => {
+                w.abort()?;
+                Err(e)
+            }
+        }
+    }
+
+    fn import_into<R: Read>(
+        &self,
+        w: &WriteTransaction,
+        root: ContentId,
+        reader: &mut CarReader<R>,
+    ) -> Result<()> {
+        let mut structured: HashMap<ContentId, Vec<u8>> = HashMap::new();
+        let mut raw_seen: HashSet<ContentId> = HashSet::new();
+        {
+            let mut blocks = w.open_table(BLOCKS)?;
+            while let Some((cid, data)) = reader.next_block()? {
+                match cid.codec() {
+                    Codec::DagCbor => {
+                        if data.len() > MAX_BLOCK {
+                            return Err(Error::Invalid(format!("block {cid} exceeds 1 MiB")));
+                        }
+                        if structured.len() >= 4096 {
+                            return Err(Error::Invalid("too many grant blocks".into()));
+                        }
+                        structured.insert(cid, data);
+                    }
+                    Codec::Raw => {
+                        if raw_seen.insert(cid) && blocks.get(cid.to_bytes().as_slice())?.is_none()
+                        {
+                            blocks.insert(cid.to_bytes().as_slice(), data.as_slice())?;
+                        }
+                    }
+                }
+            }
+        }
+        let manifest_bytes = structured
+            .remove(&root)
+            .ok_or_else(|| Error::Invalid(format!("CAR does not contain its root {root}")))?;
+        let manifest = decode_manifest(&root, &manifest_bytes)?;
+        let wanted: HashSet<ContentId> = manifest.chunks.iter().map(|c| c.cid).collect();
+        if let Some(extra) = raw_seen.difference(&wanted).next() {
+            return Err(Error::Invalid(format!(
+                "CAR holds block {extra}, which object {root} does not use"
+            )));
+        }
+        {
+            let blocks = w.open_table(BLOCKS)?;
+            for c in &manifest.chunks {
+                match blocks.get(c.cid.to_bytes().as_slice())? {
+                    Some(b) if b.value().len() as u64 == c.size => {}
+                    Some(_) => {
+                        return Err(Error::Invalid(format!(
+                            "chunk {} has another size than the manifest says",
+                            c.cid
+                        )));
+                    }
+                    None => {
+                        return Err(Error::Invalid(format!(
+                            "CAR lacks chunk {} of object {root}",
+                            c.cid
+                        )));
+                    }
+                }
+            }
+        }
+        let mut grants = Vec::new();
+        for (gid, bytes) in structured {
+            check_grant(&root, &manifest, &gid, &bytes)?;
+            grants.push((gid, bytes));
+        }
+        let is_new = w
+            .open_table(OBJECTS)?
+            .get(root.to_bytes().as_slice())?
+            .is_none();
+        let mut new_grants = Vec::new();
+        {
+            let mut blocks = w.open_table(BLOCKS)?;
+            let mut grant_table = w.open_multimap_table(GRANTS)?;
+            if is_new {
+                blocks.insert(root.to_bytes().as_slice(), manifest_bytes.as_slice())?;
+            }
+            for (gid, bytes) in &grants {
+                if grant_table.insert(root.to_bytes().as_slice(), gid.to_bytes().as_slice())? {
+                    continue; // already had it
+                }
+                blocks.insert(gid.to_bytes().as_slice(), bytes.as_slice())?;
+                new_grants.push(*gid);
+            }
+        }
+        if is_new {
+            let stored = add_refs(w, &root, &manifest, &new_grants)?;
+            w.open_table(OBJECTS)?
+                .insert(root.to_bytes().as_slice(), stored)?;
+        } else {
+            for g in &new_grants {
+                bump_ref(w, g, 1)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The verified manifest of `id`.
+    fn manifest(
+        &self,
+        blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        id: &ContentId,
+    ) -> Result<Manifest> {
+        let bytes = match blocks.get(id.to_bytes().as_slice())? {
+            Some(b) => b.value().to_vec(),
+            None => return Err(Error::NotFound(*id)),
+        };
+        if !id.matches(&bytes) {
+            return Err(Error::Corrupt(format!(
+                "manifest {id} does not match its id"
+            )));
+        }
+        decode_manifest(id, &bytes)
+    }
+
+    /// The object's verified grants.
+    fn grants(
+        &self,
+        r: &redb::ReadTransaction,
+        id: &ContentId,
+        manifest: &Manifest,
+    ) -> Result<Vec<(ContentId, Grant)>> {
+        let table = r.open_multimap_table(GRANTS)?;
+        let blocks = r.open_table(BLOCKS)?;
+        let mut out = Vec::new();
+        for gid in table.get(id.to_bytes().as_slice())? {
+            let gid = ContentId::from_bytes(gid?.value())
+                .map_err(|e| Error::Corrupt(format!("grant id: {e}")))?;
+            let bytes = read_block(&blocks, &gid)?;
+            out.push((gid, check_grant(id, manifest, &gid, &bytes)?));
+        }
+        Ok(out)
+    }
+
+    /// The object key, unwrapped from this node's grant.
+    fn object_key(
+        &self,
+        r: &redb::ReadTransaction,
+        id: &ContentId,
+        manifest: &Manifest,
+    ) -> Result<Key> {
+        let me = self.me.did();
+        for (_, g) in self.grants(r, id, manifest)? {
+            if g.reader != me {
+                continue;
+            }
+            let eph: [u8; 32] = g
+                .ephemeral
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::Invalid("grant ephemeral key is not 32 bytes".into()))?;
+            return crypto::unwrap_key(&self.me, id, &eph, &g.wrapped).map_err(|_| {
+                Error::Invalid(format!("the grant of object {id} to {me} does not open"))
+            });
+        }
+        Err(Error::NoGrant {
+            object: *id,
+            reader: me,
+        })
+    }
+}
+
+/// Decode and verify a manifest block: a valid signature by the owner it names.
+fn decode_manifest(id: &ContentId, bytes: &[u8]) -> Result<Manifest> {
+    let signed = Signed::<Manifest>::decode(bytes)
+        .map_err(|e| Error::Invalid(format!("manifest {id}: {e}")))?;
+    let manifest = signed.body();
+    if signed.signer() != manifest.owner {
+        return Err(Error::Invalid(format!(
+            "manifest {id} is signed by {}, not its owner {}",
+            signed.signer(),
+            manifest.owner
+        )));
+    }
+    if manifest.version != 1 {
+        return Err(Error::Invalid(format!(
+            "manifest {id} has version {}",
+            manifest.version
+        )));
+    }
+    if let Some(c) = manifest
+        .chunks
+        .iter()
+        .find(|c| c.cid.codec() != Codec::Raw || c.size > MAX_BLOCK as u64)
+    {
+        return Err(Error::Invalid(format!(
+            "manifest {id}: bad chunk {}",
+            c.cid
+        )));
+    }
+    Ok(signed.into_body())
+}
+
+/// Decode and verify a grant block of object `id`.
+fn check_grant(
+    id: &ContentId,
+    manifest: &Manifest,
+    gid: &ContentId,
+    bytes: &[u8],
+) -> Result<Grant> {
+    let signed =
+        Signed::<Grant>::decode(bytes).map_err(|e| Error::Invalid(format!("grant {gid}: {e}")))?;
+    if signed.signer() != manifest.owner {
+        return Err(Error::Invalid(format!(
+            "grant {gid} is signed by {}, not the owner of {id}",
+            signed.signer()
+        )));
+    }
+    if signed.body().object != *id {
+        return Err(Error::Invalid(format!("grant {gid} is for another object")));
+    }
+    Ok(signed.into_body())
+}
+
+fn open_meta(key: &[u8; 32], manifest: &Manifest) -> Result<Meta> {
+    let plain = Zeroizing::new(
+        crypto::open(key, &manifest.meta, META_AAD)
+            .map_err(|_| Error::Invalid("object metadata does not decrypt".into()))?,
+    );
+    let meta: Meta =
+        dagcbor::from_slice(&plain).map_err(|e| Error::Invalid(format!("object metadata: {e}")))?;
+    if meta.keys.len() != manifest.chunks.len() || meta.hash.len() != 32 {
+        return Err(Error::Invalid(
+            "object metadata does not match its chunk list".into(),
+        ));
+    }
+    Ok(meta)
+}
+
+fn info(id: &ContentId, manifest: &Manifest, stored: u64, meta: Option<&Meta>) -> ObjectInfo {
+    ObjectInfo {
+        id: *id,
+        owner: manifest.owner,
+        created: manifest.created,
+        chunks: manifest.chunks.len(),
+        stored_bytes: stored,
+        meta: meta.map(|m| ObjectMeta {
+            name: m.name.clone(),
+            media_type: m.media_type.clone(),
+            size: m.size,
+            hash: m.hash.as_slice().try_into().unwrap_or([0; 32]),
+        }),
+    }
+}
+
+fn total_size(manifest: &Manifest) -> u64 {
+    let distinct: HashMap<ContentId, u64> =
+        manifest.chunks.iter().map(|c| (c.cid, c.size)).collect();
+    distinct.values().sum()
+}
+
+/// Read a block and check it against its CID.
+fn read_block(
+    blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    cid: &ContentId,
+) -> Result<Vec<u8>> {
+    let bytes = blocks
+        .get(cid.to_bytes().as_slice())?
+        .ok_or_else(|| Error::Corrupt(format!("block {cid} is missing")))?
+        .value()
+        .to_vec();
+    if !cid.matches(&bytes) {
+        return Err(Error::Corrupt(format!(
+            "block {cid} does not match its CID"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Count one more use of each distinct block of a new object; returns the bytes they take.
+fn add_refs(
+    w: &WriteTransaction,
+    id: &ContentId,
+    manifest: &Manifest,
+    grants: &[ContentId],
+) -> Result<u64> {
+    let mut distinct: HashMap<ContentId, u64> = HashMap::new();
+    for c in &manifest.chunks {
+        distinct.insert(c.cid, c.size);
+    }
+    distinct.insert(*id, 0);
+    for g in grants {
+        distinct.insert(*g, 0);
+    }
+    let blocks = w.open_table(BLOCKS)?;
+    let mut stored = 0;
+    for cid in distinct.keys() {
+        bump_ref(w, cid, 1)?;
+        stored += blocks
+            .get(cid.to_bytes().as_slice())?
+            .map(|b| b.value().len() as u64)
+            .unwrap_or(0);
+    }
+    Ok(stored)
+}
+
+fn bump_ref(w: &WriteTransaction, cid: &ContentId, by: u64) -> Result<()> {
+    let mut refs = w.open_table(REFS)?;
+    let key = cid.to_bytes();
+    let n = refs.get(key.as_slice())?.map(|v| v.value()).unwrap_or(0);
+    refs.insert(key.as_slice(), n + by)?;
+    Ok(())
+}
+
+fn invalid(e: impl std::fmt::Display) -> Error {
+    Error::Invalid(e.to_string())
+}
+
+fn rand_u64() -> u64 {
+    use rand::Rng as _;
+    rand::rng().next_u64()
+}

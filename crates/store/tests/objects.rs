@@ -1,0 +1,227 @@
+//! The store end to end: add/get, chunk re-use, grants, CAR export/import, bad CARs,
+//! interrupted adds and removal.
+
+use std::io::{self, Read};
+
+use rand::{Rng as _, RngExt as _, SeedableRng as _, rngs::StdRng};
+use sov_identity::Keypair;
+use sov_store::{AddOptions, Error, Store};
+use tempfile::TempDir;
+
+fn node() -> (TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store.redb"), Keypair::generate()).unwrap();
+    (dir, store)
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+fn opts(name: &str) -> AddOptions {
+    AddOptions {
+        name: name.into(),
+        media_type: "application/octet-stream".into(),
+        created: 1_790_000_000,
+    }
+}
+
+fn add(store: &Store, data: &[u8], name: &str) -> sov_store::Added {
+    store.add(data, opts(name), &mut |_| {}).unwrap()
+}
+
+fn get(store: &Store, id: &sov_core::ContentId) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    store.get(id, &mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn round_trips_small_empty_and_multi_chunk_objects() {
+    let (_d, store) = node();
+    for (i, len) in [0usize, 1, 1000, 3 * 1024 * 1024 + 17]
+        .into_iter()
+        .enumerate()
+    {
+        let data = random_bytes(len, i as u64);
+        let added = add(&store, &data, "f");
+        assert_eq!(added.size, len as u64);
+        assert_eq!(get(&store, &added.id).unwrap(), data);
+        let info = store.info(&added.id).unwrap();
+        let meta = info.meta.unwrap();
+        assert_eq!((meta.name.as_str(), meta.size), ("f", len as u64));
+        assert_eq!(info.owner, store.identity().did());
+    }
+    assert!(add(&store, &random_bytes(3 << 20, 9), "big").chunks >= 3);
+    assert_eq!(store.list().unwrap().len(), 5);
+}
+
+#[test]
+fn an_edited_file_reuses_its_unchanged_chunks() {
+    let (_d, store) = node();
+    let mut data = random_bytes(8 << 20, 1);
+    let first = add(&store, &data, "v1");
+    data[4 << 20] ^= 0xff;
+    let second = add(&store, &data, "v2");
+    assert_ne!(first.id, second.id);
+    assert!(first.chunks >= 8, "{first:?}");
+    assert!(
+        second.new_chunks <= 2,
+        "an edit in one place re-chunked {} of {} chunks",
+        second.new_chunks,
+        second.chunks
+    );
+    assert_eq!(get(&store, &second.id).unwrap(), data);
+}
+
+#[test]
+fn grant_export_import_between_nodes() {
+    let (_a, alice) = node();
+    let (_b, bob) = node();
+    let (_c, carol) = node();
+    let data = random_bytes(2 << 20, 7);
+    let id = add(&alice, &data, "shared.bin").id;
+    alice.grant(&id, &bob.identity().did()).unwrap();
+    // Granting twice is idempotent.
+    alice.grant(&id, &bob.identity().did()).unwrap();
+    assert_eq!(alice.readers(&id).unwrap().len(), 2);
+
+    let mut car = Vec::new();
+    alice.export_car(&id, &mut car).unwrap();
+    assert_eq!(bob.import_car(&car[..]).unwrap(), id);
+    assert_eq!(get(&bob, &id).unwrap(), data);
+    assert_eq!(bob.info(&id).unwrap().meta.unwrap().name, "shared.bin");
+
+    // Carol can hold the blocks but not read them.
+    assert_eq!(carol.import_car(&car[..]).unwrap(), id);
+    assert!(matches!(get(&carol, &id), Err(Error::NoGrant { .. })));
+    assert!(carol.info(&id).unwrap().meta.is_none());
+    // Bob cannot grant Alice's object onward.
+    assert!(matches!(
+        bob.grant(&id, &carol.identity().did()),
+        Err(Error::NotOwner { .. })
+    ));
+    // A later grant reaches Carol through a second import of the same object.
+    alice.grant(&id, &carol.identity().did()).unwrap();
+    let mut car2 = Vec::new();
+    alice.export_car(&id, &mut car2).unwrap();
+    carol.import_car(&car2[..]).unwrap();
+    assert_eq!(get(&carol, &id).unwrap(), data);
+}
+
+#[test]
+fn a_car_with_any_flipped_byte_is_refused_and_leaves_nothing() {
+    let (_a, alice) = node();
+    let id = add(&alice, &random_bytes(600 * 1024, 3), "x").id;
+    let mut car = Vec::new();
+    alice.export_car(&id, &mut car).unwrap();
+    let mut rng = StdRng::seed_from_u64(11);
+    // The header, the manifest frame, and random places in the chunk frames.
+    let mut positions: Vec<usize> = (0..200).collect();
+    positions.extend((0..40).map(|_| rng.random_range(0..car.len())));
+    positions.push(car.len() - 1);
+    for pos in positions {
+        let mut bad = car.clone();
+        bad[pos] ^= 0x01 << (pos % 8);
+        let (_b, bob) = node();
+        let result = bob.import_car(&bad[..]);
+        assert!(result.is_err(), "flip at {pos} was accepted");
+        assert_eq!(
+            bob.block_stats().unwrap(),
+            (0, 0),
+            "flip at {pos} left blocks"
+        );
+        assert!(bob.list().unwrap().is_empty());
+    }
+    // Truncated CARs too.
+    for len in [0, 1, 10, car.len() / 2, car.len() - 1] {
+        let (_b, bob) = node();
+        assert!(bob.import_car(&car[..len]).is_err());
+        assert_eq!(bob.block_stats().unwrap(), (0, 0));
+    }
+}
+
+#[test]
+fn a_car_with_a_foreign_block_is_refused() {
+    let (_a, alice) = node();
+    let first = add(&alice, b"one object", "1").id;
+    let second = add(&alice, b"another object", "2").id;
+    let mut car = Vec::new();
+    alice.export_car(&first, &mut car).unwrap();
+    let mut other = Vec::new();
+    alice.export_car(&second, &mut other).unwrap();
+    // Append the other object's frames (skip its header) to the first CAR.
+    let header_len = other[0] as usize + 1;
+    car.extend_from_slice(&other[header_len..]);
+    let (_b, bob) = node();
+    assert!(bob.import_car(&car[..]).is_err());
+    assert_eq!(bob.block_stats().unwrap(), (0, 0));
+}
+
+/// A reader that fails after `limit` bytes, like a process dying mid-add.
+struct FailAfter<R> {
+    inner: R,
+    left: usize,
+}
+
+impl<R: Read> Read for FailAfter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other("simulated crash"));
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..n])?;
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn an_interrupted_add_leaves_no_object_and_is_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let key = Keypair::generate();
+    let data = random_bytes(40 << 20, 5);
+    {
+        let store = Store::open(&path, key.clone()).unwrap();
+        let input = FailAfter {
+            inner: &data[..],
+            left: 36 << 20,
+        };
+        assert!(store.add(input, opts("partial"), &mut |_| {}).is_err());
+        assert!(store.list().unwrap().is_empty());
+    }
+    let store = Store::open(&path, key).unwrap();
+    assert!(store.list().unwrap().is_empty());
+    assert_eq!(store.block_stats().unwrap(), (0, 0));
+    let id = add(&store, &data, "whole").id;
+    assert_eq!(get(&store, &id).unwrap(), data);
+}
+
+#[test]
+fn remove_keeps_shared_blocks_until_the_last_user_goes() {
+    let (_d, store) = node();
+    let data = random_bytes(2 << 20, 8);
+    let a = add(&store, &data, "a").id;
+    let b = add(&store, &data, "b").id;
+    assert_ne!(a, b);
+    store.remove(&a).unwrap();
+    assert!(matches!(get(&store, &a), Err(Error::NotFound(_))));
+    assert_eq!(get(&store, &b).unwrap(), data);
+    store.remove(&b).unwrap();
+    assert_eq!(store.block_stats().unwrap(), (0, 0));
+    assert!(matches!(store.remove(&b), Err(Error::NotFound(_))));
+}
+
+#[test]
+fn a_second_process_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let _first = Store::open(&path, Keypair::generate()).unwrap();
+    assert!(matches!(
+        Store::open(&path, Keypair::generate()),
+        Err(Error::InUse(_))
+    ));
+}
