@@ -1,1 +1,70 @@
-fn main() {}
+//! `sov`: a self-sovereign AI node. This binary is layer 4: it parses the command line,
+//! validates it once into typed values, and calls the library crates. `anyhow` lives here only.
+
+mod args;
+mod data;
+mod home;
+
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            // One line: clap's first line, without its usage block.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{} (see `sov --help`)", first.trim_end());
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the cause chain on one line: "what: why: root cause".
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: args::Cli) -> anyhow::Result<()> {
+    let home = home::Home::resolve(cli.home, cli.passphrase_file)?;
+    match cli.command {
+        args::Command::Init { force, import_seed } => {
+            home::init(&home, force, import_seed.as_deref())
+        }
+        args::Command::Id { json } => home::id(&home, json),
+        args::Command::Data(cmd) => data::run(&home, cmd),
+    }
+}
+
+/// A closed stdout (`sov data get ID | head`) is not a failure.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<sov_store::Error>().is_some_and(|s| {
+                matches!(s, sov_store::Error::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+            })
+    })
+}

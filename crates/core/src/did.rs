@@ -155,7 +155,8 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        let cases: &[(&str, fn(&DidError) -> bool)] = &[
+        type Check = fn(&DidError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("did:web:example.com", |e| matches!(e, DidError::NotDidKey)),
             ("did:key:", |e| matches!(e, DidError::WrongLength(0))),
             ("did:key:f00", |e| matches!(e, DidError::NotBase58Btc('f'))),

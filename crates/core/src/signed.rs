@@ -247,9 +247,9 @@ mod tests {
         )
         .unwrap();
         let mut carry = 0u16;
-        for i in 0..32 {
-            let v = s.sig[32 + i] as u16 + L[i] as u16 + carry;
-            s.sig[32 + i] = v as u8;
+        for (byte, l) in s.sig[32..].iter_mut().zip(L) {
+            let v = *byte as u16 + l as u16 + carry;
+            *byte = v as u8;
             carry = v >> 8;
         }
         assert!(matches!(

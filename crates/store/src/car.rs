@@ -241,7 +241,8 @@ mod tests {
             let (mut bytes, ids) = car(&blocks);
             let pos = pos % bytes.len();
             bytes[pos] ^= flip;
-            let result = (|| -> Result<(Vec<ContentId>, Vec<(ContentId, Vec<u8>)>), CarError> {
+            type Read = (Vec<ContentId>, Vec<(ContentId, Vec<u8>)>);
+            let result = (|| -> Result<Read, CarError> {
                 let mut r = CarReader::new(&bytes[..])?;
                 let mut read = Vec::new();
                 while let Some(b) = r.next_block()? { read.push(b); }

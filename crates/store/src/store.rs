@@ -444,7 +444,7 @@ impl Store {
             .iter()
             .map(|id| self.info(id))
             .collect::<Result<Vec<_>>>()?;
-        all.sort_by(|a, b| (a.created, a.id).cmp(&(b.created, b.id)));
+        all.sort_by_key(|o| (o.created, o.id));
         Ok(all)
     }
 

@@ -1,6 +1,8 @@
 //! The store end to end: add/get, chunk re-use, grants, CAR export/import, bad CARs,
 //! interrupted adds and removal.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::{self, Read};
 
 use rand::{Rng as _, RngExt as _, SeedableRng as _, rngs::StdRng};

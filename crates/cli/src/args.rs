@@ -1,0 +1,104 @@
+//! The command line, as clap sees it. Every flag that makes sense as a setting is also an
+//! environment variable (`SOV_…`).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// sov: your own AI node. It holds your identity and encrypted data, runs your AI privately,
+/// and joins peers to train, share and govern models together.
+#[derive(Debug, Parser)]
+#[command(name = "sov", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The node's home directory (identity, store, config).
+    #[arg(long, global = true, env = "SOV_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// Read the identity passphrase from this file (otherwise from SOV_PASSPHRASE).
+    #[arg(long, global = true, env = "SOV_PASSPHRASE_FILE", value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create this node's identity (an Ed25519 key, named by a did:key) and print its DID.
+    Init {
+        /// Replace an existing identity.
+        #[arg(long)]
+        force: bool,
+        /// Use the 32-byte Ed25519 seed in FILE (64 hex characters) instead of a new random one.
+        #[arg(long, value_name = "FILE")]
+        import_seed: Option<PathBuf>,
+    },
+    /// Print this node's DID (with --json, its DID document).
+    Id {
+        /// Print the W3C DID document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store, read and share encrypted objects.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+/// `sov data …`
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Encrypt a file into the store; prints the object id (last line).
+    Add {
+        /// The file to add (`-` for standard input).
+        path: PathBuf,
+        /// The name readers see (default: the file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print a JSON object instead of the id.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decrypt an object to a file or standard output.
+    Get {
+        /// The object id (`b…`).
+        id: String,
+        /// Write to PATH instead of standard output.
+        #[arg(short, long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
+    /// List the objects in the store.
+    Ls {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an object (and every block no other object uses).
+    Rm {
+        /// The object id.
+        id: String,
+    },
+    /// Let another DID read an object (wraps its key for their key-agreement key).
+    Grant {
+        /// The object id.
+        id: String,
+        /// The reader's did:key.
+        did: String,
+    },
+    /// Write an object (manifest, grants, encrypted blocks) to a CAR v1 file.
+    Export {
+        /// The object id.
+        id: String,
+        /// The CAR file to write.
+        #[arg(short, long, value_name = "FILE.car")]
+        output: PathBuf,
+    },
+    /// Verify and import an object from a CAR v1 file; prints its id.
+    Import {
+        /// The CAR file.
+        file: PathBuf,
+        /// Print a JSON object instead of the id.
+        #[arg(long)]
+        json: bool,
+    },
+}

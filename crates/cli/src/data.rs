@@ -1,0 +1,277 @@
+//! `sov data …`: the store from the command line.
+
+use std::{
+    fs,
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use sov_core::{ContentId, Did};
+use sov_store::{AddOptions, ObjectInfo, Store};
+
+use crate::{
+    args::DataCommand,
+    home::Home,
+    output::{self, note, say},
+};
+
+/// Files at least this large get a progress bar (when stderr is a terminal).
+const PROGRESS_FROM: u64 = 16 << 20;
+
+pub fn run(home: &Home, cmd: DataCommand) -> anyhow::Result<()> {
+    match cmd {
+        DataCommand::Add { path, name, json } => add(&home.store()?, &path, name, json),
+        DataCommand::Get { id, output } => get(&home.store()?, &parse_id(&id)?, output.as_deref()),
+        DataCommand::Ls { json } => ls(&home.store()?, json),
+        DataCommand::Rm { id } => {
+            let id = parse_id(&id)?;
+            home.store()?.remove(&id)?;
+            note!("removed {id}");
+            Ok(())
+        }
+        DataCommand::Grant { id, did } => {
+            let id = parse_id(&id)?;
+            let did: Did = did
+                .parse()
+                .with_context(|| format!("{did:?} is not a usable did:key"))?;
+            let grant = home.store()?.grant(&id, &did)?;
+            note!("{did} may now read {id}");
+            say!("{grant}")?;
+            Ok(())
+        }
+        DataCommand::Export { id, output } => export(&home.store()?, &parse_id(&id)?, &output),
+        DataCommand::Import { file, json } => import(&home.store()?, &file, json),
+    }
+}
+
+fn parse_id(s: &str) -> anyhow::Result<ContentId> {
+    s.parse()
+        .with_context(|| format!("{s:?} is not an object id (expected a CID such as bafyr4i…)"))
+}
+
+#[derive(Serialize)]
+struct ObjectJson {
+    id: String,
+    name: Option<String>,
+    size: Option<u64>,
+    created: String,
+    media_type: Option<String>,
+    owner: String,
+    readable: bool,
+    chunks: usize,
+    stored_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_chunks: Option<usize>,
+}
+
+impl ObjectJson {
+    fn from(info: &ObjectInfo) -> Self {
+        Self {
+            id: info.id.to_string(),
+            name: info.meta.as_ref().map(|m| m.name.clone()),
+            size: info.meta.as_ref().map(|m| m.size),
+            created: output::rfc3339(info.created),
+            media_type: info.meta.as_ref().map(|m| m.media_type.clone()),
+            owner: info.owner.to_string(),
+            readable: info.meta.is_some(),
+            chunks: info.chunks,
+            stored_bytes: info.stored_bytes,
+            new_chunks: None,
+        }
+    }
+}
+
+fn add(store: &Store, path: &Path, name: Option<String>, json: bool) -> anyhow::Result<()> {
+    let from_stdin = path.as_os_str() == "-";
+    let name = match name {
+        Some(n) => n,
+        None if from_stdin => "stdin".into(),
+        None => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "unnamed".into()),
+    };
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("the system clock is before 1970")?
+        .as_secs();
+    let opts = AddOptions {
+        media_type: output::media_type(&name).into(),
+        name: name.clone(),
+        created,
+    };
+    let (input, len): (Box<dyn io::Read>, Option<u64>) = if from_stdin {
+        (Box::new(io::stdin().lock()), None)
+    } else {
+        let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("reading {}", path.display()))?;
+        if meta.is_dir() {
+            bail!("{} is a directory; add files one by one", path.display());
+        }
+        (Box::new(file), Some(meta.len()))
+    };
+    let bar = match len {
+        Some(n) if n >= PROGRESS_FROM => {
+            let bar = ProgressBar::new(n).with_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            bar.set_message(format!("encrypting {name}"));
+            Some(bar)
+        }
+        _ => None,
+    };
+    let added = store
+        .add(input, opts, &mut |done| {
+            if let Some(b) = &bar {
+                b.set_position(done);
+            }
+        })
+        .with_context(|| format!("adding {}", path.display()))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if json {
+        let info = store.info(&added.id)?;
+        let mut j = ObjectJson::from(&info);
+        j.new_chunks = Some(added.new_chunks);
+        say!("{}", serde_json::to_string(&j)?)?;
+    } else {
+        note!(
+            "added {name}: {}, {} chunks ({} new)",
+            output::bytes(added.size),
+            added.chunks,
+            added.new_chunks
+        );
+        say!("{}", added.id)?;
+    }
+    Ok(())
+}
+
+fn get(store: &Store, id: &ContentId, out: Option<&Path>) -> anyhow::Result<()> {
+    match out {
+        None => {
+            let stdout = io::stdout();
+            let mut w = io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            store.get(id, &mut w)?;
+            w.flush()?;
+        }
+        Some(path) => {
+            // Write beside the target and rename only after the whole object verified.
+            write_atomically(path, |f| {
+                store.get(id, f)?;
+                Ok(())
+            })?;
+            note!("wrote {id} to {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn ls(store: &Store, json: bool) -> anyhow::Result<()> {
+    let objects = store.list()?;
+    if json {
+        let all: Vec<_> = objects.iter().map(ObjectJson::from).collect();
+        say!("{}", serde_json::to_string_pretty(&all)?)?;
+        return Ok(());
+    }
+    if objects.is_empty() {
+        note!("no objects yet: add one with `sov data add FILE`");
+        return Ok(());
+    }
+    let me = store.identity().did();
+    say!("{:<62} {:>10}  {:<20}  NAME", "ID", "SIZE", "CREATED")?;
+    for o in &objects {
+        let (size, name) = match &o.meta {
+            Some(m) => (output::bytes(m.size), m.name.clone()),
+            None => (
+                format!("~{}", output::bytes(o.stored_bytes)),
+                "(no read grant)".into(),
+            ),
+        };
+        let owner = if o.owner == me {
+            String::new()
+        } else {
+            format!("  [owner {}]", o.owner)
+        };
+        say!(
+            "{:<62} {:>10}  {:<20}  {name}{owner}",
+            o.id.to_string(),
+            size,
+            output::rfc3339(o.created)
+        )?;
+    }
+    Ok(())
+}
+
+fn export(store: &Store, id: &ContentId, path: &Path) -> anyhow::Result<()> {
+    write_atomically(path, |f| {
+        store.export_car(id, f)?;
+        Ok(())
+    })?;
+    note!("exported {id} to {}", path.display());
+    Ok(())
+}
+
+fn import(store: &Store, path: &Path, json: bool) -> anyhow::Result<()> {
+    let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let id = store
+        .import_car(file)
+        .with_context(|| format!("importing {}", path.display()))?;
+    let info = store.info(&id)?;
+    if json {
+        say!("{}", serde_json::to_string(&ObjectJson::from(&info))?)?;
+    } else {
+        match &info.meta {
+            Some(m) => note!("imported {} ({})", m.name, output::bytes(m.size)),
+            None => note!(
+                "imported encrypted object from {} (this node has no read grant for it)",
+                info.owner
+            ),
+        }
+        say!("{id}")?;
+    }
+    Ok(())
+}
+
+/// Create `path` through a temporary file in the same directory, renamed into place only if
+/// `write` succeeds; on failure nothing is left behind.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut fs::File) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.sov-partial-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let result = write(&mut f).and_then(|()| {
+        f.sync_all()?;
+        Ok(())
+    });
+    drop(f);
+    match result {
+        Ok(()) => fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display())),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}

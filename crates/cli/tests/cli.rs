@@ -1,0 +1,398 @@
+//! The `sov` binary end to end, as a person or a script uses it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+use tempfile::TempDir;
+
+struct Node {
+    home: TempDir,
+    passphrase: Option<&'static str>,
+}
+
+impl Node {
+    fn new() -> Self {
+        Self {
+            home: tempfile::tempdir().unwrap(),
+            passphrase: None,
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sov"));
+        c.args(args)
+            .env("SOV_HOME", self.home.path())
+            .env_remove("SOV_PASSPHRASE")
+            .env_remove("SOV_PASSPHRASE_FILE")
+            .stdin(Stdio::null());
+        if let Some(p) = self.passphrase {
+            c.env("SOV_PASSPHRASE", p);
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Run, expect success, return stdout.
+    fn ok_bytes(&self, args: &[&str]) -> Vec<u8> {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "sov {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// Run, expect success, return stdout as text.
+    fn ok(&self, args: &[&str]) -> String {
+        String::from_utf8(self.ok_bytes(args)).expect("text output")
+    }
+
+    /// Run, expect a clean failure (non-zero, one line on stderr, no panic); return stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(!out.status.success(), "sov {args:?} should have failed");
+        assert!(!err.contains("panicked"), "sov {args:?} panicked: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+        err
+    }
+
+    fn init(&self) -> String {
+        self.ok(&["init"]).trim().to_owned()
+    }
+
+    fn path(&self) -> &Path {
+        self.home.path()
+    }
+}
+
+fn last_line(s: &str) -> &str {
+    s.trim_end().lines().last().unwrap()
+}
+
+fn random_file(dir: &Path, name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
+    let mut data = vec![0u8; len];
+    StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    let p = dir.join(name);
+    fs::write(&p, &data).unwrap();
+    (p, data)
+}
+
+/// Fails if any 64-byte run of `plain` occurs in any file under `dir`. Any such run contains a
+/// whole 32-byte block of `plain` at a multiple of 32, so it suffices to look for those.
+fn assert_no_plaintext_under(dir: &Path, plain: &[u8]) {
+    let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut bits = vec![0u64; 1 << 21];
+    for start in (0..plain.len().saturating_sub(31)).step_by(32) {
+        let k = u64::from_le_bytes(plain[start..start + 8].try_into().unwrap());
+        index.entry(k).or_default().push(start);
+        let b = (k >> 37) as usize;
+        bits[b >> 6] |= 1 << (b & 63);
+    }
+    for entry in walk(dir) {
+        let bytes = fs::read(&entry).unwrap();
+        for i in 0..bytes.len().saturating_sub(31) {
+            let k = u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
+            let b = (k >> 37) as usize;
+            if bits[b >> 6] & (1 << (b & 63)) == 0 {
+                continue;
+            }
+            if let Some(starts) = index.get(&k) {
+                for &s in starts {
+                    assert_ne!(
+                        &bytes[i..i + 32],
+                        &plain[s..s + 32],
+                        "plaintext at offset {s} found in {} at {i}",
+                        entry.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn block_count(node: &Node) -> u64 {
+    let key =
+        sov_identity::keystore::load(node.path(), node.passphrase.map(str::as_bytes)).unwrap();
+    let store = sov_store::Store::open(&node.path().join(sov_store::DB_FILE), key).unwrap();
+    store.block_stats().unwrap().0
+}
+
+#[test]
+fn seed_0_to_31_gives_the_known_did_and_document() {
+    let n = Node::new();
+    let seed = n.path().join("seed.hex");
+    let hex: String = (0u8..32).map(|b| format!("{b:02x}")).collect();
+    fs::write(&seed, hex).unwrap();
+    let did = n.ok(&["init", "--import-seed", seed.to_str().unwrap()]);
+    assert_eq!(
+        did.trim(),
+        "did:key:z6MkehRgf7yJbgaGfYsdoAsKdBPE3dj2CYhowQdcjqSJgvVd"
+    );
+    assert_eq!(n.ok(&["id"]).trim(), did.trim());
+    let doc: serde_json::Value = serde_json::from_str(&n.ok(&["id", "--json"])).unwrap();
+    assert_eq!(doc["id"], did.trim());
+    let ka = doc["keyAgreement"][0].as_str().unwrap();
+    assert!(
+        ka.ends_with("#z6LSgTMiVvjkfQd8CF1kWasYZKBqtAYf6h8TC3yDfjPgDbWQ"),
+        "{ka}"
+    );
+}
+
+#[test]
+fn init_refuses_to_overwrite_without_force() {
+    let n = Node::new();
+    let first = n.init();
+    assert!(first.starts_with("did:key:z6Mk"));
+    let err = n.fails(&["init"]);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(n.ok(&["id"]).trim(), first);
+    let second = n.ok(&["init", "--force"]);
+    assert_ne!(second.trim(), first);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = fs::metadata(n.path().join("identity.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+#[test]
+fn passphrase_and_permissions_are_enforced() {
+    let mut n = Node::new();
+    n.passphrase = Some("correct horse battery staple");
+    n.init();
+    let (file, _) = random_file(n.path(), "small.txt", 1000, 1);
+    let id = last_line(&n.ok(&["data", "add", file.to_str().unwrap()])).to_owned();
+    n.passphrase = Some("wrong");
+    assert!(n.fails(&["data", "ls"]).contains("wrong passphrase"));
+    n.passphrase = None;
+    assert!(n.fails(&["data", "get", &id]).contains("SOV_PASSPHRASE"));
+    // --passphrase-file works too.
+    let pf = n.path().join("pass");
+    fs::write(&pf, "correct horse battery staple\n").unwrap();
+    n.ok_bytes(&[
+        "--passphrase-file",
+        pf.to_str().unwrap(),
+        "data",
+        "get",
+        &id,
+    ]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(
+            n.path().join("identity.key"),
+            fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        let err = n.fails(&["--passphrase-file", pf.to_str().unwrap(), "data", "ls"]);
+        assert!(err.contains("readable by others"), "{err}");
+    }
+}
+
+#[test]
+fn fifty_mib_round_trip_grant_export_import_and_refusals() {
+    let (a, b, c) = (Node::new(), Node::new(), Node::new());
+    a.init();
+    let bob = b.init();
+    c.init();
+    let work = tempfile::tempdir().unwrap();
+    let (file, data) = random_file(work.path(), "big.bin", 50 << 20, 42);
+
+    let id = last_line(&a.ok(&["data", "add", file.to_str().unwrap()])).to_owned();
+    assert!(id.starts_with("bafyr4i"), "{id}");
+    let out = work.path().join("out.bin");
+    a.ok(&["data", "get", &id, "-o", out.to_str().unwrap()]);
+    assert!(fs::read(&out).unwrap() == data, "round trip differs");
+    assert_no_plaintext_under(a.path(), &data);
+
+    let listed: serde_json::Value = serde_json::from_str(&a.ok(&["data", "ls", "--json"])).unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["name"], "big.bin");
+    assert_eq!(listed[0]["size"], 50 << 20);
+
+    a.ok(&["data", "grant", &id, &bob]);
+    let car = work.path().join("big.car");
+    a.ok(&["data", "export", &id, "-o", car.to_str().unwrap()]);
+
+    assert_eq!(
+        last_line(&b.ok(&["data", "import", car.to_str().unwrap()])),
+        id
+    );
+    let from_b = b.ok_bytes(&["data", "get", &id]);
+    assert!(from_b == data, "second node reads other bytes");
+    assert_no_plaintext_under(b.path(), &data);
+
+    let imported: serde_json::Value =
+        serde_json::from_str(&c.ok(&["data", "import", car.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!(imported["readable"], false);
+    let err = c.fails(&[
+        "data",
+        "get",
+        &id,
+        "-o",
+        work.path().join("c.bin").to_str().unwrap(),
+    ]);
+    assert!(err.contains("no read grant"), "{err}");
+    assert!(!work.path().join("c.bin").exists());
+
+    // One flipped byte, in the manifest and in a chunk: refused, nothing stored.
+    let car_bytes = fs::read(&car).unwrap();
+    for pos in [60, car_bytes.len() / 2, car_bytes.len() - 1] {
+        let d = Node::new();
+        d.init();
+        let mut bad = car_bytes.clone();
+        bad[pos] ^= 0x04;
+        let bad_car = work.path().join("bad.car");
+        fs::write(&bad_car, &bad).unwrap();
+        let err = d.fails(&["data", "import", bad_car.to_str().unwrap()]);
+        assert!(err.contains("invalid") || err.contains("CAR"), "{err}");
+        assert_eq!(d.ok(&["data", "ls", "--json"]).trim(), "[]");
+        assert_eq!(block_count(&d), 0, "flip at {pos} left blocks behind");
+    }
+}
+
+#[test]
+fn rm_removes_and_ls_is_empty() {
+    let n = Node::new();
+    n.init();
+    let (file, _) = random_file(n.path(), "a.txt", 5000, 3);
+    let id =
+        last_line(&n.ok(&["data", "add", file.to_str().unwrap(), "--name", "note"])).to_owned();
+    assert!(n.ok(&["data", "ls"]).contains("note"));
+    n.ok(&["data", "rm", &id]);
+    assert_eq!(n.ok(&["data", "ls", "--json"]).trim(), "[]");
+    assert!(n.fails(&["data", "rm", &id]).contains("not in this store"));
+    assert_eq!(block_count(&n), 0);
+}
+
+#[test]
+fn stdin_add_and_stdout_get() {
+    let n = Node::new();
+    n.init();
+    let mut child = n
+        .cmd(&["data", "add", "-", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello from stdin")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["name"], "stdin");
+    assert_eq!(
+        n.ok(&["data", "get", j["id"].as_str().unwrap()]),
+        "hello from stdin"
+    );
+}
+
+#[test]
+fn bad_input_gets_one_line_errors() {
+    let n = Node::new();
+    assert!(n.fails(&["id"]).contains("sov init"));
+    assert!(n.fails(&["data", "ls"]).contains("sov init"));
+    n.init();
+    let dir = n.path().to_str().unwrap().to_owned();
+    let junk = n.path().join("junk.car");
+    fs::write(&junk, b"\x0a not a car at all").unwrap();
+    let cases: &[&[&str]] = &[
+        &["data", "get", "not-a-cid"],
+        &[
+            "data",
+            "get",
+            "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",
+        ],
+        &[
+            "data",
+            "get",
+            "bafyr4ihybta3gc7uahvk4gcgoetbd5b224oc4cq4cfkkejcexmzxxc3wxq",
+        ],
+        &["data", "add", "/definitely/missing/file"],
+        &["data", "add", &dir],
+        &["data", "import", junk.to_str().unwrap()],
+        &["data", "import", "/missing.car"],
+        &[
+            "data",
+            "grant",
+            "bafyr4ihybta3gc7uahvk4gcgoetbd5b224oc4cq4cfkkejcexmzxxc3wxq",
+            "did:web:x",
+        ],
+        &[
+            "data",
+            "export",
+            "bafyr4ihybta3gc7uahvk4gcgoetbd5b224oc4cq4cfkkejcexmzxxc3wxq",
+            "-o",
+            "/tmp/x.car",
+        ],
+        &["data", "frobnicate"],
+        &["init", "--import-seed", "/missing/seed"],
+    ];
+    for args in cases {
+        n.fails(args);
+    }
+    assert_eq!(n.ok(&["data", "ls", "--json"]).trim(), "[]");
+}
+
+#[test]
+fn a_killed_add_leaves_no_half_visible_object() {
+    let n = Node::new();
+    n.init();
+    let work = tempfile::tempdir().unwrap();
+    let (file, data) = random_file(work.path(), "big.bin", 96 << 20, 9);
+    for delay_ms in [50u64, 200, 400] {
+        let mut child = n
+            .cmd(&["data", "add", file.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Whatever the moment of death, an object is either absent or complete.
+        let listed: serde_json::Value =
+            serde_json::from_str(&n.ok(&["data", "ls", "--json"])).unwrap();
+        for o in listed.as_array().unwrap() {
+            let got = n.ok_bytes(&["data", "get", o["id"].as_str().unwrap()]);
+            assert!(got == data, "a visible object is incomplete");
+        }
+    }
+    let id = last_line(&n.ok(&["data", "add", file.to_str().unwrap()])).to_owned();
+    assert!(n.ok_bytes(&["data", "get", &id]) == data);
+}
