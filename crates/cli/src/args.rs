@@ -40,6 +40,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Walk through sov on local nodes: identities, encrypted objects, grants, CAR exchange.
+    Demo {
+        /// Keep the nodes' homes in DIR (new or empty) instead of a temporary directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Size of the sample file in MiB.
+        #[arg(long, default_value_t = 64, value_name = "N")]
+        size_mib: usize,
+    },
     /// Store, read and share encrypted objects.
     #[command(subcommand)]
     Data(DataCommand),

@@ -3,6 +3,7 @@
 
 mod args;
 mod data;
+mod demo;
 mod home;
 
 mod output;
@@ -48,6 +49,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: args::Cli) -> anyhow::Result<()> {
+    if let args::Command::Demo { dir, size_mib } = cli.command {
+        return demo::run(dir, size_mib);
+    }
     let home = home::Home::resolve(cli.home, cli.passphrase_file)?;
     match cli.command {
         args::Command::Init { force, import_seed } => {
@@ -55,6 +59,7 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         }
         args::Command::Id { json } => home::id(&home, json),
         args::Command::Data(cmd) => data::run(&home, cmd),
+        args::Command::Demo { .. } => unreachable!("handled above"),
     }
 }
 
