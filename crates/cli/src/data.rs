@@ -262,10 +262,9 @@ fn write_atomically(
         std::process::id()
     ));
     let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let result = write(&mut f).and_then(|()| {
-        f.sync_all()?;
-        Ok(())
-    });
+    // No fsync: like `cp`, the copy is as durable as the file system makes it; what matters
+    // here is that FILE never holds unverified or partial bytes.
+    let result = write(&mut f);
     drop(f);
     match result {
         Ok(()) => fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display())),

@@ -10,13 +10,14 @@
 //! ```
 //!
 //! Every block is verified against its CID when read, even from our own disk; plaintext
-//! exists only in memory. On disk (redb, one file): `blocks` (CID → bytes), `objects`,
+//! exists only in memory. On disk (redb, one file): `block_pieces` (CID ‖ n → piece), `objects`,
 //! `grants` (object → grant CIDs), `refs` (CID → how many objects use the block) and
 //! `pending` (adds in progress, so a crash mid-add is cleaned up at the next open).
 //! An object becomes visible in one final transaction, so a process killed during `add`
 //! leaves no half-visible object. CAR v1 export/import moves objects to other nodes and to
 //! IPFS tooling; import verifies everything before it commits anything.
 
+mod blocks;
 pub mod car;
 mod crypto;
 pub mod manifest;

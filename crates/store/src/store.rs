@@ -4,6 +4,10 @@ use std::{
     collections::{HashMap, HashSet},
     io::{Read, Write},
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
 };
 
 use rayon::prelude::*;
@@ -18,12 +22,12 @@ use zeroize::Zeroizing;
 
 use crate::{
     Error, MAX_BLOCK, Result,
+    blocks::{self, BLOCKS},
     car::{self, CarReader},
     crypto::{self, Key},
     manifest::{ChunkRef, Grant, META_AAD, Manifest, Meta},
 };
 
-const BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blocks");
 /// object id → bytes the object's distinct blocks take.
 const OBJECTS: TableDefinition<&[u8], u64> = TableDefinition::new("objects");
 const GRANTS: MultimapTableDefinition<&[u8], &[u8]> = MultimapTableDefinition::new("grants");
@@ -36,8 +40,22 @@ const PENDING: TableDefinition<u64, u64> = TableDefinition::new("pending");
 const CHUNK_MIN: usize = 256 * 1024;
 const CHUNK_AVG: usize = 512 * 1024;
 const CHUNK_MAX: usize = MAX_BLOCK - crypto::SEAL_OVERHEAD;
-/// Plaintext gathered before a batch is sealed in parallel and written.
+/// Bytes per write transaction during `add`.
 const BATCH_BYTES: usize = 32 * 1024 * 1024;
+/// Bytes of blocks read per batch during `get`.
+const GET_BATCH: usize = 4 * 1024 * 1024;
+/// Plaintext gathered before a batch is sealed in parallel.
+const SEAL_BATCH: usize = 4 * 1024 * 1024;
+/// Queue bounds between the stages of `add` (chunks ≤ 1 MiB each; batches ≤ ~4 MiB each).
+const PLAIN_QUEUE: usize = 16;
+const SEALED_QUEUE: usize = 4;
+
+/// One chunk, sealed: its convergent key, block id and block.
+struct Sealed {
+    key: Key,
+    cid: ContentId,
+    block: Vec<u8>,
+}
 
 /// Context strings for secrets derived from the identity seed.
 const CONVERGENCE_CONTEXT: &str = "sov store 2026-11 convergence secret v1";
@@ -118,10 +136,21 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Open (or create) the store at `path` for the node `me`.
     pub fn open(path: &Path, me: Keypair) -> Result<Self> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse(path.to_owned()),
-            e => Error::Db(format!("{}: {e}", path.display())),
-        })?;
+        // redb caches pages in memory (1 GiB by default); blocks stream through once, so a
+        // small cache keeps a 1 GiB add or get from holding a gigabyte.
+        let db = Database::builder()
+            .set_cache_size(64 << 20)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse(path.to_owned()),
+                e => Error::Db(format!("{}: {e}", path.display())),
+            })?;
+        // Only ciphertext is inside, but what the node holds is its own business.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
         let w = db.begin_write()?;
         {
             w.open_table(BLOCKS)?;
@@ -161,15 +190,10 @@ impl Store {
         {
             let refs = w.open_table(REFS)?;
             let mut blocks = w.open_table(BLOCKS)?;
-            let mut orphans = Vec::new();
-            for entry in blocks.iter()? {
-                let (k, _) = entry?;
-                if refs.get(k.value())?.is_none() {
-                    orphans.push(k.value().to_vec());
+            for cid in blocks::all(&blocks)? {
+                if refs.get(cid.as_slice())?.is_none() {
+                    blocks::remove(&mut blocks, &cid)?;
                 }
-            }
-            for k in orphans {
-                blocks.remove(k.as_slice())?;
             }
             w.open_table(PENDING)?.retain(|_, _| false)?;
         }
@@ -191,68 +215,54 @@ impl Store {
         w.set_durability(Durability::None)?;
         w.commit()?;
 
-        let chunker = fastcdc::v2020::StreamCDC::with_level_and_seed(
-            &mut input,
-            CHUNK_MIN,
-            CHUNK_AVG,
-            CHUNK_MAX,
-            fastcdc::v2020::Normalization::Level1,
-            self.gear_seed,
-        );
-        let mut hasher = blake3::Hasher::new();
-        let mut chunks: Vec<ChunkRef> = Vec::new();
-        let mut keys: Vec<Key> = Vec::new();
-        let mut new_chunks = 0usize;
-        let mut size = 0u64;
-        let mut batch: Vec<Vec<u8>> = Vec::new();
-        let mut batch_bytes = 0usize;
-        let mut chunker = chunker.peekable();
-        loop {
-            let next = chunker.next();
-            let done = next.is_none();
-            if let Some(chunk) = next {
-                let chunk = chunk.map_err(|e| match e {
-                    fastcdc::v2020::Error::IoError(e) => Error::Io(e),
-                    e => Error::Io(std::io::Error::other(e.to_string())),
-                })?;
-                batch_bytes += chunk.data.len();
-                batch.push(chunk.data);
-            }
-            if batch_bytes >= BATCH_BYTES || (done && !batch.is_empty()) {
-                let sealed = self.seal_batch(&batch, &mut hasher);
-                let mut w = self.db.begin_write()?;
-                w.set_durability(Durability::None)?;
-                {
-                    let mut blocks = w.open_table(BLOCKS)?;
-                    for (key, cid, block) in sealed {
-                        if blocks.get(cid.to_bytes().as_slice())?.is_none() {
-                            blocks.insert(cid.to_bytes().as_slice(), block.as_slice())?;
-                            new_chunks += 1;
-                        }
-                        chunks.push(ChunkRef {
-                            cid,
-                            size: block.len() as u64,
-                        });
-                        keys.push(key);
+        // Three stages on bounded queues, so reading, sealing and writing overlap:
+        // this thread reads, chunks and hashes the plaintext; a sealing stage encrypts and
+        // addresses chunks on all cores; a writer stores the blocks (not yet durable).
+        let written = AtomicU64::new(0);
+        let (read, write) = std::thread::scope(|s| {
+            let (plain_tx, plain_rx) = mpsc::sync_channel::<Vec<u8>>(PLAIN_QUEUE);
+            let (sealed_tx, sealed_rx) = mpsc::sync_channel::<Vec<Sealed>>(SEALED_QUEUE);
+            s.spawn(|| self.seal_stage(plain_rx, sealed_tx));
+            let writer = s.spawn(|| self.write_stage(sealed_rx, &written));
+            let chunker = fastcdc::v2020::StreamCDC::with_level_and_seed(
+                &mut input,
+                CHUNK_MIN,
+                CHUNK_AVG,
+                CHUNK_MAX,
+                fastcdc::v2020::Normalization::Level1,
+                self.gear_seed,
+            );
+            let read = (|| -> Result<(blake3::Hash, u64)> {
+                let mut hasher = blake3::Hasher::new();
+                let mut size = 0u64;
+                for chunk in chunker {
+                    let chunk = chunk.map_err(|e| match e {
+                        fastcdc::v2020::Error::IoError(e) => Error::Io(e),
+                        e => Error::Io(std::io::Error::other(e.to_string())),
+                    })?;
+                    hasher.update(&chunk.data);
+                    size += chunk.data.len() as u64;
+                    if plain_tx.send(chunk.data).is_err() {
+                        break; // the writer failed; its error is reported below
                     }
+                    progress(written.load(Ordering::Relaxed));
                 }
-                w.commit()?;
-                size += batch_bytes as u64;
-                progress(size);
-                batch.clear();
-                batch_bytes = 0;
-            }
-            if done {
-                break;
-            }
-        }
+                Ok((hasher.finalize(), size))
+            })();
+            drop(plain_tx);
+            let write = writer.join().expect("the writer stage does not panic");
+            (read, write)
+        });
+        let (chunks, keys, new_chunks) = write?;
+        let (hash, size) = read?;
+        progress(size);
 
         let object_key = crypto::random_key();
         let meta = Meta {
             name: opts.name,
             media_type: opts.media_type,
             size,
-            hash: ByteBuf::from(hasher.finalize().as_bytes().to_vec()),
+            hash: ByteBuf::from(hash.as_bytes().to_vec()),
             keys: keys.iter().map(|k| ByteBuf::from(k.to_vec())).collect(),
         };
         let meta_bytes = Zeroizing::new(dagcbor::to_vec(&meta).map_err(invalid)?);
@@ -281,8 +291,8 @@ impl Store {
         {
             {
                 let mut blocks = w.open_table(BLOCKS)?;
-                blocks.insert(id.to_bytes().as_slice(), manifest.as_slice())?;
-                blocks.insert(grant_id.to_bytes().as_slice(), grant.as_slice())?;
+                blocks::put(&mut blocks, &id, &manifest)?;
+                blocks::put(&mut blocks, &grant_id, &grant)?;
             }
             let stored = add_refs(&w, &id, &decoded, &[grant_id])?;
             w.open_table(OBJECTS)?
@@ -300,32 +310,83 @@ impl Store {
         })
     }
 
-    /// Seal a batch of chunks on all cores; hash the plaintext on the side.
-    fn seal_batch(
-        &self,
-        batch: &[Vec<u8>],
-        hasher: &mut blake3::Hasher,
-    ) -> Vec<(Key, ContentId, Vec<u8>)> {
+    /// Sealing stage of `add`: gathers chunks into batches and seals each batch on all cores.
+    fn seal_stage(&self, rx: mpsc::Receiver<Vec<u8>>, tx: mpsc::SyncSender<Vec<Sealed>>) {
         let secret = &self.convergence;
-        let (sealed, ()) = rayon::join(
-            || {
-                batch
-                    .par_iter()
-                    .map(|plain| {
-                        let key = crypto::chunk_key(secret, plain);
-                        let block = crypto::seal_chunk(&key, plain);
-                        let cid = ContentId::of(Codec::Raw, &block);
-                        (key, cid, block)
-                    })
-                    .collect::<Vec<_>>()
-            },
-            || {
-                for plain in batch {
-                    hasher.update(plain);
+        loop {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while bytes < SEAL_BATCH {
+                match rx.recv() {
+                    Ok(chunk) => {
+                        bytes += chunk.len();
+                        batch.push(chunk);
+                    }
+                    Err(_) => break,
                 }
-            },
-        );
-        sealed
+            }
+            if batch.is_empty() {
+                return;
+            }
+            let sealed = batch
+                .par_iter()
+                .map(|plain| {
+                    let key = crypto::chunk_key(secret, plain);
+                    let block = crypto::seal_chunk(&key, plain);
+                    let cid = ContentId::of(Codec::Raw, &block);
+                    Sealed { key, cid, block }
+                })
+                .collect();
+            if tx.send(sealed).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Writer stage of `add`: stores sealed chunks in non-durable transactions (the object's
+    /// final transaction makes them durable); returns the chunk list, keys and new count.
+    fn write_stage(
+        &self,
+        rx: mpsc::Receiver<Vec<Sealed>>,
+        written: &AtomicU64,
+    ) -> Result<(Vec<ChunkRef>, Vec<Key>, usize)> {
+        let mut chunks = Vec::new();
+        let mut keys = Vec::new();
+        let mut new_chunks = 0;
+        while let Ok(first) = rx.recv() {
+            let mut batches = vec![first];
+            let mut bytes: usize = batches[0].iter().map(|s| s.block.len()).sum();
+            while bytes < BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(more) => {
+                        bytes += more.iter().map(|s| s.block.len()).sum::<usize>();
+                        batches.push(more);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut w = self.db.begin_write()?;
+            w.set_durability(Durability::None)?;
+            {
+                let mut table = w.open_table(BLOCKS)?;
+                for sealed in batches.into_iter().flatten() {
+                    if blocks::put(&mut table, &sealed.cid, &sealed.block)? {
+                        new_chunks += 1;
+                    }
+                    written.fetch_add(
+                        (sealed.block.len() - crypto::SEAL_OVERHEAD) as u64,
+                        Ordering::Relaxed,
+                    );
+                    chunks.push(ChunkRef {
+                        cid: sealed.cid,
+                        size: sealed.block.len() as u64,
+                    });
+                    keys.push(sealed.key);
+                }
+            }
+            w.commit()?;
+        }
+        Ok((chunks, keys, new_chunks))
     }
 
     fn make_grant(
@@ -356,48 +417,76 @@ impl Store {
         let manifest = self.manifest(&blocks, id)?;
         let key = self.object_key(&r, id, &manifest)?;
         let meta = open_meta(&key, &manifest)?;
-        let mut hasher = blake3::Hasher::new();
-        let mut written = 0u64;
-        let mut start = 0;
-        while start < manifest.chunks.len() {
-            // Read about BATCH_BYTES of blocks, then open them in parallel.
-            let mut end = start;
-            let mut bytes = 0u64;
-            while end < manifest.chunks.len() && bytes < BATCH_BYTES as u64 {
-                bytes += manifest.chunks[end].size;
-                end += 1;
-            }
-            let sealed = (start..end)
-                .map(|i| read_block(&blocks, &manifest.chunks[i].cid))
-                .collect::<Result<Vec<_>>>()?;
-            let plain = sealed
-                .par_iter()
-                .zip(&meta.keys[start..end])
-                .zip(&manifest.chunks[start..end])
-                .map(|((block, key), chunk)| {
-                    let key: &[u8; 32] = key.as_slice().try_into().map_err(|_| {
-                        Error::Invalid(format!("object {id}: chunk key is not 32 bytes"))
-                    })?;
-                    crypto::open_chunk(key, block).map_err(|_| {
-                        Error::Corrupt(format!(
-                            "chunk {} of object {id} does not decrypt",
-                            chunk.cid
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            for p in &plain {
-                hasher.update(p);
-                written += p.len() as u64;
-                if written > meta.size {
-                    return Err(Error::Corrupt(format!(
-                        "object {id} is longer than recorded"
-                    )));
+        drop((blocks, r));
+        // Three stages on bounded queues: a fetcher reads raw blocks from redb; an opening
+        // stage checks each against its CID and decrypts it on all cores; this thread hashes
+        // and writes the plaintext in order.
+        let (mut hasher, mut written) = (blake3::Hasher::new(), 0u64);
+        let result = std::thread::scope(|s| -> Result<()> {
+            let (raw_tx, raw_rx) = mpsc::sync_channel::<Result<(usize, Vec<Vec<u8>>)>>(2);
+            let (open_tx, open_rx) = mpsc::sync_channel::<Result<Vec<Vec<u8>>>>(2);
+            let chunks = &manifest.chunks;
+            s.spawn(move || {
+                let fetch = || -> Result<()> {
+                    let r = self.db.begin_read()?;
+                    let table = r.open_table(BLOCKS)?;
+                    let mut start = 0;
+                    while start < chunks.len() {
+                        let (mut batch, mut bytes) = (Vec::new(), 0u64);
+                        while start + batch.len() < chunks.len() && bytes < GET_BATCH as u64 {
+                            let c = &chunks[start + batch.len()];
+                            let block =
+                                blocks::get_unverified(&table, &c.cid)?.ok_or_else(|| {
+                                    Error::Corrupt(format!("block {} is missing", c.cid))
+                                })?;
+                            bytes += block.len() as u64;
+                            batch.push(block);
+                        }
+                        let n = batch.len();
+                        if raw_tx.send(Ok((start, batch))).is_err() {
+                            return Ok(());
+                        }
+                        start += n;
+                    }
+                    Ok(())
+                };
+                if let Err(e) = fetch() {
+                    let _ = raw_tx.send(Err(e));
                 }
-                out.write_all(p)?;
+            });
+            let keys = &meta.keys;
+            s.spawn(move || {
+                for batch in raw_rx {
+                    let opened = batch.and_then(|(start, sealed)| {
+                        sealed
+                            .par_iter()
+                            .enumerate()
+                            .map(|(i, block)| {
+                                open_block(id, &chunks[start + i], &keys[start + i], block)
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    });
+                    let failed = opened.is_err();
+                    if open_tx.send(opened).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            for batch in open_rx {
+                for p in batch? {
+                    hasher.update(&p);
+                    written += p.len() as u64;
+                    if written > meta.size {
+                        return Err(Error::Corrupt(format!(
+                            "object {id} is longer than recorded"
+                        )));
+                    }
+                    out.write_all(&p)?;
+                }
             }
-            start = end;
-        }
+            Ok(())
+        });
+        result?;
         out.flush()?;
         if written != meta.size || hasher.finalize().as_bytes() != meta.hash.as_slice() {
             return Err(Error::Corrupt(format!(
@@ -451,15 +540,7 @@ impl Store {
     /// How many blocks the store holds, and their total size in bytes.
     pub fn block_stats(&self) -> Result<(u64, u64)> {
         let r = self.db.begin_read()?;
-        let blocks = r.open_table(BLOCKS)?;
-        let mut n = 0;
-        let mut bytes = 0;
-        for entry in blocks.iter()? {
-            let (_, v) = entry?;
-            n += 1;
-            bytes += v.value().len() as u64;
-        }
-        Ok((n, bytes))
+        blocks::stats(&r.open_table(BLOCKS)?)
     }
 
     /// Whether the object is stored here.
@@ -494,8 +575,7 @@ impl Store {
         let (gid, bytes) = self.make_grant(id, &key, reader)?;
         let w = self.db.begin_write()?;
         {
-            w.open_table(BLOCKS)?
-                .insert(gid.to_bytes().as_slice(), bytes.as_slice())?;
+            blocks::put(&mut w.open_table(BLOCKS)?, &gid, &bytes)?;
             w.open_multimap_table(GRANTS)?
                 .insert(id.to_bytes().as_slice(), gid.to_bytes().as_slice())?;
             bump_ref(&w, &gid, 1)?;
@@ -551,7 +631,7 @@ impl Store {
                 let n = refs.get(cid.as_slice())?.map(|v| v.value()).unwrap_or(0);
                 if n <= 1 {
                     refs.remove(cid.as_slice())?;
-                    blocks.remove(cid.as_slice())?;
+                    blocks::remove(&mut blocks, &cid)?;
                 } else {
                     refs.insert(cid.as_slice(), n - 1)?;
                 }
@@ -569,14 +649,14 @@ impl Store {
         let manifest = self.manifest(&blocks, id)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
         car::write_header(&mut out, id)?;
-        car::write_block(&mut out, id, &read_block(&blocks, id)?)?;
+        car::write_block(&mut out, id, &blocks::read(&blocks, id)?)?;
         for (gid, _) in self.grants(&r, id, &manifest)? {
-            car::write_block(&mut out, &gid, &read_block(&blocks, &gid)?)?;
+            car::write_block(&mut out, &gid, &blocks::read(&blocks, &gid)?)?;
         }
         let mut seen = HashSet::new();
         for chunk in &manifest.chunks {
             if seen.insert(chunk.cid) {
-                car::write_block(&mut out, &chunk.cid, &read_block(&blocks, &chunk.cid)?)?;
+                car::write_block(&mut out, &chunk.cid, &blocks::read(&blocks, &chunk.cid)?)?;
             }
         }
         out.flush()?;
@@ -631,9 +711,8 @@ impl Store {
                         structured.insert(cid, data);
                     }
                     Codec::Raw => {
-                        if raw_seen.insert(cid) && blocks.get(cid.to_bytes().as_slice())?.is_none()
-                        {
-                            blocks.insert(cid.to_bytes().as_slice(), data.as_slice())?;
+                        if raw_seen.insert(cid) {
+                            blocks::put(&mut blocks, &cid, &data)?;
                         }
                     }
                 }
@@ -652,8 +731,8 @@ impl Store {
         {
             let blocks = w.open_table(BLOCKS)?;
             for c in &manifest.chunks {
-                match blocks.get(c.cid.to_bytes().as_slice())? {
-                    Some(b) if b.value().len() as u64 == c.size => {}
+                match blocks::get(&blocks, &c.cid)? {
+                    Some(b) if b.len() as u64 == c.size => {}
                     Some(_) => {
                         return Err(Error::Invalid(format!(
                             "chunk {} has another size than the manifest says",
@@ -683,13 +762,13 @@ impl Store {
             let mut blocks = w.open_table(BLOCKS)?;
             let mut grant_table = w.open_multimap_table(GRANTS)?;
             if is_new {
-                blocks.insert(root.to_bytes().as_slice(), manifest_bytes.as_slice())?;
+                blocks::put(&mut blocks, &root, &manifest_bytes)?;
             }
             for (gid, bytes) in &grants {
                 if grant_table.insert(root.to_bytes().as_slice(), gid.to_bytes().as_slice())? {
                     continue; // already had it
                 }
-                blocks.insert(gid.to_bytes().as_slice(), bytes.as_slice())?;
+                blocks::put(&mut blocks, gid, bytes)?;
                 new_grants.push(*gid);
             }
         }
@@ -711,15 +790,7 @@ impl Store {
         blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
         id: &ContentId,
     ) -> Result<Manifest> {
-        let bytes = match blocks.get(id.to_bytes().as_slice())? {
-            Some(b) => b.value().to_vec(),
-            None => return Err(Error::NotFound(*id)),
-        };
-        if !id.matches(&bytes) {
-            return Err(Error::Corrupt(format!(
-                "manifest {id} does not match its id"
-            )));
-        }
+        let bytes = blocks::get(blocks, id)?.ok_or(Error::NotFound(*id))?;
         decode_manifest(id, &bytes)
     }
 
@@ -736,7 +807,7 @@ impl Store {
         for gid in table.get(id.to_bytes().as_slice())? {
             let gid = ContentId::from_bytes(gid?.value())
                 .map_err(|e| Error::Corrupt(format!("grant id: {e}")))?;
-            let bytes = read_block(&blocks, &gid)?;
+            let bytes = blocks::read(&blocks, &gid)?;
             out.push((gid, check_grant(id, manifest, &gid, &bytes)?));
         }
         Ok(out)
@@ -822,6 +893,26 @@ fn check_grant(
     Ok(signed.into_body())
 }
 
+/// Check one chunk's block against its CID and decrypt it.
+fn open_block(id: &ContentId, chunk: &ChunkRef, key: &ByteBuf, block: &[u8]) -> Result<Vec<u8>> {
+    if !chunk.cid.matches(block) {
+        return Err(Error::Corrupt(format!(
+            "block {} does not match its CID",
+            chunk.cid
+        )));
+    }
+    let key: &[u8; 32] = key
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::Invalid(format!("object {id}: chunk key is not 32 bytes")))?;
+    crypto::open_chunk(key, block).map_err(|_| {
+        Error::Corrupt(format!(
+            "chunk {} of object {id} does not decrypt",
+            chunk.cid
+        ))
+    })
+}
+
 fn open_meta(key: &[u8; 32], manifest: &Manifest) -> Result<Meta> {
     let plain = Zeroizing::new(
         crypto::open(key, &manifest.meta, META_AAD)
@@ -859,24 +950,6 @@ fn total_size(manifest: &Manifest) -> u64 {
     distinct.values().sum()
 }
 
-/// Read a block and check it against its CID.
-fn read_block(
-    blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    cid: &ContentId,
-) -> Result<Vec<u8>> {
-    let bytes = blocks
-        .get(cid.to_bytes().as_slice())?
-        .ok_or_else(|| Error::Corrupt(format!("block {cid} is missing")))?
-        .value()
-        .to_vec();
-    if !cid.matches(&bytes) {
-        return Err(Error::Corrupt(format!(
-            "block {cid} does not match its CID"
-        )));
-    }
-    Ok(bytes)
-}
-
 /// Count one more use of each distinct block of a new object; returns the bytes they take.
 fn add_refs(
     w: &WriteTransaction,
@@ -896,10 +969,7 @@ fn add_refs(
     let mut stored = 0;
     for cid in distinct.keys() {
         bump_ref(w, cid, 1)?;
-        stored += blocks
-            .get(cid.to_bytes().as_slice())?
-            .map(|b| b.value().len() as u64)
-            .unwrap_or(0);
+        stored += blocks::get(&blocks, cid)?.map_or(0, |b| b.len() as u64);
     }
     Ok(stored)
 }
