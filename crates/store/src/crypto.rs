@@ -1,7 +1,7 @@
 //! The store's cryptography, in one room.
 //!
-//! - **Chunks** are sealed with XChaCha20-Poly1305 under a *convergent* key: the keyed BLAKE3
-//!   hash of the chunk under the node's secret convergence key. The same chunk added twice by
+//! - **Chunks** are sealed with XChaCha20-Poly1305 under a *convergent* key: the chunk's
+//!   BLAKE3 hash, hashed again keyed with the node's secret convergence key. The same chunk added twice by
 //!   this node gives the same block, so an edited file re-uses its unchanged chunks; another
 //!   node (with another convergence secret) cannot confirm guesses about the content (the
 //!   Tahoe-LAFS "convergence secret"). A block is `nonce (24) ‖ ciphertext ‖ tag (16)`.
@@ -37,9 +37,11 @@ pub fn random_key() -> Key {
     k
 }
 
-/// The convergent key of a chunk for a node whose convergence secret is `secret`.
-pub fn chunk_key(secret: &[u8; 32], plaintext: &[u8]) -> Key {
-    Zeroizing::new(*blake3::keyed_hash(secret, plaintext).as_bytes())
+/// The convergent key of a chunk whose BLAKE3 hash is `chunk_hash`, for a node whose
+/// convergence secret is `secret`: `BLAKE3-keyed(secret, BLAKE3(chunk))`. Without the secret the
+/// key cannot be derived from the content, so other nodes cannot confirm guesses.
+pub fn chunk_key(secret: &[u8; 32], chunk_hash: &[u8; 32]) -> Key {
+    Zeroizing::new(*blake3::keyed_hash(secret, chunk_hash).as_bytes())
 }
 
 /// Seal one chunk into a block. The nonce is derived from the key: a convergent key is
@@ -190,10 +192,11 @@ mod tests {
     proptest! {
         #[test]
         fn chunk_round_trip_and_convergence(data in proptest::collection::vec(any::<u8>(), 0..2048), secret in any::<[u8; 32]>()) {
-            let k = chunk_key(&secret, &data);
+            let h = *blake3::hash(&data).as_bytes();
+            let k = chunk_key(&secret, &h);
             let block = seal_chunk(&k, &data);
             prop_assert_eq!(block.len(), data.len() + SEAL_OVERHEAD);
-            prop_assert_eq!(&seal_chunk(&chunk_key(&secret, &data), &data), &block);
+            prop_assert_eq!(&seal_chunk(&chunk_key(&secret, &h), &data), &block);
             prop_assert_eq!(open_chunk(&k, &block).unwrap(), data.clone());
             prop_assert_eq!(open_simple(&k, &block, b"sov/chunk/1").unwrap(), data);
         }

@@ -55,6 +55,7 @@ struct Sealed {
     key: Key,
     cid: ContentId,
     block: Vec<u8>,
+    plain_hash: [u8; 32],
 }
 
 /// Context strings for secrets derived from the identity seed.
@@ -111,7 +112,7 @@ pub struct ObjectMeta {
     pub media_type: String,
     /// Plaintext length.
     pub size: u64,
-    /// BLAKE3 of the plaintext.
+    /// The plaintext hash (BLAKE3 over the chunks' BLAKE3 hashes).
     pub hash: [u8; 32],
 }
 
@@ -232,29 +233,27 @@ impl Store {
                 fastcdc::v2020::Normalization::Level1,
                 self.gear_seed,
             );
-            let read = (|| -> Result<(blake3::Hash, u64)> {
-                let mut hasher = blake3::Hasher::new();
+            let read = (|| -> Result<u64> {
                 let mut size = 0u64;
                 for chunk in chunker {
                     let chunk = chunk.map_err(|e| match e {
                         fastcdc::v2020::Error::IoError(e) => Error::Io(e),
                         e => Error::Io(std::io::Error::other(e.to_string())),
                     })?;
-                    hasher.update(&chunk.data);
                     size += chunk.data.len() as u64;
                     if plain_tx.send(chunk.data).is_err() {
                         break; // the writer failed; its error is reported below
                     }
                     progress(written.load(Ordering::Relaxed));
                 }
-                Ok((hasher.finalize(), size))
+                Ok(size)
             })();
             drop(plain_tx);
             let write = writer.join().expect("the writer stage does not panic");
             (read, write)
         });
-        let (chunks, keys, new_chunks) = write?;
-        let (hash, size) = read?;
+        let (chunks, keys, hash, new_chunks) = write?;
+        let size = read?;
         progress(size);
 
         let object_key = crypto::random_key();
@@ -262,7 +261,7 @@ impl Store {
             name: opts.name,
             media_type: opts.media_type,
             size,
-            hash: ByteBuf::from(hash.as_bytes().to_vec()),
+            hash: ByteBuf::from(hash.to_vec()),
             keys: keys.iter().map(|k| ByteBuf::from(k.to_vec())).collect(),
         };
         let meta_bytes = Zeroizing::new(dagcbor::to_vec(&meta).map_err(invalid)?);
@@ -331,10 +330,16 @@ impl Store {
             let sealed = batch
                 .par_iter()
                 .map(|plain| {
-                    let key = crypto::chunk_key(secret, plain);
+                    let plain_hash = *blake3::hash(plain).as_bytes();
+                    let key = crypto::chunk_key(secret, &plain_hash);
                     let block = crypto::seal_chunk(&key, plain);
                     let cid = ContentId::of(Codec::Raw, &block);
-                    Sealed { key, cid, block }
+                    Sealed {
+                        key,
+                        cid,
+                        block,
+                        plain_hash,
+                    }
                 })
                 .collect();
             if tx.send(sealed).is_err() {
@@ -349,8 +354,9 @@ impl Store {
         &self,
         rx: mpsc::Receiver<Vec<Sealed>>,
         written: &AtomicU64,
-    ) -> Result<(Vec<ChunkRef>, Vec<Key>, usize)> {
+    ) -> Result<(Vec<ChunkRef>, Vec<Key>, [u8; 32], usize)> {
         let mut chunks = Vec::new();
+        let mut plain_hashes = blake3::Hasher::new();
         let mut keys = Vec::new();
         let mut new_chunks = 0;
         while let Ok(first) = rx.recv() {
@@ -382,11 +388,17 @@ impl Store {
                         size: sealed.block.len() as u64,
                     });
                     keys.push(sealed.key);
+                    plain_hashes.update(&sealed.plain_hash);
                 }
             }
             w.commit()?;
         }
-        Ok((chunks, keys, new_chunks))
+        Ok((
+            chunks,
+            keys,
+            *plain_hashes.finalize().as_bytes(),
+            new_chunks,
+        ))
     }
 
     fn make_grant(
@@ -424,7 +436,8 @@ impl Store {
         let (mut hasher, mut written) = (blake3::Hasher::new(), 0u64);
         let result = std::thread::scope(|s| -> Result<()> {
             let (raw_tx, raw_rx) = mpsc::sync_channel::<Result<(usize, Vec<Vec<u8>>)>>(2);
-            let (open_tx, open_rx) = mpsc::sync_channel::<Result<Vec<Vec<u8>>>>(2);
+            type Opened = Vec<(Vec<u8>, blake3::Hash)>;
+            let (open_tx, open_rx) = mpsc::sync_channel::<Result<Opened>>(2);
             let chunks = &manifest.chunks;
             s.spawn(move || {
                 let fetch = || -> Result<()> {
@@ -462,7 +475,10 @@ impl Store {
                             .par_iter()
                             .enumerate()
                             .map(|(i, block)| {
-                                open_block(id, &chunks[start + i], &keys[start + i], block)
+                                let plain =
+                                    open_block(id, &chunks[start + i], &keys[start + i], block)?;
+                                let hash = blake3::hash(&plain);
+                                Ok((plain, hash))
                             })
                             .collect::<Result<Vec<_>>>()
                     });
@@ -473,8 +489,8 @@ impl Store {
                 }
             });
             for batch in open_rx {
-                for p in batch? {
-                    hasher.update(&p);
+                for (p, chunk_hash) in batch? {
+                    hasher.update(chunk_hash.as_bytes());
                     written += p.len() as u64;
                     if written > meta.size {
                         return Err(Error::Corrupt(format!(
