@@ -50,6 +50,15 @@ const SEAL_BATCH: usize = 4 * 1024 * 1024;
 const PLAIN_QUEUE: usize = 16;
 const SEALED_QUEUE: usize = 4;
 
+/// What the writer stage of `add` stored.
+struct Written {
+    chunks: Vec<ChunkRef>,
+    keys: Vec<Key>,
+    /// BLAKE3 over the chunks' plaintext hashes.
+    hash: [u8; 32],
+    new_chunks: usize,
+}
+
 /// One chunk, sealed: its convergent key, block id and block.
 struct Sealed {
     key: Key,
@@ -252,7 +261,12 @@ impl Store {
             let write = writer.join().expect("the writer stage does not panic");
             (read, write)
         });
-        let (chunks, keys, hash, new_chunks) = write?;
+        let Written {
+            chunks,
+            keys,
+            hash,
+            new_chunks,
+        } = write?;
         let size = read?;
         progress(size);
 
@@ -350,11 +364,7 @@ impl Store {
 
     /// Writer stage of `add`: stores sealed chunks in non-durable transactions (the object's
     /// final transaction makes them durable); returns the chunk list, keys and new count.
-    fn write_stage(
-        &self,
-        rx: mpsc::Receiver<Vec<Sealed>>,
-        written: &AtomicU64,
-    ) -> Result<(Vec<ChunkRef>, Vec<Key>, [u8; 32], usize)> {
+    fn write_stage(&self, rx: mpsc::Receiver<Vec<Sealed>>, written: &AtomicU64) -> Result<Written> {
         let mut chunks = Vec::new();
         let mut plain_hashes = blake3::Hasher::new();
         let mut keys = Vec::new();
@@ -393,12 +403,12 @@ impl Store {
             }
             w.commit()?;
         }
-        Ok((
+        Ok(Written {
             chunks,
             keys,
-            *plain_hashes.finalize().as_bytes(),
+            hash: *plain_hashes.finalize().as_bytes(),
             new_chunks,
-        ))
+        })
     }
 
     fn make_grant(
