@@ -3,6 +3,7 @@
 use std::{
     collections::{HashMap, HashSet},
     io::{Read, Write},
+    ops::Range,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -44,11 +45,17 @@ const CHUNK_MAX: usize = MAX_BLOCK - crypto::SEAL_OVERHEAD;
 const BATCH_BYTES: usize = 32 * 1024 * 1024;
 /// Bytes of blocks read per batch during `get`.
 const GET_BATCH: usize = 4 * 1024 * 1024;
-/// Plaintext gathered before a batch is sealed in parallel.
-const SEAL_BATCH: usize = 4 * 1024 * 1024;
-/// Queue bounds between the stages of `add` (chunks ≤ 1 MiB each; batches ≤ ~4 MiB each).
-const PLAIN_QUEUE: usize = 16;
-const SEALED_QUEUE: usize = 4;
+/// Plaintext read (and chunked) at a time by `add`.
+const READ_BUFFER: usize = 16 * 1024 * 1024;
+/// Queue bounds between the stages of `add`, in read buffers (~16 MiB each).
+const PLAIN_QUEUE: usize = 2;
+const SEALED_QUEUE: usize = 2;
+
+/// One read buffer of `add` and the chunks cut in it.
+struct Plain {
+    buf: Vec<u8>,
+    ranges: Vec<Range<usize>>,
+}
 
 /// What the writer stage of `add` stored.
 struct Written {
@@ -230,30 +237,46 @@ impl Store {
         // addresses chunks on all cores; a writer stores the blocks (not yet durable).
         let written = AtomicU64::new(0);
         let (read, write) = std::thread::scope(|s| {
-            let (plain_tx, plain_rx) = mpsc::sync_channel::<Vec<u8>>(PLAIN_QUEUE);
+            let (plain_tx, plain_rx) = mpsc::sync_channel::<Plain>(PLAIN_QUEUE);
             let (sealed_tx, sealed_rx) = mpsc::sync_channel::<Vec<Sealed>>(SEALED_QUEUE);
             s.spawn(|| self.seal_stage(plain_rx, sealed_tx));
             let writer = s.spawn(|| self.write_stage(sealed_rx, &written));
-            let chunker = fastcdc::v2020::StreamCDC::with_level_and_seed(
-                &mut input,
-                CHUNK_MIN,
-                CHUNK_AVG,
-                CHUNK_MAX,
-                fastcdc::v2020::Normalization::Level1,
-                self.gear_seed,
-            );
             let read = (|| -> Result<u64> {
+                // Chunk over large read buffers: each buffer goes to the sealers whole, with
+                // the chunk ranges, so no chunk is copied on its way there.
                 let mut size = 0u64;
-                for chunk in chunker {
-                    let chunk = chunk.map_err(|e| match e {
-                        fastcdc::v2020::Error::IoError(e) => Error::Io(e),
-                        e => Error::Io(std::io::Error::other(e.to_string())),
-                    })?;
-                    size += chunk.data.len() as u64;
-                    if plain_tx.send(chunk.data).is_err() {
+                let mut carry: Vec<u8> = Vec::new();
+                loop {
+                    let mut buf = Vec::with_capacity(READ_BUFFER);
+                    buf.append(&mut carry);
+                    let want = (READ_BUFFER - buf.len()) as u64;
+                    (&mut input).take(want).read_to_end(&mut buf)?;
+                    let eof = buf.len() < READ_BUFFER;
+                    let mut ranges: Vec<Range<usize>> =
+                        fastcdc::v2020::FastCDC::with_level_and_seed(
+                            &buf,
+                            CHUNK_MIN,
+                            CHUNK_AVG,
+                            CHUNK_MAX,
+                            fastcdc::v2020::Normalization::Level1,
+                            self.gear_seed,
+                        )
+                        .map(|c| c.offset..c.offset + c.length)
+                        .collect();
+                    // The last chunk was cut by the end of the buffer, not by the content:
+                    // chunk it again together with what follows.
+                    if !eof && let Some(last) = ranges.pop() {
+                        carry = buf[last.start..].to_vec();
+                        buf.truncate(last.start);
+                    }
+                    size += buf.len() as u64;
+                    if !ranges.is_empty() && plain_tx.send(Plain { buf, ranges }).is_err() {
                         break; // the writer failed; its error is reported below
                     }
                     progress(written.load(Ordering::Relaxed));
+                    if eof {
+                        break;
+                    }
                 }
                 Ok(size)
             })();
@@ -324,26 +347,13 @@ impl Store {
     }
 
     /// Sealing stage of `add`: gathers chunks into batches and seals each batch on all cores.
-    fn seal_stage(&self, rx: mpsc::Receiver<Vec<u8>>, tx: mpsc::SyncSender<Vec<Sealed>>) {
+    fn seal_stage(&self, rx: mpsc::Receiver<Plain>, tx: mpsc::SyncSender<Vec<Sealed>>) {
         let secret = &self.convergence;
-        loop {
-            let mut batch = Vec::new();
-            let mut bytes = 0;
-            while bytes < SEAL_BATCH {
-                match rx.recv() {
-                    Ok(chunk) => {
-                        bytes += chunk.len();
-                        batch.push(chunk);
-                    }
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
-                return;
-            }
-            let sealed = batch
-                .par_iter()
-                .map(|plain| {
+        for Plain { buf, ranges } in rx {
+            let sealed = ranges
+                .into_par_iter()
+                .map(|range| {
+                    let plain = &buf[range];
                     let plain_hash = *blake3::hash(plain).as_bytes();
                     let key = crypto::chunk_key(secret, &plain_hash);
                     let block = crypto::seal_chunk(&key, plain);

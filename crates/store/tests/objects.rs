@@ -79,6 +79,28 @@ fn an_edited_file_reuses_its_unchanged_chunks() {
 }
 
 #[test]
+fn chunking_does_not_depend_on_read_buffer_boundaries() {
+    // Larger than the 16 MiB read buffer: edits before, at and after a buffer boundary must
+    // re-chunk only around the edit, so chunking is a function of the content alone.
+    let (_d, store) = node();
+    let data = random_bytes(40 << 20, 21);
+    let first = add(&store, &data, "v1");
+    for pos in [0, (16 << 20) - 3, 16 << 20, (31 << 20) + 7] {
+        let mut edited = data.clone();
+        edited[pos] ^= 0x55;
+        let again = add(&store, &edited, "edit");
+        assert!(
+            again.new_chunks <= 2,
+            "edit at {pos}: {} new of {} chunks",
+            again.new_chunks,
+            again.chunks
+        );
+        assert_eq!(get(&store, &again.id).unwrap(), edited);
+    }
+    assert!(first.chunks >= 40);
+}
+
+#[test]
 fn grant_export_import_between_nodes() {
     let (_a, alice) = node();
     let (_b, bob) = node();
