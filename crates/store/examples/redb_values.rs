@@ -20,14 +20,15 @@ fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
     println!("| value size | write MB/s | read MB/s | file / data | compacted / data |");
     println!("|---|---|---|---|---|");
-    for (label, size) in [
-        ("1 MiB", 1usize << 20),
-        ("1 MiB − 4 KiB", (1 << 20) - 4096),
-        ("516 KiB", 516 << 10),
-        ("256 KiB − 512 B", (256 << 10) - 512),
-        ("64 KiB − 512 B", (64 << 10) - 512),
+    for (label, size, sequential) in [
+        ("1 MiB", 1usize << 20, false),
+        ("1 MiB − 4 KiB", (1 << 20) - 4096, false),
+        ("516 KiB", 516 << 10, false),
+        ("256 KiB − 512 B", (256 << 10) - 512, false),
+        ("64 KiB − 512 B", (64 << 10) - 512, false),
+        ("256 KiB − 512 B, increasing keys", (256 << 10) - 512, true),
     ] {
-        let path = dir.path().join(format!("{size}.redb"));
+        let path = dir.path().join(format!("{size}-{sequential}.redb"));
         let db = Database::builder()
             .set_cache_size(64 << 20)
             .create(&path)
@@ -43,9 +44,15 @@ fn main() {
             {
                 let mut t = w.open_table(T).expect("table");
                 for _ in 0..per_txn.min(count - i as usize) {
-                    // CID-like keys: 36 scattered bytes.
-                    let key = blake3::hash(&i.to_le_bytes());
-                    t.insert(&key.as_bytes()[..], &value[..]).expect("insert");
+                    // CID-like keys (scattered), or increasing ones (appended at the edge).
+                    let key = if sequential {
+                        let mut k = [0u8; 32];
+                        k[..8].copy_from_slice(&i.to_be_bytes());
+                        k
+                    } else {
+                        *blake3::hash(&i.to_le_bytes()).as_bytes()
+                    };
+                    t.insert(&key[..], &value[..]).expect("insert");
                     i += 1;
                 }
             }

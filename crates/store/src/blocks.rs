@@ -26,19 +26,27 @@ fn key(cid: &[u8], index: u16) -> Vec<u8> {
 
 /// Store `bytes` as block `cid` unless it is already there; returns whether it was new.
 pub(crate) fn put(t: &mut Table<&[u8], &[u8]>, cid: &ContentId, bytes: &[u8]) -> Result<bool> {
-    let id = cid.to_bytes();
-    if t.get(key(&id, 0).as_slice())?.is_some() {
+    if t.get(key(&cid.to_bytes(), 0).as_slice())?.is_some() {
         return Ok(false);
     }
+    put_new(t, cid, bytes)?;
+    Ok(true)
+}
+
+/// Store `bytes` as block `cid` without looking first. Looking costs a read of the ~256 KiB
+/// leaf the key falls into, so callers that know whether a block exists (from `refs`) use
+/// this. Writing a block that does exist rewrites the same bytes: harmless.
+pub(crate) fn put_new(t: &mut Table<&[u8], &[u8]>, cid: &ContentId, bytes: &[u8]) -> Result<()> {
+    let id = cid.to_bytes();
     if bytes.is_empty() {
         t.insert(key(&id, 0).as_slice(), &[][..])?;
-        return Ok(true);
+        return Ok(());
     }
     for (i, piece) in bytes.chunks(PIECE).enumerate() {
         let index = u16::try_from(i).map_err(|_| Error::TooLarge("block too large".into()))?;
         t.insert(key(&id, index).as_slice(), piece)?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// The bytes of block `cid`, checked against the CID; `Ok(None)` if absent.

@@ -377,6 +377,7 @@ impl Store {
     fn write_stage(&self, rx: mpsc::Receiver<Vec<Sealed>>, written: &AtomicU64) -> Result<Written> {
         let mut chunks = Vec::new();
         let mut plain_hashes = blake3::Hasher::new();
+        let mut stored_here = HashSet::new();
         let mut keys = Vec::new();
         let mut new_chunks = 0;
         while let Ok(first) = rx.recv() {
@@ -395,8 +396,16 @@ impl Store {
             w.set_durability(Durability::None)?;
             {
                 let mut table = w.open_table(BLOCKS)?;
+                let refs = w.open_table(REFS)?;
                 for sealed in batches.into_iter().flatten() {
-                    if blocks::put(&mut table, &sealed.cid, &sealed.block)? {
+                    // Every stored block is either counted in `refs` (its objects are
+                    // committed) or was written by this add (unfinished adds' blocks are
+                    // collected at open), so no lookup in the block table is needed.
+                    let known = stored_here.contains(&sealed.cid)
+                        || refs.get(sealed.cid.to_bytes().as_slice())?.is_some();
+                    if !known {
+                        blocks::put_new(&mut table, &sealed.cid, &sealed.block)?;
+                        stored_here.insert(sealed.cid);
                         new_chunks += 1;
                     }
                     written.fetch_add(
