@@ -49,17 +49,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: args::Cli) -> anyhow::Result<()> {
-    if let args::Command::Demo { dir, size_mib } = cli.command {
-        return demo::run(dir, size_mib);
-    }
-    let home = home::Home::resolve(cli.home, cli.passphrase_file)?;
+    let home = || home::Home::resolve(cli.home.clone(), cli.passphrase_file.clone());
     match cli.command {
         args::Command::Init { force, import_seed } => {
-            home::init(&home, force, import_seed.as_deref())
+            home::init(&home()?, force, import_seed.as_deref())
         }
-        args::Command::Id { json } => home::id(&home, json),
-        args::Command::Data(cmd) => data::run(&home, cmd),
-        args::Command::Demo { .. } => unreachable!("handled above"),
+        args::Command::Id { json } => home::id(&home()?, json),
+        args::Command::Data(cmd) => data::run(&home()?, cmd),
+        args::Command::Demo { dir, size_mib } => demo::run(dir, size_mib),
     }
 }
 

@@ -17,6 +17,11 @@ fn main() {
         .map(|a| a.parse().expect("MiB must be a number"))
         .unwrap_or(512);
     let total = mib << 20;
+    // Optional second argument: MiB per write transaction (default 32).
+    let txn_mib: usize = std::env::args()
+        .nth(2)
+        .map(|a| a.parse().expect("MiB must be a number"))
+        .unwrap_or(32);
     let dir = tempfile::tempdir().expect("temporary directory");
     println!("| value size | write MB/s | read MB/s | file / data | compacted / data |");
     println!("|---|---|---|---|---|");
@@ -35,7 +40,7 @@ fn main() {
             .expect("create");
         let value = vec![7u8; size];
         let count = total / size;
-        let per_txn = ((32 << 20) / size).max(1);
+        let per_txn = ((txn_mib << 20) / size).max(1);
         let started = Instant::now();
         let mut i = 0u64;
         while (i as usize) < count {
