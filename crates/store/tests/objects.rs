@@ -249,3 +249,42 @@ fn a_second_process_gets_a_clear_error() {
         Err(Error::InUse(_))
     ));
 }
+
+#[test]
+fn bit_rot_in_the_database_file_is_an_error_not_wrong_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let key = Keypair::generate();
+    let data = random_bytes(3 << 20, 31);
+    let (id, car) = {
+        let store = Store::open(&path, key.clone()).unwrap();
+        let id = add(&store, &data, "f").id;
+        let mut car = Vec::new();
+        store.export_car(&id, &mut car).unwrap();
+        (id, car)
+    };
+    // Find the last chunk block's ciphertext in the file (it is the tail of the CAR) and flip
+    // one byte of it on disk.
+    let needle = &car[car.len() - 4096..car.len() - 4096 + 64];
+    let mut file = std::fs::read(&path).unwrap();
+    let at = file
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the block's ciphertext is in the file");
+    file[at + 10] ^= 0x20;
+    std::fs::write(&path, &file).unwrap();
+
+    let store = Store::open(&path, key).unwrap();
+    let mut out = Vec::new();
+    let result = store.get(&id, &mut out);
+    assert!(
+        matches!(result, Err(Error::Corrupt(_)) | Err(Error::Db(_))),
+        "{result:?}"
+    );
+    assert!(
+        out.len() < data.len(),
+        "the corrupted chunk was written out"
+    );
+    // Export refuses too: a corrupted block never leaves the node.
+    assert!(store.export_car(&id, &mut Vec::new()).is_err());
+}
