@@ -43,6 +43,8 @@ const CHUNK_AVG: usize = 512 * 1024;
 const CHUNK_MAX: usize = MAX_BLOCK - crypto::SEAL_OVERHEAD;
 /// Bytes per write transaction during `add`.
 const BATCH_BYTES: usize = 32 * 1024 * 1024;
+/// Blocks verified together by `export_car`.
+const EXPORT_BATCH: usize = 16;
 /// Bytes of blocks read per batch during `get`.
 const GET_BATCH: usize = 4 * 1024 * 1024;
 /// Plaintext read (and chunked) at a time by `add`.
@@ -699,9 +701,33 @@ impl Store {
             car::write_block(&mut out, &gid, &blocks::read(&blocks, &gid)?)?;
         }
         let mut seen = HashSet::new();
-        for chunk in &manifest.chunks {
-            if seen.insert(chunk.cid) {
-                car::write_block(&mut out, &chunk.cid, &blocks::read(&blocks, &chunk.cid)?)?;
+        let distinct: Vec<ContentId> = manifest
+            .chunks
+            .iter()
+            .map(|c| c.cid)
+            .filter(|cid| seen.insert(*cid))
+            .collect();
+        // Read a batch, check its blocks against their CIDs on all cores, write it in order.
+        for batch in distinct.chunks(EXPORT_BATCH) {
+            let raw = batch
+                .iter()
+                .map(|cid| {
+                    blocks::get_unverified(&blocks, cid)?
+                        .ok_or_else(|| Error::Corrupt(format!("block {cid} is missing")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if let Some(bad) = batch
+                .par_iter()
+                .zip(&raw)
+                .find_any(|(cid, bytes)| !cid.matches(bytes))
+            {
+                return Err(Error::Corrupt(format!(
+                    "block {} does not match its CID",
+                    bad.0
+                )));
+            }
+            for (cid, bytes) in batch.iter().zip(&raw) {
+                car::write_block(&mut out, cid, bytes)?;
             }
         }
         out.flush()?;
