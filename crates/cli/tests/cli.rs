@@ -396,3 +396,44 @@ fn a_killed_add_leaves_no_half_visible_object() {
     let id = last_line(&n.ok(&["data", "add", file.to_str().unwrap()])).to_owned();
     assert!(n.ok_bytes(&["data", "get", &id]) == data);
 }
+
+#[test]
+fn the_demo_runs_every_step() {
+    let n = Node::new();
+    let keep = n.path().join("demo");
+    let out = n.ok(&["demo", "--size-mib", "4", "--dir", keep.to_str().unwrap()]);
+    assert!(out.contains("identical bytes"), "{out}");
+    // The gear seed is per node (random here), so an edit may re-chunk one or two chunks.
+    let new_chunks: u32 = out
+        .lines()
+        .find(|l| l.contains("chunks were new"))
+        .and_then(|l| l.split(": ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("step 3 reports how many chunks were new");
+    assert!((1..=2).contains(&new_chunks), "{out}");
+    assert!(out.contains("has no read grant"), "{out}");
+    assert!(out.contains("holds 0 blocks"), "{out}");
+    // The kept homes are real nodes: alice's store lists both versions.
+    let alice = Node {
+        home: tempfile::tempdir().unwrap(),
+        passphrase: None,
+    };
+    let listed = alice
+        .cmd(&[
+            "--home",
+            keep.join("alice").to_str().unwrap(),
+            "data",
+            "ls",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let objects: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(objects.as_array().unwrap().len(), 2);
+    // A non-empty --dir is refused.
+    assert!(
+        n.fails(&["demo", "--dir", keep.to_str().unwrap()])
+            .contains("not empty")
+    );
+}
