@@ -96,6 +96,12 @@ pub fn init(home: &Home, force: bool, import_seed: Option<&Path>) -> anyhow::Res
         home.passphrase.as_deref().map(|p| p.as_slice()),
         force,
     )?;
+    if force && home.dir.join(sov_store::DB_FILE).exists() {
+        note!(
+            "note: the store in {} keeps its objects; those of the previous identity stay readable only by that identity (or to whom it granted them)",
+            home.dir.display()
+        );
+    }
     let sealed = if home.passphrase.is_some() {
         "sealed with your passphrase"
     } else {
