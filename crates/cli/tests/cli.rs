@@ -437,3 +437,37 @@ fn the_demo_runs_every_step() {
             .contains("not empty")
     );
 }
+
+#[test]
+fn a_damaged_store_file_gives_errors_never_wrong_bytes_or_panics() {
+    let n = Node::new();
+    n.init();
+    let (file, data) = random_file(n.path(), "f.bin", 3_000_000, 17);
+    let id = last_line(&n.ok(&["data", "add", file.to_str().unwrap()])).to_owned();
+    let store = n.path().join(sov_store::DB_FILE);
+    let clean = fs::read(&store).unwrap();
+    let mut rng = StdRng::seed_from_u64(7);
+    let (mut read_ok, mut refused) = (0, 0);
+    for _ in 0..25 {
+        let mut damaged = clean.clone();
+        let at = (rng.next_u64() as usize) % damaged.len();
+        for b in damaged.iter_mut().skip(at).take(16) {
+            *b ^= (rng.next_u64() as u8) | 1;
+        }
+        fs::write(&store, &damaged).unwrap();
+        let out = n.run(&["data", "get", &id]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("internal error"),
+            "{err}"
+        );
+        if out.status.success() {
+            assert!(out.stdout == data, "damage at {at} gave wrong bytes");
+            read_ok += 1;
+        } else {
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+            refused += 1;
+        }
+    }
+    assert_eq!(read_ok + refused, 25);
+}
