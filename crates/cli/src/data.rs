@@ -116,20 +116,7 @@ fn add(store: &Store, path: &Path, name: Option<String>, json: bool) -> anyhow::
         }
         (Box::new(file), Some(meta.len()))
     };
-    let bar = match len {
-        Some(n) if n >= PROGRESS_FROM => {
-            let bar = ProgressBar::new(n).with_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
-            );
-            bar.set_message(format!("encrypting {name}"));
-            Some(bar)
-        }
-        _ => None,
-    };
+    let bar = progress_bar(len.unwrap_or(0), format!("encrypting {name}"));
     let added = store
         .add(input, opts, &mut |done| {
             if let Some(b) = &bar {
@@ -166,11 +153,16 @@ fn get(store: &Store, id: &ContentId, out: Option<&Path>) -> anyhow::Result<()> 
             w.flush()?;
         }
         Some(path) => {
+            let size = store.info(id)?.meta.map_or(0, |m| m.size);
+            let bar = progress_bar(size, format!("decrypting {id}"));
             // Write beside the target and rename only after the whole object verified.
             write_atomically(path, |f| {
-                store.get(id, f)?;
+                store.get(id, &mut Counting::new(f, bar.as_ref()))?;
                 Ok(())
             })?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
             note!("wrote {id} to {}", path.display());
         }
     }
@@ -214,19 +206,28 @@ fn ls(store: &Store, json: bool) -> anyhow::Result<()> {
 }
 
 fn export(store: &Store, id: &ContentId, path: &Path) -> anyhow::Result<()> {
+    let bar = progress_bar(store.info(id)?.stored_bytes, format!("exporting {id}"));
     write_atomically(path, |f| {
-        store.export_car(id, f)?;
+        store.export_car(id, &mut Counting::new(f, bar.as_ref()))?;
         Ok(())
     })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     note!("exported {id} to {}", path.display());
     Ok(())
 }
 
 fn import(store: &Store, path: &Path, json: bool) -> anyhow::Result<()> {
     let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = progress_bar(len, format!("verifying {}", path.display()));
     let id = store
-        .import_car(file)
+        .import_car(Counting::new(file, bar.as_ref()))
         .with_context(|| format!("importing {}", path.display()))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     let info = store.info(&id)?;
     if json {
         say!("{}", serde_json::to_string(&ObjectJson::from(&info))?)?;
@@ -272,5 +273,60 @@ fn write_atomically(
             let _ = fs::remove_file(&tmp);
             Err(e)
         }
+    }
+}
+
+/// A progress bar on stderr for work over `total` bytes, if that is large enough to wait for.
+/// indicatif draws nothing when stderr is not a terminal.
+fn progress_bar(total: u64, message: String) -> Option<ProgressBar> {
+    if total < PROGRESS_FROM {
+        return None;
+    }
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    Some(bar)
+}
+
+/// Counts the bytes that pass through a reader or writer onto a progress bar.
+struct Counting<'a, T> {
+    inner: T,
+    bar: Option<&'a ProgressBar>,
+}
+
+impl<'a, T> Counting<'a, T> {
+    fn new(inner: T, bar: Option<&'a ProgressBar>) -> Self {
+        Self { inner, bar }
+    }
+
+    fn count(&self, n: usize) {
+        if let Some(b) = self.bar {
+            b.inc(n as u64);
+        }
+    }
+}
+
+impl<T: io::Read> io::Read for Counting<'_, T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count(n);
+        Ok(n)
+    }
+}
+
+impl<T: io::Write> io::Write for Counting<'_, T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count(n);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
