@@ -154,15 +154,11 @@ fn get(store: &Store, id: &ContentId, out: Option<&Path>) -> anyhow::Result<()> 
         }
         Some(path) => {
             let size = store.info(id)?.meta.map_or(0, |m| m.size);
-            let bar = progress_bar(size, format!("decrypting {id}"));
             // Write beside the target and rename only after the whole object verified.
-            write_atomically(path, |f| {
-                store.get(id, &mut Counting::new(f, bar.as_ref()))?;
+            write_atomically(path, size, format!("decrypting {id}"), |f| {
+                store.get(id, f)?;
                 Ok(())
             })?;
-            if let Some(b) = bar {
-                b.finish_and_clear();
-            }
             note!("wrote {id} to {}", path.display());
         }
     }
@@ -206,14 +202,11 @@ fn ls(store: &Store, json: bool) -> anyhow::Result<()> {
 }
 
 fn export(store: &Store, id: &ContentId, path: &Path) -> anyhow::Result<()> {
-    let bar = progress_bar(store.info(id)?.stored_bytes, format!("exporting {id}"));
-    write_atomically(path, |f| {
-        store.export_car(id, &mut Counting::new(f, bar.as_ref()))?;
+    let size = store.info(id)?.stored_bytes;
+    write_atomically(path, size, format!("exporting {id}"), |f| {
+        store.export_car(id, f)?;
         Ok(())
     })?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
     note!("exported {id} to {}", path.display());
     Ok(())
 }
@@ -245,10 +238,13 @@ fn import(store: &Store, path: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 /// Create `path` through a temporary file in the same directory, renamed into place only if
-/// `write` succeeds; on failure nothing is left behind.
+/// `write` succeeds; on failure nothing is left behind. About `total` bytes are expected: a
+/// progress bar shows them when that is large.
 fn write_atomically(
     path: &Path,
-    write: impl FnOnce(&mut fs::File) -> anyhow::Result<()>,
+    total: u64,
+    message: String,
+    write: impl FnOnce(&mut dyn io::Write) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -265,7 +261,11 @@ fn write_atomically(
     let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     // No fsync: like `cp`, the copy is as durable as the file system makes it; what matters
     // here is that FILE never holds unverified or partial bytes.
-    let result = write(&mut f);
+    let bar = progress_bar(total, message);
+    let result = write(&mut Counting::new(&mut f, bar.as_ref()));
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     drop(f);
     match result {
         Ok(()) => fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display())),
