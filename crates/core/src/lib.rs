@@ -4,15 +4,23 @@
 //! - [`ContentId`]: a CIDv1 with a BLAKE3-256 multihash, for raw and DAG-CBOR blocks.
 //! - [`Signed`]: canonical DAG-CBOR bytes of a message, a domain tag naming its type and
 //!   version, the signer's DID and a strictly verified Ed25519 signature.
+//! - [`Block`]: bytes checked against their CID, so no layer hashes them twice.
 //! - [`dagcbor`]: deterministic (canonical) DAG-CBOR encoding and a decoder that rejects
 //!   anything non-canonical, so a block's bytes and its CID are a function of its value.
 //!
 //! Nothing here does I/O, reads a clock or draws randomness: callers pass those in.
 
+mod block;
 mod cid;
 pub mod dagcbor;
 mod did;
 mod signed;
+
+pub use block::{Block, BlockMismatch};
+
+/// Largest block (chunk ciphertext, manifest or grant) sov writes, accepts or sends: 1 MiB,
+/// the block size IPFS implementations accept without special flags.
+pub const MAX_BLOCK: usize = 1 << 20;
 
 pub use cid::{CidError, Codec, ContentId};
 pub use did::{Did, DidError};

@@ -20,18 +20,18 @@
 mod blocks;
 pub mod car;
 mod crypto;
+mod import;
 pub mod manifest;
 mod store;
 
 use std::path::PathBuf;
 
 pub use car::CarError;
+pub use import::{Import, Pin};
 use sov_core::{ContentId, Did};
 pub use store::{AddOptions, Added, ObjectInfo, ObjectMeta, Store};
 
-/// Largest block (chunk ciphertext or manifest) sov writes or accepts: 1 MiB, the block
-/// size IPFS implementations accept without special flags.
-pub const MAX_BLOCK: usize = 1 << 20;
+pub use sov_core::MAX_BLOCK;
 
 /// The store's file name inside the node's home.
 pub const DB_FILE: &str = "store.redb";

@@ -30,11 +30,12 @@ use crate::{
 };
 
 /// object id → bytes the object's distinct blocks take.
-const OBJECTS: TableDefinition<&[u8], u64> = TableDefinition::new("objects");
-const GRANTS: MultimapTableDefinition<&[u8], &[u8]> = MultimapTableDefinition::new("grants");
-const REFS: TableDefinition<&[u8], u64> = TableDefinition::new("refs");
+pub(crate) const OBJECTS: TableDefinition<&[u8], u64> = TableDefinition::new("objects");
+pub(crate) const GRANTS: MultimapTableDefinition<&[u8], &[u8]> =
+    MultimapTableDefinition::new("grants");
+pub(crate) const REFS: TableDefinition<&[u8], u64> = TableDefinition::new("refs");
 /// add in progress → its start time; blocks of an add that never finished are collected.
-const PENDING: TableDefinition<u64, u64> = TableDefinition::new("pending");
+pub(crate) const PENDING: TableDefinition<u64, u64> = TableDefinition::new("pending");
 
 /// Content-defined chunking: at least 256 KiB, about 512 KiB, at most what keeps a sealed
 /// block within [`MAX_BLOCK`].
@@ -177,6 +178,7 @@ impl Store {
             w.open_multimap_table(GRANTS)?;
             w.open_table(REFS)?;
             w.open_table(PENDING)?;
+            w.open_table(crate::import::PINS)?;
         }
         w.commit()?;
         let convergence = me.derive_secret(CONVERGENCE_CONTEXT);
@@ -191,6 +193,10 @@ impl Store {
         };
         store.collect_unfinished()?;
         Ok(store)
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
     }
 
     /// The identity this store reads and signs as.
@@ -656,6 +662,7 @@ impl Store {
             if w.open_table(OBJECTS)?.remove(key.as_slice())?.is_none() {
                 return Err(Error::NotFound(*id));
             }
+            w.open_table(crate::import::PINS)?.remove(key.as_slice())?;
             let manifest = {
                 let blocks = w.open_table(BLOCKS)?;
                 self.manifest(&blocks, id)?
@@ -824,35 +831,7 @@ impl Store {
             check_grant(&root, &manifest, &gid, &bytes)?;
             grants.push((gid, bytes));
         }
-        let is_new = w
-            .open_table(OBJECTS)?
-            .get(root.to_bytes().as_slice())?
-            .is_none();
-        let mut new_grants = Vec::new();
-        {
-            let mut blocks = w.open_table(BLOCKS)?;
-            let mut grant_table = w.open_multimap_table(GRANTS)?;
-            if is_new {
-                blocks::put(&mut blocks, &root, &manifest_bytes)?;
-            }
-            for (gid, bytes) in &grants {
-                if grant_table.insert(root.to_bytes().as_slice(), gid.to_bytes().as_slice())? {
-                    continue; // already had it
-                }
-                blocks::put(&mut blocks, gid, bytes)?;
-                new_grants.push(*gid);
-            }
-        }
-        if is_new {
-            let stored = add_refs(w, &root, &manifest, &new_grants)?;
-            w.open_table(OBJECTS)?
-                .insert(root.to_bytes().as_slice(), stored)?;
-        } else {
-            for g in &new_grants {
-                bump_ref(w, g, 1)?;
-            }
-        }
-        Ok(())
+        commit_object(w, &root, &manifest_bytes, &manifest, &grants)
     }
 
     /// The verified manifest of `id`.
@@ -913,7 +892,7 @@ impl Store {
 }
 
 /// Decode and verify a manifest block: a valid signature by the owner it names.
-fn decode_manifest(id: &ContentId, bytes: &[u8]) -> Result<Manifest> {
+pub(crate) fn decode_manifest(id: &ContentId, bytes: &[u8]) -> Result<Manifest> {
     let signed = Signed::<Manifest>::decode(bytes)
         .map_err(|e| Error::Invalid(format!("manifest {id}: {e}")))?;
     let manifest = signed.body();
@@ -944,7 +923,7 @@ fn decode_manifest(id: &ContentId, bytes: &[u8]) -> Result<Manifest> {
 }
 
 /// Decode and verify a grant block of object `id`.
-fn check_grant(
+pub(crate) fn check_grant(
     id: &ContentId,
     manifest: &Manifest,
     gid: &ContentId,
@@ -1022,7 +1001,7 @@ fn total_size(manifest: &Manifest) -> u64 {
 }
 
 /// Count one more use of each distinct block of a new object; returns the bytes they take.
-fn add_refs(
+pub(crate) fn add_refs(
     w: &WriteTransaction,
     id: &ContentId,
     manifest: &Manifest,
@@ -1045,7 +1024,7 @@ fn add_refs(
     Ok(stored)
 }
 
-fn bump_ref(w: &WriteTransaction, cid: &ContentId, by: u64) -> Result<()> {
+pub(crate) fn bump_ref(w: &WriteTransaction, cid: &ContentId, by: u64) -> Result<()> {
     let mut refs = w.open_table(REFS)?;
     let key = cid.to_bytes();
     let n = refs.get(key.as_slice())?.map(|v| v.value()).unwrap_or(0);
@@ -1053,11 +1032,52 @@ fn bump_ref(w: &WriteTransaction, cid: &ContentId, by: u64) -> Result<()> {
     Ok(())
 }
 
-fn invalid(e: impl std::fmt::Display) -> Error {
+pub(crate) fn invalid(e: impl std::fmt::Display) -> Error {
     Error::Invalid(e.to_string())
 }
 
-fn rand_u64() -> u64 {
+pub(crate) fn rand_u64() -> u64 {
     use rand::Rng as _;
     rand::rng().next_u64()
+}
+
+/// Record object `root` (its manifest and chunks already checked, every chunk stored) with
+/// the checked `grants`, or add the grants it lacks if the object is already here.
+pub(crate) fn commit_object(
+    w: &WriteTransaction,
+    root: &ContentId,
+    manifest_bytes: &[u8],
+    manifest: &Manifest,
+    grants: &[(ContentId, Vec<u8>)],
+) -> Result<()> {
+    let root = *root;
+    let is_new = w
+        .open_table(OBJECTS)?
+        .get(root.to_bytes().as_slice())?
+        .is_none();
+    let mut new_grants = Vec::new();
+    {
+        let mut blocks = w.open_table(BLOCKS)?;
+        let mut grant_table = w.open_multimap_table(GRANTS)?;
+        if is_new {
+            blocks::put(&mut blocks, &root, manifest_bytes)?;
+        }
+        for (gid, bytes) in grants {
+            if grant_table.insert(root.to_bytes().as_slice(), gid.to_bytes().as_slice())? {
+                continue; // already had it
+            }
+            blocks::put(&mut blocks, gid, bytes)?;
+            new_grants.push(*gid);
+        }
+    }
+    if is_new {
+        let stored = add_refs(w, &root, manifest, &new_grants)?;
+        w.open_table(OBJECTS)?
+            .insert(root.to_bytes().as_slice(), stored)?;
+    } else {
+        for g in &new_grants {
+            bump_ref(w, g, 1)?;
+        }
+    }
+    Ok(())
 }

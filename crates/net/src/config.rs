@@ -1,0 +1,75 @@
+//! [`Config`]: what a node's network needs to start.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+
+/// Network settings; [`Config::new`] gives the defaults for a node with this key seed.
+#[derive(Clone)]
+pub struct Config {
+    /// The node's Ed25519 seed: the PeerId and the did:key come from the same key.
+    pub seed: [u8; 32],
+    /// Addresses to listen on (TCP and QUIC multiaddrs; port 0 picks a free port).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through (`/ip4/…/tcp/…/p2p/…`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Find peers on the local network by multicast DNS.
+    pub mdns: bool,
+    /// Ask peers whether we are reachable from outside (AutoNAT); useless on loopback.
+    pub autonat: bool,
+    /// Most connections at once.
+    pub max_connections: u32,
+    /// How long a peer that misbehaved stays banned.
+    pub ban_duration: Duration,
+    /// How long a request may take before it fails.
+    pub request_timeout: Duration,
+    /// How often to refresh the DHT routing table (Kademlia bootstrap).
+    pub kad_refresh: Duration,
+    /// The gossipsub heartbeat (short in tests, so meshes form quickly).
+    pub gossip_heartbeat: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("bootstrap", &self.bootstrap)
+            .field("mdns", &self.mdns)
+            .field("autonat", &self.autonat)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Defaults: listen on all interfaces on free TCP and QUIC ports, mDNS on.
+    pub fn new(seed: [u8; 32]) -> Self {
+        Self {
+            seed,
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr"),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            autonat: false,
+            max_connections: 256,
+            ban_duration: Duration::from_secs(600),
+            request_timeout: Duration::from_secs(60),
+            kad_refresh: Duration::from_secs(300),
+            gossip_heartbeat: Duration::from_secs(1),
+        }
+    }
+
+    /// Loopback only, TCP, no mDNS: for tests and local demos.
+    pub fn loopback(seed: [u8; 32]) -> Self {
+        Self {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
+            mdns: false,
+            gossip_heartbeat: Duration::from_millis(200),
+            ..Self::new(seed)
+        }
+    }
+}

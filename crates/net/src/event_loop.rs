@@ -1,0 +1,616 @@
+//! The task that owns the swarm: it turns [`Command`]s into swarm calls and swarm events into
+//! replies and [`Event`]s. Nothing here blocks: hashing and storage happen in the callers.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt as _;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, SwarmBuilder, gossipsub, identify, kad, mdns,
+    multiaddr::Protocol,
+    noise, request_response,
+    swarm::{ConnectionId, DialError, SwarmEvent, dial_opts::DialOpts},
+    tcp, yamux,
+};
+use sov_core::ContentId;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::{
+    Client, Config, Error, Event, PeerInfo, Providers, Result,
+    behaviour::{Behaviour, BehaviourEvent},
+    client::{BlocksReply, Command, Reply},
+    perf,
+    wire::EncodedBlocks,
+};
+
+/// Commands waiting for the event loop.
+const COMMAND_QUEUE: usize = 256;
+/// Events waiting for the node; when full, new inbound requests are dropped (the peer sees
+/// its request fail) rather than stalling the swarm.
+const EVENT_QUEUE: usize = 1024;
+
+/// Build the swarm, start listening and dialing the bootstrap peers, and spawn the event loop
+/// on the current tokio runtime.
+pub async fn start(config: Config) -> Result<(Client, mpsc::Receiver<Event>)> {
+    let key = libp2p::identity::Keypair::ed25519_from_bytes(config.seed)
+        .map_err(|e| Error::Setup(format!("identity key: {e}")))?;
+    let me = key.public().to_peer_id();
+    let behaviour_config = config.clone();
+    let mut swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| Error::Setup(format!("TCP: {e}")))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| Error::Setup(format!("DNS: {e}")))?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| Error::Setup(format!("relay client: {e}")))?
+        .with_behaviour(|key, relay| {
+            Behaviour::new(key, relay, &behaviour_config)
+                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+        })
+        .map_err(|e| Error::Setup(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+
+    let mut listeners = 0;
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| Error::Setup(format!("listen on {addr}: {e}")))?;
+        listeners += 1;
+    }
+    let streams = swarm.behaviour().streams.new_control();
+    perf::serve(streams.clone()).map_err(Error::Setup)?;
+
+    let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
+    let mut event_loop = EventLoop {
+        swarm,
+        config: config.clone(),
+        commands: command_rx,
+        command_tx: command_tx.clone(),
+        events: event_tx,
+        listeners,
+        listening: HashMap::new(),
+        waiting_listen: Vec::new(),
+        dials: HashMap::new(),
+        wants: HashMap::new(),
+        requests: HashMap::new(),
+        providers: HashMap::new(),
+        provides: HashMap::new(),
+        closest: HashMap::new(),
+        identified: HashMap::new(),
+        seen_at: HashMap::new(),
+        bans: HashMap::new(),
+    };
+    for addr in &config.bootstrap {
+        event_loop.dial(addr.clone(), None);
+    }
+    tokio::spawn(event_loop.run());
+    Ok((
+        Client {
+            commands: command_tx,
+            me,
+            streams,
+        },
+        event_rx,
+    ))
+}
+
+type DialReply = oneshot::Sender<Result<PeerId>>;
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    config: Config,
+    commands: mpsc::Receiver<Command>,
+    command_tx: mpsc::Sender<Command>,
+    events: mpsc::Sender<Event>,
+    listeners: usize,
+    listening: HashMap<libp2p::core::transport::ListenerId, Vec<Multiaddr>>,
+    waiting_listen: Vec<oneshot::Sender<Vec<Multiaddr>>>,
+    dials: HashMap<ConnectionId, (Multiaddr, Option<DialReply>)>,
+    wants: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<EncodedBlocks>>>,
+    requests: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>>>>,
+    providers: HashMap<kad::QueryId, (usize, Providers, oneshot::Sender<Providers>)>,
+    provides: HashMap<kad::QueryId, oneshot::Sender<Result<()>>>,
+    closest: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
+    /// Listen addresses peers told us through identify.
+    identified: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Where we see connected peers.
+    seen_at: HashMap<PeerId, Vec<Multiaddr>>,
+    bans: HashMap<PeerId, Instant>,
+}
+
+fn kad_key(key: &ContentId) -> kad::RecordKey {
+    kad::RecordKey::new(&key.to_bytes())
+}
+
+impl EventLoop {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown(done)) => {
+                        let _ = done.send(());
+                        break;
+                    }
+                    Some(c) => self.on_command(c),
+                    // Only our own sender is left (inside replies): every Client is gone.
+                    None => break,
+                },
+                _ = tick.tick() => self.unban_expired(),
+            }
+            if self.commands.sender_strong_count() <= 1 && self.commands.is_empty() {
+                // Every Client is gone; only the loop's own sender (for replies) remains.
+                break;
+            }
+        }
+        debug!("network stopped");
+    }
+
+    fn emit(&self, event: Event) {
+        if let Err(e) = self.events.try_send(event) {
+            warn!("node is not keeping up with the network; dropped an event: {e}");
+        }
+    }
+
+    fn dial(&mut self, addr: Multiaddr, reply: Option<oneshot::Sender<Result<PeerId>>>) {
+        let opts = DialOpts::from(addr.clone());
+        let id = opts.connection_id();
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+        }
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.dials.insert(id, (addr, reply));
+            }
+            Err(e) => {
+                warn!(%addr, "dial failed: {e}");
+                if let Some(r) = reply {
+                    let _ = r.send(Err(Error::Dial {
+                        addr: addr.to_string(),
+                        reason: e.to_string(),
+                    }));
+                }
+            }
+        }
+    }
+
+    fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let me = *self.swarm.local_peer_id();
+        let mut out: Vec<Multiaddr> = self
+            .listening
+            .values()
+            .flatten()
+            .map(|a| a.clone().with(Protocol::P2p(me)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn ban(&mut self, peer: PeerId, reason: String) {
+        warn!(%peer, %reason, "banning peer");
+        let b = self.swarm.behaviour_mut();
+        b.bans.block_peer(peer);
+        b.kad.remove_peer(&peer);
+        self.bans
+            .insert(peer, Instant::now() + self.config.ban_duration);
+        self.emit(Event::PeerBanned { peer, reason });
+    }
+
+    fn unban_expired(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<PeerId> = self
+            .bans
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in expired {
+            self.bans.remove(&p);
+            self.swarm.behaviour_mut().bans.unblock_peer(p);
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Dial(addr, reply) => self.dial(addr, Some(reply)),
+            Command::AddAddress(peer, addr) => {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+            }
+            Command::ListenAddrs(reply) => {
+                if self.listening.len() >= self.listeners {
+                    let _ = reply.send(self.listen_addrs());
+                } else {
+                    self.waiting_listen.push(reply);
+                }
+            }
+            Command::Peers(reply) => {
+                let peers = self
+                    .swarm
+                    .connected_peers()
+                    .map(|p| PeerInfo {
+                        peer_id: *p,
+                        did: crate::did_of(p),
+                        addrs: self
+                            .identified
+                            .get(p)
+                            .or_else(|| self.seen_at.get(p))
+                            .cloned()
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                let _ = reply.send(peers);
+            }
+            Command::Provide(key, reply) => {
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(kad_key(&key))
+                {
+                    Ok(q) => {
+                        self.provides.insert(q, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(Error::Dht(e.to_string())));
+                    }
+                }
+            }
+            Command::Unprovide(key) => {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .stop_providing(&kad_key(&key));
+            }
+            Command::Providers { key, enough, reply } => {
+                let q = self.swarm.behaviour_mut().kad.get_providers(kad_key(&key));
+                self.providers
+                    .insert(q, (enough.max(1), Providers::default(), reply));
+            }
+            Command::Closest(key, reply) => {
+                let q = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_closest_peers(key.to_bytes());
+                self.closest.insert(q, reply);
+            }
+            Command::Want(peer, cids, reply) => {
+                let id = self.swarm.behaviour_mut().blocks.send_request(&peer, cids);
+                self.wants.insert(id, reply);
+            }
+            Command::Request(peer, data, reply) => {
+                let id = self.swarm.behaviour_mut().node.send_request(&peer, data);
+                self.requests.insert(id, reply);
+            }
+            Command::RespondBlocks(channel, data) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .blocks
+                    .send_response(channel, data);
+            }
+            Command::Respond(channel, data) => {
+                let _ = self.swarm.behaviour_mut().node.send_response(channel, data);
+            }
+            Command::Subscribe(topic, reply) => {
+                let t = gossipsub::IdentTopic::new(topic);
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossip
+                    .subscribe(&t)
+                    .map(|_| ())
+                    .map_err(|e| Error::Gossip(e.to_string()));
+                let _ = reply.send(r);
+            }
+            Command::Publish(topic, data, reply) => {
+                let t = gossipsub::IdentTopic::new(topic);
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossip
+                    .publish(t, data)
+                    .map(|_| ())
+                    .map_err(|e| Error::Gossip(e.to_string()));
+                let _ = reply.send(r);
+            }
+            Command::Ban(peer, reason) => self.ban(peer, reason),
+            Command::Banned(reply) => {
+                let _ = reply.send(self.bans.keys().copied().collect());
+            }
+            Command::Shutdown(_) => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                info!(%address, "listening");
+                self.listening.entry(listener_id).or_default().push(address);
+                if self.listening.len() >= self.listeners {
+                    let addrs = self.listen_addrs();
+                    for r in self.waiting_listen.drain(..) {
+                        let _ = r.send(addrs.clone());
+                    }
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if let Some((_, Some(reply))) = self.dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                let seen = self.seen_at.entry(peer_id).or_default();
+                let addr = endpoint.get_remote_address().clone();
+                if !seen.contains(&addr) {
+                    seen.push(addr);
+                }
+                if num_established.get() == 1 {
+                    debug!(%peer_id, "connected");
+                    self.emit(Event::PeerConnected { peer: peer_id });
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.seen_at.remove(&peer_id);
+                self.emit(Event::PeerDisconnected { peer: peer_id });
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                if let Some((addr, reply)) = self.dials.remove(&connection_id) {
+                    let reason = match &error {
+                        DialError::Transport(errs) => errs
+                            .iter()
+                            .map(|(_, e)| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        e => e.to_string(),
+                    };
+                    warn!(%addr, "dial failed: {reason}");
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(Error::Dial {
+                            addr: addr.to_string(),
+                            reason,
+                        }));
+                    }
+                } else {
+                    debug!(?peer_id, "outgoing connection failed: {error}");
+                }
+            }
+            SwarmEvent::Behaviour(e) => self.on_behaviour(e),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let addrs: Vec<Multiaddr> = info
+                    .listen_addrs
+                    .into_iter()
+                    .filter(|a| !a.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
+                    .collect();
+                for a in &addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, a.clone());
+                }
+                self.identified.insert(peer_id, addrs);
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if self.bans.contains_key(&peer) {
+                        continue;
+                    }
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                stats,
+                ..
+            }) => self.on_query(id, result, step.last, stats.num_requests()),
+            BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message,
+                ..
+            }) => self.emit(Event::Message {
+                topic: message.topic.into_string(),
+                source: message.source.or(Some(propagation_source)),
+                data: message.data,
+            }),
+            BehaviourEvent::Blocks(e) => self.on_blocks(e),
+            BehaviourEvent::Node(e) => self.on_node(e),
+            _ => {}
+        }
+    }
+
+    fn on_query(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool, requests: u32) {
+        match result {
+            kad::QueryResult::GetProviders(r) => {
+                let Some((enough, mut found, reply)) = self.providers.remove(&id) else {
+                    return;
+                };
+                let me = *self.swarm.local_peer_id();
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = r {
+                    found
+                        .peers
+                        .extend(providers.into_iter().filter(|p| *p != me));
+                }
+                found.requests = requests;
+                if last || found.peers.len() >= enough {
+                    if !last && let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        q.finish();
+                    }
+                    let _ = reply.send(found);
+                } else {
+                    self.providers.insert(id, (enough, found, reply));
+                }
+            }
+            kad::QueryResult::StartProviding(r) => {
+                if let Some(reply) = self.provides.remove(&id) {
+                    // Announcing to no one (we are alone) still records us locally: not an error.
+                    let _ = reply.send(match r {
+                        Ok(_) | Err(kad::AddProviderError::Timeout { .. }) => Ok(()),
+                    });
+                }
+            }
+            kad::QueryResult::GetClosestPeers(r) => {
+                if let Some(reply) = self.closest.remove(&id) {
+                    let peers = match r {
+                        Ok(ok) => ok.peers,
+                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                    };
+                    let _ = reply.send(peers.into_iter().map(|p| p.peer_id).collect());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_blocks(&mut self, event: request_response::Event<Vec<ContentId>, EncodedBlocks>) {
+        use request_response::{Event as E, Message as M};
+        match event {
+            E::Message { peer, message, .. } => match message {
+                M::Request {
+                    request, channel, ..
+                } => self.emit(Event::BlocksWanted {
+                    peer,
+                    cids: request,
+                    reply: BlocksReply {
+                        channel,
+                        commands: self.command_tx.clone(),
+                    },
+                }),
+                M::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(r) = self.wants.remove(&request_id) {
+                        let _ = r.send(Ok(response));
+                    }
+                }
+            },
+            E::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let reason = self.outbound_failed(peer, &error);
+                if let Some(r) = self.wants.remove(&request_id) {
+                    let _ = r.send(Err(reason));
+                }
+            }
+            E::InboundFailure { peer, error, .. } => self.inbound_failed(peer, &error),
+            E::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_node(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        use request_response::{Event as E, Message as M};
+        match event {
+            E::Message { peer, message, .. } => match message {
+                M::Request {
+                    request, channel, ..
+                } => self.emit(Event::Request {
+                    peer,
+                    data: request,
+                    reply: Reply {
+                        channel,
+                        commands: self.command_tx.clone(),
+                    },
+                }),
+                M::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(r) = self.requests.remove(&request_id) {
+                        let _ = r.send(Ok(response));
+                    }
+                }
+            },
+            E::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let reason = self.outbound_failed(peer, &error);
+                if let Some(r) = self.requests.remove(&request_id) {
+                    let _ = r.send(Err(reason));
+                }
+            }
+            E::InboundFailure { peer, error, .. } => self.inbound_failed(peer, &error),
+            E::ResponseSent { .. } => {}
+        }
+    }
+
+    /// A request of ours failed; a malformed or oversized answer gets the peer banned.
+    fn outbound_failed(
+        &mut self,
+        peer: PeerId,
+        error: &request_response::OutboundFailure,
+    ) -> Error {
+        if let request_response::OutboundFailure::Io(e) = error
+            && e.kind() == std::io::ErrorKind::InvalidData
+        {
+            let reason = format!("malformed answer: {e}");
+            self.ban(peer, reason.clone());
+            return Error::Misbehaved { peer, reason };
+        }
+        Error::Request {
+            peer,
+            reason: error.to_string(),
+        }
+    }
+
+    /// A peer's request to us failed; a malformed or oversized one gets it banned.
+    fn inbound_failed(&mut self, peer: PeerId, error: &request_response::InboundFailure) {
+        match error {
+            request_response::InboundFailure::Io(e)
+                if e.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                self.ban(peer, format!("malformed request: {e}"));
+            }
+            e => debug!(%peer, "inbound request failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! `$SOV_HOME/config.toml`: the node's settings, every one optional.
+//!
+//! ```toml
+//! [network]
+//! listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]
+//! bootstrap = ["/ip4/192.0.2.7/tcp/4001/p2p/12D3KooW…"]
+//! mdns = true
+//!
+//! [storage]
+//! replicas = 3            # default copies for `sov data add` (peers that pin the blocks)
+//! repair_interval_secs = 30
+//!
+//! [api]
+//! address = "127.0.0.1:7878"
+//! ```
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use sov_net::Multiaddr;
+
+use crate::{Error, Result};
+
+/// The config file's name inside the home.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// The settings as written in `config.toml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct File {
+    /// `[network]`
+    pub network: NetworkSection,
+    /// `[storage]`
+    pub storage: StorageSection,
+    /// `[api]`
+    pub api: ApiSection,
+}
+
+/// `[network]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSection {
+    /// Multiaddrs to listen on.
+    pub listen: Vec<String>,
+    /// Multiaddrs of peers to join through.
+    pub bootstrap: Vec<String>,
+    /// Find peers on the local network by multicast DNS.
+    pub mdns: bool,
+    /// Ask peers whether we are reachable (AutoNAT).
+    pub autonat: bool,
+    /// Most connections at once.
+    pub max_connections: u32,
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".into(),
+                "/ip4/0.0.0.0/udp/0/quic-v1".into(),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            autonat: false,
+            max_connections: 256,
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    /// Default replicas for new objects.
+    pub replicas: u32,
+    /// Seconds between repair passes.
+    pub repair_interval_secs: u64,
+    /// Accept pin requests from peers (keep their encrypted blocks).
+    pub accept_pins: bool,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            replicas: 3,
+            repair_interval_secs: 30,
+            accept_pins: true,
+        }
+    }
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSection {
+    /// Where the HTTP API listens.
+    pub address: String,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:7878".into(),
+        }
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through.
+    pub bootstrap: Vec<Multiaddr>,
+    /// mDNS on or off.
+    pub mdns: bool,
+    /// AutoNAT on or off.
+    pub autonat: bool,
+    /// Most connections.
+    pub max_connections: u32,
+    /// Default replicas.
+    pub replicas: u32,
+    /// Time between repair passes.
+    pub repair_interval: Duration,
+    /// Accept pins from peers.
+    pub accept_pins: bool,
+    /// The API address.
+    pub api: SocketAddr,
+    /// Gossip heartbeat (shorter in tests).
+    pub gossip_heartbeat: Duration,
+}
+
+impl File {
+    /// Read `config.toml` from `home`; a missing file means all defaults.
+    pub fn load(home: &Path) -> Result<Self> {
+        let path = home.join(CONFIG_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(Error::Config(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Check every value and turn it into its typed form.
+    pub fn validate(&self) -> Result<Config> {
+        let addrs = |what: &str, list: &[String]| -> Result<Vec<Multiaddr>> {
+            list.iter()
+                .map(|a| {
+                    a.parse::<Multiaddr>()
+                        .map_err(|e| Error::Config(format!("{what} address {a:?}: {e}")))
+                })
+                .collect()
+        };
+        if self.storage.repair_interval_secs == 0 {
+            return Err(Error::Config(
+                "storage.repair_interval_secs must be at least 1".into(),
+            ));
+        }
+        Ok(Config {
+            listen: addrs("listen", &self.network.listen)?,
+            bootstrap: addrs("bootstrap", &self.network.bootstrap)?,
+            mdns: self.network.mdns,
+            autonat: self.network.autonat,
+            max_connections: self.network.max_connections.max(8),
+            replicas: self.storage.replicas,
+            repair_interval: Duration::from_secs(self.storage.repair_interval_secs),
+            accept_pins: self.storage.accept_pins,
+            api: self
+                .api
+                .address
+                .parse()
+                .map_err(|e| Error::Config(format!("api address {:?}: {e}", self.api.address)))?,
+            gossip_heartbeat: Duration::from_secs(1),
+        })
+    }
+}
+
+impl Config {
+    /// Loopback only, no mDNS, fast repair: for tests and the demo.
+    pub fn loopback() -> Self {
+        Self {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
+            bootstrap: Vec::new(),
+            mdns: false,
+            autonat: false,
+            max_connections: 256,
+            replicas: 3,
+            repair_interval: Duration::from_secs(2),
+            accept_pins: true,
+            api: "127.0.0.1:0".parse().expect("valid address"),
+            gossip_heartbeat: Duration::from_millis(200),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_are_named() {
+        let c = File::default().validate().unwrap();
+        assert_eq!(c.replicas, 3);
+        assert_eq!(c.api.to_string(), "127.0.0.1:7878");
+        let mut f = File::default();
+        f.network.bootstrap = vec!["not an address".into()];
+        let e = f.validate().unwrap_err().to_string();
+        assert!(e.contains("bootstrap address \"not an address\""), "{e}");
+        let e = toml::from_str::<File>("[network]\nlisten = 3").unwrap_err();
+        assert!(e.message().contains("invalid type"), "{e}");
+        assert!(toml::from_str::<File>("[storage]\nreplica = 2").is_err());
+    }
+}

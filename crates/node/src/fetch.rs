@@ -1,0 +1,379 @@
+//! Fetching an object from peers: providers from the DHT, the manifest and grants from the
+//! first that has them, then the chunks from all providers at once, a few requests in flight
+//! to each. Every block is checked against its CID by the network before it gets here; a
+//! provider that lies is banned by the network and its share goes to the others.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt as _, stream::FuturesUnordered};
+use sov_core::{Block, ContentId};
+use sov_net::PeerId;
+use sov_store::{Import, manifest::ChunkRef};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::{
+    Error, Node, Result,
+    protocol::{self, Request, Response},
+};
+
+/// Requests in flight to one provider.
+const WINDOW: usize = 4;
+/// Block bytes asked for in one request.
+const BATCH_BYTES: u64 = 4 << 20;
+/// Failed requests (other than lies) after which a provider is given up.
+const MAX_FAILURES: u32 = 3;
+/// Providers to look for before starting.
+const ENOUGH_PROVIDERS: usize = 8;
+
+/// What a fetch did.
+#[derive(Debug, Clone, Default)]
+pub struct FetchReport {
+    /// Chunks received.
+    pub blocks: usize,
+    /// Bytes of chunks received.
+    pub bytes: u64,
+    /// The peers that supplied chunks, with how many each.
+    pub providers: HashMap<PeerId, usize>,
+    /// Providers dropped because they sent wrong or malformed data (now banned).
+    pub liars: Vec<PeerId>,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+impl Node {
+    /// Make object `id` local: fetch it from the peers that provide it if it is not stored
+    /// here. `hint` is a peer to try first (the one that asked us to pin it).
+    pub async fn fetch(&self, id: ContentId, hint: Option<PeerId>) -> Result<FetchReport> {
+        let lock = {
+            let mut map = self
+                .inner
+                .fetching
+                .lock()
+                .expect("fetch lock is never poisoned");
+            map.entry(id).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        let result = if self.blocking(move |s| s.contains(&id)).await? {
+            Ok(FetchReport::default())
+        } else {
+            self.fetch_new(id, hint).await
+        };
+        self.inner
+            .fetching
+            .lock()
+            .expect("fetch lock is never poisoned")
+            .remove(&id);
+        result
+    }
+
+    /// The peers that provide `id` (from the DHT; `hint` first), this node left out.
+    pub(crate) async fn find_providers(&self, id: ContentId, hint: Option<PeerId>) -> Vec<PeerId> {
+        let me = self.peer_id();
+        let mut out: Vec<PeerId> = hint.into_iter().collect();
+        match self.inner.net.providers(id, ENOUGH_PROVIDERS).await {
+            Ok(found) => out.extend(found.peers.into_iter().filter(|p| Some(*p) != hint)),
+            Err(e) => warn!(%id, "provider lookup failed: {e}"),
+        }
+        out.retain(|p| *p != me);
+        out
+    }
+
+    async fn fetch_new(&self, id: ContentId, hint: Option<PeerId>) -> Result<FetchReport> {
+        let started = Instant::now();
+        let mut providers = self.find_providers(id, hint).await;
+        if providers.is_empty() {
+            return Err(Error::Unavailable {
+                id,
+                detail: String::new(),
+            });
+        }
+        let mut report = FetchReport::default();
+
+        // The manifest, from the first provider that gives a valid one.
+        let mut import = None;
+        let mut tried = Vec::new();
+        let mut manifest_from = None;
+        for p in providers.clone() {
+            match self.inner.net.want(p, vec![id]).await {
+                Ok(mut blocks) if !blocks.is_empty() => {
+                    let manifest = blocks.swap_remove(0);
+                    match self.blocking(move |s| s.begin_import(manifest)).await {
+                        Ok(i) => {
+                            import = Some(i);
+                            manifest_from = Some(p);
+                            break;
+                        }
+                        Err(e) => {
+                            // A block that matches the object id but is no valid manifest:
+                            // the id itself is bad, not the peer.
+                            return Err(Error::Fetch {
+                                id,
+                                reason: e.to_string(),
+                            });
+                        }
+                    }
+                }
+                Ok(_) => tried.push(format!("{p}: does not have it")),
+                Err(sov_net::Error::Misbehaved { peer, reason }) => {
+                    report.liars.push(peer);
+                    tried.push(format!("{peer}: {reason}"));
+                }
+                Err(e) => tried.push(format!("{p}: {e}")),
+            }
+        }
+        let Some(import) = import else {
+            return Err(Error::Unavailable {
+                id,
+                detail: format!(" (asked {})", tried.join("; ")),
+            });
+        };
+        providers.retain(|p| !report.liars.contains(p));
+
+        let import = self.fetch_chunks(import, &providers, &mut report).await?;
+        // Grants from the peers that proved to hold the object.
+        let holders: Vec<PeerId> = manifest_from
+            .into_iter()
+            .chain(report.providers.keys().copied())
+            .collect();
+        let grants = self.fetch_grants(id, &holders, &import).await;
+        let n_grants = grants.len();
+        self.blocking(move |s| s.finish_import(import, grants))
+            .await?;
+        self.announce(id).await;
+        report.elapsed = started.elapsed();
+        info!(
+            %id,
+            blocks = report.blocks,
+            bytes = report.bytes,
+            providers = report.providers.len(),
+            grants = n_grants,
+            ms = report.elapsed.as_millis() as u64,
+            "fetched object"
+        );
+        Ok(report)
+    }
+
+    /// Make object `id` readable here: fetch it if needed and, if no grant for this node is
+    /// stored yet, ask the peers that hold it for grants made since.
+    pub async fn prepare_read(&self, id: ContentId) -> Result<()> {
+        self.fetch(id, None).await?;
+        let readable = self
+            .blocking(move |s| Ok(s.info(&id)?.meta.is_some()))
+            .await?;
+        if !readable {
+            for peer in self.find_providers(id, None).await.into_iter().take(8) {
+                let grants = self.grants_from(peer, id).await;
+                if self.blocking(move |s| s.add_grants(&id, grants)).await? > 0
+                    && self
+                        .blocking(move |s| Ok(s.info(&id)?.meta.is_some()))
+                        .await?
+                {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The object's grants, gathered from up to four holders (each checked).
+    pub(crate) async fn fetch_grants(
+        &self,
+        id: ContentId,
+        providers: &[PeerId],
+        import: &Import,
+    ) -> Vec<Block> {
+        let mut found: HashMap<ContentId, Block> = HashMap::new();
+        let mut seen = HashSet::new();
+        for p in providers.iter().filter(|p| seen.insert(**p)).take(4) {
+            for g in self.grants_from(*p, id).await {
+                if import.accepts_grant(&g) {
+                    found.insert(*g.cid(), g);
+                }
+            }
+        }
+        found.into_values().collect()
+    }
+
+    /// The grant blocks `peer` has for object `id` (not yet checked against the manifest).
+    pub(crate) async fn grants_from(&self, peer: PeerId, id: ContentId) -> Vec<Block> {
+        let msg = Request::new(protocol::GRANTS, id, 0).encode();
+        let ids = match self.inner.net.request(peer, msg).await {
+            Ok(bytes) => match Response::decode(&bytes) {
+                Ok(r) => r.grants,
+                Err(e) => {
+                    self.inner
+                        .net
+                        .ban(peer, format!("malformed grants answer: {e}"))
+                        .await;
+                    return Vec::new();
+                }
+            },
+            Err(e) => {
+                debug!(%peer, "grants request failed: {e}");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for batch in ids
+            .into_iter()
+            .filter(|g| g.codec() == sov_core::Codec::DagCbor)
+            .collect::<Vec<_>>()
+            .chunks(sov_net::wire::MAX_WANT)
+        {
+            match self.inner.net.want(peer, batch.to_vec()).await {
+                Ok(blocks) => out.extend(blocks),
+                Err(e) => {
+                    debug!(%peer, "grant blocks request failed: {e}");
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Receive every missing chunk of `import` from `providers`, storing them as they come.
+    async fn fetch_chunks(
+        &self,
+        mut import: Import,
+        providers: &[PeerId],
+        report: &mut FetchReport,
+    ) -> Result<Import> {
+        let id = *import.root();
+        let mut queue: VecDeque<Vec<ChunkRef>> = batches(import.missing());
+        if queue.is_empty() {
+            return Ok(import);
+        }
+        // A writer stores batches in order of arrival while more are on the way.
+        let (tx, mut rx) = mpsc::channel::<Vec<Block>>(2 * WINDOW);
+        let store = self.inner.store.clone();
+        let writer = tokio::task::spawn_blocking(move || -> sov_store::Result<Import> {
+            while let Some(blocks) = rx.blocking_recv() {
+                store.import_blocks(&mut import, blocks)?;
+            }
+            Ok(import)
+        });
+
+        let mut active: HashMap<PeerId, (usize, u32)> =
+            providers.iter().map(|p| (*p, (0, 0))).collect();
+        let mut order: Vec<PeerId> = providers.to_vec();
+        let mut inflight = FuturesUnordered::new();
+        let net = Arc::new(self.inner.net.clone());
+        let mut failure = None;
+        loop {
+            // Fill every active provider's window, round-robin.
+            let mut progressed = true;
+            while progressed && !queue.is_empty() {
+                progressed = false;
+                for p in &order {
+                    let Some((n, _)) = active.get_mut(p) else {
+                        continue;
+                    };
+                    if *n >= WINDOW {
+                        continue;
+                    }
+                    let Some(batch) = queue.pop_front() else {
+                        break;
+                    };
+                    *n += 1;
+                    progressed = true;
+                    let (net, peer) = (net.clone(), *p);
+                    inflight.push(async move {
+                        let cids = batch.iter().map(|c| c.cid).collect();
+                        (peer, batch, net.want(peer, cids).await)
+                    });
+                }
+            }
+            let Some((peer, batch, result)) = inflight.next().await else {
+                // Nothing in flight and nothing could be sent: done, or out of providers.
+                if let Some(b) = queue.front() {
+                    failure = Some(format!(
+                        "no provider could supply chunk {} ({} providers tried, {} banned)",
+                        b[0].cid,
+                        providers.len(),
+                        report.liars.len()
+                    ));
+                }
+                break;
+            };
+            if let Some((n, _)) = active.get_mut(&peer) {
+                *n -= 1;
+            }
+            match result {
+                Ok(blocks) => {
+                    let got: HashSet<ContentId> = blocks.iter().map(|b| *b.cid()).collect();
+                    let rest: Vec<ChunkRef> = batch
+                        .into_iter()
+                        .filter(|c| !got.contains(&c.cid))
+                        .collect();
+                    if blocks.is_empty() {
+                        debug!(%peer, "provider lacks chunks; dropping it");
+                        active.remove(&peer);
+                    } else {
+                        report.blocks += blocks.len();
+                        report.bytes += blocks.iter().map(|b| b.data().len() as u64).sum::<u64>();
+                        *report.providers.entry(peer).or_default() += blocks.len();
+                        if tx.send(blocks).await.is_err() {
+                            break; // the writer failed; its error is reported below
+                        }
+                    }
+                    if !rest.is_empty() {
+                        queue.push_front(rest);
+                    }
+                }
+                Err(sov_net::Error::Misbehaved { peer, reason }) => {
+                    warn!(%peer, %reason, "provider sent bad data; fetching its share elsewhere");
+                    report.liars.push(peer);
+                    active.remove(&peer);
+                    queue.push_front(batch);
+                }
+                Err(e) => {
+                    debug!(%peer, "chunk request failed: {e}");
+                    if let Some((_, failures)) = active.get_mut(&peer) {
+                        *failures += 1;
+                        if *failures >= MAX_FAILURES {
+                            active.remove(&peer);
+                        }
+                    }
+                    queue.push_front(batch);
+                }
+            }
+            order.retain(|p| active.contains_key(p));
+        }
+        drop(tx);
+        let written = writer.await.map_err(|_| Error::Stopped)?;
+        let import = match (written, failure) {
+            (Ok(import), None) => import,
+            (Ok(import), Some(reason)) => {
+                let _ = self.blocking(move |s| s.abort_import(import)).await;
+                return Err(Error::Fetch { id, reason });
+            }
+            (Err(e), _) => return Err(e.into()),
+        };
+        Ok(import)
+    }
+}
+
+/// Split chunks into requests of about [`BATCH_BYTES`].
+fn batches(chunks: Vec<ChunkRef>) -> VecDeque<Vec<ChunkRef>> {
+    let mut out = VecDeque::new();
+    let mut cur: Vec<ChunkRef> = Vec::new();
+    let mut bytes = 0;
+    for c in chunks {
+        if !cur.is_empty() && (bytes + c.size > BATCH_BYTES || cur.len() >= sov_net::wire::MAX_WANT)
+        {
+            out.push_back(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += c.size;
+        cur.push(c);
+    }
+    if !cur.is_empty() {
+        out.push_back(cur);
+    }
+    out
+}

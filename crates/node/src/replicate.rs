@@ -1,0 +1,186 @@
+//! Replication and repair. An object added with `replicas = K` should be kept by K peers
+//! besides its owner. The owner asks peers to pin it; every node that pins an object (owner
+//! or replica) checks now and then which holders are still alive and, if fewer than K
+//! replicas answer, asks more peers. Candidates are ranked by rendezvous hashing
+//! (BLAKE3 of object id and PeerId), so holders that repair at the same time pick the same
+//! peers instead of over-replicating.
+
+use std::{collections::HashSet, time::Duration};
+
+use futures::future::join_all;
+use sov_core::ContentId;
+use sov_net::PeerId;
+use sov_store::Pin;
+use tracing::{debug, info, warn};
+
+use crate::{
+    Error, Node, Result,
+    protocol::{self, Request, Response},
+};
+
+/// How long a holder may take to say it is alive.
+const HAS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Providers looked up when counting holders.
+const HOLDER_LOOKUP: usize = 64;
+
+impl Node {
+    /// Pin object `id` for `peer`: fetch it (from `peer` first) if it is not here, refresh its
+    /// grants from `peer`, and keep it as a replica.
+    pub(crate) async fn pin_for(&self, peer: PeerId, id: ContentId, replicas: u32) -> Result<()> {
+        if !self.inner.config.accept_pins {
+            return Err(Error::Config("this node does not accept pins".into()));
+        }
+        let had = self.blocking(move |s| s.contains(&id)).await?;
+        if had {
+            let grants = self.grants_from(peer, id).await;
+            let new = self.blocking(move |s| s.add_grants(&id, grants)).await?;
+            if new > 0 {
+                debug!(%id, new, "received new grants");
+            }
+        } else {
+            // The fetch goes on even if the asker stops waiting.
+            let node = self.clone();
+            tokio::spawn(async move { node.fetch(id, Some(peer)).await })
+                .await
+                .map_err(|_| Error::Stopped)??;
+        }
+        let mine = self.blocking(move |s| s.pin(&id)).await?;
+        let pin = match mine {
+            // The owner keeps its own record; a replica takes the latest count.
+            Some(p) if !p.replica => p,
+            _ => Pin {
+                replicas,
+                replica: true,
+            },
+        };
+        self.blocking(move |s| s.set_pin(&id, pin)).await?;
+        if !had {
+            info!(%id, %peer, "pinned a replica");
+        }
+        Ok(())
+    }
+
+    /// The live peers that keep `id` as a replica (they answer `has` with replica = true).
+    pub async fn live_holders(&self, id: ContentId) -> Result<Vec<PeerId>> {
+        let me = self.peer_id();
+        let providers = self.inner.net.providers(id, HOLDER_LOOKUP).await?;
+        let asks = providers
+            .peers
+            .into_iter()
+            .filter(|p| *p != me)
+            .map(|p| async move {
+                let msg = Request::new(protocol::HAS, id, 0).encode();
+                let answer =
+                    tokio::time::timeout(HAS_TIMEOUT, self.inner.net.request(p, msg)).await;
+                match answer {
+                    Ok(Ok(bytes)) => Response::decode(&bytes)
+                        .ok()
+                        .filter(|r| r.has && r.replica)
+                        .map(|_| p),
+                    _ => None,
+                }
+            });
+        Ok(join_all(asks).await.into_iter().flatten().collect())
+    }
+
+    /// Bring object `id` up to its pinned replica count now; returns the live replica
+    /// holders afterwards (this node included if it is one).
+    pub async fn replicate(&self, id: ContentId) -> Result<Vec<PeerId>> {
+        let Some(pin) = self.blocking(move |s| s.pin(&id)).await? else {
+            return Ok(Vec::new());
+        };
+        let me = self.peer_id();
+        let mut holders: Vec<PeerId> = self.live_holders(id).await?;
+        if pin.replica {
+            holders.push(me);
+        }
+        let want = pin.replicas as usize;
+        if holders.len() >= want {
+            return Ok(holders);
+        }
+        let owner = self.blocking(move |s| s.manifest_of(&id)).await?.owner;
+        let owner_peer = sov_net::peer_id_of(&owner);
+        let banned: HashSet<PeerId> = self.inner.net.banned().await?.into_iter().collect();
+        let mut candidates: Vec<PeerId> =
+            self.inner.net.closest_peers(id).await.unwrap_or_default();
+        candidates.extend(self.inner.net.peers().await?.into_iter().map(|p| p.peer_id));
+        let taken: HashSet<PeerId> = holders.iter().copied().collect();
+        let mut seen = HashSet::new();
+        candidates.retain(|p| {
+            *p != me
+                && *p != owner_peer
+                && !taken.contains(p)
+                && !banned.contains(p)
+                && seen.insert(*p)
+        });
+        candidates.sort_by_key(|p| rank(&id, p));
+        let mut missing = want - holders.len();
+        for batch_start in (0..candidates.len()).step_by(want.max(1)) {
+            if missing == 0 {
+                break;
+            }
+            let batch: Vec<PeerId> = candidates[batch_start..]
+                .iter()
+                .take(missing)
+                .copied()
+                .collect();
+            let msg = Request::new(protocol::PIN, id, pin.replicas).encode();
+            let answers = join_all(batch.iter().map(|p| {
+                let msg = msg.clone();
+                async move { (*p, self.inner.net.request(*p, msg).await) }
+            }))
+            .await;
+            for (p, answer) in answers {
+                match answer.map(|b| Response::decode(&b)) {
+                    Ok(Ok(r)) if r.error.is_empty() => {
+                        holders.push(p);
+                        missing -= 1;
+                    }
+                    Ok(Ok(r)) => debug!(%p, %id, "peer refused to pin: {}", r.error),
+                    Ok(Err(e)) => debug!(%p, %id, "malformed pin answer: {e}"),
+                    Err(e) => debug!(%p, %id, "pin request failed: {e}"),
+                }
+            }
+        }
+        if missing > 0 {
+            warn!(%id, have = holders.len(), want, "not enough peers to hold the wanted replicas");
+        }
+        Ok(holders)
+    }
+
+    /// Every repair interval, bring each pinned object back to its replica count.
+    pub(crate) async fn repair_loop(self) {
+        let mut stopped = self.stopped();
+        let mut tick = tokio::time::interval(self.inner.config.repair_interval);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopped.changed() => return,
+            }
+            let pins = match self.blocking(|s| s.pins()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!("repair: cannot read pins: {e}");
+                    continue;
+                }
+            };
+            for (id, pin) in pins {
+                if pin.replicas == 0 {
+                    continue;
+                }
+                if let Err(e) = self.replicate(id).await {
+                    debug!(%id, "repair failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Rendezvous rank of `peer` for `id`: lower is preferred.
+fn rank(id: &ContentId, peer: &PeerId) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&id.to_bytes());
+    h.update(&peer.to_bytes());
+    *h.finalize().as_bytes()
+}

@@ -1,0 +1,355 @@
+//! Objects that arrive block by block (from peers), and the pins that say which objects this
+//! node keeps for the network.
+//!
+//! A fetch is an [`Import`]: [`Store::begin_import`] checks the signed manifest,
+//! [`Store::import_blocks`] stores verified chunks as they arrive (not yet durable, under a
+//! `pending` ticket so a crash leaves nothing behind), and [`Store::finish_import`] checks
+//! that every chunk is there and makes the object visible in one durable transaction.
+
+use std::collections::{HashMap, HashSet};
+
+use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use sov_core::{Block, Codec, ContentId};
+
+use crate::{
+    Error, MAX_BLOCK, Result, Store,
+    blocks::{self, BLOCKS},
+    manifest::{ChunkRef, Manifest},
+    store::{
+        GRANTS, OBJECTS, PENDING, REFS, check_grant, commit_object, decode_manifest, rand_u64,
+    },
+};
+
+/// Pinned objects: object id → [`Pin`] (replicas in the low 32 bits, bit 32 = replica).
+pub(crate) const PINS: TableDefinition<&[u8], u64> = TableDefinition::new("pins");
+
+/// Why this node keeps an object, and how many copies the network should hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pin {
+    /// Copies the object should have on peers other than its owner.
+    pub replicas: u32,
+    /// This node keeps it as a replica for someone else (not as its owner or a reader).
+    pub replica: bool,
+}
+
+impl Pin {
+    fn encode(self) -> u64 {
+        u64::from(self.replicas) | (u64::from(self.replica) << 32)
+    }
+
+    fn decode(v: u64) -> Self {
+        Self {
+            replicas: (v & 0xffff_ffff) as u32,
+            replica: v >> 32 & 1 == 1,
+        }
+    }
+}
+
+/// An object being received block by block; see the module docs.
+#[derive(Debug)]
+pub struct Import {
+    root: ContentId,
+    manifest_bytes: Vec<u8>,
+    manifest: Manifest,
+    ticket: u64,
+    /// Distinct chunks not stored when the import began → their size.
+    wanted: HashMap<ContentId, u64>,
+    written: HashSet<ContentId>,
+}
+
+impl Import {
+    /// The object id.
+    pub fn root(&self) -> &ContentId {
+        &self.root
+    }
+
+    /// The verified manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Whether `grant` is a valid grant block of this object (signed by its owner, for it).
+    pub fn accepts_grant(&self, grant: &Block) -> bool {
+        grant.data().len() <= MAX_BLOCK
+            && check_grant(&self.root, &self.manifest, grant.cid(), grant.data()).is_ok()
+    }
+
+    /// The chunks still to be received, in the object's order, each once.
+    pub fn missing(&self) -> Vec<ChunkRef> {
+        let mut seen = HashSet::new();
+        self.manifest
+            .chunks
+            .iter()
+            .filter(|c| {
+                self.wanted.contains_key(&c.cid)
+                    && !self.written.contains(&c.cid)
+                    && seen.insert(c.cid)
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+impl Store {
+    /// Begin receiving object `root` whose manifest block is `manifest`. The manifest must be
+    /// the root's bytes and carry a valid signature by the owner it names.
+    pub fn begin_import(&self, manifest: Block) -> Result<Import> {
+        let root = *manifest.cid();
+        if root.codec() != Codec::DagCbor {
+            return Err(Error::Invalid(format!("{root} is not a manifest")));
+        }
+        let manifest_bytes = manifest.into_data();
+        let decoded = decode_manifest(&root, &manifest_bytes)?;
+        let mut wanted = HashMap::new();
+        {
+            let r = self.db().begin_read()?;
+            let refs = r.open_table(REFS)?;
+            for c in &decoded.chunks {
+                if refs.get(c.cid.to_bytes().as_slice())?.is_none() {
+                    wanted.insert(c.cid, c.size);
+                }
+            }
+        }
+        let ticket = rand_u64();
+        let mut w = self.db().begin_write()?;
+        w.open_table(PENDING)?.insert(ticket, 0)?;
+        w.set_durability(Durability::None)?;
+        w.commit()?;
+        Ok(Import {
+            root,
+            manifest_bytes,
+            manifest: decoded,
+            ticket,
+            wanted,
+            written: HashSet::new(),
+        })
+    }
+
+    /// Store received chunks of `import`. Each must be one the manifest lists, of the size it
+    /// lists; the writes become durable with [`Store::finish_import`].
+    pub fn import_blocks(&self, import: &mut Import, received: Vec<Block>) -> Result<()> {
+        for b in &received {
+            match import.wanted.get(b.cid()) {
+                Some(&size) if size == b.data().len() as u64 => {}
+                Some(_) => {
+                    return Err(Error::Invalid(format!(
+                        "chunk {} has another size than the manifest says",
+                        b.cid()
+                    )));
+                }
+                None if import.manifest.chunks.iter().any(|c| c.cid == *b.cid()) => {}
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "block {} is not a chunk of object {}",
+                        b.cid(),
+                        import.root
+                    )));
+                }
+            }
+        }
+        let mut w = self.db().begin_write()?;
+        w.set_durability(Durability::None)?;
+        {
+            let mut table = w.open_table(BLOCKS)?;
+            for b in &received {
+                if import.wanted.contains_key(b.cid()) && !import.written.contains(b.cid()) {
+                    blocks::put_new(&mut table, b.cid(), b.data())?;
+                }
+            }
+        }
+        w.commit()?;
+        import.written.extend(
+            received
+                .iter()
+                .map(|b| *b.cid())
+                .filter(|c| import.wanted.contains_key(c)),
+        );
+        Ok(())
+    }
+
+    /// Make the imported object visible, with the given grant blocks (each checked: signed by
+    /// the owner, for this object). Fails, storing nothing more, if a chunk is missing.
+    pub fn finish_import(&self, import: Import, grants: Vec<Block>) -> Result<()> {
+        if let Some(c) = import.missing().first() {
+            return Err(Error::Invalid(format!(
+                "chunk {} of object {} was not received",
+                c.cid, import.root
+            )));
+        }
+        let grants = check_grants(&import.root, &import.manifest, grants)?;
+        let w = self.db().begin_write()?;
+        {
+            // Chunks that were stored when the import began may have been removed since.
+            let table = w.open_table(BLOCKS)?;
+            for c in &import.manifest.chunks {
+                if !import.wanted.contains_key(&c.cid)
+                    && blocks::get_unverified(&table, &c.cid)?.is_none()
+                {
+                    return Err(Error::Invalid(format!(
+                        "chunk {} of object {} was removed during the import",
+                        c.cid, import.root
+                    )));
+                }
+            }
+        }
+        commit_object(
+            &w,
+            &import.root,
+            &import.manifest_bytes,
+            &import.manifest,
+            &grants,
+        )?;
+        w.open_table(PENDING)?.remove(import.ticket)?;
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Give up an import: its blocks that no object uses are removed.
+    pub fn abort_import(&self, import: Import) -> Result<()> {
+        let w = self.db().begin_write()?;
+        {
+            let refs = w.open_table(REFS)?;
+            let mut table = w.open_table(BLOCKS)?;
+            for cid in &import.written {
+                if refs.get(cid.to_bytes().as_slice())?.is_none() {
+                    blocks::remove(&mut table, &cid.to_bytes())?;
+                }
+            }
+            w.open_table(PENDING)?.remove(import.ticket)?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Add grant blocks to a stored object, skipping any that is not a valid grant of it
+    /// (signed by its owner, for this object); returns how many were new.
+    pub fn add_grants(&self, id: &ContentId, grants: Vec<Block>) -> Result<usize> {
+        let r = self.db().begin_read()?;
+        let manifest_bytes =
+            blocks::get(&r.open_table(BLOCKS)?, id)?.ok_or(Error::NotFound(*id))?;
+        drop(r);
+        let manifest = decode_manifest(id, &manifest_bytes)?;
+        let grants: Vec<Block> = grants
+            .into_iter()
+            .filter(|g| {
+                g.data().len() <= MAX_BLOCK && check_grant(id, &manifest, g.cid(), g.data()).is_ok()
+            })
+            .collect();
+        let grants = check_grants(id, &manifest, grants)?;
+        let before = self.grant_blocks(id)?.len();
+        let w = self.db().begin_write()?;
+        commit_object(&w, id, &manifest_bytes, &manifest, &grants)?;
+        w.commit()?;
+        Ok(self.grant_blocks(id)?.len() - before)
+    }
+
+    /// The stored blocks among `cids` (any kind: manifests, grants, chunks), each checked
+    /// against its CID; absent ones are left out, and reading stops once `max_bytes` are
+    /// gathered (at least one block is returned if any is stored).
+    pub fn blocks(&self, cids: &[ContentId], max_bytes: usize) -> Result<Vec<Block>> {
+        let r = self.db().begin_read()?;
+        let table = r.open_table(BLOCKS)?;
+        let mut out = Vec::with_capacity(cids.len());
+        let mut bytes = 0;
+        for cid in cids {
+            if bytes >= max_bytes {
+                break;
+            }
+            if let Some(data) = blocks::get_unverified(&table, cid)? {
+                bytes += data.len();
+                out.push(Block::verified(*cid, data).map_err(|e| Error::Corrupt(e.to_string()))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The grant blocks of object `id`.
+    pub fn grant_blocks(&self, id: &ContentId) -> Result<Vec<Block>> {
+        let ids = {
+            let r = self.db().begin_read()?;
+            let table = r.open_multimap_table(GRANTS)?;
+            let mut ids = Vec::new();
+            for gid in table.get(id.to_bytes().as_slice())? {
+                ids.push(
+                    ContentId::from_bytes(gid?.value())
+                        .map_err(|e| Error::Corrupt(format!("grant id: {e}")))?,
+                );
+            }
+            ids
+        };
+        self.blocks(&ids, usize::MAX)
+    }
+
+    /// The manifest of a stored object.
+    pub fn manifest_of(&self, id: &ContentId) -> Result<Manifest> {
+        let r = self.db().begin_read()?;
+        if r.open_table(OBJECTS)?
+            .get(id.to_bytes().as_slice())?
+            .is_none()
+        {
+            return Err(Error::NotFound(*id));
+        }
+        let bytes = blocks::read(&r.open_table(BLOCKS)?, id)?;
+        decode_manifest(id, &bytes)
+    }
+
+    /// Record why this node keeps object `id` (which must be stored).
+    pub fn set_pin(&self, id: &ContentId, pin: Pin) -> Result<()> {
+        let w = self.db().begin_write()?;
+        {
+            if w.open_table(OBJECTS)?
+                .get(id.to_bytes().as_slice())?
+                .is_none()
+            {
+                return Err(Error::NotFound(*id));
+            }
+            w.open_table(PINS)?
+                .insert(id.to_bytes().as_slice(), pin.encode())?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// The pin of object `id`, if it has one.
+    pub fn pin(&self, id: &ContentId) -> Result<Option<Pin>> {
+        let r = self.db().begin_read()?;
+        Ok(r.open_table(PINS)?
+            .get(id.to_bytes().as_slice())?
+            .map(|v| Pin::decode(v.value())))
+    }
+
+    /// Every pinned object.
+    pub fn pins(&self) -> Result<Vec<(ContentId, Pin)>> {
+        let r = self.db().begin_read()?;
+        let mut out = Vec::new();
+        for entry in r.open_table(PINS)?.iter()? {
+            let (k, v) = entry?;
+            let id = ContentId::from_bytes(k.value())
+                .map_err(|e| Error::Corrupt(format!("pin key: {e}")))?;
+            out.push((id, Pin::decode(v.value())));
+        }
+        Ok(out)
+    }
+}
+
+/// Check grant blocks of object `id`; the result is ready for `commit_object`.
+fn check_grants(
+    id: &ContentId,
+    manifest: &Manifest,
+    grants: Vec<Block>,
+) -> Result<Vec<(ContentId, Vec<u8>)>> {
+    if grants.len() > 4096 {
+        return Err(Error::Invalid("too many grant blocks".into()));
+    }
+    grants
+        .into_iter()
+        .map(|g| {
+            if g.data().len() > MAX_BLOCK {
+                return Err(Error::Invalid(format!("grant {} exceeds 1 MiB", g.cid())));
+            }
+            let gid = *g.cid();
+            check_grant(id, manifest, &gid, g.data())?;
+            Ok((gid, g.into_data()))
+        })
+        .collect()
+}

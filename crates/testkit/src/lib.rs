@@ -1,0 +1,184 @@
+//! `sov-testkit` (dev only): N real nodes in one process, each with its own home in a
+//! temporary directory, a real redb store and a real libp2p swarm on loopback TCP ports
+//! chosen by the OS. Seeded: the identities and the topology (which earlier node each new
+//! node bootstraps from) come from one `u64`, printed at start so a failing run can be
+//! replayed with `SOV_TEST_SEED=<seed>`.
+
+use std::{future::Future, path::PathBuf, time::Duration};
+
+use rand::{Rng as _, RngExt as _, SeedableRng as _, rngs::StdRng};
+use sov_identity::Keypair;
+use sov_node::{Config, Multiaddr, Node};
+use sov_store::Store;
+
+/// The seed for this run: `SOV_TEST_SEED` if set, else a fresh one. Printed either way.
+pub fn seed() -> u64 {
+    let seed = std::env::var("SOV_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().next_u64());
+    eprintln!("testkit seed = {seed} (replay with SOV_TEST_SEED={seed})");
+    seed
+}
+
+/// Log to the test's output when `RUST_LOG` is set.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Poll `check` every 50 ms until it returns true; fail with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One node of a [`Cluster`] and what it takes to restart it.
+struct Slot {
+    home: PathBuf,
+    seed: [u8; 32],
+    node: Option<Node>,
+    addrs: Vec<Multiaddr>,
+}
+
+/// N nodes in this process. Dropping it stops nothing by itself: call [`Cluster::stop`].
+pub struct Cluster {
+    _dir: tempfile::TempDir,
+    slots: Vec<Slot>,
+    rng: StdRng,
+    config: Config,
+    /// The run's seed.
+    pub seed: u64,
+}
+
+impl Cluster {
+    /// Start `n` nodes from `seed` with the loopback defaults and `repair_interval`. Node 0
+    /// starts alone; each later node bootstraps from a seeded choice of the earlier ones.
+    pub async fn start(n: usize, seed: u64, repair_interval: Duration) -> Self {
+        let mut config = Config::loopback();
+        config.repair_interval = repair_interval;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut cluster = Self {
+            slots: Vec::with_capacity(n),
+            _dir: dir,
+            rng: StdRng::seed_from_u64(0),
+            config,
+            seed,
+        };
+        for i in 0..n {
+            let mut key = [0u8; 32];
+            rng.fill_bytes(&mut key);
+            let home = cluster._dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&home).expect("node home");
+            cluster.slots.push(Slot {
+                home,
+                seed: key,
+                node: None,
+                addrs: Vec::new(),
+            });
+        }
+        cluster.rng = rng;
+        for i in 0..n {
+            cluster.boot(i).await;
+        }
+        cluster
+    }
+
+    /// Start (or restart) node `i`, bootstrapping from a random live earlier node (or any
+    /// live node, for a restart).
+    async fn boot(&mut self, i: usize) {
+        let live: Vec<usize> = (0..self.slots.len())
+            .filter(|&j| j != i && self.slots[j].node.is_some())
+            .collect();
+        let mut config = self.config.clone();
+        if !live.is_empty() {
+            let j = live[self.rng.random_range(0..live.len())];
+            config.bootstrap = self.slots[j].addrs.clone();
+        }
+        let slot = &mut self.slots[i];
+        let path = slot.home.join(sov_store::DB_FILE);
+        // A node just killed may still be releasing its store (its last tasks are ending).
+        let mut store = None;
+        for _ in 0..200 {
+            match Store::open(&path, Keypair::from_seed(&slot.seed)) {
+                Ok(s) => {
+                    store = Some(s);
+                    break;
+                }
+                Err(sov_store::Error::InUse(_)) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("opening node {i}'s store: {e}"),
+            }
+        }
+        let store = store.expect("the killed node released its store within 10 s");
+        let node = Node::start(store, config).await.expect("node starts");
+        slot.addrs = node.listen_addrs().await.expect("listen addresses");
+        slot.node = Some(node);
+    }
+
+    /// How many slots (live or killed).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the cluster has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Node `i`; panics if it was killed.
+    pub fn node(&self, i: usize) -> &Node {
+        self.slots[i].node.as_ref().expect("node is alive")
+    }
+
+    /// Whether node `i` runs.
+    pub fn alive(&self, i: usize) -> bool {
+        self.slots[i].node.is_some()
+    }
+
+    /// The indices of the live nodes.
+    pub fn live(&self) -> Vec<usize> {
+        (0..self.slots.len()).filter(|&i| self.alive(i)).collect()
+    }
+
+    /// Node `i`'s listen addresses.
+    pub fn addrs(&self, i: usize) -> &[Multiaddr] {
+        &self.slots[i].addrs
+    }
+
+    /// Stop node `i` (its connections close; its home stays for a restart).
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(node) = self.slots[i].node.take() {
+            node.shutdown().await;
+        }
+    }
+
+    /// Restart node `i` from its home.
+    pub async fn restart(&mut self, i: usize) {
+        self.kill(i).await;
+        self.boot(i).await;
+    }
+
+    /// Stop every node.
+    pub async fn stop(&mut self) {
+        for i in 0..self.slots.len() {
+            self.kill(i).await;
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Objects across an in-process network of real nodes: fetch, replication, repair.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use rand::{Rng as _, RngExt as _, SeedableRng as _, rngs::StdRng};
+use sov_core::ContentId;
+use sov_node::Node;
+use sov_store::AddOptions;
+use sov_testkit::{Cluster, init_logging, seed, wait_for};
+
+fn opts(name: &str) -> AddOptions {
+    AddOptions {
+        name: name.into(),
+        media_type: "application/octet-stream".into(),
+        created: 1_700_000_000,
+    }
+}
+
+fn random_bytes(rng: &mut StdRng, n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rng.fill_bytes(&mut v);
+    v
+}
+
+/// Fetch `id` on `node` if needed and return its plaintext.
+async fn read(node: &Node, id: ContentId) -> Vec<u8> {
+    node.prepare_read(id).await.expect("fetch");
+    node.blocking(move |s| {
+        let mut out = Vec::new();
+        s.get(&id, &mut out)?;
+        Ok(out)
+    })
+    .await
+    .expect("get")
+}
+
+/// Nodes whose store keeps `id` as a replica (ground truth, not asked over the network).
+async fn replica_holders(cluster: &Cluster, id: ContentId) -> Vec<usize> {
+    let mut out = Vec::new();
+    for i in cluster.live() {
+        let pin = cluster.node(i).blocking(move |s| s.pin(&id)).await.unwrap();
+        if pin.is_some_and(|p| p.replica) {
+            out.push(i);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_exchange_an_object() {
+    init_logging();
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cluster = Cluster::start(2, seed, Duration::from_secs(1)).await;
+    let data = random_bytes(&mut rng, 3 << 20);
+    let (added, holders) = cluster
+        .node(0)
+        .add(std::io::Cursor::new(data.clone()), opts("a.bin"), Some(1))
+        .await
+        .unwrap();
+    assert_eq!(holders, vec![cluster.node(1).peer_id()], "node 1 pinned it");
+    let did1 = cluster.node(1).did();
+    cluster.node(0).grant(added.id, did1).await.unwrap();
+    assert_eq!(read(cluster.node(1), added.id).await, data);
+    cluster.stop().await;
+}
+
+/// Issue 3, test (a): 20 nodes; an object added on node 0 with 3 replicas is readable from
+/// every node; replica holders are killed one by one with repair in between, and the object
+/// stays readable and returns to 3 replicas each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_nodes_keep_an_object_through_holder_failures() {
+    init_logging();
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let mut cluster = Cluster::start(20, seed, Duration::from_secs(1)).await;
+    let data = random_bytes(&mut rng, 5 << 20);
+    let (added, holders) = cluster
+        .node(0)
+        .add(
+            std::io::Cursor::new(data.clone()),
+            opts("shared.bin"),
+            Some(3),
+        )
+        .await
+        .unwrap();
+    let id = added.id;
+    assert_eq!(holders.len(), 3, "three peers pinned the object");
+    for i in 1..cluster.len() {
+        let did = cluster.node(i).did();
+        cluster.node(0).grant(id, did).await.unwrap();
+    }
+
+    // Readable from every node; readers then drop their cached copies, so later reads must
+    // come from the replicas.
+    for i in 1..cluster.len() {
+        assert_eq!(read(cluster.node(i), id).await, data, "node {i} reads it");
+    }
+    let replicas = replica_holders(&cluster, id).await;
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    for i in 1..cluster.len() {
+        if !replicas.contains(&i) {
+            cluster.node(i).remove(id).await.unwrap();
+        }
+    }
+
+    // Kill holders one by one (the owner last); after each, repair brings the replicas back
+    // to 3 and a node without a copy reads the object.
+    for round in 0..4 {
+        let holders = replica_holders(&cluster, id).await;
+        let victim = if round == 3 {
+            0
+        } else {
+            holders[rng.random_range(0..holders.len())]
+        };
+        eprintln!("round {round}: killing node {victim} (replicas on {holders:?})");
+        cluster.kill(victim).await;
+        let c = &cluster;
+        wait_for(
+            "repair back to 3 replicas",
+            Duration::from_secs(60),
+            || async move { replica_holders(c, id).await.len() >= 3 },
+        )
+        .await
+        .unwrap();
+        let holders = replica_holders(&cluster, id).await;
+        let readers: Vec<usize> = cluster
+            .live()
+            .into_iter()
+            .filter(|i| !holders.contains(i) && *i != 0)
+            .collect();
+        let reader = readers[rng.random_range(0..readers.len())];
+        assert_eq!(
+            read(cluster.node(reader), id).await,
+            data,
+            "node {reader} reads it after round {round}"
+        );
+        cluster.node(reader).remove(id).await.unwrap();
+    }
+    cluster.stop().await;
+}
