@@ -23,7 +23,7 @@ use crate::{
     behaviour::{Behaviour, BehaviourEvent},
     client::{BlocksReply, Command, Reply},
     perf,
-    wire::EncodedBlocks,
+    wire::{EncodedBlocks, Inbound},
 };
 
 /// Commands waiting for the event loop.
@@ -290,11 +290,19 @@ impl EventLoop {
                 self.closest.insert(q, reply);
             }
             Command::Want(peer, cids, reply) => {
-                let id = self.swarm.behaviour_mut().blocks.send_request(&peer, cids);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .blocks
+                    .send_request(&peer, Ok(cids));
                 self.wants.insert(id, reply);
             }
             Command::Request(peer, data, reply) => {
-                let id = self.swarm.behaviour_mut().node.send_request(&peer, data);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .node
+                    .send_request(&peer, Ok(data));
                 self.requests.insert(id, reply);
             }
             Command::RespondBlocks(channel, data) => {
@@ -505,12 +513,22 @@ impl EventLoop {
         }
     }
 
-    fn on_blocks(&mut self, event: request_response::Event<Vec<ContentId>, EncodedBlocks>) {
+    fn on_blocks(
+        &mut self,
+        event: request_response::Event<Inbound<Vec<ContentId>>, EncodedBlocks>,
+    ) {
         use request_response::{Event as E, Message as M};
         match event {
             E::Message { peer, message, .. } => match message {
                 M::Request {
-                    request, channel, ..
+                    request: Err(e), ..
+                } => {
+                    self.ban(peer, format!("malformed want-list: {e}"));
+                }
+                M::Request {
+                    request: Ok(request),
+                    channel,
+                    ..
                 } => self.emit(Event::BlocksWanted {
                     peer,
                     cids: request,
@@ -544,12 +562,19 @@ impl EventLoop {
         }
     }
 
-    fn on_node(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+    fn on_node(&mut self, event: request_response::Event<Inbound<Vec<u8>>, Vec<u8>>) {
         use request_response::{Event as E, Message as M};
         match event {
             E::Message { peer, message, .. } => match message {
                 M::Request {
-                    request, channel, ..
+                    request: Err(e), ..
+                } => {
+                    self.ban(peer, format!("malformed node message: {e}"));
+                }
+                M::Request {
+                    request: Ok(request),
+                    channel,
+                    ..
                 } => self.emit(Event::Request {
                     peer,
                     data: request,

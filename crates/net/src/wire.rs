@@ -160,21 +160,24 @@ pub fn decode_blocks(bytes: &[u8]) -> Result<Vec<(ContentId, Vec<u8>)>, WireErro
     Ok(out)
 }
 
-/// Read a whole message of at most `limit` bytes; a longer one is an error.
+/// Read a whole message of at most `limit` bytes (never more: a longer one is cut off and
+/// refused).
 async fn read_limited<T: AsyncRead + Unpin + Send>(
     io: &mut T,
     limit: usize,
-) -> io::Result<Vec<u8>> {
+) -> io::Result<Result<Vec<u8>, String>> {
     let mut buf = Vec::new();
     io.take(limit as u64 + 1).read_to_end(&mut buf).await?;
     if buf.len() > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("message exceeds {limit} bytes"),
-        ));
+        return Ok(Err(format!("message exceeds {limit} bytes")));
     }
-    Ok(buf)
+    Ok(Ok(buf))
 }
+
+/// A request as read from a peer: decoded, or why it could not be. Malformed requests are
+/// values, not I/O errors, because libp2p reports failed reads of requests to no one, and
+/// the event loop must see them to ban the sender.
+pub(crate) type Inbound<T> = Result<T, String>;
 
 /// The `/sov/blocks/1` codec: want-lists out, raw response bytes in (the event loop parses and
 /// verifies them, so it can tell a lying peer from a broken stream).
@@ -186,7 +189,7 @@ pub(crate) type EncodedBlocks = Vec<u8>;
 
 impl request_response::Codec for BlocksCodec {
     type Protocol = StreamProtocol;
-    type Request = Vec<ContentId>;
+    type Request = Inbound<Vec<ContentId>>;
     type Response = EncodedBlocks;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
@@ -194,8 +197,9 @@ impl request_response::Codec for BlocksCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Self::Request> {
-        let bytes = read_limited(io, MAX_WANT_BYTES).await?;
-        Ok(decode_want(&bytes)?)
+        Ok(read_limited(io, MAX_WANT_BYTES)
+            .await?
+            .and_then(|bytes| decode_want(&bytes).map_err(|e| e.to_string())))
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -203,7 +207,9 @@ impl request_response::Codec for BlocksCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Self::Response> {
-        read_limited(io, MAX_BLOCKS_BYTES).await
+        read_limited(io, MAX_BLOCKS_BYTES)
+            .await?
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -212,7 +218,8 @@ impl request_response::Codec for BlocksCodec {
         io: &mut T,
         req: Self::Request,
     ) -> io::Result<()> {
-        io.write_all(&encode_want(&req)).await?;
+        let cids = req.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        io.write_all(&encode_want(&cids)).await?;
         io.close().await
     }
 
@@ -233,14 +240,14 @@ pub(crate) struct NodeCodec;
 
 impl request_response::Codec for NodeCodec {
     type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
+    type Request = Inbound<Vec<u8>>;
     type Response = Vec<u8>;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> io::Result<Vec<u8>> {
+    ) -> io::Result<Self::Request> {
         read_limited(io, MAX_NODE_MESSAGE).await
     }
 
@@ -249,15 +256,18 @@ impl request_response::Codec for NodeCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        read_limited(io, MAX_NODE_MESSAGE).await
+        read_limited(io, MAX_NODE_MESSAGE)
+            .await?
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Vec<u8>,
+        req: Self::Request,
     ) -> io::Result<()> {
+        let req = req.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         io.write_all(&req).await?;
         io.close().await
     }

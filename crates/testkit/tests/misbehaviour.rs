@@ -1,0 +1,266 @@
+//! Peers that lie or send garbage: issue 3, tests (b) and (c). The misbehaving peers are raw
+//! libp2p swarms that speak our wire formats by hand (test doubles); the nodes they talk to
+//! are real.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+use sov_core::{Codec, ContentId};
+use sov_identity::Keypair;
+use sov_net::wire;
+use sov_node::Node;
+use sov_store::{AddOptions, Store};
+use sov_testkit::{Cluster, init_logging, seed, wait_for};
+
+/// A bare swarm that can open and accept raw streams, connected to `addr`.
+async fn raw_peer(addr: &Multiaddr) -> (PeerId, libp2p_stream::Control) {
+    let mut swarm: Swarm<libp2p_stream::Behaviour> = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let me = *swarm.local_peer_id();
+    let control = swarm.behaviour().new_control();
+    swarm.dial(addr.clone()).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut tx = Some(tx);
+        loop {
+            if let libp2p::swarm::SwarmEvent::ConnectionEstablished { .. } =
+                swarm.select_next_some().await
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(());
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("raw peer connects")
+        .unwrap();
+    (me, control)
+}
+
+fn peer_of(addr: &Multiaddr) -> PeerId {
+    match addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(p)) => p,
+        _ => panic!("address without /p2p: {addr}"),
+    }
+}
+
+fn opts() -> AddOptions {
+    AddOptions {
+        name: "x.bin".into(),
+        media_type: "application/octet-stream".into(),
+        created: 1_700_000_000,
+    }
+}
+
+async fn read(node: &Node, id: ContentId) -> Vec<u8> {
+    node.blocking(move |s| {
+        let mut out = Vec::new();
+        s.get(&id, &mut out)?;
+        Ok(out)
+    })
+    .await
+    .unwrap()
+}
+
+/// Test (b): a provider that serves corrupted chunks. The fetch completes correctly from the
+/// honest provider, and the liar is reported and banned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_provider_is_banned_and_the_fetch_completes_elsewhere() {
+    init_logging();
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cluster = Cluster::start(2, seed, Duration::from_secs(60)).await;
+    let mut data = vec![0u8; 6 << 20];
+    rng.fill_bytes(&mut data);
+    let (added, _) = cluster
+        .node(0)
+        .add(std::io::Cursor::new(data.clone()), opts(), Some(0))
+        .await
+        .unwrap();
+    let id = added.id;
+    cluster
+        .node(0)
+        .grant(id, cluster.node(1).did())
+        .await
+        .unwrap();
+
+    // The liar holds a real copy (imported from a CAR) and serves the manifest honestly but
+    // flips a byte in every chunk it sends.
+    let dir = tempfile::tempdir().unwrap();
+    let liar_store = Store::open(&dir.path().join("store.redb"), Keypair::generate()).unwrap();
+    let mut car = Vec::new();
+    cluster.node(0).store().export_car(&id, &mut car).unwrap();
+    liar_store.import_car(car.as_slice()).unwrap();
+    let (liar, mut control) = raw_peer(&cluster.addrs(1)[0]).await;
+    let mut incoming = control.accept(wire::BLOCKS_PROTOCOL).unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let served2 = served.clone();
+    tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            let mut req = Vec::new();
+            stream.read_to_end(&mut req).await.unwrap();
+            let cids = wire::decode_want(&req).unwrap();
+            let blocks = liar_store.blocks(&cids, usize::MAX).unwrap();
+            let mut owned: Vec<(ContentId, Vec<u8>)> = blocks
+                .iter()
+                .map(|b| (*b.cid(), b.data().to_vec()))
+                .collect();
+            for (cid, bytes) in &mut owned {
+                if cid.codec() == Codec::Raw {
+                    bytes[17] ^= 1;
+                    served2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            let refs: Vec<(ContentId, &[u8])> =
+                owned.iter().map(|(c, b)| (*c, b.as_slice())).collect();
+            let _ = stream.write_all(&wire::encode_blocks(&refs)).await;
+            let _ = stream.close().await;
+        }
+    });
+
+    // Node 1 is told to try the liar first.
+    let report = cluster.node(1).fetch(id, Some(liar)).await.unwrap();
+    assert!(
+        served.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the liar was asked for chunks"
+    );
+    assert_eq!(report.liars, vec![liar]);
+    assert!(!report.providers.contains_key(&liar));
+    assert_eq!(read(cluster.node(1), id).await, data);
+    assert!(
+        cluster
+            .node(1)
+            .net()
+            .banned()
+            .await
+            .unwrap()
+            .contains(&liar)
+    );
+    cluster.stop().await;
+}
+
+/// Write `bytes` on a new stream of `protocol`, then read whatever comes back. Returns
+/// whether the whole write went through (a node that enforces a size limit resets the
+/// stream or closes the connection before a large write ends).
+async fn send_raw(
+    control: &mut libp2p_stream::Control,
+    node: PeerId,
+    protocol: &'static str,
+    bytes: &[u8],
+) -> bool {
+    let Ok(mut stream) = control
+        .open_stream(node, StreamProtocol::new(protocol))
+        .await
+    else {
+        return false;
+    };
+    let written = async {
+        for piece in bytes.chunks(64 << 10) {
+            stream.write_all(piece).await?;
+        }
+        stream.close().await
+    };
+    let ok = tokio::time::timeout(Duration::from_secs(20), written)
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sink)).await;
+    ok
+}
+
+/// Test (c): malformed and oversized messages on every protocol the node speaks. Nothing
+/// crashes, large messages are cut off at their limit, a peer that breaks our own protocols
+/// is disconnected and banned, and honest peers are served all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_messages_are_refused() {
+    init_logging();
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cluster = Cluster::start(2, seed, Duration::from_secs(60)).await;
+    let target = cluster.addrs(0)[0].clone();
+    let node = peer_of(&target);
+    let mut junk = vec![0u8; 4096];
+    rng.fill_bytes(&mut junk);
+    let huge = vec![0x41u8; 24 << 20];
+
+    // Our protocols: garbage and oversized messages get the sender banned.
+    let cases: [(&str, &[u8], &str); 5] = [
+        ("/sov/blocks/1", &junk, "garbage want-list"),
+        (
+            "/sov/blocks/1",
+            &[0xff, 0xff],
+            "want-list over the count limit",
+        ),
+        ("/sov/blocks/1", &huge, "24 MiB want-list"),
+        ("/sov/node/1", &junk, "garbage node message"),
+        ("/sov/node/1", &huge, "24 MiB node message"),
+    ];
+    for (protocol, bytes, what) in cases {
+        let (raw, mut control) = raw_peer(&target).await;
+        let all_written = send_raw(&mut control, node, protocol, bytes).await;
+        if bytes.len() > 1 << 20 {
+            assert!(!all_written, "{what}: the node read past its limit");
+        }
+        let n0 = cluster.node(0).clone();
+        wait_for(
+            &format!("{what}: sender banned"),
+            Duration::from_secs(10),
+            || {
+                let n0 = n0.clone();
+                async move { n0.net().banned().await.unwrap().contains(&raw) }
+            },
+        )
+        .await
+        .unwrap();
+        let connected = cluster.node(0).peers().await.unwrap();
+        assert!(
+            !connected.iter().any(|p| p.peer_id == raw),
+            "{what}: still connected"
+        );
+    }
+
+    // libp2p's own protocols: garbage and oversized frames are refused by their codecs.
+    for protocol in [
+        "/sov/kad/1.0.0",
+        "/meshsub/1.1.0",
+        "/sov/id/1.0.0",
+        "/ipfs/ping/1.0.0",
+    ] {
+        let (_, mut control) = raw_peer(&target).await;
+        send_raw(&mut control, node, protocol, &junk).await;
+        let all_written = send_raw(&mut control, node, protocol, &huge).await;
+        assert!(!all_written, "{protocol}: the node read 24 MiB");
+    }
+
+    // The node still works: node 1 fetches an object from it.
+    let mut data = vec![0u8; 2 << 20];
+    rng.fill_bytes(&mut data);
+    let (added, _) = cluster
+        .node(0)
+        .add(std::io::Cursor::new(data.clone()), opts(), Some(0))
+        .await
+        .unwrap();
+    cluster
+        .node(0)
+        .grant(added.id, cluster.node(1).did())
+        .await
+        .unwrap();
+    cluster.node(1).prepare_read(added.id).await.unwrap();
+    assert_eq!(read(cluster.node(1), added.id).await, data);
+    cluster.stop().await;
+}
