@@ -1,1 +1,164 @@
-//! placeholder
+//! `sov-api` is layer 4 of sov: the node's HTTP API on axum, the first part of the gateway
+//! (DESIGN.md §9). It binds to loopback by default and every route but `/health` needs
+//! `Authorization: Bearer <admin token>` (the token `sov init` wrote to
+//! `$SOV_HOME/admin.token`).
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /health` | `{"status":"ok"}`, no token needed |
+//! | `GET /api/v1/identity` | DID, PeerId, listen addresses |
+//! | `GET /api/v1/peers` | connected peers: `[{peer_id, did, addrs}]` |
+//! | `GET /api/v1/objects` | stored objects |
+//! | `POST /api/v1/objects?name=&media_type=&replicas=` | body: the bytes; adds an object |
+//! | `GET /api/v1/objects/{id}` | the plaintext (fetched from peers if not stored here) |
+//! | `GET /api/v1/objects/{id}/info` | what the node knows about an object |
+//! | `DELETE /api/v1/objects/{id}` | remove it here |
+//! | `POST /api/v1/objects/{id}/grants` | `{"did": …}`: let that DID read it |
+//! | `GET /api/v1/objects/{id}/car` | the object as CAR v1 |
+//! | `POST /api/v1/cars` | body: a CAR v1 file; imports the object |
+//!
+//! Errors are JSON `{"error": {"message", "code"}}` with a fitting status.
+
+mod error;
+mod objects;
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+pub use error::ApiError;
+pub use objects::{AddedObject, Object};
+use serde::Serialize;
+use sov_node::Node;
+
+/// Largest request body the API accepts for an upload (objects larger than this are added
+/// from the command line without a running node... or split).
+pub const MAX_UPLOAD: usize = 64 << 30;
+
+/// What every handler sees.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) node: Node,
+    token: Arc<str>,
+}
+
+/// The API's router for `node`, guarded by `token`.
+pub fn router(node: Node, token: &str) -> Router {
+    let state = AppState {
+        node,
+        token: token.into(),
+    };
+    let api = Router::new()
+        .route("/api/v1/identity", get(identity))
+        .route("/api/v1/peers", get(peers))
+        .route("/api/v1/objects", get(objects::list).post(objects::add))
+        .route(
+            "/api/v1/objects/{id}",
+            get(objects::read).delete(objects::remove),
+        )
+        .route("/api/v1/objects/{id}/info", get(objects::info))
+        .route("/api/v1/objects/{id}/grants", post(objects::grant))
+        .route("/api/v1/objects/{id}/car", get(objects::export))
+        .route("/api/v1/cars", post(objects::import))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD));
+    Router::new()
+        .route("/health", get(health))
+        .merge(api)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(state)
+}
+
+/// Serve the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Node,
+    token: &str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(node, token))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Compare without an early exit, so the time taken says nothing about the token.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(t) if same(t.trim().as_bytes(), state.token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "wrong token")
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "this route needs `Authorization: Bearer <token>` (the token is in $SOV_HOME/admin.token)",
+        )
+        .into_response(),
+    }
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+#[derive(Serialize)]
+struct Identity {
+    did: String,
+    peer_id: String,
+    listen: Vec<String>,
+}
+
+async fn identity(State(state): State<AppState>) -> Result<Json<Identity>, ApiError> {
+    let node = &state.node;
+    Ok(Json(Identity {
+        did: node.did().to_string(),
+        peer_id: node.peer_id().to_string(),
+        listen: node
+            .listen_addrs()
+            .await?
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+    }))
+}
+
+/// One connected peer, as `GET /api/v1/peers` lists it.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Peer {
+    /// Its PeerId.
+    pub peer_id: String,
+    /// Its did:key.
+    pub did: Option<String>,
+    /// Its addresses.
+    pub addrs: Vec<String>,
+}
+
+async fn peers(State(state): State<AppState>) -> Result<Json<Vec<Peer>>, ApiError> {
+    let mut peers: Vec<Peer> = state
+        .node
+        .peers()
+        .await?
+        .into_iter()
+        .map(|p| Peer {
+            peer_id: p.peer_id.to_string(),
+            did: p.did.map(|d| d.to_string()),
+            addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
+        })
+        .collect();
+    peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+    Ok(Json(peers))
+}

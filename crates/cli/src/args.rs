@@ -52,6 +52,53 @@ pub enum Command {
     /// Store, read and share encrypted objects.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Run this node on the network.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// List the peers the running node is connected to.
+    Peers {
+        /// Print a JSON array of {peer_id, did, addrs}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `sov node …`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Run the node in the foreground until Ctrl-C or SIGTERM: joins the network, serves the
+    /// API, answers peers, keeps replicas repaired.
+    Run(NodeRunArgs),
+}
+
+/// `sov node run` flags; each overrides `config.toml`.
+#[derive(Debug, clap::Args)]
+pub struct NodeRunArgs {
+    /// Listen on this multiaddr (repeatable; replaces the configured list).
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "SOV_LISTEN",
+        value_delimiter = ','
+    )]
+    pub listen: Vec<String>,
+    /// Join the network through this peer (repeatable; added to the configured list).
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "SOV_BOOTSTRAP",
+        value_delimiter = ','
+    )]
+    pub bootstrap: Vec<String>,
+    /// Serve the HTTP API on ADDR (port 0 picks a free port; default 127.0.0.1:7878).
+    #[arg(long, value_name = "ADDR", env = "SOV_API")]
+    pub api: Option<String>,
+    /// Do not look for peers on the local network (multicast DNS).
+    #[arg(long, env = "SOV_NO_MDNS")]
+    pub no_mdns: bool,
+    /// Default replicas for objects added through this node.
+    #[arg(long, value_name = "K", env = "SOV_REPLICAS")]
+    pub replicas: Option<u32>,
 }
 
 /// `sov data …`
@@ -64,6 +111,9 @@ pub enum DataCommand {
         /// The name readers see (default: the file name).
         #[arg(long)]
         name: Option<String>,
+        /// Have K peers pin the encrypted blocks (default from config.toml: 3).
+        #[arg(long, value_name = "K")]
+        replicas: Option<u32>,
         /// Print a JSON object instead of the id.
         #[arg(long)]
         json: bool,

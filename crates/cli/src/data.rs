@@ -23,8 +23,16 @@ use crate::{
 const PROGRESS_FROM: u64 = 16 << 20;
 
 pub fn run(home: &Home, cmd: DataCommand) -> anyhow::Result<()> {
+    if let Some(node) = crate::node::running(&home.dir) {
+        return crate::remote::data(&crate::remote::Api::new(home, &node)?, cmd);
+    }
     match cmd {
-        DataCommand::Add { path, name, json } => add(&home.store()?, &path, name, json),
+        DataCommand::Add {
+            path,
+            name,
+            replicas,
+            json,
+        } => add(&home.store()?, &home.dir, &path, name, replicas, json),
         DataCommand::Get { id, output } => get(&home.store()?, &parse_id(&id)?, output.as_deref()),
         DataCommand::Ls { json } => ls(&home.store()?, json),
         DataCommand::Rm { id } => {
@@ -48,24 +56,79 @@ pub fn run(home: &Home, cmd: DataCommand) -> anyhow::Result<()> {
     }
 }
 
-fn parse_id(s: &str) -> anyhow::Result<ContentId> {
+pub(crate) fn parse_id(s: &str) -> anyhow::Result<ContentId> {
     s.parse()
         .with_context(|| format!("{s:?} is not an object id (expected a CID such as bafyr4i…)"))
 }
 
+/// An object as `ls --json`, `add --json` and `import --json` print it.
 #[derive(Serialize)]
-struct ObjectJson {
-    id: String,
-    name: Option<String>,
-    size: Option<u64>,
-    created: String,
-    media_type: Option<String>,
-    owner: String,
-    readable: bool,
-    chunks: usize,
-    stored_bytes: u64,
+pub(crate) struct ObjectJson {
+    pub(crate) id: String,
+    pub(crate) name: Option<String>,
+    pub(crate) size: Option<u64>,
+    pub(crate) created: String,
+    pub(crate) media_type: Option<String>,
+    pub(crate) owner: String,
+    pub(crate) readable: bool,
+    pub(crate) chunks: usize,
+    pub(crate) stored_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    new_chunks: Option<usize>,
+    pub(crate) new_chunks: Option<usize>,
+}
+
+/// The name an added object gets: `--name`, else the file name (`stdin` for `-`).
+pub(crate) fn object_name(path: &Path, name: Option<String>) -> String {
+    match name {
+        Some(n) => n,
+        None if path.as_os_str() == "-" => "stdin".into(),
+        None => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "unnamed".into()),
+    }
+}
+
+/// Open a file to add or import; directories are refused.
+pub(crate) fn open_file(path: &Path) -> anyhow::Result<fs::File> {
+    let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?;
+    if meta.is_dir() {
+        bail!("{} is a directory; add files one by one", path.display());
+    }
+    Ok(file)
+}
+
+/// The `ls` table.
+pub(crate) fn print_table(objects: &[ObjectJson], me: &str) -> anyhow::Result<()> {
+    if objects.is_empty() {
+        note!("no objects yet: add one with `sov data add FILE`");
+        return Ok(());
+    }
+    say!("{:<62} {:>10}  {:<20}  NAME", "ID", "SIZE", "CREATED")?;
+    for o in objects {
+        let (size, name) = match (&o.name, o.size) {
+            (Some(n), Some(s)) => (output::bytes(s), n.clone()),
+            _ => (
+                format!("~{}", output::bytes(o.stored_bytes)),
+                "(no read grant)".into(),
+            ),
+        };
+        let owner = if o.owner == me {
+            String::new()
+        } else {
+            format!("  [owner {}]", o.owner)
+        };
+        say!(
+            "{:<62} {:>10}  {:<20}  {name}{owner}",
+            o.id,
+            size,
+            o.created
+        )?;
+    }
+    Ok(())
 }
 
 impl ObjectJson {
@@ -85,16 +148,16 @@ impl ObjectJson {
     }
 }
 
-fn add(store: &Store, path: &Path, name: Option<String>, json: bool) -> anyhow::Result<()> {
+fn add(
+    store: &Store,
+    home: &Path,
+    path: &Path,
+    name: Option<String>,
+    replicas: Option<u32>,
+    json: bool,
+) -> anyhow::Result<()> {
     let from_stdin = path.as_os_str() == "-";
-    let name = match name {
-        Some(n) => n,
-        None if from_stdin => "stdin".into(),
-        None => path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "unnamed".into()),
-    };
+    let name = object_name(path, name);
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .context("the system clock is before 1970")?
@@ -107,14 +170,9 @@ fn add(store: &Store, path: &Path, name: Option<String>, json: bool) -> anyhow::
     let (input, len): (Box<dyn io::Read>, Option<u64>) = if from_stdin {
         (Box::new(io::stdin().lock()), None)
     } else {
-        let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let meta = file
-            .metadata()
-            .with_context(|| format!("reading {}", path.display()))?;
-        if meta.is_dir() {
-            bail!("{} is a directory; add files one by one", path.display());
-        }
-        (Box::new(file), Some(meta.len()))
+        let file = open_file(path)?;
+        let len = file.metadata().map(|m| m.len()).ok();
+        (Box::new(file), len)
     };
     let bar = progress_bar(len.unwrap_or(0), format!("encrypting {name}"));
     let added = store
@@ -127,6 +185,18 @@ fn add(store: &Store, path: &Path, name: Option<String>, json: bool) -> anyhow::
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    // No node runs: the pin is recorded, and the node replicates the object once it starts.
+    let replicas = match replicas {
+        Some(k) => k,
+        None => sov_node::ConfigFile::load(home)?.storage.replicas,
+    };
+    store.set_pin(
+        &added.id,
+        sov_store::Pin {
+            replicas,
+            replica: false,
+        },
+    )?;
     if json {
         let info = store.info(&added.id)?;
         let mut j = ObjectJson::from(&info);
@@ -167,38 +237,12 @@ fn get(store: &Store, id: &ContentId, out: Option<&Path>) -> anyhow::Result<()> 
 
 fn ls(store: &Store, json: bool) -> anyhow::Result<()> {
     let objects = store.list()?;
+    let all: Vec<_> = objects.iter().map(ObjectJson::from).collect();
     if json {
-        let all: Vec<_> = objects.iter().map(ObjectJson::from).collect();
         say!("{}", serde_json::to_string_pretty(&all)?)?;
         return Ok(());
     }
-    if objects.is_empty() {
-        note!("no objects yet: add one with `sov data add FILE`");
-        return Ok(());
-    }
-    let me = store.identity().did();
-    say!("{:<62} {:>10}  {:<20}  NAME", "ID", "SIZE", "CREATED")?;
-    for o in &objects {
-        let (size, name) = match &o.meta {
-            Some(m) => (output::bytes(m.size), m.name.clone()),
-            None => (
-                format!("~{}", output::bytes(o.stored_bytes)),
-                "(no read grant)".into(),
-            ),
-        };
-        let owner = if o.owner == me {
-            String::new()
-        } else {
-            format!("  [owner {}]", o.owner)
-        };
-        say!(
-            "{:<62} {:>10}  {:<20}  {name}{owner}",
-            o.id.to_string(),
-            size,
-            output::rfc3339(o.created)
-        )?;
-    }
-    Ok(())
+    print_table(&all, &store.identity().did().to_string())
 }
 
 fn export(store: &Store, id: &ContentId, path: &Path) -> anyhow::Result<()> {
@@ -240,7 +284,7 @@ fn import(store: &Store, path: &Path, json: bool) -> anyhow::Result<()> {
 /// Create `path` through a temporary file in the same directory, renamed into place only if
 /// `write` succeeds; on failure nothing is left behind. About `total` bytes are expected: a
 /// progress bar shows them when that is large.
-fn write_atomically(
+pub(crate) fn write_atomically(
     path: &Path,
     total: u64,
     message: String,
@@ -278,7 +322,7 @@ fn write_atomically(
 
 /// A progress bar on stderr for work over `total` bytes, if that is large enough to wait for.
 /// indicatif draws nothing when stderr is not a terminal.
-fn progress_bar(total: u64, message: String) -> Option<ProgressBar> {
+pub(crate) fn progress_bar(total: u64, message: String) -> Option<ProgressBar> {
     if total < PROGRESS_FROM {
         return None;
     }

@@ -102,6 +102,7 @@ pub fn init(home: &Home, force: bool, import_seed: Option<&Path>) -> anyhow::Res
             home.dir.display()
         );
     }
+    crate::node::ensure_token(&home.dir)?;
     let sealed = if home.passphrase.is_some() {
         "sealed with your passphrase"
     } else {

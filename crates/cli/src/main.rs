@@ -5,6 +5,8 @@ mod args;
 mod data;
 mod demo;
 mod home;
+mod node;
+mod remote;
 
 mod output;
 
@@ -63,6 +65,12 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Id { json } => home::id(&home()?, json),
         args::Command::Data(cmd) => data::run(&home()?, cmd),
         args::Command::Demo { dir, size_mib } => demo::run(dir, size_mib),
+        args::Command::Node(args::NodeCommand::Run(args)) => node::run(&home()?, args),
+        args::Command::Peers { json } => {
+            let home = home()?;
+            let running = node::require(&home.dir)?;
+            remote::peers(&remote::Api::new(&home, &running)?, json)
+        }
     }
 }
 

@@ -1,0 +1,338 @@
+//! `sov data …` and `sov peers` through a running node's API (redb has one writer, so while
+//! a node runs, it is the one that touches the store).
+
+use std::{
+    fs,
+    io::{self, Write as _},
+    path::Path,
+};
+
+use anyhow::{Context as _, bail};
+use sov_api::{AddedObject, Object, Peer};
+
+use crate::{
+    args::DataCommand,
+    data::{self, ObjectJson, progress_bar, write_atomically},
+    home::Home,
+    node::{NodeFile, TOKEN_FILE},
+    output::{self, note, say},
+};
+
+/// A client of one node's API.
+pub struct Api {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    /// The API of the node running on `home`.
+    pub fn new(home: &Home, node: &NodeFile) -> anyhow::Result<Self> {
+        let path = home.dir.join(TOKEN_FILE);
+        let token = fs::read_to_string(&path)
+            .with_context(|| format!("reading the admin token {}", path.display()))?
+            .trim()
+            .to_owned();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        Ok(Self {
+            base: node.api.clone(),
+            token,
+            agent,
+        })
+    }
+
+    fn auth(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    /// Turn a non-2xx answer into an error with the API's message.
+    fn check(
+        &self,
+        mut resp: ureq::http::Response<ureq::Body>,
+    ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("the node answered {status}"));
+        bail!("{message}")
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+        let resp = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", self.auth())
+            .call()
+            .with_context(|| format!("asking the node at {}", self.base))?;
+        self.check(resp)
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        Ok(self.get(path)?.body_mut().read_json()?)
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&mut dyn io::Read>,
+        json: Option<serde_json::Value>,
+    ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+        let url = format!("{}{path}", self.base);
+        let resp = match method {
+            "DELETE" => self
+                .agent
+                .delete(&url)
+                .header("Authorization", self.auth())
+                .call(),
+            _ => {
+                let req = self.agent.post(&url).header("Authorization", self.auth());
+                match (body, json) {
+                    (Some(r), _) => req
+                        .header("Content-Type", "application/octet-stream")
+                        .send(ureq::SendBody::from_reader(r)),
+                    (None, Some(j)) => req.send_json(j),
+                    (None, None) => req.send_empty(),
+                }
+            }
+        }
+        .with_context(|| format!("asking the node at {}", self.base))?;
+        self.check(resp)
+    }
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn object_json(o: &Object) -> ObjectJson {
+    ObjectJson {
+        id: o.id.clone(),
+        name: o.name.clone(),
+        size: o.size,
+        created: output::rfc3339(o.created),
+        media_type: o.media_type.clone(),
+        owner: o.owner.clone(),
+        readable: o.readable,
+        chunks: o.chunks,
+        stored_bytes: o.stored_bytes,
+        new_chunks: None,
+    }
+}
+
+/// `sov data …` through the API.
+pub fn data(api: &Api, cmd: DataCommand) -> anyhow::Result<()> {
+    match cmd {
+        DataCommand::Add {
+            path,
+            name,
+            replicas,
+            json,
+        } => {
+            let from_stdin = path.as_os_str() == "-";
+            let name = data::object_name(&path, name);
+            let mut query = format!(
+                "/api/v1/objects?name={}&media_type={}",
+                encode(&name),
+                encode(output::media_type(&name))
+            );
+            if let Some(k) = replicas {
+                query.push_str(&format!("&replicas={k}"));
+            }
+            let mut input: Box<dyn io::Read> = if from_stdin {
+                Box::new(io::stdin().lock())
+            } else {
+                let f = data::open_file(&path)?;
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                match progress_bar(len, format!("encrypting {name}")) {
+                    Some(bar) => Box::new(bar.wrap_read(f)),
+                    None => Box::new(f),
+                }
+            };
+            let added: AddedObject = api
+                .send("POST", &query, Some(&mut input), None)
+                .with_context(|| format!("adding {}", path.display()))?
+                .body_mut()
+                .read_json()?;
+            if json {
+                let o: Object = api.get_json(&format!("/api/v1/objects/{}/info", added.id))?;
+                let mut j = object_json(&o);
+                j.new_chunks = Some(added.new_chunks);
+                let mut v = serde_json::to_value(&j)?;
+                v["replicas"] = added.replicas.into();
+                v["holders"] = added.holders.clone().into();
+                say!("{}", serde_json::to_string(&v)?)?;
+            } else {
+                note!(
+                    "added {name}: {}, {} chunks ({} new); pinned by {} of {} peers asked",
+                    output::bytes(added.size),
+                    added.chunks,
+                    added.new_chunks,
+                    added.holders.len(),
+                    added.replicas
+                );
+                say!("{}", added.id)?;
+            }
+            Ok(())
+        }
+        DataCommand::Get { id, output } => {
+            let id = data::parse_id(&id)?;
+            let mut resp = api.get(&format!("/api/v1/objects/{id}"))?;
+            let size = resp
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let body = resp.body_mut().with_config().limit(u64::MAX).reader();
+            copy_out(body, size, output.as_deref(), &format!("fetching {id}"))?;
+            if let Some(p) = output {
+                note!("wrote {id} to {}", p.display());
+            }
+            Ok(())
+        }
+        DataCommand::Ls { json } => {
+            let objects: Vec<Object> = api.get_json("/api/v1/objects")?;
+            let all: Vec<ObjectJson> = objects.iter().map(object_json).collect();
+            if json {
+                say!("{}", serde_json::to_string_pretty(&all)?)?;
+            } else {
+                let me: serde_json::Value = api.get_json("/api/v1/identity")?;
+                data::print_table(&all, me["did"].as_str().unwrap_or_default())?;
+            }
+            Ok(())
+        }
+        DataCommand::Rm { id } => {
+            let id = data::parse_id(&id)?;
+            api.send("DELETE", &format!("/api/v1/objects/{id}"), None, None)?;
+            note!("removed {id}");
+            Ok(())
+        }
+        DataCommand::Grant { id, did } => {
+            let id = data::parse_id(&id)?;
+            let v: serde_json::Value = api
+                .send(
+                    "POST",
+                    &format!("/api/v1/objects/{id}/grants"),
+                    None,
+                    Some(serde_json::json!({ "did": did })),
+                )?
+                .body_mut()
+                .read_json()?;
+            note!("{did} may now read {id}");
+            say!("{}", v["grant"].as_str().unwrap_or_default())?;
+            Ok(())
+        }
+        DataCommand::Export { id, output } => {
+            let id = data::parse_id(&id)?;
+            let o: Object = api.get_json(&format!("/api/v1/objects/{id}/info"))?;
+            let mut resp = api.get(&format!("/api/v1/objects/{id}/car"))?;
+            let body = resp.body_mut().with_config().limit(u64::MAX).reader();
+            copy_out(
+                body,
+                o.stored_bytes,
+                Some(&output),
+                &format!("exporting {id}"),
+            )?;
+            note!("exported {id} to {}", output.display());
+            Ok(())
+        }
+        DataCommand::Import { file, json } => {
+            let f = data::open_file(&file)?;
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let mut input: Box<dyn io::Read> =
+                match progress_bar(len, format!("verifying {}", file.display())) {
+                    Some(bar) => Box::new(bar.wrap_read(f)),
+                    None => Box::new(f),
+                };
+            let v: serde_json::Value = api
+                .send("POST", "/api/v1/cars", Some(&mut input), None)
+                .with_context(|| format!("importing {}", file.display()))?
+                .body_mut()
+                .read_json()?;
+            let id = v["id"].as_str().unwrap_or_default().to_owned();
+            let o: Object = api.get_json(&format!("/api/v1/objects/{id}/info"))?;
+            if json {
+                say!("{}", serde_json::to_string(&object_json(&o))?)?;
+            } else {
+                match (&o.name, o.size) {
+                    (Some(n), Some(s)) => note!("imported {n} ({})", output::bytes(s)),
+                    _ => note!(
+                        "imported encrypted object from {} (this node has no read grant for it)",
+                        o.owner
+                    ),
+                }
+                say!("{id}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Copy a response body to a file (atomically) or to standard output.
+fn copy_out(
+    mut body: impl io::Read,
+    size: u64,
+    output: Option<&Path>,
+    message: &str,
+) -> anyhow::Result<()> {
+    match output {
+        None => {
+            let stdout = io::stdout();
+            let mut w = io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            io::copy(&mut body, &mut w).context("the node's answer broke off")?;
+            w.flush()?;
+        }
+        Some(path) => write_atomically(path, size, message.to_owned(), |f| {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = body.read(&mut buf).context("the node's answer broke off")?;
+                if n == 0 {
+                    break;
+                }
+                f.write_all(&buf[..n])?;
+            }
+            Ok(())
+        })?,
+    }
+    Ok(())
+}
+
+/// `sov peers`
+pub fn peers(api: &Api, json: bool) -> anyhow::Result<()> {
+    let peers: Vec<Peer> = api.get_json("/api/v1/peers")?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&peers)?)?;
+        return Ok(());
+    }
+    if peers.is_empty() {
+        note!("no peers connected yet");
+        return Ok(());
+    }
+    say!("{:<54} {:<58} ADDRESS", "PEER ID", "DID")?;
+    for p in &peers {
+        say!(
+            "{:<54} {:<58} {}",
+            p.peer_id,
+            p.did.as_deref().unwrap_or("-"),
+            p.addrs.first().map(String::as_str).unwrap_or("-")
+        )?;
+    }
+    Ok(())
+}
