@@ -1,0 +1,191 @@
+//! Issue 3, test (d): `sov node run` processes with separate homes on loopback.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+use tempfile::TempDir;
+
+/// A home, and the node process running on it if any.
+struct Home {
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Home {
+    fn new() -> Self {
+        let h = Self {
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        h.ok(&["init"]);
+        h
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sov"));
+        c.args(args)
+            .env("SOV_HOME", self.dir.path())
+            .env_remove("SOV_PASSPHRASE")
+            .env_remove("SOV_LISTEN")
+            .env_remove("SOV_BOOTSTRAP")
+            .env_remove("SOV_API")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "sov {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn node_json(&self) -> PathBuf {
+        self.dir.path().join("node.json")
+    }
+
+    /// Start `sov node run` on loopback and wait for its node.json; returns its first
+    /// listen address.
+    fn start(&mut self, extra: &[&str]) -> String {
+        let log = std::fs::File::create(self.dir.path().join("node.log")).unwrap();
+        let mut args = vec![
+            "node",
+            "run",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "127.0.0.1:0",
+            "--no-mdns",
+        ];
+        args.extend_from_slice(extra);
+        self.child = Some(self.cmd(&args).stderr(log).spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(self.node_json())
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                return v["listen"][0].as_str().unwrap().to_owned();
+            }
+            assert!(Instant::now() < deadline, "node did not start: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    fn did(&self) -> String {
+        self.ok(&["id"]).trim().to_owned()
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+}
+
+fn wait(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn signal(pid: i32, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+fn read(home: &Home, id: &str, out: &Path) -> Vec<u8> {
+    home.ok(&["data", "get", id, "-o", out.to_str().unwrap()]);
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn three_node_processes_replicate_and_survive_the_owner() {
+    let (mut a, mut b, mut c, mut d) = (Home::new(), Home::new(), Home::new(), Home::new());
+    let boot_a = a.start(&[]);
+    let boot_b = b.start(&["--bootstrap", &boot_a, "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"]);
+    c.start(&["--bootstrap", &boot_a]);
+    wait("A to see B and C", || {
+        let v: serde_json::Value = serde_json::from_str(&a.ok(&["peers", "--json"])).unwrap();
+        v.as_array().unwrap().len() >= 2
+    });
+    let peers: serde_json::Value = serde_json::from_str(&a.ok(&["peers", "--json"])).unwrap();
+    let first = &peers[0];
+    assert!(first["peer_id"].as_str().unwrap().starts_with("12D3KooW"));
+    assert!(first["did"].as_str().unwrap().starts_with("did:key:z6Mk"));
+    assert!(first["addrs"].as_array().is_some());
+
+    // An object added on A (through A's API, since A runs) with 2 replicas; C reads it.
+    let mut data = vec![0u8; 3 << 20];
+    StdRng::seed_from_u64(3).fill_bytes(&mut data);
+    let file = a.dir.path().join("data.bin");
+    std::fs::write(&file, &data).unwrap();
+    let added: serde_json::Value = serde_json::from_str(
+        &a.ok(&["data", "add", file.to_str().unwrap(), "--replicas", "2", "--json"]),
+    )
+    .unwrap();
+    let id = added["id"].as_str().unwrap().to_owned();
+    assert_eq!(added["holders"].as_array().unwrap().len(), 2, "{added}");
+    a.ok(&["data", "grant", &id, &c.did()]);
+    a.ok(&["data", "grant", &id, &d.did()]);
+    assert_eq!(read(&c, &id, &c.dir.path().join("out.bin")), data);
+
+    // A dies without warning; a fresh node D that knows only B reads the object.
+    signal(a.pid(), "-KILL");
+    d.start(&["--bootstrap", &boot_b]);
+    assert_eq!(read(&d, &id, &d.dir.path().join("out.bin")), data);
+
+    // Without a node, commands open the store directly; the API needs the token.
+    let node: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.node_json()).unwrap()).unwrap();
+    let api = node["api"].as_str().unwrap();
+    let health = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import urllib.request as u\ntry:\n u.urlopen('{api}/api/v1/peers')\nexcept Exception as e:\n print(e.code)"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "401");
+
+    // SIGTERM stops a node cleanly: node.json goes away and the store is usable offline.
+    signal(d.pid(), "-TERM");
+    wait("D to stop", || !d.node_json().exists());
+    let _ = d.child.take().unwrap().wait();
+    assert!(d.ok(&["data", "ls"]).contains(&id));
+    let err = d.run(&["peers"]);
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("no node is running"));
+}
