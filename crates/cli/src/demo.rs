@@ -1,39 +1,23 @@
-//! `sov demo`: a narrated walk-through on local nodes, each with its own home.
-//!
-//! Until the peer-to-peer network lands, the nodes exchange objects as CAR files, exactly
-//! as a person would with `sov data export` / `sov data import`; every step runs the real
-//! identity, store and crypto code.
+//! `sov demo`: a narrated walk-through of a small network of real nodes on loopback, each
+//! with its own home (identity, redb store) and its own libp2p swarm, in this process.
+//! Every step runs the real identity, store, network and replication code.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, bail};
-use sov_identity::{DidDocument, Keypair, keystore};
+use sov_core::ContentId;
+use sov_identity::{Keypair, keystore};
+use sov_node::{Config, Node, PeerId};
 use sov_store::{AddOptions, Store};
 
 use crate::output::{self, say};
 
-struct DemoNode {
-    name: &'static str,
-    home: PathBuf,
-    store: Store,
-}
-
-impl DemoNode {
-    fn new(root: &Path, name: &'static str) -> anyhow::Result<Self> {
-        let home = root.join(name);
-        let key = Keypair::generate();
-        keystore::save(&home, &key, None, false)?;
-        let store = Store::open(&home.join(sov_store::DB_FILE), key)?;
-        Ok(Self { name, home, store })
-    }
-
-    fn did(&self) -> String {
-        self.store.identity().did().to_string()
-    }
-}
+const NAMES: [&str; 5] = ["alice", "bob", "carol", "dave", "erin"];
+const REPLICAS: u32 = 2;
 
 fn step(n: u32, text: &str) -> std::io::Result<()> {
     say!("\n[{n}] {text}")
@@ -46,6 +30,74 @@ fn sample(len: usize) -> Vec<u8> {
         .finalize_xof()
         .fill(&mut data);
     data
+}
+
+/// A demo node: a real home and, while it runs, a real node.
+struct Member {
+    name: &'static str,
+    home: PathBuf,
+    node: Option<Node>,
+}
+
+impl Member {
+    fn node(&self) -> &Node {
+        self.node
+            .as_ref()
+            .expect("the demo only uses running nodes")
+    }
+}
+
+async fn start(home: &Path, bootstrap: Vec<sov_node::Multiaddr>) -> anyhow::Result<Node> {
+    let key = keystore::load(home, None)?;
+    let store = Store::open(&home.join(sov_store::DB_FILE), key)?;
+    let mut config = Config::loopback();
+    config.bootstrap = bootstrap;
+    config.repair_interval = Duration::from_secs(1);
+    Ok(Node::start(store, config).await?)
+}
+
+async fn wait_until<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check().await? {
+        if Instant::now() > deadline {
+            bail!("the demo timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Read `id` on `node` (fetching it from peers as needed); returns the bytes.
+async fn read(node: &Node, id: ContentId) -> anyhow::Result<(Vec<u8>, sov_node::FetchReport)> {
+    let report = node.fetch(id, None).await?;
+    node.prepare_read(id).await?;
+    let bytes = node
+        .blocking(move |s| {
+            let mut out = Vec::new();
+            s.get(&id, &mut out)?;
+            Ok(out)
+        })
+        .await?;
+    Ok((bytes, report))
+}
+
+/// Which running members keep `id` as a replica (read from their stores).
+async fn replica_holders(members: &[Member], id: ContentId) -> anyhow::Result<Vec<&'static str>> {
+    let mut out = Vec::new();
+    for m in members.iter().filter(|m| m.node.is_some()) {
+        if m.node()
+            .blocking(move |s| s.pin(&id))
+            .await?
+            .is_some_and(|p| p.replica)
+        {
+            out.push(m.name);
+        }
+    }
+    Ok(out)
 }
 
 pub fn run(dir: Option<PathBuf>, size_mib: usize) -> anyhow::Result<()> {
@@ -68,129 +120,278 @@ pub fn run(dir: Option<PathBuf>, size_mib: usize) -> anyhow::Result<()> {
             (t.path().to_owned(), Some(t))
         }
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    say!("sov demo: three local nodes, each with its own identity and encrypted store.")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(walk(&root, size_mib))?;
+    if guard.is_none() {
+        say!("\ndone. The homes are kept; look around, or run one of them:")?;
+        say!("    sov --home {} data ls", root.join("bob").display())?;
+        say!("    sov --home {} node run", root.join("bob").display())?;
+    } else {
+        say!("\ndone. (The temporary homes are removed; pass --dir DIR to keep them.)")?;
+    }
+    Ok(())
+}
+
+async fn walk(root: &Path, size_mib: usize) -> anyhow::Result<()> {
+    say!(
+        "sov demo: {} nodes on this machine's loopback, each with its own identity, encrypted store and peer-to-peer stack.",
+        NAMES.len()
+    )?;
     say!("homes under {}", root.display())?;
 
     step(
         1,
-        "Each node creates its identity: an Ed25519 key, named by a did:key.",
+        "Each node creates its identity: an Ed25519 key, named by a did:key; its libp2p PeerId is the same key.",
     )?;
-    let alice = DemoNode::new(&root, "alice")?;
-    let bob = DemoNode::new(&root, "bob")?;
-    let carol = DemoNode::new(&root, "carol")?;
-    for n in [&alice, &bob, &carol] {
-        say!("    {:<6} {}", n.name, n.did())?;
+    let mut members = Vec::new();
+    for name in NAMES {
+        let home = root.join(name);
+        let key = Keypair::generate();
+        keystore::save(&home, &key, None, false)?;
+        crate::node::ensure_token(&home)?;
+        say!(
+            "    {name:<6} {}  {}",
+            key.did(),
+            sov_net::peer_id_of(&key.did())
+        )?;
+        members.push(Member {
+            name,
+            home,
+            node: None,
+        });
     }
-    let doc = DidDocument::resolve(&bob.store.identity().did());
-    say!(
-        "    bob's key-agreement key (X25519, derived from the DID): {}",
-        doc.verification_method[1].public_key_multibase
+
+    step(
+        2,
+        "alice starts; bob, carol and dave join through her and find each other in the DHT (erin waits).",
     )?;
+    members[0].node = Some(start(&members[0].home, Vec::new()).await?);
+    let alice_addrs = members[0].node().listen_addrs().await?;
+    say!("    alice listens on {}", alice_addrs[0])?;
+    for m in &mut members[1..4] {
+        m.node = Some(start(&m.home, alice_addrs.clone()).await?);
+    }
+    let names: HashMap<PeerId, &str> = members
+        .iter()
+        .map(|m| {
+            let did = keystore::peek_did(&m.home).expect("saved above");
+            (sov_net::peer_id_of(&did), m.name)
+        })
+        .collect();
+    let running: Vec<&Member> = members[..4].iter().collect();
+    wait_until("the four nodes to connect to each other", || async {
+        for m in &running {
+            if m.node().peers().await?.len() < 3 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await?;
+    for m in &running {
+        let mut peers: Vec<&str> = m
+            .node()
+            .peers()
+            .await?
+            .iter()
+            .filter_map(|p| names.get(&p.peer_id).copied())
+            .collect();
+        peers.sort();
+        say!("    {:<6} is connected to {}", m.name, peers.join(", "))?;
+    }
 
     let len = size_mib << 20;
     step(
-        2,
-        &format!("alice adds a {size_mib} MiB file: chunked, encrypted, content-addressed."),
+        3,
+        &format!(
+            "alice adds a {size_mib} MiB file, encrypted, and asks for {REPLICAS} replicas: peers pin blocks they cannot read."
+        ),
     )?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let mut data = sample(len);
     let started = Instant::now();
-    let added = alice.store.add(
-        &data[..],
-        AddOptions {
-            name: "dataset.bin".into(),
-            media_type: "application/octet-stream".into(),
-            created: now,
-        },
-        &mut |_| {},
-    )?;
-    let secs = started.elapsed().as_secs_f64();
-    say!("    object id  {}", added.id)?;
+    let (added, holders) = members[0]
+        .node()
+        .add(
+            std::io::Cursor::new(data.clone()),
+            AddOptions {
+                name: "dataset.bin".into(),
+                media_type: "application/octet-stream".into(),
+                created: now,
+            },
+            Some(REPLICAS),
+        )
+        .await?;
+    let id = added.id;
+    say!("    object id {id}")?;
     say!(
-        "    {} chunks, {:.0} MB/s; the store holds only ciphertext and a signed manifest",
+        "    {} chunks; stored and replicated in {:.2} s",
         added.chunks,
-        len as f64 / secs / 1e6
+        started.elapsed().as_secs_f64()
     )?;
-
-    step(
-        3,
-        "alice edits one byte and adds the new version: unchanged chunks are re-used.",
-    )?;
-    data[len / 2] ^= 0xff;
-    let edited = alice.store.add(
-        &data[..],
-        AddOptions {
-            name: "dataset-v2.bin".into(),
-            media_type: "application/octet-stream".into(),
-            created: now,
-        },
-        &mut |_| {},
-    )?;
+    let holder_names: Vec<&str> = holders
+        .iter()
+        .filter_map(|p| names.get(p).copied())
+        .collect();
+    say!("    pinned by {}", holder_names.join(" and "))?;
+    let holder = members
+        .iter()
+        .find(|m| Some(&m.name) == holder_names.first())
+        .context("a holder")?;
+    let info = holder.node().blocking(move |s| s.info(&id)).await?;
     say!(
-        "    new object {}: {} of {} chunks were new",
-        edited.id,
-        edited.new_chunks,
-        edited.chunks
+        "    {} holds {} of ciphertext; its name and contents: {}",
+        holder.name,
+        output::bytes(info.stored_bytes),
+        if info.meta.is_none() {
+            "unreadable (no grant)"
+        } else {
+            "readable?!"
+        }
     )?;
+    if info.meta.is_some() {
+        bail!("a replica could read an object it was never granted: the demo found a bug");
+    }
 
+    // The reader is a node that holds no copy yet.
+    let bob = members[1..4]
+        .iter()
+        .find(|m| !holder_names.contains(&m.name))
+        .context("a node without a copy")?;
     step(
         4,
-        "alice grants bob read access and exports the object as a CAR file.",
+        &format!(
+            "alice grants bob, carol, dave and erin read access; {} reads the object over the network.",
+            bob.name
+        ),
     )?;
-    alice.store.grant(&edited.id, &bob.store.identity().did())?;
-    let car = root.join("dataset-v2.car");
-    let mut f = std::fs::File::create(&car)?;
-    alice.store.export_car(&edited.id, &mut f)?;
-    drop(f);
+    for reader in &NAMES[1..] {
+        let did = keystore::peek_did(&root.join(reader))?;
+        members[0].node().grant(id, did).await?;
+    }
+    let started = Instant::now();
+    let (bytes, report) = read(bob.node(), id).await?;
+    let secs = started.elapsed().as_secs_f64();
+    if bytes != data {
+        bail!("{} read different bytes: the demo found a bug", bob.name);
+    }
+    let from: Vec<String> = report
+        .providers
+        .iter()
+        .map(|(p, n)| format!("{} ({n} blocks)", names.get(p).copied().unwrap_or("?")))
+        .collect();
     say!(
-        "    {} ({}): manifest, 2 grants (alice, bob), encrypted blocks",
-        car.display(),
-        output::bytes(std::fs::metadata(&car)?.len())
+        "    {} fetched {} blocks from {} in {:.2} s ({:.0} MB/s), each checked against its CID",
+        bob.name,
+        report.blocks,
+        from.join(", "),
+        secs,
+        len as f64 / secs / 1e6
     )?;
+    say!("    {} read {} identical bytes", bob.name, bytes.len())?;
 
     step(
         5,
-        "bob imports the CAR (every block checked against its CID) and reads it.",
+        &format!(
+            "alice edits one byte and shares version 2: {} fetches only the chunks it lacks.",
+            bob.name
+        ),
     )?;
-    bob.store.import_car(std::fs::File::open(&car)?)?;
-    let mut read_back = Vec::with_capacity(len);
-    bob.store.get(&edited.id, &mut read_back)?;
-    if read_back != data {
-        bail!("bob read different bytes: the demo found a bug");
+    data[len / 2] ^= 0xff;
+    let (v2, _) = members[0]
+        .node()
+        .add(
+            std::io::Cursor::new(data.clone()),
+            AddOptions {
+                name: "dataset-v2.bin".into(),
+                media_type: "application/octet-stream".into(),
+                created: now,
+            },
+            Some(REPLICAS),
+        )
+        .await?;
+    members[0].node().grant(v2.id, bob.node().did()).await?;
+    let (bytes, report) = read(bob.node(), v2.id).await?;
+    if bytes != data {
+        bail!("version 2 read back different bytes: the demo found a bug");
     }
-    say!("    bob read {} identical bytes", read_back.len())?;
+    say!(
+        "    version 2 has {} chunks; {} fetched {} of them ({}) and read identical bytes",
+        v2.chunks,
+        bob.name,
+        report.blocks,
+        output::bytes(report.bytes)
+    )?;
 
+    let (victim, reader) = (holder.name, bob.name);
     step(
         6,
-        "carol imports the same CAR: she can hold the blocks, but not read them.",
+        &format!(
+            "alice and {victim} (a holder) go offline; the remaining holder repairs: a new peer pins the object."
+        ),
     )?;
-    carol.store.import_car(std::fs::File::open(&car)?)?;
-    match carol.store.get(&edited.id, &mut std::io::sink()) {
-        Err(e @ sov_store::Error::NoGrant { .. }) => say!("    refused: {e}")?,
-        Err(e) => bail!("carol got an unexpected error: {e}"),
-        Ok(_) => bail!("carol could read an object she was never granted"),
+    let before = replica_holders(&members, id).await?;
+    for name in ["alice", victim] {
+        let m = members
+            .iter_mut()
+            .find(|m| m.name == name)
+            .context("member")?;
+        if let Some(n) = m.node.take() {
+            n.shutdown().await;
+        }
+        say!("    {name} stopped")?;
     }
+    let started = Instant::now();
+    let members_ref = &members;
+    wait_until("repair to bring the replicas back", || async move {
+        Ok(replica_holders(members_ref, id).await?.len() >= REPLICAS as usize)
+    })
+    .await?;
+    let after = replica_holders(&members, id).await?;
+    say!(
+        "    replicas before: {}; after repair ({:.1} s): {}",
+        before.join(", "),
+        started.elapsed().as_secs_f64(),
+        after.join(", ")
+    )?;
 
+    let entry = members[1..4]
+        .iter()
+        .find(|m| m.node.is_some() && m.name != reader)
+        .or_else(|| members[1..4].iter().find(|m| m.node.is_some()))
+        .context("a running node")?;
     step(
         7,
-        "a CAR with one flipped byte is refused, and nothing of it is stored.",
+        &format!(
+            "erin joins through {} alone, finds the object in the DHT and reads it.",
+            entry.name
+        ),
     )?;
-    let mut bad = std::fs::read(&car)?;
-    let pos = bad.len() / 3;
-    bad[pos] ^= 0x01;
-    let fresh = DemoNode::new(&root, "dave")?;
-    match fresh.store.import_car(&bad[..]) {
-        Err(e) => say!("    refused: {e}")?,
-        Ok(_) => bail!("a tampered CAR was accepted"),
+    let entry_addrs = entry.node().listen_addrs().await?;
+    members[4].node = Some(start(&members[4].home, entry_addrs).await?);
+    let (bytes, report) = read(members[4].node(), id).await?;
+    if bytes != sample(len) {
+        bail!("erin read different bytes: the demo found a bug");
     }
-    let (blocks, _) = fresh.store.block_stats()?;
-    say!("    dave's store holds {blocks} blocks")?;
+    let from: Vec<&str> = report
+        .providers
+        .keys()
+        .filter_map(|p| names.get(p).copied())
+        .collect();
+    say!(
+        "    erin fetched {} blocks from {} and read {} identical bytes",
+        report.blocks,
+        from.join(", "),
+        bytes.len()
+    )?;
 
-    if guard.is_none() {
-        say!("\ndone. The homes are kept; look around:")?;
-        say!("    sov --home {} data ls", alice.home.display())?;
-    } else {
-        say!("\ndone. (The temporary homes are removed; pass --dir DIR to keep them.)")?;
+    for m in &mut members {
+        if let Some(n) = m.node.take() {
+            n.shutdown().await;
+        }
     }
     Ok(())
 }

@@ -88,7 +88,11 @@ impl Home {
             {
                 return v["listen"][0].as_str().unwrap().to_owned();
             }
-            assert!(Instant::now() < deadline, "node did not start: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "node did not start: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -133,7 +137,12 @@ fn read(home: &Home, id: &str, out: &Path) -> Vec<u8> {
 fn three_node_processes_replicate_and_survive_the_owner() {
     let (mut a, mut b, mut c, mut d) = (Home::new(), Home::new(), Home::new(), Home::new());
     let boot_a = a.start(&[]);
-    let boot_b = b.start(&["--bootstrap", &boot_a, "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"]);
+    let boot_b = b.start(&[
+        "--bootstrap",
+        &boot_a,
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+    ]);
     c.start(&["--bootstrap", &boot_a]);
     wait("A to see B and C", || {
         let v: serde_json::Value = serde_json::from_str(&a.ok(&["peers", "--json"])).unwrap();
@@ -150,9 +159,14 @@ fn three_node_processes_replicate_and_survive_the_owner() {
     StdRng::seed_from_u64(3).fill_bytes(&mut data);
     let file = a.dir.path().join("data.bin");
     std::fs::write(&file, &data).unwrap();
-    let added: serde_json::Value = serde_json::from_str(
-        &a.ok(&["data", "add", file.to_str().unwrap(), "--replicas", "2", "--json"]),
-    )
+    let added: serde_json::Value = serde_json::from_str(&a.ok(&[
+        "data",
+        "add",
+        file.to_str().unwrap(),
+        "--replicas",
+        "2",
+        "--json",
+    ]))
     .unwrap();
     let id = added["id"].as_str().unwrap().to_owned();
     assert_eq!(added["holders"].as_array().unwrap().len(), 2, "{added}");
