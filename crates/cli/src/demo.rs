@@ -310,7 +310,7 @@ async fn walk(root: &Path, size_mib: usize) -> anyhow::Result<()> {
                 media_type: "application/octet-stream".into(),
                 created: now,
             },
-            Some(REPLICAS),
+            Some(0),
         )
         .await?;
     members[0].node().grant(v2.id, bob.node().did()).await?;

@@ -71,6 +71,11 @@ impl Cluster {
     pub async fn start(n: usize, seed: u64, repair_interval: Duration) -> Self {
         let mut config = Config::loopback();
         config.repair_interval = repair_interval;
+        Self::start_with(n, seed, config).await
+    }
+
+    /// Start `n` nodes from `seed`, each with `config` (its bootstrap list is replaced).
+    pub async fn start_with(n: usize, seed: u64, config: Config) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut rng = StdRng::seed_from_u64(seed);
         let mut cluster = Self {

@@ -141,3 +141,32 @@ async fn twenty_nodes_keep_an_object_through_holder_failures() {
     }
     cluster.stop().await;
 }
+
+/// A node restarted from its home announces its objects again and serves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_serves_its_objects_again() {
+    init_logging();
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cluster = Cluster::start(3, seed, Duration::from_secs(60)).await;
+    let data = random_bytes(&mut rng, 2 << 20);
+    let (added, _) = cluster
+        .node(0)
+        .add(std::io::Cursor::new(data.clone()), opts("r.bin"), Some(0))
+        .await
+        .unwrap();
+    let did2 = cluster.node(2).did();
+    cluster.node(0).grant(added.id, did2).await.unwrap();
+    cluster.restart(0).await;
+    assert!(cluster.alive(0));
+    let c = &cluster;
+    wait_for(
+        "node 2 to reach the restarted node",
+        Duration::from_secs(30),
+        || async move { c.node(2).prepare_read(added.id).await.is_ok() },
+    )
+    .await
+    .unwrap();
+    assert_eq!(read(cluster.node(2), added.id).await, data);
+    cluster.stop().await;
+}
