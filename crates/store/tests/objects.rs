@@ -288,3 +288,57 @@ fn bit_rot_in_the_database_file_is_an_error_not_wrong_bytes() {
     // Export refuses too: a corrupted block never leaves the node.
     assert!(store.export_car(&id, &mut Vec::new()).is_err());
 }
+
+/// Objects received block by block (as the network delivers them): only listed chunks of the
+/// right size are taken, nothing is visible until every chunk is there, bad grants are
+/// dropped, and an aborted import leaves no blocks behind.
+#[test]
+fn imports_block_by_block_check_everything_and_abort_cleanly() {
+    let (_a, owner) = node();
+    let (_b, reader) = node();
+    let data = random_bytes(3 * 1024 * 1024, 42);
+    let added = add(&owner, &data, "net.bin");
+    let id = added.id;
+    owner.grant(&id, &reader.identity().did()).unwrap();
+    let manifest = owner.blocks(&[id], usize::MAX).unwrap().remove(0);
+    let grants = owner.grant_blocks(&id).unwrap();
+    assert_eq!(grants.len(), 2);
+
+    // Aborted half-way: nothing stays.
+    let mut import = reader.begin_import(manifest.clone()).unwrap();
+    let missing = import.missing();
+    assert_eq!(missing.len(), added.chunks);
+    let first = owner.blocks(&[missing[0].cid], usize::MAX).unwrap();
+    reader.import_blocks(&mut import, first).unwrap();
+    assert_eq!(import.missing().len(), added.chunks - 1);
+    assert!(matches!(
+        reader.finish_import(reader.begin_import(manifest.clone()).unwrap(), vec![]),
+        Err(Error::Invalid(_))
+    ));
+    reader.abort_import(import).unwrap();
+    assert_eq!(reader.block_stats().unwrap().0, 0);
+    assert!(!reader.contains(&id).unwrap());
+
+    // A block that is not one of the object's chunks is refused.
+    let stranger = add(&owner, b"another object", "other.bin");
+    let foreign = owner
+        .blocks(&[owner.manifest_of(&stranger.id).unwrap().chunks[0].cid], usize::MAX)
+        .unwrap();
+    let mut import = reader.begin_import(manifest.clone()).unwrap();
+    assert!(matches!(
+        reader.import_blocks(&mut import, foreign),
+        Err(Error::Invalid(_))
+    ));
+
+    // Complete, with one valid grant and one that belongs to another object.
+    let cids: Vec<_> = import.missing().iter().map(|c| c.cid).collect();
+    let chunks = owner.blocks(&cids, usize::MAX).unwrap();
+    reader.import_blocks(&mut import, chunks).unwrap();
+    let other_grant = owner.grant_blocks(&stranger.id).unwrap().remove(0);
+    assert!(import.accepts_grant(&grants[0]));
+    assert!(!import.accepts_grant(&other_grant));
+    reader.finish_import(import, grants).unwrap();
+    assert_eq!(get(&reader, &id).unwrap(), data);
+    // Grants offered later are checked one by one: the foreign one is skipped.
+    assert_eq!(reader.add_grants(&id, vec![other_grant]).unwrap(), 0);
+}
