@@ -33,7 +33,17 @@ pub fn run(home: &Home, cmd: DataCommand) -> anyhow::Result<()> {
             replicas,
             json,
         } => add(&home.store()?, &home.dir, &path, name, replicas, json),
-        DataCommand::Get { id, output } => get(&home.store()?, &parse_id(&id)?, output.as_deref()),
+        DataCommand::Get { id, output } => {
+            let id = parse_id(&id)?;
+            get(&home.store()?, &id, output.as_deref()).map_err(|e| {
+                match e.downcast_ref::<sov_store::Error>() {
+                    Some(sov_store::Error::NotFound(_)) => anyhow::anyhow!(
+                        "object {id} is not in this store; run `sov node run` so it can be fetched from peers"
+                    ),
+                    _ => e,
+                }
+            })
+        }
         DataCommand::Ls { json } => ls(&home.store()?, json),
         DataCommand::Rm { id } => {
             let id = parse_id(&id)?;

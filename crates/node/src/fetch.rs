@@ -22,9 +22,11 @@ use crate::{
 };
 
 /// Requests in flight to one provider.
-const WINDOW: usize = 4;
+const WINDOW: usize = 8;
 /// Block bytes asked for in one request.
-const BATCH_BYTES: u64 = 4 << 20;
+const BATCH_BYTES: u64 = 8 << 20;
+/// Block bytes the writer stores in one transaction, at most (when they are waiting).
+const WRITE_BATCH: usize = 32 << 20;
 /// Failed requests (other than lies) after which a provider is given up.
 const MAX_FAILURES: u32 = 3;
 /// Providers to look for before starting.
@@ -43,6 +45,12 @@ pub struct FetchReport {
     pub liars: Vec<PeerId>,
     /// How long it took.
     pub elapsed: Duration,
+    /// Of which: finding providers in the DHT.
+    pub lookup: Duration,
+    /// Of which: receiving and storing the chunks.
+    pub transfer: Duration,
+    /// Time the store's writer spent storing chunks (it runs while more arrive).
+    pub store_writes: Duration,
 }
 
 impl Node {
@@ -86,13 +94,17 @@ impl Node {
     async fn fetch_new(&self, id: ContentId, hint: Option<PeerId>) -> Result<FetchReport> {
         let started = Instant::now();
         let mut providers = self.find_providers(id, hint).await;
+        let lookup = started.elapsed();
         if providers.is_empty() {
             return Err(Error::Unavailable {
                 id,
                 detail: String::new(),
             });
         }
-        let mut report = FetchReport::default();
+        let mut report = FetchReport {
+            lookup,
+            ..FetchReport::default()
+        };
 
         // The manifest, from the first provider that gives a valid one.
         let mut import = None;
@@ -134,7 +146,9 @@ impl Node {
         };
         providers.retain(|p| !report.liars.contains(p));
 
+        let transfer = Instant::now();
         let import = self.fetch_chunks(import, &providers, &mut report).await?;
+        report.transfer = transfer.elapsed();
         // Grants from the peers that proved to hold the object.
         let holders: Vec<PeerId> = manifest_from
             .into_iter()
@@ -153,6 +167,8 @@ impl Node {
             providers = report.providers.len(),
             grants = n_grants,
             ms = report.elapsed.as_millis() as u64,
+            lookup_ms = report.lookup.as_millis() as u64,
+            transfer_ms = report.transfer.as_millis() as u64,
             "fetched object"
         );
         Ok(report)
@@ -251,11 +267,25 @@ impl Node {
         // A writer stores batches in order of arrival while more are on the way.
         let (tx, mut rx) = mpsc::channel::<Vec<Block>>(2 * WINDOW);
         let store = self.inner.store.clone();
-        let writer = tokio::task::spawn_blocking(move || -> sov_store::Result<Import> {
-            while let Some(blocks) = rx.blocking_recv() {
+        let writer = tokio::task::spawn_blocking(move || -> sov_store::Result<(Import, Duration)> {
+            let mut busy = Duration::ZERO;
+            while let Some(mut blocks) = rx.blocking_recv() {
+                // Whatever else has arrived goes into the same transaction.
+                let mut bytes: usize = blocks.iter().map(|b| b.data().len()).sum();
+                while bytes < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(more) => {
+                            bytes += more.iter().map(|b| b.data().len()).sum::<usize>();
+                            blocks.extend(more);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let t = Instant::now();
                 store.import_blocks(&mut import, blocks)?;
+                busy += t.elapsed();
             }
-            Ok(import)
+            Ok((import, busy))
         });
 
         let mut active: HashMap<PeerId, (usize, u32)> =
@@ -347,8 +377,11 @@ impl Node {
         drop(tx);
         let written = writer.await.map_err(|_| Error::Stopped)?;
         let import = match (written, failure) {
-            (Ok(import), None) => import,
-            (Ok(import), Some(reason)) => {
+            (Ok((import, busy)), None) => {
+                report.store_writes = busy;
+                import
+            }
+            (Ok((import, _)), Some(reason)) => {
                 let _ = self.blocking(move |s| s.abort_import(import)).await;
                 return Err(Error::Fetch { id, reason });
             }

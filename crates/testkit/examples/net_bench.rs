@@ -78,6 +78,13 @@ async fn fetch(listen: &str, data: &[u8]) -> (f64, f64, u64, Cluster) {
     let (t, c) = (Instant::now(), cpu_seconds());
     let report = cluster.node(1).fetch(added.id, None).await.unwrap();
     let secs = t.elapsed().as_secs_f64();
+    println!(
+        "      (DHT lookup {:.3} s, chunk transfer into the store {:.3} s of which the store's writer was busy {:.3} s, commit and announce {:.3} s)",
+        report.lookup.as_secs_f64(),
+        report.transfer.as_secs_f64(),
+        report.store_writes.as_secs_f64(),
+        (report.elapsed - report.lookup - report.transfer).as_secs_f64()
+    );
     (secs, cpu_seconds() - c, report.bytes, cluster)
 }
 
