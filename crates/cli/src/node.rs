@@ -197,10 +197,13 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SOV_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("warn,sov_node=info,sov_net=info,sov_api=info")
+            tracing_subscriber::EnvFilter::new(
+                "warn,libp2p_kad=error,sov_node=info,sov_net=info,sov_api=info",
+            )
         });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

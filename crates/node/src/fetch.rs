@@ -88,7 +88,39 @@ impl Node {
             Err(e) => warn!(%id, "provider lookup failed: {e}"),
         }
         out.retain(|p| *p != me);
+        if out.is_empty() {
+            // The DHT may not have converged yet (a small or young network): ask the peers
+            // we are connected to.
+            out = self.connected_holders(id).await;
+        }
         out
+    }
+
+    /// Connected peers (at most 32) that say they store `id`.
+    async fn connected_holders(&self, id: ContentId) -> Vec<PeerId> {
+        let Ok(peers) = self.inner.net.peers().await else {
+            return Vec::new();
+        };
+        let asks = peers.into_iter().take(32).map(|p| async move {
+            let msg = Request::new(protocol::HAS, id, 0).encode();
+            let answer = tokio::time::timeout(
+                Duration::from_secs(5),
+                self.inner.net.request(p.peer_id, msg),
+            )
+            .await;
+            match answer {
+                Ok(Ok(bytes)) => Response::decode(&bytes)
+                    .ok()
+                    .filter(|r| r.has)
+                    .map(|_| p.peer_id),
+                _ => None,
+            }
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     async fn fetch_new(&self, id: ContentId, hint: Option<PeerId>) -> Result<FetchReport> {
@@ -158,7 +190,9 @@ impl Node {
         let n_grants = grants.len();
         self.blocking(move |s| s.finish_import(import, grants))
             .await?;
-        self.announce(id).await;
+        // Announcing waits for the DHT's closest peers; the caller need not.
+        let node = self.clone();
+        tokio::spawn(async move { node.announce(id).await });
         report.elapsed = started.elapsed();
         info!(
             %id,
@@ -267,26 +301,27 @@ impl Node {
         // A writer stores batches in order of arrival while more are on the way.
         let (tx, mut rx) = mpsc::channel::<Vec<Block>>(2 * WINDOW);
         let store = self.inner.store.clone();
-        let writer = tokio::task::spawn_blocking(move || -> sov_store::Result<(Import, Duration)> {
-            let mut busy = Duration::ZERO;
-            while let Some(mut blocks) = rx.blocking_recv() {
-                // Whatever else has arrived goes into the same transaction.
-                let mut bytes: usize = blocks.iter().map(|b| b.data().len()).sum();
-                while bytes < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(more) => {
-                            bytes += more.iter().map(|b| b.data().len()).sum::<usize>();
-                            blocks.extend(more);
+        let writer =
+            tokio::task::spawn_blocking(move || -> sov_store::Result<(Import, Duration)> {
+                let mut busy = Duration::ZERO;
+                while let Some(mut blocks) = rx.blocking_recv() {
+                    // Whatever else has arrived goes into the same transaction.
+                    let mut bytes: usize = blocks.iter().map(|b| b.data().len()).sum();
+                    while bytes < WRITE_BATCH {
+                        match rx.try_recv() {
+                            Ok(more) => {
+                                bytes += more.iter().map(|b| b.data().len()).sum::<usize>();
+                                blocks.extend(more);
+                            }
+                            Err(_) => break,
                         }
-                        Err(_) => break,
                     }
+                    let t = Instant::now();
+                    store.import_blocks(&mut import, blocks)?;
+                    busy += t.elapsed();
                 }
-                let t = Instant::now();
-                store.import_blocks(&mut import, blocks)?;
-                busy += t.elapsed();
-            }
-            Ok((import, busy))
-        });
+                Ok((import, busy))
+            });
 
         let mut active: HashMap<PeerId, (usize, u32)> =
             providers.iter().map(|p| (*p, (0, 0))).collect();

@@ -322,7 +322,10 @@ fn imports_block_by_block_check_everything_and_abort_cleanly() {
     // A block that is not one of the object's chunks is refused.
     let stranger = add(&owner, b"another object", "other.bin");
     let foreign = owner
-        .blocks(&[owner.manifest_of(&stranger.id).unwrap().chunks[0].cid], usize::MAX)
+        .blocks(
+            &[owner.manifest_of(&stranger.id).unwrap().chunks[0].cid],
+            usize::MAX,
+        )
         .unwrap();
     let mut import = reader.begin_import(manifest.clone()).unwrap();
     assert!(matches!(
