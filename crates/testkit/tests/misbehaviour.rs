@@ -227,20 +227,22 @@ async fn malformed_and_oversized_messages_are_refused() {
         )
         .await
         .unwrap();
-        let connected = cluster.node(0).peers().await.unwrap();
-        assert!(
-            !connected.iter().any(|p| p.peer_id == raw),
-            "{what}: still connected"
-        );
+        let n0 = cluster.node(0).clone();
+        wait_for(
+            &format!("{what}: sender disconnected"),
+            Duration::from_secs(10),
+            || {
+                let n0 = n0.clone();
+                async move { !n0.peers().await.unwrap().iter().any(|p| p.peer_id == raw) }
+            },
+        )
+        .await
+        .unwrap();
     }
 
     // libp2p's own protocols: garbage and oversized frames are refused by their codecs.
-    for protocol in [
-        "/sov/kad/1.0.0",
-        "/meshsub/1.1.0",
-        "/sov/id/1.0.0",
-        "/ipfs/ping/1.0.0",
-    ] {
+    // (Ping echoes fixed 32-byte frames, so it has no message to oversize.)
+    for protocol in ["/sov/kad/1.0.0", "/meshsub/1.1.0", "/sov/id/1.0.0"] {
         let (_, mut control) = raw_peer(&target).await;
         send_raw(&mut control, node, protocol, &junk).await;
         let all_written = send_raw(&mut control, node, protocol, &huge).await;
