@@ -37,8 +37,8 @@ pub use objects::{AddedObject, Object};
 use serde::Serialize;
 use sov_node::Node;
 
-/// Largest request body the API accepts for an upload (objects larger than this are added
-/// from the command line without a running node... or split).
+/// Largest request body the API accepts (more than one manifest can describe, so the store's
+/// own limit is the one a user meets).
 pub const MAX_UPLOAD: usize = 64 << 30;
 
 /// What every handler sees.

@@ -180,7 +180,7 @@ pub fn data(api: &Api, cmd: DataCommand) -> anyhow::Result<()> {
                 say!("{}", serde_json::to_string(&v)?)?;
             } else {
                 note!(
-                    "added {name}: {}, {} chunks ({} new); pinned by {} of {} peers asked",
+                    "added {name}: {}, {} chunks ({} new); {} of {} replicas placed",
                     output::bytes(added.size),
                     added.chunks,
                     added.new_chunks,

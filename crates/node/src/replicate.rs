@@ -115,15 +115,12 @@ impl Node {
         });
         candidates.sort_by_key(|p| rank(&id, p));
         let mut missing = want - holders.len();
-        for batch_start in (0..candidates.len()).step_by(want.max(1)) {
-            if missing == 0 {
-                break;
-            }
-            let batch: Vec<PeerId> = candidates[batch_start..]
-                .iter()
-                .take(missing)
-                .copied()
-                .collect();
+        // Ask as many candidates as replicas are missing, best ranked first; on refusals,
+        // go on down the list.
+        let mut next = 0;
+        while missing > 0 && next < candidates.len() {
+            let batch: Vec<PeerId> = candidates[next..].iter().take(missing).copied().collect();
+            next += batch.len();
             let msg = Request::new(protocol::PIN, id, pin.replicas).encode();
             let answers = join_all(batch.iter().map(|p| {
                 let msg = msg.clone();
