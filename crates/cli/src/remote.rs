@@ -193,6 +193,9 @@ pub fn data(api: &Api, cmd: DataCommand) -> anyhow::Result<()> {
         }
         DataCommand::Get { id, output } => {
             let id = data::parse_id(&id)?;
+            if api.get(&format!("/api/v1/objects/{id}/info")).is_err() {
+                note!("{id} is not stored here: fetching it from peers…");
+            }
             let mut resp = api.get(&format!("/api/v1/objects/{id}"))?;
             let size = resp
                 .headers()
