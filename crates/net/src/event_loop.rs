@@ -517,77 +517,63 @@ impl EventLoop {
         &mut self,
         event: request_response::Event<Inbound<Vec<ContentId>>, EncodedBlocks>,
     ) {
-        use request_response::{Event as E, Message as M};
-        match event {
-            E::Message { peer, message, .. } => match message {
-                M::Request {
-                    request: Err(e), ..
-                } => {
-                    self.ban(peer, format!("malformed want-list: {e}"));
-                }
-                M::Request {
-                    request: Ok(request),
-                    channel,
-                    ..
-                } => self.emit(Event::BlocksWanted {
-                    peer,
-                    cids: request,
-                    reply: BlocksReply {
-                        channel,
-                        commands: self.command_tx.clone(),
-                    },
-                }),
-                M::Response {
-                    request_id,
-                    response,
-                } => {
-                    if let Some(r) = self.wants.remove(&request_id) {
-                        let _ = r.send(Ok(response));
-                    }
-                }
-            },
-            E::OutboundFailure {
+        let commands = self.command_tx.clone();
+        self.on_request_response(
+            event,
+            "want-list",
+            |l| &mut l.wants,
+            |peer, cids, channel| Event::BlocksWanted {
                 peer,
-                request_id,
-                error,
-                ..
-            } => {
-                let reason = self.outbound_failed(peer, &error);
-                if let Some(r) = self.wants.remove(&request_id) {
-                    let _ = r.send(Err(reason));
-                }
-            }
-            E::InboundFailure { peer, error, .. } => self.inbound_failed(peer, &error),
-            E::ResponseSent { .. } => {}
-        }
+                cids,
+                reply: BlocksReply { channel, commands },
+            },
+        );
     }
 
     fn on_node(&mut self, event: request_response::Event<Inbound<Vec<u8>>, Vec<u8>>) {
+        let commands = self.command_tx.clone();
+        self.on_request_response(
+            event,
+            "node message",
+            |l| &mut l.requests,
+            |peer, data, channel| Event::Request {
+                peer,
+                data,
+                reply: Reply { channel, commands },
+            },
+        );
+    }
+
+    /// Both request-response protocols: a malformed request bans its sender, a good one
+    /// becomes an [`Event`]; answers and failures go to the waiting caller in `pending`.
+    fn on_request_response<Req, Resp>(
+        &mut self,
+        event: request_response::Event<Inbound<Req>, Resp>,
+        what: &str,
+        pending: fn(
+            &mut Self,
+        ) -> &mut HashMap<
+            request_response::OutboundRequestId,
+            oneshot::Sender<Result<Resp>>,
+        >,
+        inbound: impl FnOnce(PeerId, Req, request_response::ResponseChannel<Resp>) -> Event,
+    ) {
         use request_response::{Event as E, Message as M};
         match event {
             E::Message { peer, message, .. } => match message {
                 M::Request {
                     request: Err(e), ..
-                } => {
-                    self.ban(peer, format!("malformed node message: {e}"));
-                }
+                } => self.ban(peer, format!("malformed {what}: {e}")),
                 M::Request {
                     request: Ok(request),
                     channel,
                     ..
-                } => self.emit(Event::Request {
-                    peer,
-                    data: request,
-                    reply: Reply {
-                        channel,
-                        commands: self.command_tx.clone(),
-                    },
-                }),
+                } => self.emit(inbound(peer, request, channel)),
                 M::Response {
                     request_id,
                     response,
                 } => {
-                    if let Some(r) = self.requests.remove(&request_id) {
+                    if let Some(r) = pending(self).remove(&request_id) {
                         let _ = r.send(Ok(response));
                     }
                 }
@@ -599,7 +585,7 @@ impl EventLoop {
                 ..
             } => {
                 let reason = self.outbound_failed(peer, &error);
-                if let Some(r) = self.requests.remove(&request_id) {
+                if let Some(r) = pending(self).remove(&request_id) {
                     let _ = r.send(Err(reason));
                 }
             }
