@@ -137,6 +137,14 @@ fn read(home: &Home, id: &str, out: &Path) -> Vec<u8> {
 fn three_node_processes_replicate_and_survive_the_owner() {
     let (mut a, mut b, mut c, mut d) = (Home::new(), Home::new(), Home::new(), Home::new());
     let boot_a = a.start(&[]);
+    // One node per home: a second one is refused with a clear message.
+    let second = a.run(&["node", "run", "--api", "127.0.0.1:0", "--no-mdns"]);
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("a node already runs on"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     let boot_b = b.start(&[
         "--bootstrap",
         &boot_a,
