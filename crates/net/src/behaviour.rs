@@ -11,7 +11,7 @@ use libp2p::{
 
 use crate::{
     Config,
-    wire::{BLOCKS_PROTOCOL, BlocksCodec, MAX_NODE_MESSAGE, NODE_PROTOCOL, NodeCodec},
+    wire::{self, BLOCKS_PROTOCOL, Codec, NODE_PROTOCOL},
 };
 
 /// Our own DHT: never the public IPFS one.
@@ -30,8 +30,8 @@ pub(crate) struct Behaviour {
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) gossip: gossipsub::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
-    pub(crate) blocks: request_response::Behaviour<BlocksCodec>,
-    pub(crate) node: request_response::Behaviour<NodeCodec>,
+    pub(crate) blocks: request_response::Behaviour<Codec<wire::Blocks>>,
+    pub(crate) node: request_response::Behaviour<Codec<wire::Node>>,
     pub(crate) streams: libp2p_stream::Behaviour,
     pub(crate) relay: relay::client::Behaviour,
     pub(crate) dcutr: dcutr::Behaviour,
@@ -93,7 +93,6 @@ impl Behaviour {
         let rr = request_response::Config::default()
             .with_request_timeout(config.request_timeout)
             .with_max_concurrent_streams(64);
-        let _ = MAX_NODE_MESSAGE;
         Ok(Self {
             limits: connection_limits::Behaviour::new(limits),
             bans: Default::default(),
@@ -106,12 +105,12 @@ impl Behaviour {
             gossip,
             mdns: mdns.into(),
             blocks: request_response::Behaviour::with_codec(
-                BlocksCodec,
+                Codec::default(),
                 [(BLOCKS_PROTOCOL, request_response::ProtocolSupport::Full)],
                 rr.clone(),
             ),
             node: request_response::Behaviour::with_codec(
-                NodeCodec,
+                Codec::default(),
                 [(NODE_PROTOCOL, request_response::ProtocolSupport::Full)],
                 rr,
             ),

@@ -179,27 +179,87 @@ async fn read_limited<T: AsyncRead + Unpin + Send>(
 /// the event loop must see them to ban the sender.
 pub(crate) type Inbound<T> = Result<T, String>;
 
-/// The `/sov/blocks/1` codec: want-lists out, raw response bytes in (the event loop parses and
-/// verifies them, so it can tell a lying peer from a broken stream).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct BlocksCodec;
-
-/// A response as it leaves this node: encoded already (by the node's task, not the swarm's).
+/// A blocks response as it leaves this node: encoded already (by the node's task, not the
+/// swarm's).
 pub(crate) type EncodedBlocks = Vec<u8>;
 
-impl request_response::Codec for BlocksCodec {
-    type Protocol = StreamProtocol;
-    type Request = Inbound<Vec<ContentId>>;
+/// What differs between our request-response protocols: message types, limits, encodings.
+pub(crate) trait Wire: Send + Clone + 'static {
+    type Request: Send;
+    type Response: Send;
+    const MAX_REQUEST: usize;
+    const MAX_RESPONSE: usize;
+    fn encode_request(req: &Self::Request) -> Vec<u8>;
+    fn decode_request(bytes: Vec<u8>) -> Result<Self::Request, String>;
+    fn encode_response(res: Self::Response) -> Vec<u8>;
+    fn decode_response(bytes: Vec<u8>) -> Self::Response;
+}
+
+/// `/sov/blocks/1`: want-lists out, raw response bytes in (the client parses and verifies
+/// them, so it can tell a lying peer from a broken stream); responses leave encoded.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Blocks;
+
+impl Wire for Blocks {
+    type Request = Vec<ContentId>;
     type Response = EncodedBlocks;
+    const MAX_REQUEST: usize = MAX_WANT_BYTES;
+    const MAX_RESPONSE: usize = MAX_BLOCKS_BYTES;
+    fn encode_request(req: &Vec<ContentId>) -> Vec<u8> {
+        encode_want(req)
+    }
+    fn decode_request(bytes: Vec<u8>) -> Result<Vec<ContentId>, String> {
+        decode_want(&bytes).map_err(|e| e.to_string())
+    }
+    fn encode_response(res: EncodedBlocks) -> Vec<u8> {
+        res
+    }
+    fn decode_response(bytes: Vec<u8>) -> EncodedBlocks {
+        bytes
+    }
+}
+
+/// `/sov/node/1`: bounded opaque bytes both ways.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Node;
+
+impl Wire for Node {
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+    const MAX_REQUEST: usize = MAX_NODE_MESSAGE;
+    const MAX_RESPONSE: usize = MAX_NODE_MESSAGE;
+    fn encode_request(req: &Vec<u8>) -> Vec<u8> {
+        req.clone()
+    }
+    fn decode_request(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+        Ok(bytes)
+    }
+    fn encode_response(res: Vec<u8>) -> Vec<u8> {
+        res
+    }
+    fn decode_response(bytes: Vec<u8>) -> Vec<u8> {
+        bytes
+    }
+}
+
+/// The request-response codec of a [`Wire`] protocol: every message read whole with its
+/// limit, then decoded.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Codec<W>(std::marker::PhantomData<W>);
+
+impl<W: Wire> request_response::Codec for Codec<W> {
+    type Protocol = StreamProtocol;
+    type Request = Inbound<W::Request>;
+    type Response = W::Response;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Self::Request> {
-        Ok(read_limited(io, MAX_WANT_BYTES)
+        Ok(read_limited(io, W::MAX_REQUEST)
             .await?
-            .and_then(|bytes| decode_want(&bytes).map_err(|e| e.to_string())))
+            .and_then(W::decode_request))
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -207,57 +267,9 @@ impl request_response::Codec for BlocksCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Self::Response> {
-        read_limited(io, MAX_BLOCKS_BYTES)
+        read_limited(io, W::MAX_RESPONSE)
             .await?
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-    }
-
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Self::Request,
-    ) -> io::Result<()> {
-        let cids = req.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        io.write_all(&encode_want(&cids)).await?;
-        io.close().await
-    }
-
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Self::Response,
-    ) -> io::Result<()> {
-        io.write_all(&res).await?;
-        io.close().await
-    }
-}
-
-/// The `/sov/node/1` codec: bounded opaque bytes both ways.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct NodeCodec;
-
-impl request_response::Codec for NodeCodec {
-    type Protocol = StreamProtocol;
-    type Request = Inbound<Vec<u8>>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Self::Request> {
-        read_limited(io, MAX_NODE_MESSAGE).await
-    }
-
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        read_limited(io, MAX_NODE_MESSAGE)
-            .await?
+            .map(W::decode_response)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
@@ -268,7 +280,7 @@ impl request_response::Codec for NodeCodec {
         req: Self::Request,
     ) -> io::Result<()> {
         let req = req.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        io.write_all(&req).await?;
+        io.write_all(&W::encode_request(&req)).await?;
         io.close().await
     }
 
@@ -276,9 +288,9 @@ impl request_response::Codec for NodeCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        res: Vec<u8>,
+        res: Self::Response,
     ) -> io::Result<()> {
-        io.write_all(&res).await?;
+        io.write_all(&W::encode_response(res)).await?;
         io.close().await
     }
 }
