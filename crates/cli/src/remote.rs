@@ -83,6 +83,7 @@ impl Api {
         &self,
         method: &str,
         path: &str,
+        query: &[(&str, String)],
         body: Option<&mut dyn io::Read>,
         json: Option<serde_json::Value>,
     ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
@@ -94,7 +95,11 @@ impl Api {
                 .header("Authorization", self.auth())
                 .call(),
             _ => {
-                let req = self.agent.post(&url).header("Authorization", self.auth());
+                let req = self
+                    .agent
+                    .post(&url)
+                    .header("Authorization", self.auth())
+                    .query_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
                 match (body, json) {
                     (Some(r), _) => req
                         .header("Content-Type", "application/octet-stream")
@@ -107,18 +112,6 @@ impl Api {
         .with_context(|| format!("asking the node at {}", self.base))?;
         self.check(resp)
     }
-}
-
-fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn object_json(o: &Object) -> ObjectJson {
@@ -147,13 +140,12 @@ pub fn data(api: &Api, cmd: DataCommand) -> anyhow::Result<()> {
         } => {
             let from_stdin = path.as_os_str() == "-";
             let name = data::object_name(&path, name);
-            let mut query = format!(
-                "/api/v1/objects?name={}&media_type={}",
-                encode(&name),
-                encode(output::media_type(&name))
-            );
+            let mut query = vec![
+                ("name", name.clone()),
+                ("media_type", output::media_type(&name).to_owned()),
+            ];
             if let Some(k) = replicas {
-                query.push_str(&format!("&replicas={k}"));
+                query.push(("replicas", k.to_string()));
             }
             let mut input: Box<dyn io::Read> = if from_stdin {
                 Box::new(io::stdin().lock())
@@ -166,7 +158,7 @@ pub fn data(api: &Api, cmd: DataCommand) -> anyhow::Result<()> {
                 }
             };
             let added: AddedObject = api
-                .send("POST", &query, Some(&mut input), None)
+                .send("POST", "/api/v1/objects", &query, Some(&mut input), None)
                 .with_context(|| format!("adding {}", path.display()))?
                 .body_mut()
                 .read_json()?;
@@ -223,7 +215,7 @@ pub fn data(api: &Api, cmd: DataCommand) -> anyhow::Result<()> {
         }
         DataCommand::Rm { id } => {
             let id = data::parse_id(&id)?;
-            api.send("DELETE", &format!("/api/v1/objects/{id}"), None, None)?;
+            api.send("DELETE", &format!("/api/v1/objects/{id}"), &[], None, None)?;
             note!("removed {id}");
             Ok(())
         }
@@ -233,6 +225,7 @@ pub fn data(api: &Api, cmd: DataCommand) -> anyhow::Result<()> {
                 .send(
                     "POST",
                     &format!("/api/v1/objects/{id}/grants"),
+                    &[],
                     None,
                     Some(serde_json::json!({ "did": did })),
                 )?
@@ -265,7 +258,7 @@ pub fn data(api: &Api, cmd: DataCommand) -> anyhow::Result<()> {
                     None => Box::new(f),
                 };
             let v: serde_json::Value = api
-                .send("POST", "/api/v1/cars", Some(&mut input), None)
+                .send("POST", "/api/v1/cars", &[], Some(&mut input), None)
                 .with_context(|| format!("importing {}", file.display()))?
                 .body_mut()
                 .read_json()?;

@@ -118,10 +118,11 @@ fn wait(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// Send a signal with the shell's own `kill` (no procps needed).
 fn signal(pid: i32, sig: &str) {
     assert!(
-        Command::new("kill")
-            .args([sig, &pid.to_string()])
+        Command::new("sh")
+            .args(["-c", &format!("kill {sig} {pid}")])
             .status()
             .unwrap()
             .success()
@@ -191,16 +192,23 @@ fn three_node_processes_replicate_and_survive_the_owner() {
     let node: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.node_json()).unwrap()).unwrap();
     let api = node["api"].as_str().unwrap();
-    let health = Command::new("python3")
-        .args([
-            "-c",
-            &format!(
-                "import urllib.request as u\ntry:\n u.urlopen('{api}/api/v1/peers')\nexcept Exception as e:\n print(e.code)"
-            ),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "401");
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let status = |auth: Option<&str>| {
+        let mut req = agent.get(format!("{api}/api/v1/peers"));
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        req.call().unwrap().status().as_u16()
+    };
+    assert_eq!(status(None), 401);
+    assert_eq!(status(Some("Bearer wrong")), 401);
+    let token = std::fs::read_to_string(d.dir.path().join("admin.token")).unwrap();
+    assert_eq!(status(Some(&format!("Bearer {}", token.trim()))), 200);
+    let health = agent.get(format!("{api}/health")).call().unwrap();
+    assert_eq!(health.status().as_u16(), 200);
 
     // SIGTERM stops a node cleanly: node.json goes away and the store is usable offline.
     signal(d.pid(), "-TERM");

@@ -187,3 +187,25 @@ impl Cluster {
         }
     }
 }
+
+/// Options for adding a test object named `name` (fixed creation time).
+pub fn add_options(name: &str) -> sov_store::AddOptions {
+    sov_store::AddOptions {
+        name: name.into(),
+        media_type: "application/octet-stream".into(),
+        created: 1_700_000_000,
+    }
+}
+
+/// Make object `id` readable on `node` (fetching it from peers if needed) and return its
+/// plaintext. Panics with the error if that fails: for tests.
+pub async fn read(node: &Node, id: sov_core::ContentId) -> Vec<u8> {
+    node.prepare_read(id).await.expect("object can be fetched");
+    node.blocking(move |s| {
+        let mut out = Vec::new();
+        s.get(&id, &mut out)?;
+        Ok(out)
+    })
+    .await
+    .expect("object can be read")
+}

@@ -12,9 +12,8 @@ use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use sov_core::{Codec, ContentId};
 use sov_identity::Keypair;
 use sov_net::wire;
-use sov_node::Node;
-use sov_store::{AddOptions, Store};
-use sov_testkit::{Cluster, init_logging, seed, wait_for};
+use sov_store::Store;
+use sov_testkit::{Cluster, add_options, init_logging, read, seed, wait_for};
 
 /// A bare swarm that can open and accept raw streams, connected to `addr`.
 async fn raw_peer(addr: &Multiaddr) -> (PeerId, libp2p_stream::Control) {
@@ -59,24 +58,6 @@ fn peer_of(addr: &Multiaddr) -> PeerId {
     }
 }
 
-fn opts() -> AddOptions {
-    AddOptions {
-        name: "x.bin".into(),
-        media_type: "application/octet-stream".into(),
-        created: 1_700_000_000,
-    }
-}
-
-async fn read(node: &Node, id: ContentId) -> Vec<u8> {
-    node.blocking(move |s| {
-        let mut out = Vec::new();
-        s.get(&id, &mut out)?;
-        Ok(out)
-    })
-    .await
-    .unwrap()
-}
-
 /// Test (b): a provider that serves corrupted chunks. The fetch completes correctly from the
 /// honest provider, and the liar is reported and banned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +70,11 @@ async fn a_lying_provider_is_banned_and_the_fetch_completes_elsewhere() {
     rng.fill_bytes(&mut data);
     let (added, _) = cluster
         .node(0)
-        .add(std::io::Cursor::new(data.clone()), opts(), Some(0))
+        .add(
+            std::io::Cursor::new(data.clone()),
+            add_options("x.bin"),
+            Some(0),
+        )
         .await
         .unwrap();
     let id = added.id;
@@ -254,7 +239,11 @@ async fn malformed_and_oversized_messages_are_refused() {
     rng.fill_bytes(&mut data);
     let (added, _) = cluster
         .node(0)
-        .add(std::io::Cursor::new(data.clone()), opts(), Some(0))
+        .add(
+            std::io::Cursor::new(data.clone()),
+            add_options("x.bin"),
+            Some(0),
+        )
         .await
         .unwrap();
     cluster

@@ -6,34 +6,12 @@ use std::time::Duration;
 
 use rand::{Rng as _, RngExt as _, SeedableRng as _, rngs::StdRng};
 use sov_core::ContentId;
-use sov_node::Node;
-use sov_store::AddOptions;
-use sov_testkit::{Cluster, init_logging, seed, wait_for};
-
-fn opts(name: &str) -> AddOptions {
-    AddOptions {
-        name: name.into(),
-        media_type: "application/octet-stream".into(),
-        created: 1_700_000_000,
-    }
-}
+use sov_testkit::{Cluster, add_options, init_logging, read, seed, wait_for};
 
 fn random_bytes(rng: &mut StdRng, n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
     rng.fill_bytes(&mut v);
     v
-}
-
-/// Fetch `id` on `node` if needed and return its plaintext.
-async fn read(node: &Node, id: ContentId) -> Vec<u8> {
-    node.prepare_read(id).await.expect("fetch");
-    node.blocking(move |s| {
-        let mut out = Vec::new();
-        s.get(&id, &mut out)?;
-        Ok(out)
-    })
-    .await
-    .expect("get")
 }
 
 /// Nodes whose store keeps `id` as a replica (ground truth, not asked over the network).
@@ -57,7 +35,11 @@ async fn two_nodes_exchange_an_object() {
     let data = random_bytes(&mut rng, 3 << 20);
     let (added, holders) = cluster
         .node(0)
-        .add(std::io::Cursor::new(data.clone()), opts("a.bin"), Some(1))
+        .add(
+            std::io::Cursor::new(data.clone()),
+            add_options("a.bin"),
+            Some(1),
+        )
         .await
         .unwrap();
     assert_eq!(holders, vec![cluster.node(1).peer_id()], "node 1 pinned it");
@@ -81,7 +63,7 @@ async fn twenty_nodes_keep_an_object_through_holder_failures() {
         .node(0)
         .add(
             std::io::Cursor::new(data.clone()),
-            opts("shared.bin"),
+            add_options("shared.bin"),
             Some(3),
         )
         .await
@@ -152,7 +134,11 @@ async fn a_restarted_node_serves_its_objects_again() {
     let data = random_bytes(&mut rng, 2 << 20);
     let (added, _) = cluster
         .node(0)
-        .add(std::io::Cursor::new(data.clone()), opts("r.bin"), Some(0))
+        .add(
+            std::io::Cursor::new(data.clone()),
+            add_options("r.bin"),
+            Some(0),
+        )
         .await
         .unwrap();
     let did2 = cluster.node(2).did();
