@@ -156,6 +156,9 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Open (or create) the store at `path` for the node `me`.
     pub fn open(path: &Path, me: Keypair) -> Result<Self> {
+        if !path.exists() {
+            create_atomically(path)?;
+        }
         // redb caches pages in memory (1 GiB by default); blocks stream through once, so a
         // small cache keeps a 1 GiB add or get from holding a gigabyte.
         let db = Database::builder()
@@ -888,6 +891,24 @@ impl Store {
             object: *id,
             reader: me,
         })
+    }
+}
+
+/// Create an empty database beside `path` and link it into place only once it is whole: a
+/// process killed while creating the store must not leave a file that is not yet a redb
+/// database (every later open would refuse it). Linking (not renaming) never replaces a
+/// store another process created meanwhile.
+fn create_atomically(path: &Path) -> Result<()> {
+    let tmp = path.with_extension(format!("partial-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    Database::builder()
+        .create(&tmp)
+        .map_err(|e| Error::Db(format!("{}: {e}", tmp.display())))?;
+    match std::fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(std::fs::remove_file(&tmp)?),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(std::fs::remove_file(&tmp)?),
+        // A file system without hard links: rename (the race above is then unguarded).
+        Err(_) => Ok(std::fs::rename(&tmp, path)?),
     }
 }
 
