@@ -1,5 +1,5 @@
-//! The `/sov/blocks/1` decoders never panic, never allocate beyond what the input holds,
-//! and what they accept re-encodes to the same bytes.
+//! The `/sov/blocks/1` decoders never panic, never allocate more than one block (1 MiB)
+//! beyond what the input holds, and what they accept re-encodes to the same bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -445,17 +445,24 @@ fn a_damaged_store_file_gives_errors_never_wrong_bytes_or_panics() {
     n.init();
     let (file, data) = random_file(n.path(), "f.bin", 3_000_000, 17);
     let id = last_line(&n.ok(&["data", "add", file.to_str().unwrap()])).to_owned();
-    let store = n.path().join(sov_store::DB_FILE);
-    let clean = fs::read(&store).unwrap();
+    // The index (redb) and the pack files that hold the blocks, damaged in turn.
+    let index = n.path().join(sov_store::DB_FILE);
+    let pack = fs::read_dir(index.with_extension("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
     let mut rng = StdRng::seed_from_u64(7);
     let (mut read_ok, mut refused) = (0, 0);
-    for _ in 0..25 {
+    for i in 0..25 {
+        let store = if i % 2 == 0 { &index } else { &pack };
+        let clean = fs::read(store).unwrap();
         let mut damaged = clean.clone();
         let at = (rng.next_u64() as usize) % damaged.len();
         for b in damaged.iter_mut().skip(at).take(16) {
             *b ^= (rng.next_u64() as u8) | 1;
         }
-        fs::write(&store, &damaged).unwrap();
+        fs::write(store, &damaged).unwrap();
         let out = n.run(&["data", "get", &id]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -469,6 +476,7 @@ fn a_damaged_store_file_gives_errors_never_wrong_bytes_or_panics() {
             assert_eq!(err.trim_end().lines().count(), 1, "{err}");
             refused += 1;
         }
+        fs::write(store, &clean).unwrap();
     }
     assert_eq!(read_ok + refused, 25);
 }

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     Error, Result,
     perf::{self, PerfReport},
-    wire::{self, EncodedBlocks, MAX_RESPONSE_DATA, MAX_WANT},
+    wire::{BlocksResponse, MAX_RESPONSE_DATA, MAX_WANT},
 };
 
 /// Something the network tells the node.
@@ -98,10 +98,10 @@ pub(crate) enum Command {
     Want(
         PeerId,
         Vec<ContentId>,
-        oneshot::Sender<Result<EncodedBlocks>>,
+        oneshot::Sender<Result<BlocksResponse>>,
     ),
     Request(PeerId, Vec<u8>, oneshot::Sender<Result<Vec<u8>>>),
-    RespondBlocks(ResponseChannel<EncodedBlocks>, EncodedBlocks),
+    RespondBlocks(ResponseChannel<BlocksResponse>, BlocksResponse),
     Respond(ResponseChannel<Vec<u8>>, Vec<u8>),
     Subscribe(String, oneshot::Sender<Result<()>>),
     Publish(String, Vec<u8>, oneshot::Sender<Result<()>>),
@@ -113,28 +113,30 @@ pub(crate) enum Command {
 /// The answer to a [`Event::BlocksWanted`].
 #[derive(Debug)]
 pub struct BlocksReply {
-    pub(crate) channel: ResponseChannel<EncodedBlocks>,
+    pub(crate) channel: ResponseChannel<BlocksResponse>,
     pub(crate) commands: mpsc::Sender<Command>,
 }
 
 impl BlocksReply {
     /// Send the blocks we have among those wanted (at most [`MAX_RESPONSE_DATA`] bytes of
     /// them, but always at least one; the peer asks again for the rest).
-    pub async fn send(self, blocks: &[Block]) {
+    pub async fn send(self, mut blocks: Vec<Block>) {
         let mut bytes = 0;
-        let fit: Vec<(ContentId, &[u8])> = blocks
+        let fit = blocks
             .iter()
             .take_while(|b| {
                 let fits = bytes == 0 || bytes + b.data().len() <= MAX_RESPONSE_DATA;
                 bytes += b.data().len();
                 fits
             })
-            .map(|b| (*b.cid(), b.data()))
-            .collect();
-        let encoded = wire::encode_blocks(&fit);
+            .count();
+        blocks.truncate(fit);
         let _ = self
             .commands
-            .send(Command::RespondBlocks(self.channel, encoded))
+            .send(Command::RespondBlocks(
+                self.channel,
+                BlocksResponse::Out(blocks),
+            ))
             .await;
     }
 }
@@ -243,14 +245,19 @@ impl Client {
             });
         }
         let wanted = cids.clone();
-        let raw = self.ask(|tx| Command::Want(peer, cids, tx)).await??;
-        // Hash off the async threads: a response holds up to 16 MiB.
-        let checked = tokio::task::spawn_blocking(move || verify_blocks(&wanted, &raw))
-            .await
-            .map_err(|e| Error::Request {
-                peer,
-                reason: e.to_string(),
-            })?;
+        let checked = match self.ask(|tx| Command::Want(peer, cids, tx)).await?? {
+            // Hash off the async threads: a response holds up to 16 MiB.
+            BlocksResponse::In(Ok(entries)) => {
+                tokio::task::spawn_blocking(move || verify_blocks(&wanted, entries))
+                    .await
+                    .map_err(|e| Error::Request {
+                        peer,
+                        reason: e.to_string(),
+                    })?
+            }
+            BlocksResponse::In(Err(e)) => Err(format!("malformed blocks response: {e}")),
+            BlocksResponse::Out(_) => Err("an outgoing response came back".into()),
+        };
         match checked {
             Ok(blocks) => Ok(blocks),
             Err(reason) => {
@@ -299,11 +306,12 @@ impl Client {
     }
 }
 
-/// Parse a blocks response and check it against the want-list: only wanted blocks, each
-/// once, each matching its CID.
-fn verify_blocks(wanted: &[ContentId], raw: &[u8]) -> Result<Vec<Block>, String> {
-    let entries =
-        wire::decode_blocks(raw).map_err(|e| format!("malformed blocks response: {e}"))?;
+/// Check a blocks response against the want-list: only wanted blocks, each once, each
+/// matching its CID.
+fn verify_blocks(
+    wanted: &[ContentId],
+    entries: Vec<(ContentId, Vec<u8>)>,
+) -> Result<Vec<Block>, String> {
     let mut open: HashSet<&ContentId> = wanted.iter().collect();
     let mut out = Vec::with_capacity(entries.len());
     for (cid, data) in entries {
@@ -327,21 +335,17 @@ mod tests {
     fn responses_are_checked_against_the_want_list() {
         let a = ContentId::of(Codec::Raw, b"a");
         let b = ContentId::of(Codec::Raw, b"b");
-        let ok = wire::encode_blocks(&[(a, b"a")]);
-        assert_eq!(verify_blocks(&[a, b], &ok).unwrap().len(), 1);
-        let liar = wire::encode_blocks(&[(a, b"x")]);
+        let ok = vec![(a, b"a".to_vec())];
+        assert_eq!(verify_blocks(&[a, b], ok).unwrap().len(), 1);
+        let liar = vec![(a, b"x".to_vec())];
+        assert!(verify_blocks(&[a], liar).unwrap_err().contains("bad block"));
+        let unasked = vec![(b, b"b".to_vec())];
         assert!(
-            verify_blocks(&[a], &liar)
-                .unwrap_err()
-                .contains("bad block")
-        );
-        let unasked = wire::encode_blocks(&[(b, b"b")]);
-        assert!(
-            verify_blocks(&[a], &unasked)
+            verify_blocks(&[a], unasked)
                 .unwrap_err()
                 .contains("not asked")
         );
-        let twice = wire::encode_blocks(&[(a, b"a"), (a, b"a")]);
-        assert!(verify_blocks(&[a], &twice).is_err());
+        let twice = vec![(a, b"a".to_vec()), (a, b"a".to_vec())];
+        assert!(verify_blocks(&[a], twice).is_err());
     }
 }

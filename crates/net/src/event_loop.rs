@@ -23,7 +23,7 @@ use crate::{
     behaviour::{Behaviour, BehaviourEvent},
     client::{BlocksReply, Command, Reply},
     perf,
-    wire::{EncodedBlocks, Inbound},
+    wire::{BlocksResponse, Inbound},
 };
 
 /// Commands waiting for the event loop.
@@ -117,7 +117,7 @@ struct EventLoop {
     listening: HashMap<libp2p::core::transport::ListenerId, Vec<Multiaddr>>,
     waiting_listen: Vec<oneshot::Sender<Vec<Multiaddr>>>,
     dials: HashMap<ConnectionId, (Multiaddr, Option<DialReply>)>,
-    wants: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<EncodedBlocks>>>,
+    wants: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<BlocksResponse>>>,
     requests: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>>>>,
     providers: HashMap<kad::QueryId, (usize, Providers, oneshot::Sender<Providers>)>,
     provides: HashMap<kad::QueryId, oneshot::Sender<Result<()>>>,
@@ -515,7 +515,7 @@ impl EventLoop {
 
     fn on_blocks(
         &mut self,
-        event: request_response::Event<Inbound<Vec<ContentId>>, EncodedBlocks>,
+        event: request_response::Event<Inbound<Vec<ContentId>>, BlocksResponse>,
     ) {
         let commands = self.command_tx.clone();
         self.on_request_response(

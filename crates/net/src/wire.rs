@@ -1,8 +1,9 @@
 //! Wire formats of sov's own protocols, and their request-response codecs.
 //!
-//! Every message is read whole with a hard size limit before it is parsed, so a peer can
-//! make us buffer at most that limit per stream, and the parsers never allocate more than
-//! the bytes they were given justify.
+//! Every message is read with a hard size limit, so a peer can make us buffer at most that
+//! limit per stream. Want-lists and node messages are read whole, then parsed; blocks
+//! responses are parsed as they are read, each block straight into its own buffer (no copy
+//! of the whole response), allocating at most one block (1 MiB) beyond what arrived.
 //!
 //! `/sov/blocks/1` request (a want-list): `u16 n`, then `n` × (`u8 len`, CID bytes).
 //! Response: `u16 n`, then `n` × (`u8 len`, CID bytes, `u32 len`, block bytes). All integers
@@ -15,7 +16,7 @@ use std::io;
 
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use libp2p::{StreamProtocol, request_response};
-use sov_core::{ContentId, MAX_BLOCK};
+use sov_core::{Block, ContentId, MAX_BLOCK};
 
 /// The block-exchange protocol.
 pub const BLOCKS_PROTOCOL: StreamProtocol = StreamProtocol::new("/sov/blocks/1");
@@ -41,9 +42,12 @@ pub enum WireError {
     /// The message ended early.
     #[error("message truncated")]
     Truncated,
-    /// Bytes were left after the message.
+    /// Bytes were left after the message (at least this many).
     #[error("{0} trailing bytes")]
     Trailing(usize),
+    /// The message is longer than its protocol allows.
+    #[error("message exceeds {0} bytes")]
+    TooLong(usize),
     /// More entries than the protocol allows.
     #[error("{0} entries, at most {MAX_WANT} allowed")]
     TooMany(usize),
@@ -78,10 +82,6 @@ impl<'a> Cursor<'a> {
     fn u16(&mut self) -> Result<u16, WireError> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Result<u32, WireError> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
     fn cid(&mut self) -> Result<ContentId, WireError> {
         let n = self.u8()? as usize;
@@ -127,37 +127,106 @@ pub fn decode_want(bytes: &[u8]) -> Result<Vec<ContentId>, WireError> {
     Ok(out)
 }
 
-/// Encode a blocks response.
+/// Encode a blocks response (one buffer; the network writes responses piece by piece).
 pub fn encode_blocks(blocks: &[(ContentId, &[u8])]) -> Vec<u8> {
     let size: usize = blocks.iter().map(|(_, d)| d.len() + 41).sum();
     let mut out = Vec::with_capacity(2 + size);
     out.extend_from_slice(&(blocks.len() as u16).to_be_bytes());
     for (cid, data) in blocks {
-        put_cid(&mut out, cid);
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(&block_header(cid, data.len()));
         out.extend_from_slice(data);
     }
     out
 }
 
+/// What precedes a block's bytes in a response: its CID and length.
+fn block_header(cid: &ContentId, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(41);
+    put_cid(&mut out, cid);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out
+}
+
 /// Decode a blocks response from a peer (not yet checked against the CIDs).
 pub fn decode_blocks(bytes: &[u8]) -> Result<Vec<(ContentId, Vec<u8>)>, WireError> {
-    let mut c = Cursor(bytes);
-    let n = c.u16()? as usize;
+    futures::executor::block_on(read_blocks(&mut &bytes[..])).unwrap_or(Err(WireError::Truncated))
+}
+
+/// Read a blocks response of at most [`MAX_BLOCKS_BYTES`] from `io`, each block into its own
+/// buffer. `Ok(Err(_))`: the peer sent a malformed response; `Err(_)`: the stream failed.
+async fn read_blocks<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+) -> io::Result<Result<Vec<(ContentId, Vec<u8>)>, WireError>> {
+    let mut io = io.take(MAX_BLOCKS_BYTES as u64 + 1);
+    // A stream that ends early is a malformed message, not a failed stream.
+    async fn exact<R: AsyncRead + Unpin>(io: &mut R, buf: &mut [u8]) -> io::Result<bool> {
+        match io.read_exact(buf).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+    let mut head = [0u8; 2];
+    if !exact(&mut io, &mut head).await? {
+        return Ok(Err(WireError::Truncated));
+    }
+    let n = u16::from_be_bytes(head) as usize;
     if n > MAX_WANT {
-        return Err(WireError::TooMany(n));
+        return Ok(Err(WireError::TooMany(n)));
     }
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let cid = c.cid()?;
-        let len = c.u32()? as usize;
-        if len > MAX_BLOCK {
-            return Err(WireError::BlockTooLarge(len));
+        let mut len = [0u8; 1];
+        if !exact(&mut io, &mut len).await? {
+            return Ok(Err(WireError::Truncated));
         }
-        out.push((cid, c.take(len)?.to_vec()));
+        let mut cid = vec![0u8; usize::from(len[0])];
+        if !exact(&mut io, &mut cid).await? {
+            return Ok(Err(WireError::Truncated));
+        }
+        let cid = match ContentId::from_bytes(&cid) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(WireError::Cid(e.to_string()))),
+        };
+        let mut len = [0u8; 4];
+        if !exact(&mut io, &mut len).await? {
+            return Ok(Err(WireError::Truncated));
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_BLOCK {
+            return Ok(Err(WireError::BlockTooLarge(len)));
+        }
+        let mut data = vec![0u8; len];
+        if !exact(&mut io, &mut data).await? {
+            return Ok(Err(if io.limit() == 0 {
+                WireError::TooLong(MAX_BLOCKS_BYTES)
+            } else {
+                WireError::Truncated
+            }));
+        }
+        out.push((cid, data));
     }
-    c.end()?;
-    Ok(out)
+    if io.limit() == 0 {
+        return Ok(Err(WireError::TooLong(MAX_BLOCKS_BYTES)));
+    }
+    let mut probe = [0u8; 1];
+    if io.read(&mut probe).await? > 0 {
+        return Ok(Err(WireError::Trailing(1)));
+    }
+    Ok(Ok(out))
+}
+
+/// Write a blocks response: framing, then each block's bytes as they are (no copy).
+async fn write_blocks<T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    blocks: &[Block],
+) -> io::Result<()> {
+    io.write_all(&(blocks.len() as u16).to_be_bytes()).await?;
+    for b in blocks {
+        io.write_all(&block_header(b.cid(), b.data().len())).await?;
+        io.write_all(b.data()).await?;
+    }
+    Ok(())
 }
 
 /// Read a whole message of at most `limit` bytes (never more: a longer one is cut off and
@@ -179,43 +248,60 @@ async fn read_limited<T: AsyncRead + Unpin + Send>(
 /// the event loop must see them to ban the sender.
 pub(crate) type Inbound<T> = Result<T, String>;
 
-/// A blocks response as it leaves this node: encoded already (by the node's task, not the
-/// swarm's).
-pub(crate) type EncodedBlocks = Vec<u8>;
+/// A blocks response: the blocks this node sends, or what was read from a peer (blocks not
+/// yet checked against their CIDs, or why the response is malformed).
+#[derive(Debug)]
+pub(crate) enum BlocksResponse {
+    Out(Vec<Block>),
+    In(Result<Vec<(ContentId, Vec<u8>)>, WireError>),
+}
 
 /// What differs between our request-response protocols: message types, limits, encodings.
 pub(crate) trait Wire: Send + Clone + 'static {
     type Request: Send;
     type Response: Send;
     const MAX_REQUEST: usize;
-    const MAX_RESPONSE: usize;
     fn encode_request(req: &Self::Request) -> Vec<u8>;
     fn decode_request(bytes: Vec<u8>) -> Result<Self::Request, String>;
-    fn encode_response(res: Self::Response) -> Vec<u8>;
-    fn decode_response(bytes: Vec<u8>) -> Self::Response;
+    fn read_response<T: AsyncRead + Unpin + Send>(
+        io: &mut T,
+    ) -> impl Future<Output = io::Result<Self::Response>> + Send;
+    fn write_response<T: AsyncWrite + Unpin + Send>(
+        io: &mut T,
+        res: Self::Response,
+    ) -> impl Future<Output = io::Result<()>> + Send;
 }
 
-/// `/sov/blocks/1`: want-lists out, raw response bytes in (the client parses and verifies
-/// them, so it can tell a lying peer from a broken stream); responses leave encoded.
+/// `/sov/blocks/1`: want-lists out, blocks in, parsed as they arrive (the client verifies
+/// them, and a malformed response is a value, so it can tell a lying peer from a broken
+/// stream).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Blocks;
 
 impl Wire for Blocks {
     type Request = Vec<ContentId>;
-    type Response = EncodedBlocks;
+    type Response = BlocksResponse;
     const MAX_REQUEST: usize = MAX_WANT_BYTES;
-    const MAX_RESPONSE: usize = MAX_BLOCKS_BYTES;
     fn encode_request(req: &Vec<ContentId>) -> Vec<u8> {
         encode_want(req)
     }
     fn decode_request(bytes: Vec<u8>) -> Result<Vec<ContentId>, String> {
         decode_want(&bytes).map_err(|e| e.to_string())
     }
-    fn encode_response(res: EncodedBlocks) -> Vec<u8> {
-        res
+    async fn read_response<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<BlocksResponse> {
+        Ok(BlocksResponse::In(read_blocks(io).await?))
     }
-    fn decode_response(bytes: Vec<u8>) -> EncodedBlocks {
-        bytes
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        io: &mut T,
+        res: BlocksResponse,
+    ) -> io::Result<()> {
+        match res {
+            BlocksResponse::Out(blocks) => write_blocks(io, &blocks).await,
+            BlocksResponse::In(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a received response cannot be sent",
+            )),
+        }
     }
 }
 
@@ -227,18 +313,22 @@ impl Wire for Node {
     type Request = Vec<u8>;
     type Response = Vec<u8>;
     const MAX_REQUEST: usize = MAX_NODE_MESSAGE;
-    const MAX_RESPONSE: usize = MAX_NODE_MESSAGE;
     fn encode_request(req: &Vec<u8>) -> Vec<u8> {
         req.clone()
     }
     fn decode_request(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
         Ok(bytes)
     }
-    fn encode_response(res: Vec<u8>) -> Vec<u8> {
-        res
+    async fn read_response<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+        read_limited(io, MAX_NODE_MESSAGE)
+            .await?
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
-    fn decode_response(bytes: Vec<u8>) -> Vec<u8> {
-        bytes
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&res).await
     }
 }
 
@@ -267,10 +357,7 @@ impl<W: Wire> request_response::Codec for Codec<W> {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Self::Response> {
-        read_limited(io, W::MAX_RESPONSE)
-            .await?
-            .map(W::decode_response)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        W::read_response(io).await
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -290,7 +377,7 @@ impl<W: Wire> request_response::Codec for Codec<W> {
         io: &mut T,
         res: Self::Response,
     ) -> io::Result<()> {
-        io.write_all(&W::encode_response(res)).await?;
+        W::write_response(io, res).await?;
         io.close().await
     }
 }
@@ -333,5 +420,14 @@ mod tests {
             Err(WireError::BlockTooLarge(u32::MAX as usize))
         );
         assert!(decode_want(&[0, 1, 3, 1, 2, 3]).is_err());
+        // Well-formed blocks, but more of them than a response may carry: refused once the
+        // limit is passed, not buffered.
+        let big = vec![7u8; MAX_BLOCK];
+        let cid = ContentId::of(Codec::Raw, &big);
+        let many: Vec<(ContentId, &[u8])> = (0..20).map(|_| (cid, big.as_slice())).collect();
+        assert_eq!(
+            decode_blocks(&encode_blocks(&many)),
+            Err(WireError::TooLong(MAX_BLOCKS_BYTES))
+        );
     }
 }

@@ -72,7 +72,7 @@ async fn wanted_blocks_are_served_and_checked_and_perf_runs() {
                     .filter(|c| **c == cid)
                     .map(|_| block.clone())
                     .collect();
-                reply.send(&have).await;
+                reply.send(have).await;
             }
         }
     });

@@ -261,7 +261,7 @@ impl Node {
                         };
                         let limit = sov_net::wire::MAX_RESPONSE_DATA;
                         match node.blocking(move |s| s.blocks(&cids, limit)).await {
-                            Ok(blocks) => reply.send(&blocks).await,
+                            Ok(blocks) => reply.send(blocks).await,
                             Err(e) => warn!(%peer, "could not serve blocks: {e}"),
                         }
                     });

@@ -13,7 +13,6 @@ use sov_core::{Block, Codec, ContentId};
 
 use crate::{
     Error, MAX_BLOCK, Result, Store,
-    blocks::{self, BLOCKS},
     manifest::{ChunkRef, Manifest},
     store::{
         GRANTS, OBJECTS, PENDING, REFS, check_grant, commit_object, decode_manifest, rand_u64,
@@ -150,10 +149,10 @@ impl Store {
         let mut w = self.db().begin_write()?;
         w.set_durability(Durability::None)?;
         {
-            let mut table = w.open_table(BLOCKS)?;
+            let mut table = self.block_writer(&w)?;
             for b in &received {
                 if import.wanted.contains_key(b.cid()) && !import.written.contains(b.cid()) {
-                    blocks::put_new(&mut table, b.cid(), b.data())?;
+                    table.put(b.cid(), b.data())?;
                 }
             }
         }
@@ -180,11 +179,9 @@ impl Store {
         let w = self.db().begin_write()?;
         {
             // Chunks that were stored when the import began may have been removed since.
-            let table = w.open_table(BLOCKS)?;
+            let table = self.block_writer(&w)?;
             for c in &import.manifest.chunks {
-                if !import.wanted.contains_key(&c.cid)
-                    && blocks::get_unverified(&table, &c.cid)?.is_none()
-                {
+                if !import.wanted.contains_key(&c.cid) && !table.contains(&c.cid)? {
                     return Err(Error::Invalid(format!(
                         "chunk {} of object {} was removed during the import",
                         c.cid, import.root
@@ -194,13 +191,14 @@ impl Store {
         }
         commit_object(
             &w,
+            self.packs(),
             &import.root,
             &import.manifest_bytes,
             &import.manifest,
             &grants,
         )?;
         w.open_table(PENDING)?.remove(import.ticket)?;
-        w.commit()?;
+        self.commit(w)?;
         Ok(())
     }
 
@@ -209,15 +207,17 @@ impl Store {
         let w = self.db().begin_write()?;
         {
             let refs = w.open_table(REFS)?;
-            let mut table = w.open_table(BLOCKS)?;
+            let mut table = self.block_writer(&w)?;
             for cid in &import.written {
                 if refs.get(cid.to_bytes().as_slice())?.is_none() {
-                    blocks::remove(&mut table, &cid.to_bytes())?;
+                    table.remove(&cid.to_bytes())?;
                 }
             }
             w.open_table(PENDING)?.remove(import.ticket)?;
         }
-        w.commit()?;
+        self.commit(w)?;
+        // Space not reclaimed now is reclaimed by a later compaction.
+        let _ = self.compact();
         Ok(())
     }
 
@@ -225,8 +225,10 @@ impl Store {
     /// (signed by its owner, for this object); returns how many were new.
     pub fn add_grants(&self, id: &ContentId, grants: Vec<Block>) -> Result<usize> {
         let r = self.db().begin_read()?;
-        let manifest_bytes =
-            blocks::get(&r.open_table(BLOCKS)?, id)?.ok_or(Error::NotFound(*id))?;
+        let manifest_bytes = self
+            .block_reader(&r)?
+            .get(id)?
+            .ok_or(Error::NotFound(*id))?;
         drop(r);
         let manifest = decode_manifest(id, &manifest_bytes)?;
         let grants: Vec<Block> = grants
@@ -238,8 +240,8 @@ impl Store {
         let grants = check_grants(id, &manifest, grants)?;
         let before = self.grant_blocks(id)?.len();
         let w = self.db().begin_write()?;
-        commit_object(&w, id, &manifest_bytes, &manifest, &grants)?;
-        w.commit()?;
+        commit_object(&w, self.packs(), id, &manifest_bytes, &manifest, &grants)?;
+        self.commit(w)?;
         Ok(self.grant_blocks(id)?.len() - before)
     }
 
@@ -248,14 +250,14 @@ impl Store {
     /// gathered (at least one block is returned if any is stored).
     pub fn blocks(&self, cids: &[ContentId], max_bytes: usize) -> Result<Vec<Block>> {
         let r = self.db().begin_read()?;
-        let table = r.open_table(BLOCKS)?;
+        let table = self.block_reader(&r)?;
         let mut out = Vec::with_capacity(cids.len());
         let mut bytes = 0;
         for cid in cids {
             if bytes >= max_bytes {
                 break;
             }
-            if let Some(data) = blocks::get_unverified(&table, cid)? {
+            if let Some(data) = table.get_unverified(cid)? {
                 bytes += data.len();
                 out.push(Block::verified(*cid, data).map_err(|e| Error::Corrupt(e.to_string()))?);
             }
@@ -289,7 +291,7 @@ impl Store {
         {
             return Err(Error::NotFound(*id));
         }
-        let bytes = blocks::read(&r.open_table(BLOCKS)?, id)?;
+        let bytes = self.block_reader(&r)?.read(id)?;
         decode_manifest(id, &bytes)
     }
 
@@ -306,7 +308,7 @@ impl Store {
             w.open_table(PINS)?
                 .insert(id.to_bytes().as_slice(), pin.encode())?;
         }
-        w.commit()?;
+        self.commit(w)?;
         Ok(())
     }
 

@@ -22,6 +22,7 @@ pub mod car;
 mod crypto;
 mod import;
 pub mod manifest;
+mod pack;
 mod store;
 
 use std::path::PathBuf;

@@ -251,7 +251,7 @@ fn a_second_process_gets_a_clear_error() {
 }
 
 #[test]
-fn bit_rot_in_the_database_file_is_an_error_not_wrong_bytes() {
+fn bit_rot_in_a_pack_file_is_an_error_not_wrong_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
     let key = Keypair::generate();
@@ -263,16 +263,20 @@ fn bit_rot_in_the_database_file_is_an_error_not_wrong_bytes() {
         store.export_car(&id, &mut car).unwrap();
         (id, car)
     };
-    // Find the last chunk block's ciphertext in the file (it is the tail of the CAR) and flip
-    // one byte of it on disk.
+    // Find the last chunk block's ciphertext in the pack files beside the database (it is
+    // the tail of the CAR) and flip one byte of it on disk.
     let needle = &car[car.len() - 4096..car.len() - 4096 + 64];
-    let mut file = std::fs::read(&path).unwrap();
-    let at = file
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .expect("the block's ciphertext is in the file");
-    file[at + 10] ^= 0x20;
-    std::fs::write(&path, &file).unwrap();
+    let mut flipped = false;
+    for entry in std::fs::read_dir(dir.path().join("store.packs")).unwrap() {
+        let pack = entry.unwrap().path();
+        let mut file = std::fs::read(&pack).unwrap();
+        if let Some(at) = file.windows(needle.len()).position(|w| w == needle) {
+            file[at + 10] ^= 0x20;
+            std::fs::write(&pack, &file).unwrap();
+            flipped = true;
+        }
+    }
+    assert!(flipped, "the block's ciphertext is in a pack");
 
     let store = Store::open(&path, key).unwrap();
     let mut out = Vec::new();

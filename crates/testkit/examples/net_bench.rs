@@ -8,6 +8,7 @@
 //!   ⌈log2 N⌉).
 //!
 //! `cargo run --release -p sov-testkit --example net_bench -- --size-mib 1024 --dht-nodes 100`
+//! (`--only-tcp`: just the TCP fetch.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -34,6 +35,18 @@ fn cpu_seconds() -> f64 {
             .unwrap_or(0.0)
     };
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// With `SOV_PERF_CTL=FIFO`, profile only the fetch: `mkfifo ctl; perf record -D -1
+/// --control fifo:ctl -g -- net_bench --only-tcp` starts disabled and this enables it.
+fn perf_control(command: &str) {
+    if let Ok(path) = std::env::var("SOV_PERF_CTL") {
+        let _ = std::fs::write(path, format!("{command}\n"));
+    }
+}
+
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
 }
 
 fn arg(name: &str, default: usize) -> usize {
@@ -75,9 +88,11 @@ async fn fetch(listen: &str, data: &[u8]) -> (f64, f64, u64, Cluster) {
         .unwrap();
     // Let the provider record settle, so the timing is the transfer, not the first lookup.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    perf_control("enable");
     let (t, c) = (Instant::now(), cpu_seconds());
     let report = cluster.node(1).fetch(added.id, None).await.unwrap();
     let secs = t.elapsed().as_secs_f64();
+    perf_control("disable");
     println!(
         "      (DHT lookup {:.3} s, chunk transfer into the store {:.3} s of which the store's writer was busy {:.3} s, commit and announce {:.3} s)",
         report.lookup.as_secs_f64(),
@@ -142,7 +157,7 @@ async fn main() {
             "{name:<5} fetch: {secs:.2} s, {:.0} MB/s of blocks, {cpu:.2} CPU-s (both nodes)",
             mb(bytes, secs)
         );
-        if name == "TCP" {
+        if name == "TCP" && !flag("--only-tcp") {
             let peer = cluster.node(0).peer_id();
             for (up, down) in [(0u64, size as u64), (size as u64, 0)] {
                 let r = cluster.node(1).net().perf(peer, up, down).await.unwrap();
@@ -156,6 +171,9 @@ async fn main() {
             }
         }
         cluster.stop().await;
+        if flag("--only-tcp") {
+            return;
+        }
     }
     let secs = plain_tcp(tcp_bytes).await;
     println!(

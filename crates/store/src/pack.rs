@@ -1,0 +1,327 @@
+//! Pack files: block bytes appended to files beside the redb database, which indexes them.
+//!
+//! A block's bytes are written once, sequentially, with one copy into the page cache, instead
+//! of passing through redb's copy-on-write B-tree (a user-space copy, a page-cache copy and a
+//! leaf re-read per insert: the store's write path was the bottleneck of adds and network
+//! fetches, see docs/BENCHMARKS.md).
+//!
+//! Rules that keep a crash harmless:
+//! - bytes are appended only inside a redb write transaction (so appends are serialised),
+//!   and the index entries that point at them are written in that same transaction;
+//! - before any durable redb commit, every appended byte is synced ([`Packs::sync`]); redb's
+//!   durable commit also persists earlier non-durable ones, so *every* durable commit syncs;
+//! - a crash leaves at most bytes no committed entry points at (the tail of the active pack, or
+//!   whole packs no committed transaction recorded): they are garbage, removed at open or when
+//!   the pack is compacted.
+
+use std::{
+    collections::HashMap,
+    fs::{File, OpenOptions},
+    io::Write as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError, RwLock},
+};
+
+use crate::{Error, Result};
+
+/// A pack is closed (and a new one begun) once it holds this many bytes. Compaction copies
+/// at most one pack's worth of live blocks per pack it reclaims.
+#[cfg(not(test))]
+pub(crate) const PACK_SIZE: u64 = 256 << 20;
+/// Small packs in unit tests, so rotation and compaction happen with small objects.
+#[cfg(test)]
+pub(crate) const PACK_SIZE: u64 = 4 << 20;
+
+/// Where a block's bytes are: pack, offset, length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub pack: u32,
+    pub offset: u64,
+    pub len: u32,
+}
+
+impl Loc {
+    pub(crate) const ENCODED: usize = 16;
+
+    pub(crate) fn encode(self) -> [u8; Self::ENCODED] {
+        let mut out = [0u8; Self::ENCODED];
+        out[..4].copy_from_slice(&self.pack.to_le_bytes());
+        out[4..12].copy_from_slice(&self.offset.to_le_bytes());
+        out[12..].copy_from_slice(&self.len.to_le_bytes());
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
+        let bytes: &[u8; Self::ENCODED] = bytes
+            .try_into()
+            .map_err(|_| Error::Corrupt(format!("block index entry of {} bytes", bytes.len())))?;
+        let [p0, p1, p2, p3, o @ .., l0, l1, l2, l3] = *bytes;
+        let mut offset = [0u8; 8];
+        offset.copy_from_slice(&o);
+        Ok(Self {
+            pack: u32::from_le_bytes([p0, p1, p2, p3]),
+            offset: u64::from_le_bytes(offset),
+            len: u32::from_le_bytes([l0, l1, l2, l3]),
+        })
+    }
+}
+
+/// The pack being appended to.
+struct Active {
+    id: u32,
+    file: File,
+    len: u64,
+    /// Bytes appended since the last sync.
+    unsynced: u64,
+    /// A pack file was created since the directory was last synced.
+    dir_dirty: bool,
+}
+
+/// The pack files of one store.
+pub(crate) struct Packs {
+    dir: PathBuf,
+    active: Mutex<Active>,
+    /// Open read handles, by pack id.
+    readers: RwLock<HashMap<u32, Arc<File>>>,
+}
+
+fn file_name(id: u32) -> String {
+    format!("{id:08x}.pack")
+}
+
+fn parse_name(name: &str) -> Option<u32> {
+    let hex = name.strip_suffix(".pack")?;
+    (hex.len() == 8)
+        .then(|| u32::from_str_radix(hex, 16).ok())
+        .flatten()
+}
+
+impl Packs {
+    /// Open the pack directory `dir` (created if absent). `recorded` are the packs the
+    /// committed index knows; every other pack file is garbage from a crash and is removed.
+    pub(crate) fn open(dir: &Path, recorded: &[u32]) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let mut highest = None;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(parse_name) else {
+                continue;
+            };
+            if recorded.contains(&id) {
+                highest = highest.max(Some(id));
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        let id = highest.unwrap_or(0);
+        let (file, dir_dirty) = open_append(&dir.join(file_name(id)))?;
+        let len = file.metadata()?.len();
+        Ok(Self {
+            dir: dir.to_owned(),
+            active: Mutex::new(Active {
+                id,
+                file,
+                len,
+                unsynced: 0,
+                dir_dirty,
+            }),
+            readers: RwLock::new(HashMap::new()),
+        })
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, Active> {
+        self.active.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The pack being appended to.
+    pub(crate) fn active_id(&self) -> u32 {
+        self.active().id
+    }
+
+    /// Append `bytes` (callers hold a redb write transaction); returns where they are.
+    pub(crate) fn append(&self, bytes: &[u8]) -> Result<Loc> {
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| Error::TooLarge(format!("a block of {} bytes", bytes.len())))?;
+        let mut a = self.active();
+        if a.len > 0 && a.len + bytes.len() as u64 > PACK_SIZE {
+            // Close this pack: sync it now, so only the newest pack is ever unsynced.
+            a.file.sync_data()?;
+            let id =
+                a.id.checked_add(1)
+                    .ok_or_else(|| Error::TooLarge("pack ids exhausted".into()))?;
+            let (file, _) = open_append(&self.dir.join(file_name(id)))?;
+            *a = Active {
+                id,
+                len: file.metadata()?.len(),
+                file,
+                unsynced: 0,
+                dir_dirty: true,
+            };
+        }
+        let loc = Loc {
+            pack: a.id,
+            offset: a.len,
+            len,
+        };
+        if let Err(e) = a.file.write_all(bytes) {
+            // A short write leaves the file position unknown: find the end again, so the
+            // next append's recorded offset is where its bytes land.
+            a.len = a.file.metadata()?.len();
+            use std::io::Seek as _;
+            a.file.seek(std::io::SeekFrom::End(0))?;
+            return Err(e.into());
+        }
+        a.len += bytes.len() as u64;
+        a.unsynced += bytes.len() as u64;
+        Ok(loc)
+    }
+
+    /// Make every appended byte durable (before a durable redb commit).
+    pub(crate) fn sync(&self) -> Result<()> {
+        let mut a = self.active();
+        if a.unsynced > 0 {
+            a.file.sync_data()?;
+            a.unsynced = 0;
+        }
+        if a.dir_dirty {
+            #[cfg(unix)]
+            File::open(&self.dir)?.sync_all()?;
+            a.dir_dirty = false;
+        }
+        Ok(())
+    }
+
+    fn reader(&self, pack: u32) -> Result<Arc<File>> {
+        if let Some(f) = self
+            .readers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&pack)
+        {
+            return Ok(f.clone());
+        }
+        let path = self.dir.join(file_name(pack));
+        let file = Arc::new(File::open(&path).map_err(|e| {
+            Error::Corrupt(format!("pack {} cannot be opened: {e}", path.display()))
+        })?);
+        self.readers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pack, file.clone());
+        Ok(file)
+    }
+
+    /// The bytes at `loc`, not checked against anything.
+    pub(crate) fn read(&self, loc: Loc) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; loc.len as usize];
+        if loc.len > 0 {
+            read_at(&*self.reader(loc.pack)?, &mut out, loc.offset).map_err(|e| {
+                Error::Corrupt(format!(
+                    "pack {} has no {} bytes at {}: {e}",
+                    file_name(loc.pack),
+                    loc.len,
+                    loc.offset
+                ))
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// The length of pack `id`'s file.
+    pub(crate) fn file_len(&self, id: u32) -> Result<u64> {
+        match std::fs::metadata(self.dir.join(file_name(id))) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Delete pack `id` (no committed entry points into it any more; never the active one).
+    pub(crate) fn delete(&self, id: u32) -> Result<()> {
+        debug_assert_ne!(id, self.active_id());
+        self.readers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        match std::fs::remove_file(self.dir.join(file_name(id))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Open (creating if needed) a pack for appending; returns whether it was created.
+fn open_append(path: &Path) -> Result<(File, bool)> {
+    let existed = path.exists();
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)?;
+    Ok((file, !existed))
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    file.read_exact_at(buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt as _;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_round_trip_and_bad_lengths_are_corrupt() {
+        let loc = Loc {
+            pack: 7,
+            offset: 1 << 40,
+            len: 1_000_000,
+        };
+        assert_eq!(Loc::decode(&loc.encode()).unwrap(), loc);
+        assert!(matches!(Loc::decode(&[0u8; 15]), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn appends_read_back_across_packs_and_unrecorded_packs_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let packs = Packs::open(dir.path(), &[]).unwrap();
+        let big = vec![7u8; (PACK_SIZE / 2 + 1) as usize];
+        let a = packs.append(b"hello").unwrap();
+        let b = packs.append(&big).unwrap();
+        let c = packs.append(&big).unwrap(); // does not fit: a new pack
+        assert_eq!((a.pack, b.pack, c.pack), (0, 0, 1));
+        assert_eq!(packs.read(a).unwrap(), b"hello");
+        assert_eq!(packs.read(c).unwrap(), big);
+        packs.sync().unwrap();
+        drop(packs);
+        // Only pack 0 was recorded: pack 1 is garbage.
+        let packs = Packs::open(dir.path(), &[0]).unwrap();
+        assert!(!dir.path().join(file_name(1)).exists());
+        assert_eq!(packs.active_id(), 0);
+        assert!(matches!(packs.read(c), Err(Error::Corrupt(_))));
+        let d = packs.append(b"more").unwrap();
+        assert_eq!(d.offset, b.offset + big.len() as u64);
+    }
+}
