@@ -247,17 +247,27 @@ pub(crate) async fn read(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let node = state.node.clone();
-    node.prepare_read(id).await?;
-    let info = node.blocking(move |s| s.info(&id)).await?;
-    let Some(meta) = info.meta else {
-        return Err(sov_store::Error::NoGrant {
-            object: id,
-            reader: node.did(),
-        }
-        .into());
-    };
     let store = node.store().clone();
-    let body = stream_body(move |w| store.get(&id, w).map(|_| ()).map_err(|e| e.to_string()));
+    // An object not stored here streams out while it is fetched.
+    let (meta, body) = match node.read_streaming(id).await? {
+        Some(streaming) => (
+            streaming.meta.clone(),
+            stream_body(move |w| streaming.read(&store, w).map_err(|e| e.to_string())),
+        ),
+        None => {
+            let info = node.blocking(move |s| s.info(&id)).await?;
+            let Some(meta) = info.meta else {
+                return Err(sov_store::Error::NoGrant {
+                    object: id,
+                    reader: node.did(),
+                }
+                .into());
+            };
+            let body =
+                stream_body(move |w| store.get(&id, w).map(|_| ()).map_err(|e| e.to_string()));
+            (meta, body)
+        }
+    };
     let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(

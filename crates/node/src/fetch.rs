@@ -12,8 +12,8 @@ use std::{
 use futures::{StreamExt as _, stream::FuturesUnordered};
 use sov_core::{Block, ContentId};
 use sov_net::PeerId;
-use sov_store::{Import, manifest::ChunkRef};
-use tokio::sync::mpsc;
+use sov_store::{Import, ImportReader, ObjectMeta, Store, manifest::ChunkRef};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -31,6 +31,25 @@ const WRITE_BATCH: usize = 32 << 20;
 const MAX_FAILURES: u32 = 3;
 /// Providers to look for before starting.
 const ENOUGH_PROVIDERS: usize = 8;
+
+/// An object being fetched, readable while its chunks arrive: see [`Node::read_streaming`].
+#[derive(Debug)]
+pub struct Streaming {
+    /// Name, media type, size and hash.
+    pub meta: ObjectMeta,
+    reader: ImportReader,
+    grants: Vec<Block>,
+}
+
+impl Streaming {
+    /// Write the plaintext to `out` as the chunks arrive, each checked and decrypted as
+    /// [`Store::get`] does (blocking: run it off the async threads).
+    pub fn read(&self, store: &Store, out: &mut dyn std::io::Write) -> sov_store::Result<()> {
+        store
+            .get_importing(&self.reader, &self.grants, out)
+            .map(|_| ())
+    }
+}
 
 /// What a fetch did.
 #[derive(Debug, Clone, Default)]
@@ -57,6 +76,44 @@ impl Node {
     /// Make object `id` local: fetch it from the peers that provide it if it is not stored
     /// here. `hint` is a peer to try first (the one that asked us to pin it).
     pub async fn fetch(&self, id: ContentId, hint: Option<PeerId>) -> Result<FetchReport> {
+        self.fetch_with(id, hint, None).await
+    }
+
+    /// Read object `id` from wherever it is. `Ok(None)`: it is stored here and readable (read
+    /// it from the store). `Ok(Some(_))`: it is being fetched, and its plaintext can be read
+    /// while the chunks arrive ([`Streaming::read`]); the fetch goes on in the background,
+    /// and if it fails, that read fails.
+    pub async fn read_streaming(&self, id: ContentId) -> Result<Option<Streaming>> {
+        let (tx, rx) = oneshot::channel();
+        let node = self.clone();
+        let task = tokio::spawn(async move { node.fetch_with(id, None, Some(tx)).await });
+        match rx.await {
+            Ok(streaming) => {
+                tokio::spawn(async move {
+                    if let Ok(Err(e)) = task.await {
+                        warn!(%id, "fetch failed while the object was being read: {e}");
+                    }
+                });
+                Ok(Some(streaming))
+            }
+            // Stored already, or no grant for this node came with it: the usual way.
+            Err(_) => {
+                task.await.map_err(|e| Error::Fetch {
+                    id,
+                    reason: e.to_string(),
+                })??;
+                self.prepare_read(id).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn fetch_with(
+        &self,
+        id: ContentId,
+        hint: Option<PeerId>,
+        stream: Option<oneshot::Sender<Streaming>>,
+    ) -> Result<FetchReport> {
         let lock = {
             let mut map = self
                 .inner
@@ -69,7 +126,7 @@ impl Node {
         let result = if self.blocking(move |s| s.contains(&id)).await? {
             Ok(FetchReport::default())
         } else {
-            self.fetch_new(id, hint).await
+            self.fetch_new(id, hint, stream).await
         };
         self.inner
             .fetching
@@ -123,7 +180,12 @@ impl Node {
             .collect()
     }
 
-    async fn fetch_new(&self, id: ContentId, hint: Option<PeerId>) -> Result<FetchReport> {
+    async fn fetch_new(
+        &self,
+        id: ContentId,
+        hint: Option<PeerId>,
+        stream: Option<oneshot::Sender<Streaming>>,
+    ) -> Result<FetchReport> {
         let started = Instant::now();
         let mut providers = self.find_providers(id, hint).await;
         let lookup = started.elapsed();
@@ -177,17 +239,30 @@ impl Node {
             });
         };
         providers.retain(|p| !report.liars.contains(p));
+        // Grants before chunks, so a reader can decrypt chunks as they arrive.
+        let holders: Vec<PeerId> = manifest_from
+            .into_iter()
+            .chain(providers.iter().copied())
+            .collect();
+        let grants = self.fetch_grants(id, &holders, &import).await;
+        let n_grants = grants.len();
+        if let Some(tx) = stream {
+            let (reader, offered) = (import.reader(), grants.clone());
+            if let Ok(meta) = self
+                .blocking(move |s| s.meta_importing(&reader, &offered))
+                .await
+            {
+                let _ = tx.send(Streaming {
+                    meta,
+                    reader: import.reader(),
+                    grants: grants.clone(),
+                });
+            }
+        }
 
         let transfer = Instant::now();
         let import = self.fetch_chunks(import, &providers, &mut report).await?;
         report.transfer = transfer.elapsed();
-        // Grants from the peers that proved to hold the object.
-        let holders: Vec<PeerId> = manifest_from
-            .into_iter()
-            .chain(report.providers.keys().copied())
-            .collect();
-        let grants = self.fetch_grants(id, &holders, &import).await;
-        let n_grants = grants.len();
         self.blocking(move |s| s.finish_import(import, grants))
             .await?;
         // Announcing waits for the DHT's closest peers; the caller need not.

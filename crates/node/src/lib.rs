@@ -23,7 +23,7 @@ pub mod protocol;
 mod replicate;
 
 pub use config::{CONFIG_FILE, Config, File as ConfigFile};
-pub use fetch::FetchReport;
+pub use fetch::{FetchReport, Streaming};
 pub use node::Node;
 pub use sov_net::{Multiaddr, PeerId, PeerInfo};
 

@@ -6,7 +6,10 @@
 //! `pending` ticket so a crash leaves nothing behind), and [`Store::finish_import`] checks
 //! that every chunk is there and makes the object visible in one durable transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Condvar, Mutex, PoisonError},
+};
 
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use sov_core::{Block, Codec, ContentId};
@@ -54,6 +57,91 @@ pub struct Import {
     /// Distinct chunks not stored when the import began → their size.
     wanted: HashMap<ContentId, u64>,
     written: HashSet<ContentId>,
+    arrivals: Arrivals,
+}
+
+impl Drop for Import {
+    fn drop(&mut self) {
+        // A reader still waiting for a chunk would wait forever: tell it. (After a finished
+        // import every chunk has arrived, so no reader is waiting.)
+        self.arrivals
+            .fail("the import stopped before every chunk arrived");
+    }
+}
+
+/// The chunks of an import stored so far, shared with a reader that streams the object while
+/// it arrives ([`Store::get_importing`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Arrivals(Arc<(Mutex<ArrivalState>, Condvar)>);
+
+#[derive(Debug, Default)]
+struct ArrivalState {
+    stored: HashSet<ContentId>,
+    /// Of those, the chunks this import received (as [`Block`]s: checked against their CIDs).
+    received: HashSet<ContentId>,
+    failed: Option<String>,
+}
+
+impl Arrivals {
+    fn update(&self, f: impl FnOnce(&mut ArrivalState)) {
+        let (state, changed) = &*self.0;
+        f(&mut state.lock().unwrap_or_else(PoisonError::into_inner));
+        changed.notify_all();
+    }
+
+    fn add(&self, cids: impl IntoIterator<Item = ContentId>) {
+        self.update(|s| s.stored.extend(cids));
+    }
+
+    fn add_received(&self, cids: &[ContentId]) {
+        self.update(|s| {
+            s.stored.extend(cids);
+            s.received.extend(cids);
+        });
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ArrivalState> {
+        self.0.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether chunk `cid` is stored (without waiting).
+    pub(crate) fn is_stored(&self, cid: &ContentId) -> bool {
+        self.state().stored.contains(cid)
+    }
+
+    /// Whether chunk `cid` came in through this import, checked against its CID on arrival.
+    pub(crate) fn was_checked(&self, cid: &ContentId) -> bool {
+        self.state().received.contains(cid)
+    }
+
+    fn fail(&self, reason: &str) {
+        self.update(|s| {
+            s.failed.get_or_insert_with(|| reason.to_owned());
+        });
+    }
+
+    /// Block until chunk `cid` is stored; an error if the import stopped first.
+    pub(crate) fn wait(&self, cid: &ContentId) -> Result<()> {
+        let (state, changed) = &*self.0;
+        let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if s.stored.contains(cid) {
+                return Ok(());
+            }
+            if let Some(reason) = &s.failed {
+                return Err(Error::Invalid(format!("chunk {cid}: {reason}")));
+            }
+            s = changed.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// What a reader needs to stream an object while it is imported: see [`Import::reader`].
+#[derive(Debug, Clone)]
+pub struct ImportReader {
+    pub(crate) root: ContentId,
+    pub(crate) manifest: Manifest,
+    pub(crate) arrivals: Arrivals,
 }
 
 impl Import {
@@ -65,6 +153,15 @@ impl Import {
     /// The verified manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// A handle for reading the object while it arrives ([`Store::get_importing`]).
+    pub fn reader(&self) -> ImportReader {
+        ImportReader {
+            root: self.root,
+            manifest: self.manifest.clone(),
+            arrivals: self.arrivals.clone(),
+        }
     }
 
     /// Whether `grant` is a valid grant block of this object (signed by its owner, for it).
@@ -114,6 +211,14 @@ impl Store {
         w.open_table(PENDING)?.insert(ticket, 0)?;
         w.set_durability(Durability::None)?;
         w.commit()?;
+        let arrivals = Arrivals::default();
+        arrivals.add(
+            decoded
+                .chunks
+                .iter()
+                .map(|c| c.cid)
+                .filter(|c| !wanted.contains_key(c)),
+        );
         Ok(Import {
             root,
             manifest_bytes,
@@ -121,6 +226,7 @@ impl Store {
             ticket,
             wanted,
             written: HashSet::new(),
+            arrivals,
         })
     }
 
@@ -157,12 +263,13 @@ impl Store {
             }
         }
         w.commit()?;
-        import.written.extend(
-            received
-                .iter()
-                .map(|b| *b.cid())
-                .filter(|c| import.wanted.contains_key(c)),
-        );
+        let new: Vec<ContentId> = received
+            .iter()
+            .map(|b| *b.cid())
+            .filter(|c| import.wanted.contains_key(c))
+            .collect();
+        import.arrivals.add_received(&new);
+        import.written.extend(new);
         Ok(())
     }
 

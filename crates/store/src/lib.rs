@@ -28,7 +28,7 @@ mod store;
 use std::path::PathBuf;
 
 pub use car::CarError;
-pub use import::{Import, Pin};
+pub use import::{Import, ImportReader, Pin};
 use sov_core::{ContentId, Did};
 pub use store::{AddOptions, Added, ObjectInfo, ObjectMeta, Store};
 

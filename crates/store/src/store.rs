@@ -17,7 +17,7 @@ use redb::{
     ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 use serde_bytes::ByteBuf;
-use sov_core::{Codec, ContentId, Did, Signed, dagcbor};
+use sov_core::{Block, Codec, ContentId, Did, Signed, dagcbor};
 use sov_identity::Keypair;
 use zeroize::Zeroizing;
 
@@ -26,6 +26,7 @@ use crate::{
     blocks::{self, BLOCKS, Blocks, BlocksMut, LIVE},
     car::{self, CarReader},
     crypto::{self, Key},
+    import::{Arrivals, ImportReader},
     manifest::{ChunkRef, Grant, META_AAD, Manifest, Meta},
     pack::Packs,
 };
@@ -571,29 +572,96 @@ impl Store {
         let key = self.object_key(&r, id, &manifest)?;
         let meta = open_meta(&key, &manifest)?;
         drop((blocks, r));
+        self.write_plaintext(id, &manifest, &meta, None, out)?;
+        Ok(info(id, &manifest, total_size(&manifest), Some(&meta)))
+    }
+
+    /// What a reader of an object being imported learns from its `grants` (blocks received
+    /// with it, each checked here): name, media type, size, hash. `NoGrant` if none is for
+    /// this node.
+    pub fn meta_importing(&self, reader: &ImportReader, grants: &[Block]) -> Result<ObjectMeta> {
+        let meta = self.open_importing(reader, grants)?;
+        Ok(info(&reader.root, &reader.manifest, 0, Some(&meta))
+            .meta
+            .expect("info keeps the meta it is given"))
+    }
+
+    fn open_importing(&self, reader: &ImportReader, grants: &[Block]) -> Result<Meta> {
+        let (id, manifest) = (&reader.root, &reader.manifest);
+        let checked = grants
+            .iter()
+            .filter(|g| g.data().len() <= MAX_BLOCK)
+            .filter_map(|g| check_grant(id, manifest, g.cid(), g.data()).ok());
+        let key = self.key_from_grants(id, checked)?;
+        open_meta(&key, manifest)
+    }
+
+    /// Like [`Store::get`], for an object still being imported: each chunk is read as soon
+    /// as the import has stored it, checked and decrypted as `get` does, so the plaintext
+    /// streams out while the rest arrives. Fails if the import stops first.
+    pub fn get_importing(
+        &self,
+        reader: &ImportReader,
+        grants: &[Block],
+        out: &mut dyn Write,
+    ) -> Result<ObjectInfo> {
+        let meta = self.open_importing(reader, grants)?;
+        let (id, manifest) = (&reader.root, &reader.manifest);
+        self.write_plaintext(id, manifest, &meta, Some(&reader.arrivals), out)?;
+        Ok(info(id, manifest, total_size(manifest), Some(&meta)))
+    }
+
+    /// Write the plaintext of object `id` to `out`; with `arrivals`, wait for each chunk
+    /// to be stored before reading it.
+    fn write_plaintext(
+        &self,
+        id: &ContentId,
+        manifest: &Manifest,
+        meta: &Meta,
+        arrivals: Option<&Arrivals>,
+        out: &mut dyn Write,
+    ) -> Result<()> {
         // Three stages on bounded queues: a fetcher reads raw blocks from redb; an opening
         // stage checks each against its CID and decrypts it on all cores; this thread hashes
         // and writes the plaintext in order.
         let (mut hasher, mut written) = (blake3::Hasher::new(), 0u64);
         let result = std::thread::scope(|s| -> Result<()> {
-            let (raw_tx, raw_rx) = mpsc::sync_channel::<Result<(usize, Vec<Vec<u8>>)>>(2);
+            // Each raw block with whether it still needs its CID check.
+            type Raw = Vec<(Vec<u8>, bool)>;
+            let (raw_tx, raw_rx) = mpsc::sync_channel::<Result<(usize, Raw)>>(2);
             type Opened = Vec<(Vec<u8>, blake3::Hash)>;
             let (open_tx, open_rx) = mpsc::sync_channel::<Result<Opened>>(2);
             let chunks = &manifest.chunks;
             s.spawn(move || {
                 let fetch = || -> Result<()> {
-                    let r = self.db.begin_read()?;
-                    let table = self.block_reader(&r)?;
+                    let mut r = self.db.begin_read()?;
+                    let mut table = self.block_reader(&r)?;
                     let mut start = 0;
                     while start < chunks.len() {
                         let (mut batch, mut bytes) = (Vec::new(), 0u64);
                         while start + batch.len() < chunks.len() && bytes < GET_BATCH as u64 {
                             let c = &chunks[start + batch.len()];
+                            let mut check = true;
+                            if let Some(arrivals) = arrivals {
+                                if !batch.is_empty() && !arrivals.is_stored(&c.cid) {
+                                    break; // pass on what is here before waiting
+                                }
+                                arrivals.wait(&c.cid)?;
+                                // Checked on arrival moments ago (the AEAD still guards
+                                // against any change since): one hash pass fewer.
+                                check = !arrivals.was_checked(&c.cid);
+                                if !table.contains(&c.cid)? {
+                                    // Stored after this snapshot was taken: look again.
+                                    drop(table);
+                                    r = self.db.begin_read()?;
+                                    table = self.block_reader(&r)?;
+                                }
+                            }
                             let block = table.get_unverified(&c.cid)?.ok_or_else(|| {
                                 Error::Corrupt(format!("block {} is missing", c.cid))
                             })?;
                             bytes += block.len() as u64;
-                            batch.push(block);
+                            batch.push((block, check));
                         }
                         let n = batch.len();
                         if raw_tx.send(Ok((start, batch))).is_err() {
@@ -614,9 +682,15 @@ impl Store {
                         sealed
                             .par_iter()
                             .enumerate()
-                            .map(|(i, block)| {
-                                let plain =
-                                    open_block(id, &chunks[start + i], &keys[start + i], block)?;
+                            .map(|(i, (block, check))| {
+                                let chunk = &chunks[start + i];
+                                if *check && !chunk.cid.matches(block) {
+                                    return Err(Error::Corrupt(format!(
+                                        "block {} does not match its CID",
+                                        chunk.cid
+                                    )));
+                                }
+                                let plain = open_block(id, chunk, &keys[start + i], block)?;
                                 let hash = blake3::hash(&plain);
                                 Ok((plain, hash))
                             })
@@ -649,7 +723,7 @@ impl Store {
                 "object {id}: plaintext does not match its recorded length and hash"
             )));
         }
-        Ok(info(id, &manifest, total_size(&manifest), Some(&meta)))
+        Ok(())
     }
 
     /// What this node knows about `id`.
@@ -974,8 +1048,20 @@ impl Store {
         id: &ContentId,
         manifest: &Manifest,
     ) -> Result<Key> {
+        self.key_from_grants(
+            id,
+            self.grants(r, id, manifest)?.into_iter().map(|(_, g)| g),
+        )
+    }
+
+    /// The object key, unwrapped from whichever of `grants` (checked) is for this node.
+    fn key_from_grants(
+        &self,
+        id: &ContentId,
+        grants: impl IntoIterator<Item = Grant>,
+    ) -> Result<Key> {
         let me = self.me.did();
-        for (_, g) in self.grants(r, id, manifest)? {
+        for g in grants {
             if g.reader != me {
                 continue;
             }
@@ -1071,13 +1157,8 @@ pub(crate) fn check_grant(
 }
 
 /// Check one chunk's block against its CID and decrypt it.
+/// Decrypt a chunk (already checked against its CID, or known to be).
 fn open_block(id: &ContentId, chunk: &ChunkRef, key: &ByteBuf, block: &[u8]) -> Result<Vec<u8>> {
-    if !chunk.cid.matches(block) {
-        return Err(Error::Corrupt(format!(
-            "block {} does not match its CID",
-            chunk.cid
-        )));
-    }
     let key: &[u8; 32] = key
         .as_slice()
         .try_into()

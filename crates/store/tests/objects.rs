@@ -349,3 +349,61 @@ fn imports_block_by_block_check_everything_and_abort_cleanly() {
     // Grants offered later are checked one by one: the foreign one is skipped.
     assert_eq!(reader.add_grants(&id, vec![other_grant]).unwrap(), 0);
 }
+
+/// An object streams out while its chunks are imported (in reverse order here, so the reader
+/// must wait for the first one); an import that stops part-way ends the reader with an error
+/// instead of leaving it waiting.
+#[test]
+fn an_object_reads_while_it_is_imported() {
+    let (_a, owner) = node();
+    let (_b, reader) = node();
+    let data = random_bytes(6 * 1024 * 1024, 43);
+    let added = add(&owner, &data, "stream.bin");
+    let id = added.id;
+    owner.grant(&id, &reader.identity().did()).unwrap();
+    let manifest = owner.blocks(&[id], usize::MAX).unwrap().remove(0);
+    let grants = owner.grant_blocks(&id).unwrap();
+
+    let mut import = reader.begin_import(manifest.clone()).unwrap();
+    let handle = import.reader();
+    let meta = reader.meta_importing(&handle, &grants).unwrap();
+    assert_eq!(
+        (meta.name.as_str(), meta.size),
+        ("stream.bin", data.len() as u64)
+    );
+    // Without a grant for this node, nothing opens.
+    assert!(matches!(
+        reader.meta_importing(&handle, &[]),
+        Err(Error::NoGrant { .. })
+    ));
+    let missing: Vec<_> = import.missing().iter().map(|c| c.cid).collect();
+    assert!(missing.len() > 3);
+    std::thread::scope(|s| {
+        let streamer = s.spawn(|| {
+            let mut out = Vec::new();
+            reader
+                .get_importing(&handle, &grants, &mut out)
+                .map(|_| out)
+        });
+        for cid in missing.iter().rev() {
+            let block = owner.blocks(&[*cid], usize::MAX).unwrap();
+            reader.import_blocks(&mut import, block).unwrap();
+        }
+        reader.finish_import(import, grants.clone()).unwrap();
+        assert_eq!(streamer.join().unwrap().unwrap(), data);
+    });
+
+    // An import that stops: the reader gets an error.
+    let (_c, late) = node();
+    owner.grant(&id, &late.identity().did()).unwrap();
+    let grants = owner.grant_blocks(&id).unwrap();
+    let mut import = late.begin_import(manifest).unwrap();
+    let handle = import.reader();
+    std::thread::scope(|s| {
+        let streamer = s.spawn(|| late.get_importing(&handle, &grants, &mut Vec::new()));
+        let first = owner.blocks(&[missing[0]], usize::MAX).unwrap();
+        late.import_blocks(&mut import, first).unwrap();
+        late.abort_import(import).unwrap();
+        assert!(matches!(streamer.join().unwrap(), Err(Error::Invalid(_))));
+    });
+}

@@ -49,6 +49,60 @@ async fn two_nodes_exchange_an_object() {
     cluster.stop().await;
 }
 
+/// An object not stored here reads while it is fetched: the plaintext streams out as the
+/// chunks arrive, and the object is stored afterwards; a stored object reads the usual way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_streams_while_it_is_fetched() {
+    init_logging();
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x57e4);
+    let mut cluster = Cluster::start(2, seed, Duration::from_secs(3600)).await;
+    let data = random_bytes(&mut rng, 12 << 20);
+    let (added, _) = cluster
+        .node(0)
+        .add(
+            std::io::Cursor::new(data.clone()),
+            add_options("s.bin"),
+            Some(0),
+        )
+        .await
+        .unwrap();
+    let id = added.id;
+    cluster
+        .node(0)
+        .grant(id, cluster.node(1).did())
+        .await
+        .unwrap();
+    let node = cluster.node(1).clone();
+    let streaming = node
+        .read_streaming(id)
+        .await
+        .unwrap()
+        .expect("not stored yet: it streams");
+    assert_eq!(streaming.meta.size, data.len() as u64);
+    let store = node.store().clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        streaming.read(&store, &mut out).map(|()| out)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out == data);
+    wait_for(
+        "the fetched object is stored",
+        Duration::from_secs(20),
+        || {
+            let node = node.clone();
+            async move { node.blocking(move |s| s.contains(&id)).await.unwrap() }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(node.read_streaming(id).await.unwrap().is_none());
+    cluster.stop().await;
+}
+
 /// Issue 3, test (a): 20 nodes; an object added on node 0 with 3 replicas is readable from
 /// every node; replica holders are killed one by one with repair in between, and the object
 /// stays readable and returns to 3 replicas each time.
