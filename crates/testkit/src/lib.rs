@@ -197,6 +197,29 @@ pub fn add_options(name: &str) -> sov_store::AddOptions {
     }
 }
 
+/// Add `data` on `owner` as `name` with no replicas and grant it to `reader`; returns the
+/// object id. Panics on failure: for tests.
+pub async fn add_granted(
+    owner: &Node,
+    reader: &Node,
+    data: &[u8],
+    name: &str,
+) -> sov_core::ContentId {
+    let (added, _) = owner
+        .add(
+            std::io::Cursor::new(data.to_vec()),
+            add_options(name),
+            Some(0),
+        )
+        .await
+        .expect("object can be added");
+    owner
+        .grant(added.id, reader.did())
+        .await
+        .expect("object can be granted");
+    added.id
+}
+
 /// Make object `id` readable on `node` (fetching it from peers if needed) and return its
 /// plaintext. Panics with the error if that fails: for tests.
 pub async fn read(node: &Node, id: sov_core::ContentId) -> Vec<u8> {

@@ -13,7 +13,7 @@ use sov_core::{Codec, ContentId};
 use sov_identity::Keypair;
 use sov_net::wire;
 use sov_store::Store;
-use sov_testkit::{Cluster, add_options, init_logging, read, seed, wait_for};
+use sov_testkit::{Cluster, add_granted, init_logging, read, seed, wait_for};
 
 /// A bare swarm that can open and accept raw streams, connected to `addr`.
 async fn raw_peer(addr: &Multiaddr) -> (PeerId, libp2p_stream::Control) {
@@ -68,21 +68,7 @@ async fn a_lying_provider_is_banned_and_the_fetch_completes_elsewhere() {
     let mut cluster = Cluster::start(2, seed, Duration::from_secs(60)).await;
     let mut data = vec![0u8; 6 << 20];
     rng.fill_bytes(&mut data);
-    let (added, _) = cluster
-        .node(0)
-        .add(
-            std::io::Cursor::new(data.clone()),
-            add_options("x.bin"),
-            Some(0),
-        )
-        .await
-        .unwrap();
-    let id = added.id;
-    cluster
-        .node(0)
-        .grant(id, cluster.node(1).did())
-        .await
-        .unwrap();
+    let id = add_granted(cluster.node(0), cluster.node(1), &data, "x.bin").await;
 
     // The liar holds a real copy (imported from a CAR) and serves the manifest honestly but
     // flips a byte in every chunk it sends.
@@ -237,21 +223,8 @@ async fn malformed_and_oversized_messages_are_refused() {
     // The node still works: node 1 fetches an object from it.
     let mut data = vec![0u8; 2 << 20];
     rng.fill_bytes(&mut data);
-    let (added, _) = cluster
-        .node(0)
-        .add(
-            std::io::Cursor::new(data.clone()),
-            add_options("x.bin"),
-            Some(0),
-        )
-        .await
-        .unwrap();
-    cluster
-        .node(0)
-        .grant(added.id, cluster.node(1).did())
-        .await
-        .unwrap();
-    cluster.node(1).prepare_read(added.id).await.unwrap();
-    assert_eq!(read(cluster.node(1), added.id).await, data);
+    let id = add_granted(cluster.node(0), cluster.node(1), &data, "x.bin").await;
+    cluster.node(1).prepare_read(id).await.unwrap();
+    assert_eq!(read(cluster.node(1), id).await, data);
     cluster.stop().await;
 }

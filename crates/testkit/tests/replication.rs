@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rand::{Rng as _, RngExt as _, SeedableRng as _, rngs::StdRng};
 use sov_core::ContentId;
-use sov_testkit::{Cluster, add_options, init_logging, read, seed, wait_for};
+use sov_testkit::{Cluster, add_granted, add_options, init_logging, read, seed, wait_for};
 
 fn random_bytes(rng: &mut StdRng, n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
@@ -58,21 +58,7 @@ async fn an_object_streams_while_it_is_fetched() {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x57e4);
     let mut cluster = Cluster::start(2, seed, Duration::from_secs(3600)).await;
     let data = random_bytes(&mut rng, 12 << 20);
-    let (added, _) = cluster
-        .node(0)
-        .add(
-            std::io::Cursor::new(data.clone()),
-            add_options("s.bin"),
-            Some(0),
-        )
-        .await
-        .unwrap();
-    let id = added.id;
-    cluster
-        .node(0)
-        .grant(id, cluster.node(1).did())
-        .await
-        .unwrap();
+    let id = add_granted(cluster.node(0), cluster.node(1), &data, "s.bin").await;
     let node = cluster.node(1).clone();
     let streaming = node
         .read_streaming(id)
