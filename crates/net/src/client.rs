@@ -21,6 +21,13 @@ pub enum Event {
         /// the peer
         peer: PeerId,
     },
+    /// A connected peer told us (through identify) where it listens.
+    PeerIdentified {
+        /// the peer
+        peer: PeerId,
+        /// its listen addresses (relay circuits left out)
+        listen_addrs: Vec<Multiaddr>,
+    },
     /// The last connection to a peer closed.
     PeerDisconnected {
         /// the peer

@@ -83,6 +83,8 @@ pub async fn start(config: Config) -> Result<(Client, mpsc::Receiver<Event>)> {
         waiting_listen: Vec::new(),
         dials: HashMap::new(),
         wants: HashMap::new(),
+        want_lists: HashMap::new(),
+        relookups: HashMap::new(),
         requests: HashMap::new(),
         providers: HashMap::new(),
         provides: HashMap::new(),
@@ -106,6 +108,7 @@ pub async fn start(config: Config) -> Result<(Client, mpsc::Receiver<Event>)> {
 }
 
 type DialReply = oneshot::Sender<Result<PeerId>>;
+type WantReply = oneshot::Sender<Result<BlocksResponse>>;
 
 struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -118,6 +121,10 @@ struct EventLoop {
     waiting_listen: Vec<oneshot::Sender<Vec<Multiaddr>>>,
     dials: HashMap<ConnectionId, (Multiaddr, Option<DialReply>)>,
     wants: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<BlocksResponse>>>,
+    /// First attempts of want-lists, kept to retry once if the peer cannot be dialled.
+    want_lists: HashMap<request_response::OutboundRequestId, (PeerId, Vec<ContentId>)>,
+    /// Want-lists waiting for a DHT lookup of their peer's current addresses.
+    relookups: HashMap<kad::QueryId, (PeerId, Vec<ContentId>, WantReply)>,
     requests: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>>>>,
     providers: HashMap<kad::QueryId, (usize, Providers, oneshot::Sender<Providers>)>,
     provides: HashMap<kad::QueryId, oneshot::Sender<Result<()>>>,
@@ -294,7 +301,8 @@ impl EventLoop {
                     .swarm
                     .behaviour_mut()
                     .blocks
-                    .send_request(&peer, Ok(cids));
+                    .send_request(&peer, Ok(cids.clone()));
+                self.want_lists.insert(id, (peer, cids));
                 self.wants.insert(id, reply);
             }
             Command::Request(peer, data, reply) => {
@@ -432,7 +440,11 @@ impl EventLoop {
                         .kad
                         .add_address(&peer_id, a.clone());
                 }
-                self.identified.insert(peer_id, addrs);
+                self.identified.insert(peer_id, addrs.clone());
+                self.emit(Event::PeerIdentified {
+                    peer: peer_id,
+                    listen_addrs: addrs,
+                });
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
@@ -501,12 +513,14 @@ impl EventLoop {
                 }
             }
             kad::QueryResult::GetClosestPeers(r) => {
+                let peers = match r {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
                 if let Some(reply) = self.closest.remove(&id) {
-                    let peers = match r {
-                        Ok(ok) => ok.peers,
-                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
-                    };
                     let _ = reply.send(peers.into_iter().map(|p| p.peer_id).collect());
+                } else if let Some((peer, cids, reply)) = self.relookups.remove(&id) {
+                    self.retry_want(peer, cids, reply, peers);
                 }
             }
             _ => {}
@@ -517,6 +531,40 @@ impl EventLoop {
         &mut self,
         event: request_response::Event<Inbound<Vec<ContentId>>, BlocksResponse>,
     ) {
+        use request_response::{Event as E, Message as M, OutboundFailure};
+        match &event {
+            E::OutboundFailure {
+                peer,
+                request_id,
+                error: OutboundFailure::DialFailure,
+                ..
+            } if self.want_lists.contains_key(request_id) => {
+                // The addresses we hold for a provider may be stale (it restarted elsewhere):
+                // ask the DHT where it is now before giving up.
+                let Some((_, cids)) = self.want_lists.remove(request_id) else {
+                    return;
+                };
+                let Some(reply) = self.wants.remove(request_id) else {
+                    return;
+                };
+                // Its routing-table entry goes first: a lookup starting from it would mark it
+                // failed at once and never try the addresses other peers report.
+                debug!(%peer, "cannot dial a provider; looking up its addresses");
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                kad.remove_peer(peer);
+                let q = kad.get_closest_peers(*peer);
+                self.relookups.insert(q, (*peer, cids, reply));
+                return;
+            }
+            E::OutboundFailure { request_id, .. }
+            | E::Message {
+                message: M::Response { request_id, .. },
+                ..
+            } => {
+                self.want_lists.remove(request_id);
+            }
+            _ => {}
+        }
         let commands = self.command_tx.clone();
         self.on_request_response(
             event,
@@ -528,6 +576,26 @@ impl EventLoop {
                 reply: BlocksReply { channel, commands },
             },
         );
+    }
+
+    /// Sends a want-list again after a lookup of its peer, with whatever addresses it found;
+    /// a second failure goes to the caller.
+    fn retry_want(
+        &mut self,
+        peer: PeerId,
+        cids: Vec<ContentId>,
+        reply: WantReply,
+        found: Vec<kad::PeerInfo>,
+    ) {
+        debug!(%peer, ?found, "lookup of a provider's addresses done");
+        let b = self.swarm.behaviour_mut();
+        for info in found.into_iter().filter(|i| i.peer_id == peer) {
+            for addr in info.addrs {
+                b.kad.add_address(&peer, addr);
+            }
+        }
+        let id = b.blocks.send_request(&peer, Ok(cids));
+        self.wants.insert(id, reply);
     }
 
     fn on_node(&mut self, event: request_response::Event<Inbound<Vec<u8>>, Vec<u8>>) {

@@ -28,7 +28,7 @@ pub mod wire;
 pub use behaviour::{AGENT, KAD_PROTOCOL};
 pub use client::{BlocksReply, Client, Event, PeerInfo, Providers, Reply};
 pub use config::Config;
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use sov_core::Did;
 
 /// What went wrong in the network.

@@ -96,3 +96,59 @@ async fn wanted_blocks_are_served_and_checked_and_perf_runs() {
     assert!(b.peers().await.unwrap().is_empty());
     assert!(b.want(a.peer_id(), vec![cid]).await.is_err());
 }
+
+/// A peer that restarted on a new port is found again: the stale address fails, a DHT
+/// lookup through a peer that knows the new one gives it, and the want-list goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_moved_is_found_through_the_dht() {
+    let ((a, _ea), (b, _eb)) = pair().await;
+    let a_id = a.peer_id();
+    let old = a.listen_addrs().await.unwrap();
+    let mut cc = Config::loopback([3; 32]);
+    cc.bootstrap = b.listen_addrs().await.unwrap();
+    let (c, _ec) = sov_net::start(cc).await.unwrap();
+    for _ in 0..200 {
+        if !c.peers().await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for addr in &old {
+        c.add_address(a_id, addr.clone()).await.unwrap();
+    }
+    a.shutdown().await;
+    drop(a);
+
+    // The same key comes back on another port, knowing only b.
+    let mut ca = Config::loopback([1; 32]);
+    ca.bootstrap = b.listen_addrs().await.unwrap();
+    let (a, mut ea) = sov_net::start(ca).await.unwrap();
+    let new = a.listen_addrs().await.unwrap();
+    assert_ne!(new, old);
+    // Wait until b has a's new listen address (from identify).
+    let new_text: Vec<String> = new.iter().map(|m| m.to_string()).collect();
+    for _ in 0..200 {
+        let peers = b.peers().await.unwrap();
+        let knows = peers.iter().filter(|p| p.peer_id == a_id).any(|p| {
+            p.addrs
+                .iter()
+                .any(|x| new_text.iter().any(|n| n.starts_with(&x.to_string())))
+        });
+        if knows {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let data = b"moved".to_vec();
+    let cid = ContentId::of(Codec::Raw, &data);
+    let block = Block::verified(cid, data.clone()).unwrap();
+    tokio::spawn(async move {
+        while let Some(e) = ea.recv().await {
+            if let Event::BlocksWanted { reply, .. } = e {
+                reply.send(vec![block.clone()]).await;
+            }
+        }
+    });
+    let got = c.want(a_id, vec![cid]).await.unwrap();
+    assert_eq!(got[0].data(), data.as_slice());
+}

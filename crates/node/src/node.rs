@@ -65,6 +65,10 @@ impl Node {
         net_config.autonat = config.autonat;
         net_config.max_connections = config.max_connections;
         net_config.gossip_heartbeat = config.gossip_heartbeat;
+        let known = store.known_peers().unwrap_or_else(|e| {
+            warn!("could not read the peer book: {e}");
+            Vec::new()
+        });
         let (net, events) = sov_net::start(net_config).await?;
         let (stop, _) = watch::channel(false);
         let node = Self {
@@ -83,6 +87,7 @@ impl Node {
             tokio::spawn(node.clone().handle_events(events)),
             tokio::spawn(node.clone().repair_loop()),
             tokio::spawn(node.clone().announce_all()),
+            tokio::spawn(node.clone().redial(known)),
         ];
         node.inner
             .tasks
@@ -245,6 +250,50 @@ impl Node {
         }
     }
 
+    /// Dial the peers of the peer book (each at the first of its addresses that answers), so
+    /// a restarted node rejoins the peers it knew, wherever it now listens.
+    async fn redial(self, known: Vec<sov_store::KnownPeer>) {
+        let me = self.peer_id();
+        for k in known {
+            let Ok(peer) = k.peer.parse::<PeerId>() else {
+                continue;
+            };
+            if peer == me {
+                continue;
+            }
+            let node = self.clone();
+            tokio::spawn(async move {
+                for addr in k.addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                    let connected = node.inner.net.peers().await;
+                    if connected.is_ok_and(|c| c.iter().any(|p| p.peer_id == peer)) {
+                        return;
+                    }
+                    let addr = with_peer(addr, peer);
+                    match node.inner.net.dial(addr.clone()).await {
+                        Ok(_) => return,
+                        Err(e) => debug!(%peer, %addr, "known peer not reached: {e}"),
+                    }
+                }
+            });
+        }
+    }
+
+    /// Put `peer` in the peer book with the addresses it listens on.
+    fn remember(&self, peer: PeerId, listen_addrs: Vec<Multiaddr>) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let addrs: Vec<String> = listen_addrs.iter().map(ToString::to_string).collect();
+            let now = unix_now();
+            let who = peer.to_string();
+            if let Err(e) = node
+                .blocking(move |s| s.remember_peer(&who, &addrs, now))
+                .await
+            {
+                debug!(%peer, "could not update the peer book: {e}");
+            }
+        });
+    }
+
     async fn handle_events(self, mut events: tokio::sync::mpsc::Receiver<Event>) {
         let mut stopped = self.stopped();
         loop {
@@ -284,6 +333,7 @@ impl Node {
                 }
                 Event::PeerBanned { peer, reason } => info!(%peer, %reason, "peer banned"),
                 Event::PeerConnected { peer } => debug!(%peer, "peer connected"),
+                Event::PeerIdentified { peer, listen_addrs } => self.remember(peer, listen_addrs),
                 Event::PeerDisconnected { peer } => debug!(%peer, "peer disconnected"),
                 _ => {}
             }
@@ -325,4 +375,19 @@ impl Node {
             other => Response::failed(format!("unknown operation {other:?}")),
         }
     }
+}
+
+/// `addr` ending in `/p2p/<peer>` (added when missing).
+fn with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr {
+    if matches!(addr.iter().last(), Some(sov_net::Protocol::P2p(_))) {
+        addr
+    } else {
+        addr.with(sov_net::Protocol::P2p(peer))
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

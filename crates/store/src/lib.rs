@@ -10,9 +10,11 @@
 //! ```
 //!
 //! Every block is verified against its CID when read, even from our own disk; plaintext
-//! exists only in memory. On disk (redb, one file): `block_pieces` (CID ‖ n → piece), `objects`,
-//! `grants` (object → grant CIDs), `refs` (CID → how many objects use the block) and
-//! `pending` (adds in progress, so a crash mid-add is cleaned up at the next open).
+//! exists only in memory. On disk: block bytes in append-only pack files (`store.packs/`),
+//! indexed by a redb file holding `block_index` (CID → pack location), `pack_live_bytes`,
+//! `objects`, `grants` (object → grant CIDs), `refs` (CID → how many objects use the block),
+//! `pending` (adds in progress, so a crash mid-add is cleaned up at the next open), `pins`
+//! and `peers` (the peer book).
 //! An object becomes visible in one final transaction, so a process killed during `add`
 //! leaves no half-visible object. CAR v1 export/import moves objects to other nodes and to
 //! IPFS tooling; import verifies everything before it commits anything.
@@ -23,12 +25,14 @@ mod crypto;
 mod import;
 pub mod manifest;
 mod pack;
+mod peers;
 mod store;
 
 use std::path::PathBuf;
 
 pub use car::CarError;
 pub use import::{Import, ImportReader, Pin};
+pub use peers::{KnownPeer, PEER_BOOK_SIZE};
 use sov_core::{ContentId, Did};
 pub use store::{AddOptions, Added, ObjectInfo, ObjectMeta, Store};
 
