@@ -55,6 +55,9 @@ pub enum Command {
     /// Run this node on the network.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Federated learning: train models together without pooling data.
+    #[command(subcommand)]
+    Fl(FlCommand),
     /// List the peers the running node is connected to.
     Peers {
         /// Print a JSON array of {peer_id, did, addrs}.
@@ -160,4 +163,75 @@ pub enum DataCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `sov fl …`
+#[derive(Debug, Subcommand)]
+pub enum FlCommand {
+    /// Run N clients in this process through the real round code (local training,
+    /// aggregation, attacks) and report each round.
+    Simulate(SimulateArgs),
+}
+
+/// `sov fl simulate` flags.
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// digits (built in), fashion-mnist or mnist.
+    #[arg(long, default_value = "digits")]
+    pub dataset: String,
+    /// Where fashion-mnist/ and mnist/ are looked for (default ~/.cache/sov/data;
+    /// Fashion-MNIST also in /usr/share/datasets).
+    #[arg(long, env = "SOV_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Number of clients (default 10; with --split-file, the file's).
+    #[arg(long, value_name = "N")]
+    pub clients: Option<usize>,
+    /// Rounds to run.
+    #[arg(long, default_value_t = 10, value_name = "R")]
+    pub rounds: usize,
+    /// Share of clients selected each round.
+    #[arg(long, default_value_t = 1.0, value_name = "F")]
+    pub fraction: f64,
+    /// iid, dirichlet:A or shards:S.
+    #[arg(long, default_value = "dirichlet:0.5", conflicts_with = "split_file")]
+    pub partition: String,
+    /// Exact test rows and client rows of the digits (JSON from Flower's export_split.py).
+    #[arg(long, value_name = "FILE")]
+    pub split_file: Option<PathBuf>,
+    /// logreg, mlp:H[,H2…] or cnn.
+    #[arg(long, default_value = "mlp:64")]
+    pub model: String,
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 5, value_name = "E")]
+    pub local_epochs: usize,
+    /// Local learning rate.
+    #[arg(long, default_value_t = 0.1, value_name = "LR")]
+    pub lr: f32,
+    /// Local batch size.
+    #[arg(long, default_value_t = 16, value_name = "B")]
+    pub batch: usize,
+    /// Local optimiser: sgd, sgd:MOMENTUM or adam.
+    #[arg(long, default_value = "sgd")]
+    pub optimizer: String,
+    /// fedavg, fedprox:MU, fedadam, fedyogi, median, trimmed-mean:BETA or krum:F[,M].
+    #[arg(long, default_value = "fedavg")]
+    pub strategy: String,
+    /// Chance that a selected client drops out before sending its update.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub dropout: f64,
+    /// Clip every update to this L2 norm.
+    #[arg(long, value_name = "C")]
+    pub clip: Option<f32>,
+    /// Share of clients that are malicious.
+    #[arg(long, default_value_t = 0.0, value_name = "P", requires = "attack")]
+    pub malicious: f64,
+    /// What malicious clients do: sign-flip, scale:S, noise, label-flip or backdoor.
+    #[arg(long)]
+    pub attack: Option<String>,
+    /// Seed of every random choice (partition, initialisation, shuffles, selection).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// One JSON object per round and a final one, instead of text.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -4,6 +4,7 @@
 mod args;
 mod data;
 mod demo;
+mod fl;
 mod home;
 mod node;
 mod remote;
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
+    fix_thread_count();
     // A panic is a bug (or a store file damaged outside sov, on which redb may panic): say so
     // in one line like every other error, without a backtrace.
     std::panic::set_hook(Box::new(|info| {
@@ -65,11 +67,27 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Id { json } => home::id(&home()?, json),
         args::Command::Data(cmd) => data::run(&home()?, cmd),
         args::Command::Demo { dir, size_mib } => demo::run(dir, size_mib),
+        args::Command::Fl(cmd) => fl::run(cmd),
         args::Command::Node(args::NodeCommand::Run(args)) => node::run(&home()?, args),
         args::Command::Peers { json } => {
             let home = home()?;
             let running = node::require(&home.dir)?;
             remote::peers(&remote::Api::new(&home, &running)?, json)
+        }
+    }
+}
+
+/// candle's f32 matmul asks for the thread count on every call, and without
+/// `RAYON_NUM_THREADS` it re-reads /proc/cpuinfo each time (~80 µs: more than a whole
+/// training step of a small model). Fix the count once, to what rayon would pick anyway.
+fn fix_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // SAFETY: the first statement of `main`; no other thread exists yet that could read
+        // the environment at the same time.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         }
     }
 }

@@ -480,3 +480,77 @@ fn a_damaged_store_file_gives_errors_never_wrong_bytes_or_panics() {
     }
     assert_eq!(read_ok + refused, 25);
 }
+
+/// `sov fl simulate --json`: one object per round with the documented fields, then a final
+/// one; the same seed prints the same accuracies; bad settings fail in one line.
+#[test]
+fn fl_simulate_reports_each_round_as_json() {
+    let n = Node::new();
+    let split = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../learn/fixtures/flower-split-10.json"
+    );
+    let args = [
+        "fl",
+        "simulate",
+        "--split-file",
+        split,
+        "--rounds",
+        "3",
+        "--dropout",
+        "0.2",
+        "--seed",
+        "4",
+        "--json",
+    ];
+    let out = n.ok(&args);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    for (i, l) in lines[..3].iter().enumerate() {
+        assert_eq!(l["round"], i + 1);
+        for key in [
+            "accuracy",
+            "loss",
+            "epsilon",
+            "delta",
+            "clients",
+            "dropped",
+            "bytes_up",
+            "bytes_down",
+            "wall_s",
+            "cpu_s",
+        ] {
+            assert!(l.get(key).is_some(), "{key} missing in {l}");
+        }
+        assert_eq!(l["clients"], 10);
+        assert!(l["epsilon"].is_null());
+        assert!(l["bytes_down"].as_u64().unwrap() > 10 * 19_240);
+    }
+    assert_eq!(lines[3]["final"], true);
+    assert!(lines[3]["accuracy"].as_f64().unwrap() > 0.6, "{}", lines[3]);
+    let again: Vec<serde_json::Value> = n
+        .ok(&args)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (a, b) in lines.iter().zip(&again) {
+        assert_eq!(a["accuracy"], b["accuracy"]);
+        assert_eq!(a["dropped"], b["dropped"]);
+    }
+    let e = n.fails(&["fl", "simulate", "--model", "rnn"]);
+    assert!(e.contains("model \"rnn\""), "{e}");
+    let e = n.fails(&[
+        "fl",
+        "simulate",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        "/nonexistent",
+    ]);
+    assert!(e.contains("MNIST not found"), "{e}");
+    let e = n.fails(&["fl", "simulate", "--split-file", "/nonexistent.json"]);
+    assert!(e.contains("reading /nonexistent.json"), "{e}");
+}
