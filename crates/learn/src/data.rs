@@ -8,7 +8,7 @@
 use std::{io::Read, path::Path};
 
 use flate2::read::GzDecoder;
-use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
+use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 
 use crate::{Error, Result};
 
@@ -364,11 +364,6 @@ pub fn flip_labels(d: &mut Dataset) {
     for l in &mut d.labels {
         *l = k - 1 - *l;
     }
-}
-
-/// `n` distinct rows of `0..len`, in random order.
-pub fn sample_rows(len: usize, n: usize, rng: &mut impl Rng) -> Vec<usize> {
-    rand::seq::index::sample(rng, len, n.min(len)).into_vec()
 }
 
 #[cfg(test)]
