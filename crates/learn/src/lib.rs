@@ -15,6 +15,7 @@ pub mod attack;
 pub mod data;
 pub mod model;
 pub mod partition;
+pub mod secagg;
 pub mod sim;
 pub mod strategy;
 pub mod train;
@@ -33,6 +34,9 @@ pub enum Error {
     /// A message is malformed.
     #[error("malformed message: {0}")]
     Wire(String),
+    /// Secure aggregation refused a message or aborted the round.
+    #[error("secure aggregation: {0}")]
+    SecAgg(String),
     /// candle failed.
     #[error("tensor: {0}")]
     Tensor(#[from] candle_core::Error),
