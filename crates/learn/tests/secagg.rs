@@ -483,10 +483,7 @@ fn quantised_sums_decode_exactly_and_out_of_range_values_are_clamped() {
         exact += w as i32 as i64;
         sum = sum.wrapping_add(w);
     }
-    assert_eq!(
-        sum[0] as i32 as i64, exact,
-        "no wrap-around within the range"
-    );
+    assert_eq!(sum as i32 as i64, exact, "no wrap-around within the range");
     assert!((q.dequantize_one(q.quantize_one(0.123_456)) - 0.123_456).abs() < 1.0 / q.scale);
     assert_eq!(q.quantize_one(1e9), q.quantize_one(8.0));
     assert_eq!(q.quantize_one(f64::NAN), 0);
