@@ -13,6 +13,7 @@
 
 pub mod attack;
 pub mod data;
+pub mod dp;
 pub mod model;
 pub mod partition;
 pub mod secagg;
