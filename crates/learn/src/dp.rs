@@ -199,7 +199,7 @@ impl Accountant {
     /// Account `steps` releases of the Gaussian mechanism with noise multiplier `sigma` on
     /// a Poisson sample of rate `q`.
     pub fn step(&mut self, q: f64, sigma: f64, steps: u64) -> Result<()> {
-        if !(0.0..=1.0).contains(&q) || !(sigma >= 0.0 && sigma.is_finite()) {
+        if !((0.0..=1.0).contains(&q) && sigma >= 0.0 && sigma.is_finite()) {
             return Err(Error::Spec(format!(
                 "sampling rate {q} must be in [0, 1] and noise multiplier {sigma} ≥ 0"
             )));
