@@ -170,7 +170,7 @@ pub enum DataCommand {
 pub enum FlCommand {
     /// Run N clients in this process through the real round code (local training,
     /// aggregation, attacks) and report each round.
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
 }
 
 /// `sov fl simulate` flags.
@@ -216,9 +216,28 @@ pub struct SimulateArgs {
     /// fedavg, fedprox:MU, fedadam, fedyogi, median, trimmed-mean:BETA or krum:F[,M].
     #[arg(long, default_value = "fedavg")]
     pub strategy: String,
-    /// Chance that a selected client drops out before sending its update.
+    /// Chance that a selected client drops out (with --secagg, at a random stage of the
+    /// protocol; the round recovers while enough clients remain).
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub dropout: f64,
+    /// Secure aggregation: the aggregator learns only the sum of the updates.
+    #[arg(long)]
+    pub secagg: bool,
+    /// Shares needed to rebuild a client's secrets (default: two thirds of its holders).
+    #[arg(long, value_name = "T", requires = "secagg")]
+    pub secagg_threshold: Option<u32>,
+    /// Neighbours per client, even (SecAgg+); default: every other selected client.
+    #[arg(long, value_name = "K", requires = "secagg")]
+    pub secagg_neighbours: Option<u32>,
+    /// Differential privacy: noise multiplier z (noise std z·C on the sum of updates).
+    #[arg(long, value_name = "Z", requires = "dp_clip")]
+    pub dp_noise: Option<f64>,
+    /// Differential privacy: clip each client's update to this L2 norm.
+    #[arg(long, value_name = "C", requires = "dp_noise")]
+    pub dp_clip: Option<f64>,
+    /// δ of the (ε, δ) reported.
+    #[arg(long, value_name = "D", default_value_t = 1e-5)]
+    pub dp_delta: f64,
     /// Clip every update to this L2 norm.
     #[arg(long, value_name = "C")]
     pub clip: Option<f32>,

@@ -6,8 +6,9 @@ use std::{path::PathBuf, time::Instant};
 use anyhow::{Context as _, Result, bail};
 use sov_learn::{
     data::{self, Split},
+    dp::DpConfig,
     partition::{Partition, SplitFile},
-    sim::{SimConfig, Simulation},
+    sim::{SecAggSettings, SimConfig, Simulation},
     train::TrainConfig,
 };
 
@@ -18,7 +19,7 @@ use crate::{
 
 pub fn run(cmd: FlCommand) -> Result<()> {
     match cmd {
-        FlCommand::Simulate(a) => simulate(a),
+        FlCommand::Simulate(a) => simulate(*a),
     }
 }
 
@@ -127,12 +128,34 @@ fn simulate(a: SimulateArgs) -> Result<()> {
         clip: a.clip,
         malicious: a.malicious,
         attack: a.attack.as_deref().map(str::parse).transpose()?,
+        secagg: a.secagg.then_some(SecAggSettings {
+            neighbours: a.secagg_neighbours,
+            threshold: a.secagg_threshold,
+            ..SecAggSettings::default()
+        }),
+        dp: a.dp_noise.zip(a.dp_clip).map(|(noise, clip)| DpConfig {
+            noise,
+            clip,
+            delta: a.dp_delta,
+        }),
         seed: a.seed,
+    };
+    let mode = match (&cfg.secagg, &cfg.dp) {
+        (None, None) => String::new(),
+        (Some(s), dp) => format!(
+            ", secure aggregation ({}{})",
+            s.neighbours
+                .map(|k| format!("{k} neighbours"))
+                .unwrap_or_else(|| "complete graph".into()),
+            dp.map(|d| format!(", distributed DP z = {} C = {}", d.noise, d.clip))
+                .unwrap_or_default()
+        ),
+        (None, Some(d)) => format!(", central DP z = {} C = {}", d.noise, d.clip),
     };
     let mut sim = Simulation::new(cfg, &split, &parts)?;
     if !a.json {
         note!(
-            "simulating {} clients × {} rounds: {} ({} parameters) on {} ({} train / {} test rows), {}",
+            "simulating {} clients × {} rounds: {} ({} parameters) on {} ({} train / {} test rows), {}{mode}",
             parts.len(),
             a.rounds,
             a.model,
@@ -154,8 +177,6 @@ fn simulate(a: SimulateArgs) -> Result<()> {
         let cpu = cpu_seconds().zip(cpu0).map(|(c, c0)| c - c0);
         if a.json {
             let mut v = serde_json::to_value(&r)?;
-            v["epsilon"] = serde_json::Value::Null;
-            v["delta"] = serde_json::Value::Null;
             v["wall_s"] = serde_json::json!(wall);
             v["cpu_s"] = serde_json::json!(cpu);
             say!("{v}")?;
@@ -164,8 +185,14 @@ fn simulate(a: SimulateArgs) -> Result<()> {
                 .backdoor
                 .map(|b| format!("  backdoor {:.1}%", b * 100.0))
                 .unwrap_or_default();
+            let eps = r.epsilon.map(|e| format!("  ε {e:.2}")).unwrap_or_default();
+            let aborted = r
+                .aborted
+                .as_deref()
+                .map(|e| format!("  (no update: {e})"))
+                .unwrap_or_default();
             say!(
-                "round {:>3}/{}  accuracy {:6.2}%  loss {:.4}  clients {} (dropped {})  {:.3} s{backdoor}",
+                "round {:>3}/{}  accuracy {:6.2}%  loss {:.4}{eps}  clients {} (dropped {})  {:.3} s{backdoor}{aborted}",
                 r.round,
                 a.rounds,
                 r.accuracy * 100.0,
@@ -179,6 +206,7 @@ fn simulate(a: SimulateArgs) -> Result<()> {
     }
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds().zip(cpu0).map(|(c, c0)| c - c0);
+    let privacy = sim.privacy();
     let (accuracy, loss) = match &last {
         Some(r) => (r.accuracy, r.loss),
         None => {
@@ -194,8 +222,8 @@ fn simulate(a: SimulateArgs) -> Result<()> {
                 "round": a.rounds,
                 "accuracy": accuracy,
                 "loss": loss,
-                "epsilon": null,
-                "delta": null,
+                "epsilon": privacy.map(|p| p.0),
+                "delta": privacy.map(|p| p.1),
                 "clients": parts.len(),
                 "dropped": null,
                 "bytes_up": up,
@@ -208,9 +236,12 @@ fn simulate(a: SimulateArgs) -> Result<()> {
         )?;
     } else {
         say!(
-            "final accuracy {:.2}%  loss {:.4}  {} up / {} down  {:.2} s wall{}",
+            "final accuracy {:.2}%  loss {:.4}{}  {} up / {} down  {:.2} s wall{}",
             accuracy * 100.0,
             loss,
+            privacy
+                .map(|(e, d)| format!("  (ε = {e:.2}, δ = {d:e})"))
+                .unwrap_or_default(),
             crate::output::bytes(up),
             crate::output::bytes(down),
             wall,

@@ -84,6 +84,7 @@ pub struct RoundParams {
     /// Length of the input vectors.
     pub dim: u32,
     /// Seed of the order the neighbour ring is laid over.
+    #[serde(with = "serde_bytes")]
     pub graph_seed: [u8; 32],
 }
 
@@ -464,8 +465,11 @@ pub struct Client {
     cipher_sk: StaticSecret,
     mask_sk: StaticSecret,
     self_seed: Zeroizing<[u8; 32]>,
-    /// Neighbours' adverts (from the key book).
-    book: BTreeMap<u32, ([u8; 32], [u8; 32])>,
+    /// Neighbours' mask keys (from the key book).
+    book: BTreeMap<u32, [u8; 32]>,
+    /// X25519 of this client's cipher key with each neighbour's: the same secret seals
+    /// shares both ways, so it is agreed once.
+    channels: BTreeMap<u32, Zeroizing<[u8; 32]>>,
     /// Owner → (share of b, share of s) this client holds, its own included.
     held: BTreeMap<u32, SharePair>,
 }
@@ -517,6 +521,7 @@ impl Client {
                 mask_sk,
                 self_seed,
                 book: BTreeMap::new(),
+                channels: BTreeMap::new(),
                 held: BTreeMap::new(),
             },
             advert,
@@ -594,6 +599,10 @@ impl Client {
         let b_shares = split(&self.self_seed[..], &rng_bytes[..32])?;
         let s_shares = split(self.mask_sk.as_bytes(), &rng_bytes[32..])?;
         let mut sealed = Vec::with_capacity(entries.len());
+        let mut channels = BTreeMap::new();
+        for (&v, (cpk, _)) in &entries {
+            channels.insert(v, agree(&self.cipher_sk, cpk, v)?);
+        }
         for (i, &h) in holders.iter().enumerate() {
             let (b, s) = (&b_shares[i], &s_shares[i]);
             if h == self.id {
@@ -601,11 +610,10 @@ impl Client {
                     .insert(h, (Zeroizing::new(b.clone()), Zeroizing::new(s.clone())));
                 continue;
             }
-            let Some((cpk, _)) = entries.get(&h) else {
+            let Some(shared) = channels.get(&h) else {
                 continue;
             };
-            let shared = agree(&self.cipher_sk, cpk, h)?;
-            let key = share_key(&shared, self.params.round, self.id, h);
+            let key = share_key(shared, self.params.round, self.id, h);
             let mut plain = Zeroizing::new(Vec::with_capacity(SEALED_PLAIN_LEN));
             plain.extend_from_slice(&self.id.to_le_bytes());
             plain.extend_from_slice(&h.to_le_bytes());
@@ -627,7 +635,8 @@ impl Client {
                 ciphertext: ByteBuf::from(ct),
             });
         }
-        self.book = entries;
+        self.book = entries.into_iter().map(|(v, (_, s))| (v, s)).collect();
+        self.channels = channels;
         self.stage = ClientStage::Shared;
         Ok(EncryptedShares {
             client: self.id,
@@ -660,14 +669,13 @@ impl Client {
                     s.to, self.id
                 )));
             }
-            let Some((cpk, _)) = self.book.get(&s.from) else {
+            let Some(shared) = self.channels.get(&s.from) else {
                 return Err(err(format!(
                     "a share from client {}, which is not in {}'s key book",
                     s.from, self.id
                 )));
             };
-            let shared = agree(&self.cipher_sk, cpk, s.from)?;
-            let key = share_key(&shared, self.params.round, s.from, self.id);
+            let key = share_key(shared, self.params.round, s.from, self.id);
             let plain = Zeroizing::new(
                 ChaCha20Poly1305::new(&(*key).into())
                     .decrypt(
@@ -711,11 +719,12 @@ impl Client {
         let mut y = input.to_vec();
         add_prg(&mut y, &self.self_seed, false);
         for &v in opened.keys() {
-            let (_, spk) = self.book[&v];
+            let spk = self.book[&v];
             let seed = pair_seed(&*agree(&self.mask_sk, &spk, v)?, self.params.round);
             add_prg(&mut y, &seed, v < self.id);
         }
         self.held.extend(opened);
+        self.channels.clear();
         self.stage = ClientStage::Masked;
         Ok(MaskedInput {
             client: self.id,
