@@ -40,10 +40,20 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 };
             }
-            // One line: clap's first line, without its usage block.
+            // One line: clap's message (some span lines, e.g. the missing arguments), without
+            // its usage block.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("{} (see `sov --help`)", first.trim_end());
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+                .map(str::trim)
+                .collect();
+            let message = if message.is_empty() {
+                "invalid arguments".to_string()
+            } else {
+                message.join(" ")
+            };
+            eprintln!("{message} (see `sov --help`)");
             return ExitCode::from(2);
         }
     };

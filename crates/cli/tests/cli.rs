@@ -554,3 +554,56 @@ fn fl_simulate_reports_each_round_as_json() {
     let e = n.fails(&["fl", "simulate", "--split-file", "/nonexistent.json"]);
     assert!(e.contains("reading /nonexistent.json"), "{e}");
 }
+
+#[test]
+fn fl_simulate_with_secure_aggregation_and_dp_reports_epsilon() {
+    let n = Node::new();
+    let split = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../learn/fixtures/flower-split-10.json"
+    );
+    let out = n.ok(&[
+        "fl",
+        "simulate",
+        "--split-file",
+        split,
+        "--rounds",
+        "3",
+        "--secagg",
+        "--secagg-neighbours",
+        "6",
+        "--secagg-threshold",
+        "4",
+        "--dp-noise",
+        "0.5",
+        "--dp-clip",
+        "1",
+        "--dropout",
+        "0.1",
+        "--json",
+    ]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    let mut last = 0.0;
+    for l in &lines[..3] {
+        let eps = l["epsilon"].as_f64().unwrap();
+        assert!(eps > last, "{l}");
+        last = eps;
+        assert_eq!(l["delta"], 1e-5);
+        // Masked input plus keys and shares: more than a plain update, under twice it.
+        let up = l["bytes_up"].as_u64().unwrap();
+        let senders = 10 - l["dropped"].as_u64().unwrap();
+        assert!(up > senders * 19_240 && up < 2 * 10 * 19_300, "{l}");
+    }
+    assert_eq!(lines[3]["epsilon"], lines[2]["epsilon"]);
+    // Robust rules cannot run on the sum secure aggregation reveals.
+    let e = n.fails(&["fl", "simulate", "--secagg", "--strategy", "median"]);
+    assert!(e.contains("secure aggregation hides them"), "{e}");
+    let e = n.fails(&["fl", "simulate", "--dp-noise", "1"]);
+    assert!(e.contains("--dp-clip"), "{e}");
+    let e = n.fails(&["fl", "simulate", "--secagg", "--secagg-neighbours", "3"]);
+    assert!(e.contains("even"), "{e}");
+}

@@ -219,6 +219,19 @@ impl<'a> Simulation<'a> {
             dp.validate()?;
         }
         let spec = ModelSpec::new(cfg.model.clone(), data.train.shape, data.train.classes)?;
+        if let Some(s) = cfg.secagg {
+            // The selection's usual size must admit the graph and threshold asked for.
+            let k = ((cfg.fraction * parts.len() as f64).round() as usize).clamp(2, parts.len());
+            let ids: Vec<u32> = (0..k as u32).collect();
+            RoundParams::new(
+                0,
+                &ids,
+                s.neighbours,
+                s.threshold,
+                spec.num_params() as u32 + 1,
+                [0; 32],
+            )?;
+        }
         let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x6d61_6c69);
         let n_bad = (cfg.malicious * parts.len() as f64).round() as usize;
         let mut order: Vec<usize> = (0..parts.len()).collect();
