@@ -575,7 +575,7 @@ impl<'a> Simulation<'a> {
             .zip(drop_at)
             .filter_map(|(&c, d)| d.map(|s| (c as u32, s)))
             .collect();
-        let run = run_secagg(&params, &inputs, &drops, self.cfg.seed ^ self.round as u64)?;
+        let run = run_secagg(&params, inputs, &drops, self.cfg.seed ^ self.round as u64)?;
         let mean = run.outcome.map(|out| {
             let sum = quant.dequantize(&out.sum);
             let denom = if weighted { sum[dim] } else { expected };
@@ -606,6 +606,9 @@ fn plain_update_bytes(round: usize, t: &Trained) -> Result<u64> {
     .len() as u64)
 }
 
+/// Clients masking their inputs at once in [`run_secagg`] (bounds the masked vectors held).
+const MASK_BATCH: usize = 64;
+
 /// What driving one secure round in process gave.
 pub struct SecAggRun {
     /// The unmasked sum, or why the round aborted.
@@ -624,7 +627,7 @@ pub struct SecAggRun {
 /// Keys come from `seed`. An abort is an `Err` in `outcome`; other errors are bugs.
 pub fn run_secagg(
     params: &RoundParams,
-    inputs: &std::collections::BTreeMap<u32, Vec<u32>>,
+    mut inputs: std::collections::BTreeMap<u32, Vec<u32>>,
     drops: &std::collections::BTreeMap<u32, usize>,
     seed: u64,
 ) -> Result<SecAggRun> {
@@ -670,21 +673,29 @@ pub fn run_secagg(
             agg.deliveries()?.into_iter().collect();
         clients.retain(|(c, _)| deliveries.contains_key(&c.id()));
         down += deliveries.values().map(size).sum::<u64>();
-        // Clients that stop before sending their masked input never compute one.
+        // Clients that stop before sending their masked input never compute one. The rest
+        // mask in parallel batches whose results go straight into the aggregator's running
+        // sum, so at most a batch of masked vectors exists at once.
         clients.retain(|(c, _)| alive(c.id(), 2));
-        let masked: Vec<_> = clients
-            .par_iter_mut()
-            .map(|(c, _)| {
+        for batch in clients.chunks_mut(MASK_BATCH) {
+            let mut mine = Vec::with_capacity(batch.len());
+            for (c, _) in batch.iter() {
                 let id = c.id();
-                let x = inputs
-                    .get(&id)
-                    .ok_or_else(|| Error::SecAgg(format!("client {id} has no input")))?;
-                c.mask_input(&deliveries[&id], x)
-            })
-            .collect::<Result<_>>()?;
-        for m in masked {
-            up += size(&m);
-            agg.receive_masked(m)?;
+                mine.push(
+                    inputs
+                        .remove(&id)
+                        .ok_or_else(|| Error::SecAgg(format!("client {id} has no input")))?,
+                );
+            }
+            let masked: Vec<_> = batch
+                .par_iter_mut()
+                .zip(mine)
+                .map(|((c, _), x)| c.mask_input(&deliveries[&c.id()], &x))
+                .collect::<Result<_>>()?;
+            for m in masked {
+                up += size(&m);
+                agg.receive_masked(m)?;
+            }
         }
         let requests: std::collections::BTreeMap<u32, secagg::UnmaskRequest> =
             agg.unmask_requests()?.into_iter().collect();
