@@ -929,6 +929,50 @@ mod tests {
     }
 
     #[test]
+    fn robust_rules_hold_against_a_malicious_fifth_where_fedavg_collapses() {
+        // docs/ROBUSTNESS.md's setting at one seed: digits, 20 IID clients, 4 of them
+        // flipping their updates ×−10; robust rules stay within 2 points of their clean run.
+        let d = data::digits().unwrap().stratified_split(0.25, 0).unwrap();
+        let parts = crate::partition::Partition::Iid
+            .apply(&d.train, 20, 0)
+            .unwrap();
+        let accuracy = |strategy: Strategy, malicious: f64| {
+            let cfg = SimConfig {
+                rounds: 30,
+                strategy,
+                malicious,
+                attack: Some(Attack::SignFlip),
+                train: TrainConfig {
+                    epochs: 2,
+                    ..TrainConfig::default()
+                },
+                ..SimConfig::default()
+            };
+            let mut sim = Simulation::new(cfg, &d, &parts).unwrap();
+            let mut acc = 0.0;
+            for _ in 0..30 {
+                acc = sim.round().unwrap().accuracy;
+            }
+            acc
+        };
+        let fedavg = accuracy(Strategy::FedAvg, 0.2);
+        assert!(fedavg < 0.3, "FedAvg under sign flipping: {fedavg}");
+        for rule in [
+            Strategy::Median,
+            Strategy::TrimmedMean(0.2),
+            Strategy::Krum { f: 4, m: 10 },
+        ] {
+            let clean = accuracy(rule, 0.0);
+            let attacked = accuracy(rule, 0.2);
+            assert!(clean > 0.8, "{rule}: clean {clean}");
+            assert!(
+                attacked >= clean - 0.02,
+                "{rule}: {attacked} vs clean {clean}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_settings_are_refused() {
         let (split, parts) = flower10();
         for cfg in [
