@@ -16,6 +16,7 @@ pub mod data;
 pub mod dp;
 pub mod model;
 pub mod partition;
+pub mod round;
 pub mod secagg;
 pub mod sim;
 pub mod strategy;

@@ -28,8 +28,9 @@ use crate::{
     data::Split,
     dp::{Accountant, DpConfig},
     model::{Arch, ModelSpec},
+    round::{self, Round},
     secagg::{self, Quantizer, RoundParams},
-    strategy::{Aggregator, Strategy, Update, clip_l2},
+    strategy::{Aggregator, Strategy, clip_l2},
     train::{self, TrainConfig},
     wire::{self, ClientUpdate, GlobalModel},
 };
@@ -154,6 +155,7 @@ pub struct Simulation<'a> {
 
 /// A client's contribution to a round, before aggregation.
 struct Trained {
+    client: usize,
     delta: Vec<f32>,
     examples: usize,
     seed: u64,
@@ -282,11 +284,16 @@ impl<'a> Simulation<'a> {
     }
 
     /// Train the given clients in parallel; malicious ones tamper with their deltas.
-    fn train_clients(&self, clients: &[usize], senders: usize) -> Result<Vec<Trained>> {
+    fn train_clients(
+        &self,
+        global: &GlobalModel,
+        clients: &[usize],
+        senders: usize,
+    ) -> Result<Vec<Trained>> {
         let mut cfg = self.cfg.train.clone();
         cfg.prox_mu = self.cfg.strategy.prox_mu();
         let (round, seed, attack) = (self.round, self.cfg.seed, self.cfg.attack);
-        let (spec, data, parts, global) = (&self.spec, self.data, self.parts, &self.global);
+        let (spec, data, parts) = (&self.spec, self.data, self.parts);
         clients
             .par_iter()
             .map(|&c| {
@@ -298,26 +305,28 @@ impl<'a> Simulation<'a> {
                     (true, Some(a)) => a.poison(&data.train, &parts[c])?,
                     _ => None,
                 };
-                let trained = match &poisoned {
+                let (mut delta, examples) = match &poisoned {
                     Some(d) => {
                         let rows: Vec<usize> = (0..d.len()).collect();
-                        train::train(spec, global, d, &rows, &cfg, client_seed)?
+                        round::client_update(spec, global, d, &rows, &cfg, client_seed)?
                     }
-                    None => train::train(spec, global, &data.train, &parts[c], &cfg, client_seed)?,
+                    None => round::client_update(
+                        spec,
+                        global,
+                        &data.train,
+                        &parts[c],
+                        &cfg,
+                        client_seed,
+                    )?,
                 };
-                let mut delta: Vec<f32> = trained
-                    .params
-                    .iter()
-                    .zip(global)
-                    .map(|(p, g)| p - g)
-                    .collect();
                 if let (true, Some(a)) = (bad, attack) {
                     let mut r = StdRng::seed_from_u64(client_seed ^ 0xa77a);
                     a.tamper(&mut delta, senders, &mut r);
                 }
                 Ok(Trained {
+                    client: c,
                     delta,
-                    examples: trained.examples,
+                    examples,
                     seed: client_seed,
                 })
             })
@@ -354,10 +363,9 @@ impl<'a> Simulation<'a> {
         let mut secagg_seed = [0u8; 32];
         rng.fill(&mut secagg_seed);
 
-        let down = wire::encode(&GlobalModel {
-            round: round as u32,
-            params: wire::f32s_to_bytes(&self.global),
-        })?;
+        let ids: Vec<u32> = selected.iter().map(|&c| c as u32).collect();
+        let (mut plain, global_msg) = Round::open(round as u32, &self.global, &ids);
+        let down = wire::encode(&global_msg)?;
         // Clients whose input reaches the aggregator: plain ones that stay, secure ones that
         // send their masked input (stage 3 drops only skip the unmasking answer).
         let senders: Vec<usize> = selected
@@ -366,8 +374,7 @@ impl<'a> Simulation<'a> {
             .filter(|(_, d)| d.is_none_or(|s| s >= 3))
             .map(|(&c, _)| c)
             .collect();
-        let trained = self.train_clients(&senders, senders.len())?;
-        let dim = self.global.len();
+        let trained = self.train_clients(&global_msg, &senders, senders.len())?;
         let mut report = RoundReport {
             round,
             accuracy: 0.0,
@@ -387,51 +394,33 @@ impl<'a> Simulation<'a> {
         let mut noise_multiplier = self.cfg.dp.map(|d| d.noise);
 
         let mean: Option<Vec<f32>> = match (self.cfg.secagg, self.cfg.dp) {
-            (None, None) => {
-                let mut updates = Vec::with_capacity(trained.len());
+            (None, dp) => {
+                // Each update goes through its bytes, as on the network; the round refuses
+                // malformed ones (e.g. a diverged client's NaNs), which count as dropped.
                 for t in trained {
-                    report.bytes_up += plain_update_bytes(round, &t)?;
-                    let mut delta = t.delta;
-                    if let Some(c) = self.cfg.clip {
-                        clip_l2(&mut delta, c);
-                    }
-                    updates.push(Update {
-                        delta,
-                        examples: t.examples,
-                    });
-                }
-                if updates.is_empty() {
-                    report.aborted = Some("every selected client dropped out".into());
-                    None
-                } else {
-                    Some(self.aggregator.combine(&updates, dim)?)
-                }
-            }
-            (None, Some(dp)) => {
-                let scale = dp.grid_scale();
-                let mut sum = vec![0f64; dim];
-                for t in trained {
-                    report.bytes_up += plain_update_bytes(round, &t)?;
-                    let mut delta = t.delta;
-                    clip_l2(&mut delta, dp.clip as f32);
-                    for (s, d) in sum.iter_mut().zip(&delta) {
-                        *s += *d as f64;
+                    let bytes = wire::encode(&ClientUpdate {
+                        round: round as u32,
+                        examples: t.examples as u64,
+                        delta: wire::f32s_to_bytes(&t.delta),
+                    })?;
+                    report.bytes_up += bytes.len() as u64;
+                    let received = wire::decode::<ClientUpdate>(&bytes)
+                        .and_then(|m| plain.receive(t.client as u32, &m));
+                    if received.is_err() {
+                        report.dropped += 1;
                     }
                 }
-                let mut grid: Vec<i64> = sum.iter().map(|s| (s * scale).round() as i64).collect();
-                if let Some(g) = dp.sampler(dim, scale, 1)? {
-                    let mut noise_rng = StdRng::seed_from_u64(u64::from_le_bytes(
-                        secagg_seed[..8].try_into().unwrap_or_default(),
-                    ));
-                    for x in &mut grid {
-                        *x += g.sample(&mut noise_rng);
+                match dp {
+                    Some(dp) => {
+                        let mut noise_rng = StdRng::from_seed(secagg_seed);
+                        Some(plain.close_private(&dp, expected, &mut noise_rng)?)
                     }
+                    None if plain.received().is_empty() => {
+                        report.aborted = Some("no update arrived".into());
+                        None
+                    }
+                    None => Some(plain.close(&self.aggregator, self.cfg.clip)?),
                 }
-                Some(
-                    grid.iter()
-                        .map(|&x| (x as f64 / scale / expected) as f32)
-                        .collect(),
-                )
             }
             (Some(sa), dp) => {
                 let secure =
@@ -595,15 +584,6 @@ struct SecureResult {
     survivors: usize,
     bytes_up: u64,
     bytes_down: u64,
-}
-
-fn plain_update_bytes(round: usize, t: &Trained) -> Result<u64> {
-    Ok(wire::encode(&ClientUpdate {
-        round: round as u32,
-        examples: t.examples as u64,
-        delta: wire::f32s_to_bytes(&t.delta),
-    })?
-    .len() as u64)
 }
 
 /// Clients masking their inputs at once in [`run_secagg`] (bounds the masked vectors held).
