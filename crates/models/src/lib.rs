@@ -1,0 +1,35 @@
+//! `sov-models` is a layer-2 crate of sov: the models a node runs. Today: the GGUF file
+//! format (`gguf`) and its quantised tensor types (`quant`). Inference engines, tokenisers,
+//! sampling and signed model manifests come next (issue 5).
+//!
+//! ```text
+//!   file bytes ──gguf::Gguf::parse──▶ metadata + tensor table (every offset and size checked)
+//!                                       │
+//!   tensor bytes ◀──Gguf::tensor_data───┘──quant::dequantize──▶ f32 values
+//! ```
+
+pub mod gguf;
+pub mod quant;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A GGUF file is malformed, truncated or asks for more than it holds.
+    #[error("GGUF: {0}")]
+    Gguf(String),
+    /// A tensor type this crate cannot decode, or data that does not fit its type.
+    #[error("tensor: {0}")]
+    Tensor(String),
+    /// Reading a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
