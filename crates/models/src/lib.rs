@@ -1,6 +1,7 @@
 //! `sov-models` is a layer-2 crate of sov: the models a node runs. Today: the GGUF file
-//! format (`gguf`) and its quantised tensor types (`quant`). Inference engines, tokenisers,
-//! sampling and signed model manifests come next (issue 5).
+//! format (`gguf`), its quantised tensor types (`quant`) and the Llama-family forward pass
+//! (`llama`). Fast kernels, tokenisers, sampling and signed model manifests come next
+//! (issue 5).
 //!
 //! ```text
 //!   file bytes ──gguf::Gguf::parse──▶ metadata + tensor table (every offset and size checked)
@@ -9,6 +10,7 @@
 //! ```
 
 pub mod gguf;
+pub mod llama;
 pub mod quant;
 
 /// What went wrong.
