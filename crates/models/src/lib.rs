@@ -12,6 +12,7 @@
 pub mod gguf;
 pub mod llama;
 pub mod quant;
+pub mod tokenizer;
 
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]

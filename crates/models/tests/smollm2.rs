@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sov_models::{gguf::Gguf, llama::Llama, quant::GgmlType};
+use sov_models::{gguf::Gguf, llama::Llama, quant::GgmlType, tokenizer::Tokenizer};
 
 fn model() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -189,4 +189,34 @@ fn greedy_decoding_matches_llama_cpp() {
     assert!(matched >= 2, "{matched} of 5 prompts match for 16 tokens");
     // "What is the capital of France?" at temperature 0: Paris.
     assert_eq!(m.greedy(&fixture.rows[0].prompt, 1).unwrap(), [7042]);
+}
+
+#[test]
+fn smollm2_tokenises_like_llama_cpp() {
+    let (g, _) = Gguf::read(&model()).unwrap();
+    let tok = Tokenizer::from_gguf(&g).unwrap();
+    assert_eq!(tok.len(), 49152);
+    let fixture: Greedy =
+        serde_json::from_slice(include_bytes!("../fixtures/smollm2-greedy.json")).unwrap();
+    // llama.cpp continued these texts exactly as it continued these ids, so it cut them so.
+    for r in &fixture.rows {
+        assert_eq!(tok.encode(&r.text).unwrap(), r.prompt, "{:?}", r.text);
+    }
+    // What llama.cpp wrote back decodes to text that encodes to the same tokens.
+    assert_eq!(tok.decode(&fixture.rows[0].greedy[..2]), " Paris.");
+    // SmolLM cuts digits one by one; every string survives a round trip.
+    let digits = tok.encode("In 2026, 1,000 nodes").unwrap();
+    assert_eq!(tok.decode(&digits), "In 2026, 1,000 nodes");
+    // Token counts llama.cpp reported for these texts (xllamacpp's `usage.prompt_tokens`).
+    for (text, n) in [
+        ("In 2026, 1,000 nodes", 14),
+        ("  two  spaces\n\nand lines\t", 9),
+        ("it's can't we've", 6),
+        ("héllo wörld 😀", 8),
+        ("", 0),
+    ] {
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(ids.len(), n, "{text:?}: {ids:?}");
+        assert_eq!(tok.decode(&ids), text);
+    }
 }
