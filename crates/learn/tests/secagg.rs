@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use sov_learn::secagg::{
-    Aggregator, Client, KeyBook, MaskedInput, Outcome, Quantizer, RoundParams, UnmaskRequest,
-    UnmaskResponse,
+    Aggregator, Client, KeyBook, MaskedInput, Outcome, Quantizer, RoundParams, ShareDelivery,
+    UnmaskRequest, UnmaskResponse,
 };
 
 /// When a client stops answering: before stage `s` (0 advert, 1 shares, 2 masked input,
@@ -216,25 +216,10 @@ fn secagg_plus_on_a_ring_sums_exactly_with_dropouts() {
 fn a_client_declared_dropped_that_comes_back_is_never_unmasked() {
     let p = params(6, None, Some(4), 8);
     let inputs = inputs_for(&p, 6);
-    let mut rng = StdRng::seed_from_u64(6);
-    let mut agg = Aggregator::new(p.clone()).unwrap();
-    let mut clients = BTreeMap::new();
-    for &c in &p.participants {
-        let (client, advert) = Client::new(p.clone(), c, &mut rng).unwrap();
-        agg.receive_advert(advert).unwrap();
-        clients.insert(c, client);
-    }
-    for (c, book) in agg.key_books().unwrap() {
-        let s = clients
-            .get_mut(&c)
-            .unwrap()
-            .share_keys(&book, &mut rng)
-            .unwrap();
-        agg.receive_shares(s).unwrap();
-    }
+    let (mut agg, mut clients, deliveries) = to_masking(&p, 6);
     let late = p.participants[2];
     let mut late_input: Option<MaskedInput> = None;
-    for (c, d) in agg.deliveries().unwrap() {
+    for (c, d) in deliveries {
         let m = clients
             .get_mut(&c)
             .unwrap()
@@ -274,9 +259,13 @@ fn a_client_declared_dropped_that_comes_back_is_never_unmasked() {
     assert!(clients.get_mut(&late).unwrap().unmask(&req).is_err());
 }
 
-/// Drive a complete round up to the unmasking requests.
-fn to_unmasking(p: &RoundParams, seed: u64) -> (Aggregator, BTreeMap<u32, Client>) {
-    let inputs = inputs_for(p, seed);
+/// Drive an honest round through key advertisement and sharing: the aggregator, the
+/// clients, and the share deliveries for the masked-input stage. Inputs are
+/// `inputs_for(p, seed)`.
+fn to_masking(
+    p: &RoundParams,
+    seed: u64,
+) -> (Aggregator, BTreeMap<u32, Client>, Vec<(u32, ShareDelivery)>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut agg = Aggregator::new(p.clone()).unwrap();
     let mut clients = BTreeMap::new();
@@ -293,7 +282,15 @@ fn to_unmasking(p: &RoundParams, seed: u64) -> (Aggregator, BTreeMap<u32, Client
             .unwrap();
         agg.receive_shares(s).unwrap();
     }
-    for (c, d) in agg.deliveries().unwrap() {
+    let deliveries = agg.deliveries().unwrap();
+    (agg, clients, deliveries)
+}
+
+/// Drive a complete round up to the unmasking requests.
+fn to_unmasking(p: &RoundParams, seed: u64) -> (Aggregator, BTreeMap<u32, Client>) {
+    let inputs = inputs_for(p, seed);
+    let (mut agg, mut clients, deliveries) = to_masking(p, seed);
+    for (c, d) in deliveries {
         let m = clients
             .get_mut(&c)
             .unwrap()
