@@ -9,9 +9,12 @@
 //!   tensor bytes ◀──Gguf::tensor_data───┘──quant::dequantize──▶ f32 values
 //! ```
 
+pub mod chat;
+pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod quant;
+pub mod sample;
 pub mod tokenizer;
 
 /// What went wrong.
@@ -24,6 +27,12 @@ pub enum Error {
     /// A tensor type this crate cannot decode, or data that does not fit its type.
     #[error("tensor: {0}")]
     Tensor(String),
+    /// A chat template that does not compile or render.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// A request this model cannot serve (prompt longer than its context, bad settings).
+    #[error("{0}")]
+    Input(String),
     /// Reading a file failed.
     #[error("{path}: {source}")]
     Io {

@@ -5,7 +5,8 @@
 //! Encoding: the text is cut into pre-tokens, each pre-token's UTF-8 bytes are mapped to
 //! GPT-2's printable stand-ins (`bytes_to_unicode`), and the merges are applied, lowest rank
 //! first, until none applies; the pieces are looked up in the vocabulary. Decoding maps the
-//! pieces back to bytes. SentencePiece vocabularies and special-token parsing come next.
+//! pieces back to bytes. Control and user-defined tokens can be matched whole
+//! ([`Tokenizer::encode_special`]), as chat templates need. SentencePiece vocabularies come next.
 
 use std::collections::HashMap;
 
@@ -33,7 +34,32 @@ pub struct Tokenizer {
     pre: PreTokenizer,
     byte_char: [char; 256],
     char_byte: HashMap<char, u8>,
+    /// Tokens matched as a whole in text given to [`Tokenizer::encode_special`], longest
+    /// first (GGUF token types control and user-defined).
+    special: Vec<(String, u32)>,
+    /// Control tokens: never printed by [`Tokenizer::decode`].
+    control: Vec<bool>,
+    /// Tokens that end a generation.
+    eog: Vec<u32>,
+    bos: Option<u32>,
+    add_bos: bool,
 }
+
+/// GGUF `tokenizer.ggml.token_type` values.
+const TYPE_CONTROL: i64 = 3;
+const TYPE_USER_DEFINED: i64 = 4;
+
+/// Control-token texts that llama.cpp also treats as end of generation.
+const EOG_TEXTS: [&str; 8] = [
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "<|end_of_text|>",
+];
 
 /// GPT-2's map from bytes to printable characters: printable Latin-1 bytes stand for
 /// themselves, the others take code points from 256 up.
@@ -88,7 +114,156 @@ impl Tokenizer {
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
         let merges = strings("tokenizer.ggml.merges")?;
-        Tokenizer::new(tokens, &merges, pre)
+        let mut t = Tokenizer::new(tokens, &merges, pre)?;
+        if let Some(types) = g
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.as_array())
+        {
+            if types.len() != t.tokens.len() {
+                return Err(err(format!(
+                    "{} token types for {} tokens",
+                    types.len(),
+                    t.tokens.len()
+                )));
+            }
+            let types: Vec<i64> = types.iter().map(|v| v.as_i64().unwrap_or(1)).collect();
+            t.set_token_types(&types);
+        }
+        let id = |key: &str| {
+            g.get(key)
+                .and_then(|v| v.as_u64())
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|&v| (v as usize) < t.tokens.len())
+        };
+        t.bos = id("tokenizer.ggml.bos_token_id");
+        t.add_bos = g
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let mut eog: Vec<u32> = ["eos", "eot", "eom"]
+            .iter()
+            .filter_map(|k| id(&format!("tokenizer.ggml.{k}_token_id")))
+            .collect();
+        for (i, tok) in t.tokens.iter().enumerate() {
+            if t.control[i] && EOG_TEXTS.contains(&tok.as_str()) {
+                eog.push(i as u32);
+            }
+        }
+        eog.sort_unstable();
+        eog.dedup();
+        t.eog = eog;
+        Ok(t)
+    }
+
+    /// Mark tokens by their GGUF type: control and user-defined tokens are matched whole in
+    /// [`Tokenizer::encode_special`]; control tokens are not printed by
+    /// [`Tokenizer::decode`].
+    pub fn set_token_types(&mut self, types: &[i64]) {
+        self.control = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, _)| types.get(i) == Some(&TYPE_CONTROL))
+            .collect();
+        let mut special: Vec<(String, u32)> = self
+            .tokens
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| {
+                !t.is_empty()
+                    && matches!(
+                        types.get(*i),
+                        Some(&TYPE_CONTROL) | Some(&TYPE_USER_DEFINED)
+                    )
+            })
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        special.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        self.special = special;
+    }
+
+    /// Tokens that end a generation (end of sequence, end of turn).
+    pub fn eog(&self) -> &[u32] {
+        &self.eog
+    }
+
+    /// Whether `id` ends a generation.
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.contains(&id)
+    }
+
+    /// The beginning-of-sequence token, if the model wants one put first.
+    pub fn bos_to_add(&self) -> Option<u32> {
+        self.bos.filter(|_| self.add_bos)
+    }
+
+    /// The id of a token, by its text.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.ids.get(text).copied()
+    }
+
+    /// Token ids of `text`, where special tokens written out (`<|im_start|>`) become their
+    /// ids, as llama.cpp does with `parse_special`. Chat templates need this; text from a
+    /// user that is not meant to hold control tokens goes through [`Tokenizer::encode`].
+    pub fn encode_special(&self, text: &str) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            // The earliest special token; at one position, the longest.
+            let next = self
+                .special
+                .iter()
+                .filter_map(|(s, id)| rest.find(s.as_str()).map(|at| (at, s.len(), *id)))
+                .min_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            match next {
+                Some((at, len, id)) => {
+                    out.extend(self.encode(&rest[..at])?);
+                    out.push(id);
+                    rest = &rest[at + len..];
+                }
+                None => {
+                    out.extend(self.encode(rest)?);
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The bytes token `id` stands for (empty for control tokens and unknown ids). A
+    /// token may end inside a UTF-8 character; streaming callers join bytes before
+    /// turning them into text.
+    pub fn piece_bytes(&self, id: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        self.push_piece(id, &mut bytes);
+        bytes
+    }
+
+    /// The text of `ids` with control tokens written out (`<|im_end|>`).
+    pub fn decode_special(&self, ids: &[u32]) -> String {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            if self.control.get(id as usize) == Some(&true) {
+                bytes.extend(self.tokens[id as usize].as_bytes());
+            } else {
+                self.push_piece(id, &mut bytes);
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn push_piece(&self, id: u32, bytes: &mut Vec<u8>) {
+        if self.control.get(id as usize) == Some(&true) {
+            return;
+        }
+        if let Some(t) = self.tokens.get(id as usize) {
+            for c in t.chars() {
+                match self.char_byte.get(&c) {
+                    Some(&b) => bytes.push(b),
+                    None => bytes.extend(c.to_string().as_bytes()),
+                }
+            }
+        }
     }
 
     /// Build from a vocabulary (id = index) and merges (`"a b"`, rank = index).
@@ -111,6 +286,7 @@ impl Tokenizer {
             .enumerate()
             .map(|(b, &c)| (c, b as u8))
             .collect();
+        let control = vec![false; tokens.len()];
         Ok(Tokenizer {
             tokens,
             ids,
@@ -118,6 +294,11 @@ impl Tokenizer {
             pre,
             byte_char,
             char_byte,
+            special: Vec::new(),
+            control,
+            eog: Vec::new(),
+            bos: None,
+            add_bos: false,
         })
     }
 
@@ -140,18 +321,12 @@ impl Tokenizer {
         Ok(out)
     }
 
-    /// The text of `ids` (invalid UTF-8 across a cut is replaced by U+FFFD).
+    /// The text of `ids`, without control tokens (invalid UTF-8 across a cut is replaced by
+    /// U+FFFD).
     pub fn decode(&self, ids: &[u32]) -> String {
         let mut bytes = Vec::new();
         for &id in ids {
-            if let Some(t) = self.tokens.get(id as usize) {
-                for c in t.chars() {
-                    match self.char_byte.get(&c) {
-                        Some(&b) => bytes.push(b),
-                        None => bytes.extend(c.to_string().as_bytes()),
-                    }
-                }
-            }
+            self.push_piece(id, &mut bytes);
         }
         String::from_utf8_lossy(&bytes).into_owned()
     }

@@ -220,3 +220,62 @@ fn smollm2_tokenises_like_llama_cpp() {
         assert_eq!(tok.decode(&ids), text);
     }
 }
+
+#[derive(serde::Deserialize)]
+struct Chat {
+    rows: Vec<ChatRow>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChatRow {
+    messages: Vec<sov_models::chat::Message>,
+    content: String,
+    prompt_tokens: usize,
+    tokens: Vec<u32>,
+    gap: Vec<f64>,
+}
+
+#[test]
+fn chat_prompts_and_answers_match_llama_cpp() {
+    use sov_models::generate::{LanguageModel, Request};
+    let bytes = std::fs::read(model()).unwrap();
+    let m = LanguageModel::from_bytes(&bytes).unwrap();
+    drop(bytes);
+    let fixture: Chat =
+        serde_json::from_slice(include_bytes!("../fixtures/smollm2-chat.json")).unwrap();
+    for r in &fixture.rows {
+        let prompt = m.chat_prompt(&r.messages).unwrap();
+        // The template renders and tokenises to as many tokens as llama.cpp's (its special
+        // tokens parsed whole: written out they would be many more).
+        assert_eq!(prompt.len(), r.prompt_tokens, "{:?}", r.messages);
+        let req = Request {
+            prompt,
+            max_tokens: r.tokens.len(),
+            sampling: sov_models::sample::SamplingParams::greedy(),
+            stop: vec![],
+        };
+        let mut streamed = String::new();
+        let out = m
+            .generate(&req, &mut |t| {
+                streamed.push_str(t);
+                true
+            })
+            .unwrap();
+        assert_eq!(streamed, out.text);
+        let same = out
+            .tokens
+            .iter()
+            .zip(&r.tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        eprintln!(
+            "{:?}\n  sov:       {:?}\n  llama.cpp: {:?} ({same} tokens equal)",
+            r.messages.last().map(|m| &m.content),
+            out.text,
+            r.content
+        );
+        if same < r.tokens.len().min(out.tokens.len()) {
+            assert!(r.gap[same] < 0.2, "differs at a confident step {same}");
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! Text generation: a loaded language model (weights, tokeniser, chat template) and the
+//! loop that feeds a prompt, samples tokens and hands out text as it forms, stopping at an
+//! end-of-generation token, a stop sequence or the token limit.
+//!
+//! Text is streamed in whole UTF-8 characters (a token may end inside one), and text that
+//! could be the start of a stop sequence is held back until it is known not to be one, so a
+//! stop sequence never reaches the caller.
+
+use std::time::Instant;
+
+use crate::{
+    Error, Result,
+    chat::{ChatTemplate, Message},
+    gguf::Gguf,
+    llama::Llama,
+    sample::{Sampler, SamplingParams},
+    tokenizer::Tokenizer,
+};
+
+/// A language model ready to generate.
+pub struct LanguageModel {
+    /// The network.
+    pub llama: Llama,
+    /// Its tokeniser.
+    pub tokenizer: Tokenizer,
+    /// Its chat template.
+    pub template: ChatTemplate,
+}
+
+/// Why generation ended (OpenAI's `finish_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// An end-of-generation token or a stop sequence.
+    Stop,
+    /// The token limit or the end of the context.
+    Length,
+    /// The caller asked to stop (e.g. a client went away).
+    Cancelled,
+}
+
+impl Finish {
+    /// The name OpenAI's API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length | Finish::Cancelled => "length",
+        }
+    }
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Prompt tokens (see [`LanguageModel::chat_prompt`] and [`LanguageModel::text_prompt`]).
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Sampling settings.
+    pub sampling: SamplingParams,
+    /// Text that ends the generation (not included in the output).
+    pub stop: Vec<String>,
+}
+
+/// What came out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// The generated text.
+    pub text: String,
+    /// The generated tokens (including an end token, if one ended it).
+    pub tokens: Vec<u32>,
+    /// Prompt length in tokens.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+    /// Why it ended.
+    pub finish: Finish,
+    /// Seconds spent reading the prompt.
+    pub prompt_seconds: f64,
+    /// Seconds spent generating.
+    pub decode_seconds: f64,
+}
+
+impl Output {
+    /// Prompt tokens per second.
+    pub fn prompt_tokens_per_s(&self) -> f64 {
+        rate(self.prompt_tokens, self.prompt_seconds)
+    }
+
+    /// Generated tokens per second (the first token comes from the prompt pass, so it is
+    /// not counted).
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        rate(
+            self.completion_tokens.saturating_sub(1),
+            self.decode_seconds,
+        )
+    }
+}
+
+fn rate(n: usize, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
+impl LanguageModel {
+    /// Load from a parsed GGUF file and its bytes.
+    pub fn from_gguf(g: &Gguf, bytes: &[u8]) -> Result<Self> {
+        let llama = Llama::from_gguf(g, bytes)?;
+        let tokenizer = Tokenizer::from_gguf(g)?;
+        let template = ChatTemplate::from_gguf(g, &tokenizer)?;
+        Ok(LanguageModel {
+            llama,
+            tokenizer,
+            template,
+        })
+    }
+
+    /// Load a GGUF file's bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let g = Gguf::parse(bytes)?;
+        Self::from_gguf(&g, bytes)
+    }
+
+    /// The model's context length.
+    pub fn context_length(&self) -> usize {
+        self.llama.config.n_ctx
+    }
+
+    /// Prompt tokens for a conversation, through the chat template, ending where the
+    /// assistant's answer starts. Special tokens written by the template become their ids;
+    /// special tokens inside a message's text do too (as in llama.cpp's server).
+    pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let text = self.template.render(messages, true)?;
+        self.text_prompt_special(&text)
+    }
+
+    /// Prompt tokens for plain text (a BOS first if the model asks for one); special tokens
+    /// in `text` are plain text.
+    pub fn text_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut out: Vec<u32> = self.tokenizer.bos_to_add().into_iter().collect();
+        out.extend(self.tokenizer.encode(text)?);
+        Ok(out)
+    }
+
+    fn text_prompt_special(&self, text: &str) -> Result<Vec<u32>> {
+        let mut out: Vec<u32> = self.tokenizer.bos_to_add().into_iter().collect();
+        let body = self.tokenizer.encode_special(text)?;
+        // A template that writes the BOS itself must not get a second one.
+        if !out.is_empty() && body.first() == out.first() {
+            out.clear();
+        }
+        out.extend(body);
+        Ok(out)
+    }
+
+    /// Generate. `on_text` receives text as it forms; returning `false` stops generation
+    /// (finish reason [`Finish::Cancelled`]).
+    pub fn generate(&self, req: &Request, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Output> {
+        req.sampling.check().map_err(Error::Input)?;
+        if req.prompt.is_empty() {
+            return Err(Error::Input("the prompt is empty".into()));
+        }
+        let ctx = self.context_length();
+        if req.prompt.len() >= ctx {
+            return Err(Error::Input(format!(
+                "the prompt has {} tokens; this model's context holds {ctx}",
+                req.prompt.len()
+            )));
+        }
+        let vocab = self.llama.config.n_vocab;
+        if let Some(bad) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Input(format!(
+                "token {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let budget = req.max_tokens.min(ctx - req.prompt.len());
+        let mut session = self.llama.session(req.prompt.len() + budget);
+        let mut sampler = Sampler::new(req.sampling.clone());
+        let mut history = req.prompt.clone();
+        let mut stream = TextStream::new(&req.stop);
+
+        let start = Instant::now();
+        let mut logits = Vec::new();
+        for &t in &req.prompt {
+            logits = self.llama.forward(&mut session, t)?;
+        }
+        let prompt_seconds = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let mut tokens = Vec::new();
+        let mut finish = Finish::Length;
+        while tokens.len() < budget {
+            let next = sampler.sample(&mut logits, &history);
+            tokens.push(next);
+            history.push(next);
+            if self.tokenizer.is_eog(next) {
+                finish = Finish::Stop;
+                break;
+            }
+            let (text, stopped) = stream.push(&self.tokenizer.piece_bytes(next));
+            if !text.is_empty() && !on_text(&text) {
+                finish = Finish::Cancelled;
+                break;
+            }
+            if stopped {
+                finish = Finish::Stop;
+                break;
+            }
+            if tokens.len() < budget {
+                logits = self.llama.forward(&mut session, next)?;
+            }
+        }
+        if finish != Finish::Cancelled {
+            let rest = stream.finish();
+            if !rest.is_empty() {
+                on_text(&rest);
+            }
+        }
+        Ok(Output {
+            text: stream.text,
+            prompt_tokens: req.prompt.len(),
+            completion_tokens: tokens.len(),
+            tokens,
+            finish,
+            prompt_seconds,
+            decode_seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Turns token bytes into text for the caller: whole characters only, stop sequences cut
+/// off and never shown.
+struct TextStream<'a> {
+    stop: &'a [String],
+    /// Bytes of a character not yet complete.
+    partial: Vec<u8>,
+    /// All text formed so far (up to a stop sequence, once one is found).
+    text: String,
+    /// How much of `text` the caller has.
+    given: usize,
+    stopped: bool,
+}
+
+impl<'a> TextStream<'a> {
+    fn new(stop: &'a [String]) -> Self {
+        TextStream {
+            stop,
+            partial: Vec::new(),
+            text: String::new(),
+            given: 0,
+            stopped: false,
+        }
+    }
+
+    /// Add a token's bytes; returns the text that may now be given out and whether a stop
+    /// sequence was reached.
+    fn push(&mut self, bytes: &[u8]) -> (String, bool) {
+        self.partial.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.partial) {
+            Ok(s) => s.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            // Bytes that can never be UTF-8: show them as U+FFFD and go on.
+            Err(_) => {
+                let s = String::from_utf8_lossy(&self.partial).into_owned();
+                self.partial.clear();
+                self.text.push_str(&s);
+                return self.release();
+            }
+        };
+        let done: Vec<u8> = self.partial.drain(..valid).collect();
+        self.text
+            .push_str(std::str::from_utf8(&done).unwrap_or_default());
+        self.release()
+    }
+
+    fn release(&mut self) -> (String, bool) {
+        // Text that could begin a stop sequence is never given out, so a new match starts
+        // at or after `given`; searching from a stop sequence's length earlier is a margin.
+        let longest = self.stop.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut from = self.given.saturating_sub(longest);
+        while !self.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        let found = self
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i))
+            .min();
+        if let Some(at) = found {
+            self.text.truncate(at.max(self.given));
+            self.stopped = true;
+            let out = self.text[self.given..].to_string();
+            self.given = self.text.len();
+            return (out, true);
+        }
+        // Hold back the longest tail that could still grow into a stop sequence.
+        let mut hold = 0;
+        for s in self.stop {
+            for (i, _) in s.char_indices().skip(1) {
+                if i > hold && self.text.ends_with(&s[..i]) {
+                    hold = i;
+                }
+            }
+        }
+        let end = self.text.len() - hold;
+        let end = end.max(self.given);
+        let out = self.text[self.given..end].to_string();
+        self.given = end;
+        (out, false)
+    }
+
+    /// The end: what was held back is given out.
+    fn finish(&mut self) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        if !self.partial.is_empty() {
+            let s = String::from_utf8_lossy(&self.partial).into_owned();
+            self.partial.clear();
+            self.text.push_str(&s);
+        }
+        let out = self.text[self.given..].to_string();
+        self.given = self.text.len();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(pieces: &[&[u8]], stop: &[&str]) -> (Vec<String>, String, bool) {
+        let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
+        let mut s = TextStream::new(&stop);
+        let mut out = Vec::new();
+        let mut stopped = false;
+        for p in pieces {
+            let (t, st) = s.push(p);
+            out.push(t);
+            if st {
+                stopped = true;
+                break;
+            }
+        }
+        if !stopped {
+            out.push(s.finish());
+        }
+        (out, s.text.clone(), stopped)
+    }
+
+    #[test]
+    fn characters_split_across_tokens_come_out_whole() {
+        let e = "é".as_bytes();
+        let (out, text, _) = run(&[b"caf", &e[..1], &e[1..], b"!"], &[]);
+        assert_eq!(out, ["caf", "", "é", "!", ""]);
+        assert_eq!(text, "café!");
+    }
+
+    #[test]
+    fn stop_sequences_are_cut_and_never_shown() {
+        let (out, text, stopped) =
+            run(&[b"Hello", b" wor", b"ld\n\nUs", b"er: hi"], &["\n\nUser:"]);
+        assert!(stopped);
+        assert_eq!(text, "Hello world");
+        assert_eq!(out.concat(), "Hello world");
+        // The held-back "ld\n\nUs" tail was never given out early.
+        assert!(out.iter().all(|o| !o.contains('\n')));
+        // A near miss is released in the end.
+        let (out, text, stopped) = run(&[b"a\n\nU", b"ser"], &["\n\nUser:"]);
+        assert!(!stopped);
+        assert_eq!(text, "a\n\nUser");
+        assert_eq!(out.concat(), "a\n\nUser");
+    }
+
+    #[test]
+    fn a_stop_sequence_inside_one_token_is_found() {
+        let (out, text, stopped) = run(&[b"x", b"yEND", b"z"], &["END"]);
+        assert!(stopped);
+        assert_eq!(text, "xy");
+        assert_eq!(out.concat(), "xy");
+    }
+}
