@@ -9,13 +9,17 @@
 //!   tensor bytes ◀──Gguf::tensor_data───┘──quant::dequantize──▶ f32 values
 //! ```
 
+pub mod bert;
 pub mod chat;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod manifest;
 pub mod quant;
+pub mod safetensors;
 pub mod sample;
 pub mod tokenizer;
+pub mod wordpiece;
 
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]

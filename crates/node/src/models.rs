@@ -1,0 +1,503 @@
+//! The model registry: models kept as store objects, each described by a signed model
+//! manifest (`sov_models::manifest`), itself stored as an object of media type
+//! [`MANIFEST_MEDIA_TYPE`]. A model's id is the object id of its manifest; its name is the
+//! one the manifest gives. Nothing else is stored: the registry is the set of readable
+//! manifest objects whose signatures verify, so a model pulled from a peer, imported from a
+//! CAR or added here is listed the same way.
+//!
+//! ```text
+//!  FILE.gguf ──describe (parse, config, tokeniser)──▶ weights object ─┐
+//!  DIR/ config.json, model.safetensors, tokenizer.json ──▶ 3 objects ─┤
+//!                                                                     ▼
+//!                      ModelManifest {name, kind, arch, format, weights, tokenizer, …}
+//!                          ──Signed (sov/model/1)──▶ manifest object = the model's id
+//! ```
+//!
+//! The functions here work on a bare [`Store`] (the CLI uses them when no node runs); the
+//! [`Node`] methods wrap them and add pulling from peers.
+
+use std::{
+    io::{Cursor, Read},
+    path::Path,
+};
+
+use sov_core::{ContentId, Did, Signed};
+use sov_models::{
+    bert::Bert,
+    generate::LanguageModel,
+    manifest::{self, Description, ModelKind, ModelManifest, format},
+};
+use sov_store::{AddOptions, Store};
+
+use crate::{Error, Node, Result};
+
+/// Media type of a model manifest object.
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.sov.model+dag-cbor";
+/// Largest manifest accepted (real ones are under 1 KiB).
+const MAX_MANIFEST: u64 = 64 << 10;
+/// Largest config or tokeniser file read into memory.
+const MAX_SIDE_FILE: u64 = 64 << 20;
+
+/// A model in the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelEntry {
+    /// The manifest's object id: the model's id.
+    pub id: ContentId,
+    /// Who signed the manifest.
+    pub signer: Did,
+    /// The manifest.
+    pub manifest: ModelManifest,
+}
+
+/// What `import` was given.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    /// The name to serve it under (default: from the file or folder name).
+    pub name: Option<String>,
+    /// Its licence.
+    pub license: Option<String>,
+    /// The manifest of the model it derives from.
+    pub parent: Option<ContentId>,
+    /// Creation time (Unix seconds).
+    pub created: u64,
+}
+
+fn model_error(e: impl std::fmt::Display) -> Error {
+    Error::Model(e.to_string())
+}
+
+fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let f =
+        std::fs::File::open(path).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > limit {
+        return Err(Error::Model(format!(
+            "{} is {len} bytes; at most {limit} are read",
+            path.display()
+        )));
+    }
+    let mut out = Vec::with_capacity(len as usize);
+    f.take(limit)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+    Ok(out)
+}
+
+/// The default name for a model file or folder: its name without extension, cut to the
+/// characters names allow.
+fn default_name(path: &Path) -> String {
+    let stem = if path.is_dir() {
+        path.file_name()
+    } else {
+        path.file_stem()
+    };
+    let s: String = stem
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.:".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    s.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
+}
+
+/// Every model here whose manifest is readable and verifies, by name.
+pub fn list(store: &Store) -> Result<Vec<ModelEntry>> {
+    let mut out = Vec::new();
+    for info in store.list()? {
+        let Some(meta) = &info.meta else { continue };
+        if meta.media_type != MANIFEST_MEDIA_TYPE || meta.size > MAX_MANIFEST {
+            continue;
+        }
+        match read_manifest(store, &info.id) {
+            Ok(e) => out.push(e),
+            Err(e) => tracing::warn!(id = %info.id, "skipping a model manifest: {e}"),
+        }
+    }
+    out.sort_by(|a, b| a.manifest.name.cmp(&b.manifest.name).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+/// Read and verify the manifest object `id`.
+pub fn read_manifest(store: &Store, id: &ContentId) -> Result<ModelEntry> {
+    let info = store.info(id)?;
+    match &info.meta {
+        Some(m) if m.media_type == MANIFEST_MEDIA_TYPE && m.size <= MAX_MANIFEST => {}
+        Some(m) => {
+            return Err(Error::Model(format!(
+                "object {id} is {:?} of {} bytes, not a model manifest",
+                m.media_type, m.size
+            )));
+        }
+        None => {
+            return Err(sov_store::Error::NoGrant {
+                object: *id,
+                reader: store.identity().did(),
+            }
+            .into());
+        }
+    }
+    let mut bytes = Vec::new();
+    store.get(id, &mut bytes)?;
+    let signed = Signed::<ModelManifest>::decode(&bytes)
+        .map_err(|e| Error::Model(format!("manifest {id}: {e}")))?;
+    let signer = signed.signer();
+    let manifest = signed.into_body();
+    manifest::check_name(&manifest.name)
+        .map_err(|e| Error::Model(format!("manifest {id}: {e}")))?;
+    Ok(ModelEntry {
+        id: *id,
+        signer,
+        manifest,
+    })
+}
+
+/// The model called `name_or_id` (a name, or a manifest id).
+pub fn resolve(store: &Store, name_or_id: &str) -> Result<ModelEntry> {
+    if let Ok(id) = name_or_id.parse::<ContentId>() {
+        return read_manifest(store, &id);
+    }
+    let all = list(store)?;
+    let mut found: Vec<&ModelEntry> = all
+        .iter()
+        .filter(|e| e.manifest.name == name_or_id)
+        .collect();
+    match found.len() {
+        0 => Err(Error::Model(format!(
+            "no model named {name_or_id:?} here{}",
+            if all.is_empty() {
+                " (import one with `sov model import FILE.gguf`)".to_string()
+            } else {
+                format!(
+                    "; there are: {}",
+                    all.iter()
+                        .map(|e| e.manifest.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        ))),
+        1 => Ok(found.remove(0).clone()),
+        _ => Err(Error::Model(format!(
+            "{} models are named {name_or_id:?}; name one by id: {}",
+            found.len(),
+            found
+                .iter()
+                .map(|e| e.id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn add_bytes(
+    store: &Store,
+    bytes: Vec<u8>,
+    name: &str,
+    media: &str,
+    created: u64,
+) -> Result<ContentId> {
+    let added = store.add(
+        Cursor::new(bytes),
+        AddOptions {
+            name: name.into(),
+            media_type: media.into(),
+            created,
+        },
+        &mut |_| {},
+    )?;
+    Ok(added.id)
+}
+
+/// A model's files, read and described.
+struct Files {
+    desc: Description,
+    format: &'static str,
+    weights: Vec<u8>,
+    tokenizer: Option<Vec<u8>>,
+    config: Option<Vec<u8>>,
+}
+
+/// Import a GGUF file or a Hugging Face folder (`config.json`, `model.safetensors`,
+/// `tokenizer.json`) as a model: the files become objects, described by a new signed
+/// manifest. The model is checked to load before anything is stored.
+pub fn import(store: &Store, path: &Path, opts: ImportOptions) -> Result<ModelEntry> {
+    let name = opts.name.clone().unwrap_or_else(|| default_name(path));
+    manifest::check_name(&name).map_err(Error::Model)?;
+    if let Some(e) = list(store)?.into_iter().find(|e| e.manifest.name == name) {
+        return Err(Error::Model(format!(
+            "a model named {name:?} is already here ({}); remove it first or pick another --name",
+            e.id
+        )));
+    }
+    let created = opts.created;
+    let Files {
+        desc,
+        format: fmt,
+        weights: weights_bytes,
+        tokenizer,
+        config,
+    } = if path.is_dir() {
+        let file = |n: &str| path.join(n);
+        for n in ["config.json", "model.safetensors", "tokenizer.json"] {
+            if !file(n).is_file() {
+                return Err(Error::Model(format!(
+                    "{} has no {n} (a model folder holds config.json, model.safetensors and tokenizer.json)",
+                    path.display()
+                )));
+            }
+        }
+        let config = read_limited(&file("config.json"), MAX_SIDE_FILE)?;
+        let tokenizer = read_limited(&file("tokenizer.json"), MAX_SIDE_FILE)?;
+        let weights = read_limited(&file("model.safetensors"), u64::MAX)?;
+        let mut desc =
+            manifest::describe_bert(&config, &weights, &tokenizer).map_err(model_error)?;
+        // sentence-transformers serves at most max_seq_length tokens.
+        if let Ok(b) = std::fs::read(file("sentence_bert_config.json"))
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b)
+            && let Some(n) = v.get("max_seq_length").and_then(|n| n.as_u64())
+        {
+            desc.context_length = desc.context_length.min(n);
+        }
+        Files {
+            desc,
+            format: format::SAFETENSORS,
+            weights,
+            tokenizer: Some(tokenizer),
+            config: Some(config),
+        }
+    } else {
+        let bytes = read_limited(path, u64::MAX)?;
+        let g = sov_models::gguf::Gguf::parse(&bytes).map_err(model_error)?;
+        let desc = manifest::describe_gguf(&g).map_err(model_error)?;
+        // The tensors must load too, not just the table.
+        LanguageModel::from_gguf(&g, &bytes).map_err(model_error)?;
+        Files {
+            desc,
+            format: format::GGUF,
+            weights: bytes,
+            tokenizer: None,
+            config: None,
+        }
+    };
+    let weights_size = weights_bytes.len() as u64;
+    let weights_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|_| fmt == format::GGUF)
+        .unwrap_or_else(|| "model.safetensors".into());
+    let weights = add_bytes(
+        store,
+        weights_bytes,
+        &weights_name,
+        "application/octet-stream",
+        created,
+    )?;
+    let tokenizer = tokenizer
+        .map(|t| add_bytes(store, t, "tokenizer.json", "application/json", created))
+        .transpose()?;
+    let config = config
+        .map(|c| add_bytes(store, c, "config.json", "application/json", created))
+        .transpose()?;
+    let m = ModelManifest {
+        name: name.clone(),
+        kind: desc.kind,
+        architecture: desc.architecture,
+        format: fmt.into(),
+        weights,
+        weights_size,
+        tokenizer,
+        config,
+        parameters: desc.parameters,
+        context_length: desc.context_length,
+        dimensions: desc.dimensions,
+        quantization: desc.quantization,
+        parent: opts.parent,
+        license: opts.license,
+        training: None,
+        evaluation: Vec::new(),
+        created,
+    };
+    register(store, m)
+}
+
+/// Sign `manifest` with this node's key and store it: the model is then listed. Its
+/// objects must be stored here already.
+pub fn register(store: &Store, manifest: ModelManifest) -> Result<ModelEntry> {
+    manifest::check_name(&manifest.name).map_err(Error::Model)?;
+    for part in parts(&manifest) {
+        if !store.contains(&part)? {
+            return Err(Error::Model(format!(
+                "the manifest names object {part}, which is not stored here"
+            )));
+        }
+    }
+    let signed = Signed::sign(manifest, store.identity()).map_err(model_error)?;
+    let bytes = signed.encode().map_err(model_error)?;
+    let name = signed.body().name.clone();
+    let id = add_bytes(
+        store,
+        bytes,
+        &name,
+        MANIFEST_MEDIA_TYPE,
+        signed.body().created,
+    )?;
+    Ok(ModelEntry {
+        id,
+        signer: signed.signer(),
+        manifest: signed.into_body(),
+    })
+}
+
+/// The objects a manifest names.
+pub fn parts(m: &ModelManifest) -> Vec<ContentId> {
+    let mut v = vec![m.weights];
+    v.extend(m.tokenizer);
+    v.extend(m.config);
+    v
+}
+
+/// Remove a model: its manifest, and each of its objects no other model here uses.
+pub fn remove(store: &Store, name_or_id: &str) -> Result<ModelEntry> {
+    let entry = resolve(store, name_or_id)?;
+    store.remove(&entry.id)?;
+    let still_used: Vec<ContentId> = list(store)?
+        .iter()
+        .flat_map(|e| parts(&e.manifest))
+        .collect();
+    for part in parts(&entry.manifest) {
+        if !still_used.contains(&part) && store.contains(&part)? {
+            store.remove(&part)?;
+        }
+    }
+    Ok(entry)
+}
+
+fn read_object(store: &Store, id: &ContentId, expected: Option<u64>) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(expected.unwrap_or(0) as usize);
+    let info = store.get(id, &mut out)?;
+    if let Some(n) = expected
+        && info.meta.as_ref().map(|m| m.size) != Some(n)
+    {
+        return Err(Error::Model(format!(
+            "object {id} holds {} bytes; the manifest says {n}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// A model loaded for serving.
+pub enum Loaded {
+    /// A language model (chat, completions).
+    Language(Box<LanguageModel>),
+    /// An embedding model.
+    Embedding(Box<Bert>),
+}
+
+/// Load a model's weights from the store.
+pub fn load(store: &Store, entry: &ModelEntry) -> Result<Loaded> {
+    let m = &entry.manifest;
+    let weights = read_object(store, &m.weights, Some(m.weights_size))?;
+    match (m.kind, m.format.as_str()) {
+        (ModelKind::Language, format::GGUF) => Ok(Loaded::Language(Box::new(
+            LanguageModel::from_bytes(&weights).map_err(model_error)?,
+        ))),
+        (ModelKind::Embedding, format::SAFETENSORS) => {
+            let side = |id: Option<ContentId>, what: &str| -> Result<Vec<u8>> {
+                let id = id.ok_or_else(|| {
+                    Error::Model(format!("model {}: the manifest names no {what}", m.name))
+                })?;
+                read_object(store, &id, None)
+            };
+            let config = side(m.config, "config")?;
+            let tokenizer = side(m.tokenizer, "tokenizer")?;
+            let max = usize::try_from(m.context_length).ok().filter(|&n| n > 0);
+            Ok(Loaded::Embedding(Box::new(
+                Bert::load(&config, &weights, &tokenizer, max).map_err(model_error)?,
+            )))
+        }
+        (kind, fmt) => Err(Error::Model(format!(
+            "model {}: a {} model in {fmt} format cannot be served (language GGUF and embedding safetensors can)",
+            m.name,
+            kind.as_str()
+        ))),
+    }
+}
+
+impl Node {
+    /// Run a registry function on the blocking pool.
+    pub async fn registry<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store().clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|_| Error::Stopped)?
+    }
+
+    /// The models here.
+    pub async fn models(&self) -> Result<Vec<ModelEntry>> {
+        self.registry(list).await
+    }
+
+    /// Let `reader` read model `name_or_id`: its manifest and every object it names.
+    pub async fn share_model(&self, name_or_id: &str, reader: Did) -> Result<ModelEntry> {
+        let n = name_or_id.to_string();
+        let entry = self.registry(move |s| resolve(s, &n)).await?;
+        for id in std::iter::once(entry.id).chain(parts(&entry.manifest)) {
+            self.grant(id, reader).await?;
+        }
+        Ok(entry)
+    }
+
+    /// Fetch model `id` (a manifest id) from the peers that hold it: the manifest first,
+    /// whose signature must verify, then each object it names. Blocks are checked against
+    /// their CIDs as they arrive, so what is stored is what the signer described.
+    pub async fn pull_model(&self, id: ContentId) -> Result<ModelEntry> {
+        self.fetch(id, None).await?;
+        let entry = match self.registry(move |s| read_manifest(s, &id)).await {
+            Ok(e) => e,
+            Err(e) => {
+                // Not a model: do not keep it.
+                let _ = self.remove(id).await;
+                return Err(e);
+            }
+        };
+        let name = entry.manifest.name.clone();
+        let clash = self
+            .models()
+            .await?
+            .into_iter()
+            .find(|e| e.manifest.name == name && e.id != id);
+        if let Some(other) = clash {
+            let _ = self.remove(id).await;
+            return Err(Error::Model(format!(
+                "a different model named {name:?} is already here ({}); remove it first",
+                other.id
+            )));
+        }
+        for part in parts(&entry.manifest) {
+            self.fetch(part, None).await?;
+        }
+        let expected = entry.manifest.weights_size;
+        let weights = entry.manifest.weights;
+        let size = self
+            .blocking(move |s| Ok(s.info(&weights)?.meta.map(|m| m.size)))
+            .await?;
+        if size != Some(expected) {
+            return Err(Error::Model(format!(
+                "the weights of {name} hold {size:?} bytes; the manifest says {expected}"
+            )));
+        }
+        Ok(entry)
+    }
+}
