@@ -60,6 +60,7 @@ impl From<sov_node::Error> for ApiError {
         match e {
             E::Store(s) => s.into(),
             E::Unavailable { .. } => Self::new(StatusCode::NOT_FOUND, "unavailable", e.to_string()),
+            E::Model(_) => Self::new(StatusCode::BAD_REQUEST, "model", e.to_string()),
             E::Fetch { .. } | E::Net(_) => {
                 Self::new(StatusCode::BAD_GATEWAY, "network", e.to_string())
             }

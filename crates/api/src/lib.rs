@@ -16,10 +16,20 @@
 //! | `POST /api/v1/objects/{id}/grants` | `{"did": …}`: let that DID read it |
 //! | `GET /api/v1/objects/{id}/car` | the object as CAR v1 |
 //! | `POST /api/v1/cars` | body: a CAR v1 file; imports the object |
+//! | `GET /api/v1/models` | the model registry |
+//! | `POST /api/v1/models` | `{"path", "name"?, "license"?}`: import a GGUF file or HF folder |
+//! | `DELETE /api/v1/models/{name}` | remove a model (and its objects no other model uses) |
+//! | `POST /api/v1/models/pull` | `{"id"}`: fetch a model from peers, manifest verified |
+//! | `POST /api/v1/models/{name}/share` | `{"did"}`: let that DID pull the model |
+//! | `/v1/…` | the OpenAI-compatible gateway ([`gateway`](crate::gateway) lists it) |
 //!
-//! Errors are JSON `{"error": {"message", "code"}}` with a fitting status.
+//! Errors are JSON `{"error": {"message", "code"}}` with a fitting status (on `/v1`, OpenAI's
+//! shape `{"error": {"message", "type", "param", "code"}}`).
 
+mod engine;
 mod error;
+pub mod gateway;
+mod models;
 mod objects;
 
 use std::{future::Future, sync::Arc};
@@ -33,6 +43,7 @@ use axum::{
     routing::{get, post},
 };
 pub use error::ApiError;
+pub use models::{ImportRequest, ModelInfo, PullRequest, ShareRequest};
 pub use objects::{AddedObject, Object};
 use serde::Serialize;
 use sov_node::Node;
@@ -41,18 +52,41 @@ use sov_node::Node;
 /// own limit is the one a user meets).
 pub const MAX_UPLOAD: usize = 64 << 30;
 
+/// Largest `/v1` request body (a long chat or a batch of texts to embed).
+pub const MAX_V1_BODY: usize = 16 << 20;
+
 /// What every handler sees.
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) node: Node,
     token: Arc<str>,
+    pub(crate) engines: engine::Engines,
+}
+
+/// How the API serves models.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Compute threads per loaded model.
+    pub threads: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { threads: 1 }
+    }
 }
 
 /// The API's router for `node`, guarded by `token`.
 pub fn router(node: Node, token: &str) -> Router {
+    router_with(node, token, Options::default())
+}
+
+/// The API's router for `node`, guarded by `token`, serving models as `options` say.
+pub fn router_with(node: Node, token: &str, options: Options) -> Router {
     let state = AppState {
         node,
         token: token.into(),
+        engines: engine::Engines::new(options.threads),
     };
     let api = Router::new()
         .route("/api/v1/identity", get(identity))
@@ -66,11 +100,30 @@ pub fn router(node: Node, token: &str) -> Router {
         .route("/api/v1/objects/{id}/grants", post(objects::grant))
         .route("/api/v1/objects/{id}/car", get(objects::export))
         .route("/api/v1/cars", post(objects::import))
+        .route("/api/v1/models", get(models::list).post(models::import))
+        .route("/api/v1/models/pull", post(models::pull))
+        .route(
+            "/api/v1/models/{name}",
+            axum::routing::delete(models::remove),
+        )
+        .route("/api/v1/models/{name}/share", post(models::share))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD));
+    let v1 = Router::new()
+        .route("/v1/models", get(gateway::list_models))
+        .route("/v1/models/{id}", get(gateway::get_model))
+        .route("/v1/chat/completions", post(gateway::chat_completions))
+        .route("/v1/completions", post(gateway::completions))
+        .route("/v1/embeddings", post(gateway::embeddings))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            gateway::require_token,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_V1_BODY));
     Router::new()
         .route("/health", get(health))
         .merge(api)
+        .merge(v1)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(state)
 }
@@ -82,7 +135,18 @@ pub async fn serve(
     token: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node, token))
+    serve_with(listener, node, token, Options::default(), shutdown).await
+}
+
+/// Serve the API on `listener` until `shutdown` completes, serving models as `options` say.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    node: Node,
+    token: &str,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router_with(node, token, options))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -24,7 +24,7 @@ const PIPE: usize = 8;
 /// Bytes per piece sent to the client.
 const PIECE: usize = 1 << 20;
 
-fn parse_id(id: &str) -> Result<ContentId, ApiError> {
+pub(crate) fn parse_id(id: &str) -> Result<ContentId, ApiError> {
     id.parse()
         .map_err(|e| ApiError::bad_request(format!("{id:?} is not an object id: {e}")))
 }

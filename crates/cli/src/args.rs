@@ -58,6 +58,15 @@ pub enum Command {
     /// Federated learning: train models together without pooling data.
     #[command(subcommand)]
     Fl(FlCommand),
+    /// Models: import, list, remove, share and pull them.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Answer one prompt with a language model (streams the answer; through the running
+    /// node's gateway if one runs, else loaded here).
+    Run(RunArgs),
+    /// Talk with a language model in the terminal (streaming; /reset clears, /exit or
+    /// Ctrl-D quits).
+    Chat(ChatArgs),
     /// List the peers the running node is connected to.
     Peers {
         /// Print a JSON array of {peer_id, did, addrs}.
@@ -102,6 +111,117 @@ pub struct NodeRunArgs {
     /// Default replicas for objects added through this node.
     #[arg(long, value_name = "K", env = "SOV_REPLICAS")]
     pub replicas: Option<u32>,
+    /// Compute threads per served model (default: 1).
+    #[arg(long, value_name = "N", env = "SOV_THREADS")]
+    pub threads: Option<usize>,
+}
+
+/// `sov model …`
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Store a GGUF file or a Hugging Face folder (config.json, model.safetensors,
+    /// tokenizer.json) as a model with a signed manifest; prints the model id (last line).
+    Import {
+        /// FILE.gguf or DIR.
+        path: PathBuf,
+        /// The name to serve it under (default: the file or folder name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Its licence (an SPDX expression, e.g. Apache-2.0).
+        #[arg(long)]
+        license: Option<String>,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the models here.
+    Ls {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a model (and its objects no other model uses).
+    Rm {
+        /// Name or id.
+        model: String,
+    },
+    /// Let another node pull a model (grants its manifest and objects to that DID).
+    Share {
+        /// Name or id.
+        model: String,
+        /// The reader's did:key.
+        did: String,
+    },
+    /// Fetch a model from peers by id, verifying its signed manifest (needs a running node).
+    Pull {
+        /// The model id (its manifest's object id).
+        id: String,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Sampling flags shared by `sov run` and `sov chat`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SamplingArgs {
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub max_tokens: usize,
+    /// Sampling temperature (0: always the most likely token).
+    #[arg(long, default_value_t = 0.8, value_name = "T")]
+    pub temperature: f32,
+    /// Keep the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 40, value_name = "K")]
+    pub top_k: usize,
+    /// Keep the most likely tokens up to probability P.
+    #[arg(long, default_value_t = 0.95, value_name = "P")]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the best one.
+    #[arg(long, default_value_t = 0.05, value_name = "P")]
+    pub min_p: f32,
+    /// Penalise repeating recent tokens (1: off).
+    #[arg(long, default_value_t = 1.0, value_name = "X")]
+    pub repeat_penalty: f32,
+    /// Seed of the sampler (default: random).
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// A system message put first.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+}
+
+/// `sov run` flags.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Model name or id.
+    pub model: String,
+    /// The prompt (a user message, through the model's chat template).
+    pub prompt: String,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Complete the prompt as plain text instead of answering it as a chat message.
+    #[arg(long)]
+    pub raw: bool,
+    /// Compute threads for this run (default: 1; loaded here only).
+    #[arg(long, value_name = "N", env = "SOV_THREADS")]
+    pub threads: Option<usize>,
+    /// Print one JSON line at the end: {text, prompt_tokens, completion_tokens,
+    /// prompt_tokens_per_s, decode_tokens_per_s}, instead of streaming the text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sov chat` flags.
+#[derive(Debug, clap::Args)]
+pub struct ChatArgs {
+    /// Model name or id.
+    pub model: String,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Compute threads (default: 1; loaded here only).
+    #[arg(long, value_name = "N", env = "SOV_THREADS")]
+    pub threads: Option<usize>,
 }
 
 /// `sov data …`

@@ -6,6 +6,7 @@ mod data;
 mod demo;
 mod fl;
 mod home;
+mod model;
 mod node;
 mod remote;
 
@@ -79,6 +80,9 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Demo { dir, size_mib } => demo::run(dir, size_mib),
         args::Command::Fl(cmd) => fl::run(cmd),
         args::Command::Node(args::NodeCommand::Run(args)) => node::run(&home()?, args),
+        args::Command::Model(cmd) => model::run(&home()?, cmd),
+        args::Command::Run(args) => model::run_prompt(&home()?, args),
+        args::Command::Chat(args) => model::chat(&home()?, args),
         args::Command::Peers { json } => {
             let home = home()?;
             let running = node::require(&home.dir)?;

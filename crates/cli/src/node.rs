@@ -113,6 +113,7 @@ pub fn run(home: &Home, args: NodeRunArgs) -> anyhow::Result<()> {
         file.storage.replicas = k;
     }
     let config = file.validate()?;
+    let threads = args.threads;
     let token = ensure_token(&home.dir)?;
     init_logging();
 
@@ -152,7 +153,10 @@ pub fn run(home: &Home, args: NodeRunArgs) -> anyhow::Result<()> {
             "API on http://{api} (token in {})",
             dir.join(TOKEN_FILE).display()
         );
-        sov_api::serve(listener, node.clone(), &token, shutdown_signal())
+        let options = sov_api::Options {
+            threads: threads.unwrap_or(1).max(1),
+        };
+        sov_api::serve_with(listener, node.clone(), &token, options, shutdown_signal())
             .await
             .context("serving the API")?;
         note!("stopping");

@@ -75,8 +75,62 @@ impl Api {
         self.check(resp)
     }
 
-    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    pub(crate) fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         Ok(self.get(path)?.body_mut().read_json()?)
+    }
+
+    /// POST a JSON body; the answer as JSON.
+    pub(crate) fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<T> {
+        let body = serde_json::to_value(body)?;
+        Ok(self
+            .send("POST", path, &[], None, Some(body))?
+            .body_mut()
+            .read_json()?)
+    }
+
+    /// DELETE; the answer as JSON.
+    pub(crate) fn delete_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<T> {
+        Ok(self
+            .send("DELETE", path, &[], None, None)?
+            .body_mut()
+            .read_json()?)
+    }
+
+    /// POST a JSON body and read the server-sent events of the answer: each `data:` line's
+    /// JSON goes to `on_event`, until `[DONE]`. An event holding an error ends with it.
+    pub(crate) fn stream_sse(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        on_event: &mut dyn FnMut(serde_json::Value) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        use std::io::BufRead as _;
+        let mut resp = self.send("POST", path, &[], None, Some(body.clone()))?;
+        let reader = io::BufReader::new(resp.body_mut().as_reader());
+        for line in reader.lines() {
+            let line = line.context("reading the node's answer")?;
+            let Some(data) = line.strip_prefix("data:") else {
+                continue;
+            };
+            let data = data.trim();
+            if data == "[DONE]" {
+                return Ok(());
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(data).context("the node sent an event that is not JSON")?;
+            if let Some(m) = v["error"]["message"].as_str() {
+                bail!("{m}");
+            }
+            on_event(v)?;
+        }
+        bail!("the node ended the answer early")
     }
 
     fn send(

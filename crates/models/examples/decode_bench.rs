@@ -1,7 +1,7 @@
 //! Decode speed of the reference forward pass: load a GGUF, feed a prompt of token ids,
 //! decode greedily, print one JSON line (prompt and decode tokens per second, wall and CPU).
 //!
-//!     cargo run --release -p sov-models --example decode_bench -- MODEL.gguf [TOKENS]
+//!     cargo run --release -p sov-models --example decode_bench -- MODEL.gguf [TOKENS] [THREADS]
 
 use std::time::Instant;
 
@@ -25,11 +25,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = args
         .next()
-        .ok_or("usage: decode_bench MODEL.gguf [TOKENS]")?;
+        .ok_or("usage: decode_bench MODEL.gguf [TOKENS] [THREADS]")?;
     let n: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(128);
+    let threads: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1);
     let t0 = Instant::now();
     let (g, bytes) = Gguf::read(path.as_ref())?;
-    let m = Llama::from_gguf(&g, &bytes)?;
+    let mut m = Llama::from_gguf(&g, &bytes)?;
+    m.set_threads(threads);
     drop(bytes);
     let load_s = t0.elapsed().as_secs_f64();
     // "The capital of France is"
@@ -48,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let (decode_s, decode_cpu) = (t2.elapsed().as_secs_f64(), cpu_seconds() - c2);
     println!(
-        "{{\"load_s\":{load_s:.3},\"prompt_tokens\":{},\"prompt_tokens_per_s\":{:.2},\"completion_tokens\":{n},\"decode_tokens_per_s\":{:.2},\"decode_tokens_per_cpu_s\":{:.2},\"prompt_cpu_s\":{prompt_cpu:.2}}}",
+        "{{\"threads\":{threads},\"load_s\":{load_s:.3},\"prompt_tokens\":{},\"prompt_tokens_per_s\":{:.2},\"completion_tokens\":{n},\"decode_tokens_per_s\":{:.2},\"decode_tokens_per_cpu_s\":{:.2},\"prompt_cpu_s\":{prompt_cpu:.2}}}",
         prompt.len(),
         prompt.len() as f64 / prompt_s,
         n as f64 / decode_s,

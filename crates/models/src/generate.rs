@@ -119,6 +119,11 @@ impl LanguageModel {
         Self::from_gguf(&g, bytes)
     }
 
+    /// Compute threads for the matrix products (1: this thread only).
+    pub fn set_threads(&mut self, n: usize) {
+        self.llama.set_threads(n);
+    }
+
     /// The model's context length.
     pub fn context_length(&self) -> usize {
         self.llama.config.n_ctx

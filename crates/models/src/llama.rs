@@ -12,6 +12,11 @@
 //! This is the reference path, written for clarity and checked token for token against
 //! llama.cpp; the fast kernels build on it.
 
+use std::{
+    ops::Range,
+    sync::{Arc, Mutex, mpsc},
+};
+
 use half::f16;
 
 use crate::{
@@ -171,46 +176,58 @@ impl QMatrix {
     /// `y = W·x` (`x` has `cols` values, `y` gets `rows`). Quantised weights multiply
     /// activations rounded to 8 bits per block of 32, with integer dot products, as
     /// llama.cpp does (Q8_1 activations for Q4_1 weights, Q8_0 for Q8_0).
+    pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
+        let a = Activations::new(self.ty, x);
+        self.rows_into(&a, 0..self.rows, y);
+    }
+
+    /// Bytes of the weights.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Rows `rows` of `W·x` into `y` (`y.len() == rows.len()`).
     ///
     /// On x86-64 CPUs with AVX2, FMA and F16C (detected at run time) the same code runs
     /// compiled for them: the compiler vectorises the fixed-size block loops (3.6× faster on
     /// this machine's EPYC than the SSE2 baseline).
-    pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
+    fn rows_into(&self, a: &Activations, rows: Range<usize>, y: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c")
         {
-            // SAFETY: `matvec_avx2` only differs from `matvec_portable` in being compiled
-            // for AVX2, FMA and F16C, and the CPU has all three (checked just above).
+            // SAFETY: `rows_avx2` only differs from `rows_portable` in being compiled for
+            // AVX2, FMA and F16C, and the CPU has all three (checked just above).
             #[allow(unsafe_code)]
             unsafe {
-                self.matvec_avx2(x, y)
+                self.rows_avx2(a, rows, y)
             };
             return;
         }
-        self.matvec_portable(x, y);
+        self.rows_portable(a, rows, y);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn matvec_avx2(&self, x: &[f32], y: &mut [f32]) {
-        self.matvec_portable(x, y);
+    fn rows_avx2(&self, a: &Activations, rows: Range<usize>, y: &mut [f32]) {
+        self.rows_portable(a, rows, y);
     }
 
     #[inline(always)]
-    fn matvec_portable(&self, x: &[f32], y: &mut [f32]) {
-        debug_assert_eq!(x.len(), self.cols);
-        debug_assert_eq!(y.len(), self.rows);
+    fn rows_portable(&self, a: &Activations, rows: Range<usize>, y: &mut [f32]) {
+        debug_assert_eq!(a.x.len(), self.cols);
+        debug_assert_eq!(y.len(), rows.len());
+        let data = &self.data[rows.start * self.row_bytes..rows.end * self.row_bytes];
+        let xq = &a.q;
         match self.ty {
             GgmlType::Q4_1 => {
                 // Σ (q·d + m)·x ≈ d·dx·Σ q·qx + m·sx, per block of 32.
-                let xq = quantize_q8(x);
                 let t = f16_table();
-                for (yo, row) in y.iter_mut().zip(self.data.chunks_exact(self.row_bytes)) {
+                for (yo, row) in y.iter_mut().zip(data.chunks_exact(self.row_bytes)) {
                     let mut acc = 0f32;
                     let mut mins = 0f32;
-                    for (b, xb) in row.chunks_exact(20).zip(&xq) {
+                    for (b, xb) in row.chunks_exact(20).zip(xq) {
                         let d = h(t, b[0], b[1]);
                         let m = h(t, b[2], b[3]);
                         // Unpacked into a fixed-size array, the dot product vectorises.
@@ -227,11 +244,10 @@ impl QMatrix {
                 }
             }
             GgmlType::Q8_0 => {
-                let xq = quantize_q8(x);
                 let t = f16_table();
-                for (yo, row) in y.iter_mut().zip(self.data.chunks_exact(self.row_bytes)) {
+                for (yo, row) in y.iter_mut().zip(data.chunks_exact(self.row_bytes)) {
                     let mut acc = 0f32;
-                    for (b, xb) in row.chunks_exact(34).zip(&xq) {
+                    for (b, xb) in row.chunks_exact(34).zip(xq) {
                         let d = h(t, b[0], b[1]);
                         let mut w = [0i8; 32];
                         for (o, &q) in w.iter_mut().zip(&b[2..34]) {
@@ -244,12 +260,98 @@ impl QMatrix {
                 }
             }
             _ => {
-                for (r, yo) in y.iter_mut().enumerate() {
+                for (r, yo) in rows.zip(y.iter_mut()) {
                     *yo = match self.row(r) {
-                        Ok(w) => w.iter().zip(x).map(|(a, b)| a * b).sum(),
+                        Ok(w) => w.iter().zip(&a.x).map(|(a, b)| a * b).sum(),
                         Err(_) => f32::NAN,
                     };
                 }
+            }
+        }
+    }
+}
+
+/// The input of a matrix product: the values, and for quantised weights, the values
+/// rounded to 8 bits per block.
+struct Activations {
+    x: Vec<f32>,
+    q: Vec<Q8Block>,
+}
+
+impl Activations {
+    fn new(ty: GgmlType, x: &[f32]) -> Self {
+        let q = match ty {
+            GgmlType::Q4_1 | GgmlType::Q8_0 => quantize_q8(x),
+            _ => Vec::new(),
+        };
+        Activations { x: x.to_vec(), q }
+    }
+}
+
+/// Matrices at least this large are split across threads; below it, waking a helper costs
+/// more than it saves.
+const SPLIT_BYTES: usize = 256 << 10;
+
+type Job = Box<dyn FnOnce() -> Vec<f32> + Send>;
+
+/// Helper threads for the matrix products: each waits, blocked (no spinning: these
+/// machines' cores are shared), for a block of rows to compute, and sends the values back.
+struct Pool {
+    helpers: Vec<(mpsc::SyncSender<Job>, mpsc::Receiver<Vec<f32>>)>,
+}
+
+impl Pool {
+    fn new(helpers: usize) -> Self {
+        let helpers = (0..helpers)
+            .filter_map(|i| {
+                let (job_tx, job_rx) = mpsc::sync_channel::<Job>(1);
+                let (out_tx, out_rx) = mpsc::sync_channel(1);
+                std::thread::Builder::new()
+                    .name(format!("sov-matvec-{}", i + 1))
+                    .spawn(move || {
+                        while let Ok(job) = job_rx.recv() {
+                            if out_tx.send(job()).is_err() {
+                                break;
+                            }
+                        }
+                    })
+                    .ok()
+                    .map(|_| (job_tx, out_rx))
+            })
+            .collect();
+        Pool { helpers }
+    }
+
+    /// `y = W·x`, rows split between this thread and the helpers.
+    fn matvec(&self, m: &Arc<QMatrix>, x: &[f32], y: &mut [f32]) {
+        let n = self.helpers.len() + 1;
+        if n == 1 || m.bytes() < SPLIT_BYTES {
+            return m.matvec(x, y);
+        }
+        let a = Arc::new(Activations::new(m.ty, x));
+        let per = m.rows.div_ceil(n);
+        let mut sent = Vec::new();
+        for (i, (tx, _)) in self.helpers.iter().enumerate() {
+            let rows = ((i + 1) * per).min(m.rows)..((i + 2) * per).min(m.rows);
+            let (mj, aj) = (m.clone(), a.clone());
+            let r = rows.clone();
+            let job: Job = Box::new(move || {
+                let mut out = vec![0f32; r.len()];
+                mj.rows_into(&aj, r, &mut out);
+                out
+            });
+            if tx.send(job).is_ok() {
+                sent.push((i, rows));
+            } else {
+                // A helper that is gone: do its share here.
+                m.rows_into(&a, rows.clone(), &mut y[rows]);
+            }
+        }
+        m.rows_into(&a, 0..per.min(m.rows), &mut y[..per.min(m.rows)]);
+        for (i, rows) in sent {
+            match self.helpers[i].1.recv() {
+                Ok(out) => y[rows].copy_from_slice(&out),
+                Err(_) => m.rows_into(&a, rows.clone(), &mut y[rows]),
             }
         }
     }
@@ -320,24 +422,26 @@ fn half(v: &mut [f32]) {
 
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: QMatrix,
-    wk: QMatrix,
-    wv: QMatrix,
-    wo: QMatrix,
+    wq: Arc<QMatrix>,
+    wk: Arc<QMatrix>,
+    wv: Arc<QMatrix>,
+    wo: Arc<QMatrix>,
     ffn_norm: Vec<f32>,
-    w_gate: QMatrix,
-    w_up: QMatrix,
-    w_down: QMatrix,
+    w_gate: Arc<QMatrix>,
+    w_up: Arc<QMatrix>,
+    w_down: Arc<QMatrix>,
 }
 
 /// A loaded Llama model.
 pub struct Llama {
     /// Its shape.
     pub config: Config,
-    embd: QMatrix,
+    embd: Arc<QMatrix>,
     layers: Vec<Layer>,
     out_norm: Vec<f32>,
-    output: Option<QMatrix>,
+    output: Option<Arc<QMatrix>>,
+    pool: Mutex<Pool>,
+    threads: usize,
 }
 
 /// The state of one sequence: its KV cache and position.
@@ -401,6 +505,7 @@ impl Llama {
         for i in 0..c.n_layer {
             let m = |n: &str, cols, rows| {
                 QMatrix::from_gguf(g, bytes, &format!("blk.{i}.{n}.weight"), cols, rows)
+                    .map(Arc::new)
             };
             layers.push(Layer {
                 attn_norm: vector(g, bytes, &format!("blk.{i}.attn_norm.weight"), e)?,
@@ -415,16 +520,62 @@ impl Llama {
             });
         }
         let output = match g.tensor("output.weight") {
-            Some(_) => Some(QMatrix::from_gguf(g, bytes, "output.weight", e, c.n_vocab)?),
+            Some(_) => Some(Arc::new(QMatrix::from_gguf(
+                g,
+                bytes,
+                "output.weight",
+                e,
+                c.n_vocab,
+            )?)),
             None => None,
         };
         Ok(Llama {
-            embd: QMatrix::from_gguf(g, bytes, "token_embd.weight", e, c.n_vocab)?,
+            embd: Arc::new(QMatrix::from_gguf(
+                g,
+                bytes,
+                "token_embd.weight",
+                e,
+                c.n_vocab,
+            )?),
             out_norm: vector(g, bytes, "output_norm.weight", e)?,
             layers,
             output,
             config: c,
+            pool: Mutex::new(Pool::new(0)),
+            threads: 1,
         })
+    }
+
+    /// Use `n` threads for the large matrix products (this one and `n − 1` helpers, which
+    /// wait blocked between products). Results do not depend on `n`.
+    pub fn set_threads(&mut self, n: usize) {
+        let n = n.clamp(1, 256);
+        if n != self.threads {
+            self.pool = Mutex::new(Pool::new(n - 1));
+            self.threads = n;
+        }
+    }
+
+    /// Threads used for the matrix products.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Bytes of weights one token reads: every matrix once (the embedding only one row,
+    /// unless it is also the output matrix).
+    pub fn bytes_per_token(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|m| m.bytes())
+                    .sum::<usize>()
+            })
+            .sum();
+        let out = self.output.as_ref().unwrap_or(&self.embd).bytes();
+        layers + out
     }
 
     /// A fresh sequence of at most `ctx` tokens (capped at the model's context length).
@@ -459,11 +610,12 @@ impl Llama {
         let mut down = vec![0f32; c.n_embd];
         let n_pos = s.pos + 1;
         let mut scores = vec![0f32; n_pos];
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         for (l, layer) in self.layers.iter().enumerate() {
             let n = rms_norm(&x, &layer.attn_norm, c.rms_eps);
-            layer.wq.matvec(&n, &mut q);
-            layer.wk.matvec(&n, &mut k);
-            layer.wv.matvec(&n, &mut v);
+            pool.matvec(&layer.wq, &n, &mut q);
+            pool.matvec(&layer.wk, &n, &mut k);
+            pool.matvec(&layer.wv, &n, &mut v);
             rope(&mut q, hd, s.pos, c.rope_base);
             rope(&mut k, hd, s.pos, c.rope_base);
             half(&mut q);
@@ -496,17 +648,17 @@ impl Llama {
                     }
                 }
             }
-            layer.wo.matvec(&att_out, &mut o);
+            pool.matvec(&layer.wo, &att_out, &mut o);
             for (a, b) in x.iter_mut().zip(&o) {
                 *a += b;
             }
             let m = rms_norm(&x, &layer.ffn_norm, c.rms_eps);
-            layer.w_gate.matvec(&m, &mut gate);
-            layer.w_up.matvec(&m, &mut up);
+            pool.matvec(&layer.w_gate, &m, &mut gate);
+            pool.matvec(&layer.w_up, &m, &mut up);
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
-            layer.w_down.matvec(&gate, &mut down);
+            pool.matvec(&layer.w_down, &gate, &mut down);
             for (a, b) in x.iter_mut().zip(&down) {
                 *a += b;
             }
@@ -514,10 +666,7 @@ impl Llama {
         s.pos += 1;
         let n = rms_norm(&x, &self.out_norm, c.rms_eps);
         let mut logits = vec![0f32; c.n_vocab];
-        self.output
-            .as_ref()
-            .unwrap_or(&self.embd)
-            .matvec(&n, &mut logits);
+        pool.matvec(self.output.as_ref().unwrap_or(&self.embd), &n, &mut logits);
         Ok(logits)
     }
 

