@@ -1,7 +1,7 @@
 //! Decode speed of the reference forward pass: load a GGUF, feed a prompt of token ids,
 //! decode greedily, print one JSON line (prompt and decode tokens per second, wall and CPU).
 //!
-//!     cargo run --release -p sov-models --example decode_bench -- MODEL.gguf [TOKENS] [THREADS]
+//!     cargo run --release -p sov-models --example decode_bench -- MODEL.gguf [TOKENS] [THREADS] [PROMPT_TOKENS]
 
 use std::time::Instant;
 
@@ -21,27 +21,42 @@ fn cpu_seconds() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Peak resident memory of this process in MiB (`VmHWM`).
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = args
         .next()
-        .ok_or("usage: decode_bench MODEL.gguf [TOKENS] [THREADS]")?;
+        .ok_or("usage: decode_bench MODEL.gguf [TOKENS] [THREADS] [PROMPT_TOKENS]")?;
     let n: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(128);
     let threads: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1);
+    let prompt_len: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
     let t0 = Instant::now();
     let (g, bytes) = Gguf::read(path.as_ref())?;
     let mut m = Llama::from_gguf(&g, &bytes)?;
     m.set_threads(threads);
     drop(bytes);
     let load_s = t0.elapsed().as_secs_f64();
-    // "The capital of France is"
-    let prompt = [504u32, 3575, 282, 4649, 314];
+    // "The capital of France is", repeated to PROMPT_TOKENS (scripts/bench-llamacpp feeds
+    // llama.cpp the same ids).
+    let prompt: Vec<u32> = [504u32, 3575, 282, 4649, 314]
+        .iter()
+        .copied()
+        .cycle()
+        .take(prompt_len)
+        .collect();
     let mut s = m.session(prompt.len() + n + 1);
     let (t1, c1) = (Instant::now(), cpu_seconds());
-    let mut logits = Vec::new();
-    for &t in &prompt {
-        logits = m.forward(&mut s, t)?;
-    }
+    let mut logits = m.forward_batch(&mut s, &prompt)?;
     let (prompt_s, prompt_cpu) = (t1.elapsed().as_secs_f64(), cpu_seconds() - c1);
     let (t2, c2) = (Instant::now(), cpu_seconds());
     for _ in 0..n {
@@ -50,11 +65,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let (decode_s, decode_cpu) = (t2.elapsed().as_secs_f64(), cpu_seconds() - c2);
     println!(
-        "{{\"threads\":{threads},\"load_s\":{load_s:.3},\"prompt_tokens\":{},\"prompt_tokens_per_s\":{:.2},\"completion_tokens\":{n},\"decode_tokens_per_s\":{:.2},\"decode_tokens_per_cpu_s\":{:.2},\"prompt_cpu_s\":{prompt_cpu:.2}}}",
+        "{{\"threads\":{threads},\"load_s\":{load_s:.3},\"prompt_tokens\":{},\"prompt_tokens_per_s\":{:.2},\"completion_tokens\":{n},\"decode_tokens_per_s\":{:.2},\"decode_tokens_per_cpu_s\":{:.2},\"prompt_cpu_s\":{prompt_cpu:.2},\"peak_rss_mib\":{:.1},\"bytes_per_token\":{}}}",
         prompt.len(),
         prompt.len() as f64 / prompt_s,
         n as f64 / decode_s,
         n as f64 / decode_cpu,
+        peak_rss_mib(),
+        m.bytes_per_token(),
     );
     Ok(())
 }

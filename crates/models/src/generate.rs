@@ -17,6 +17,9 @@ use crate::{
     tokenizer::Tokenizer,
 };
 
+/// Prompt tokens fed through the network together (bounds the memory of a long prompt).
+const PROMPT_BATCH: usize = 256;
+
 /// A language model ready to generate.
 pub struct LanguageModel {
     /// The network.
@@ -184,8 +187,8 @@ impl LanguageModel {
 
         let start = Instant::now();
         let mut logits = Vec::new();
-        for &t in &req.prompt {
-            logits = self.llama.forward(&mut session, t)?;
+        for batch in req.prompt.chunks(PROMPT_BATCH) {
+            logits = self.llama.forward_batch(&mut session, batch)?;
         }
         let prompt_seconds = start.elapsed().as_secs_f64();
         let start = Instant::now();

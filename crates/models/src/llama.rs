@@ -187,11 +187,19 @@ impl QMatrix {
     }
 
     /// Rows `rows` of `W·x` into `y` (`y.len() == rows.len()`).
+    fn rows_into(&self, a: &Activations, rows: Range<usize>, y: &mut [f32]) {
+        self.rows_batch(std::slice::from_ref(a), rows, y);
+    }
+
+    /// Rows `rows` of `W·xₜ` for each input `xₜ`, into `y` token by token
+    /// (`y[t·len + i]` is row `rows.start + i` for input `t`). Each weight row is read once
+    /// for all inputs, and every value is the same as a single product would give.
     ///
     /// On x86-64 CPUs with AVX2, FMA and F16C (detected at run time) the same code runs
     /// compiled for them: the compiler vectorises the fixed-size block loops (3.6× faster on
     /// this machine's EPYC than the SSE2 baseline).
-    fn rows_into(&self, a: &Activations, rows: Range<usize>, y: &mut [f32]) {
+    fn rows_batch(&self, xs: &[Activations], rows: Range<usize>, y: &mut [f32]) {
+        debug_assert!(xs.iter().all(|a| a.x.len() == self.cols));
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
@@ -201,36 +209,123 @@ impl QMatrix {
             // AVX2, FMA and F16C, and the CPU has all three (checked just above).
             #[allow(unsafe_code)]
             unsafe {
-                self.rows_avx2(a, rows, y)
+                self.rows_avx2(xs, rows, y)
             };
             return;
         }
-        self.rows_portable(a, rows, y);
+        self.rows_portable(xs, rows, y);
     }
 
+    /// The AVX2 build: Q4_1 and Q8_0 rows through hand-written block kernels
+    /// ([`avx2`]), each row read once and used for every input while it sits in L1; the
+    /// other types through the portable code, compiled for AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn rows_avx2(&self, a: &Activations, rows: Range<usize>, y: &mut [f32]) {
-        self.rows_portable(a, rows, y);
+    fn rows_avx2(&self, xs: &[Activations], rows: Range<usize>, y: &mut [f32]) {
+        let kernel = match self.ty {
+            GgmlType::Q4_1 => avx2::dot_q4_1,
+            GgmlType::Q8_0 => avx2::dot_q8_0,
+            _ => return self.rows_portable(xs, rows, y),
+        };
+        let len = rows.len();
+        let t = f16_table();
+        let data = &self.data[rows.start * self.row_bytes..rows.end * self.row_bytes];
+        for (i, row) in data.chunks_exact(self.row_bytes).enumerate() {
+            for (x, a) in xs.iter().enumerate() {
+                y[x * len + i] = kernel(row, &a.q, t);
+            }
+        }
     }
 
     #[inline(always)]
-    fn rows_portable(&self, a: &Activations, rows: Range<usize>, y: &mut [f32]) {
-        debug_assert_eq!(a.x.len(), self.cols);
-        debug_assert_eq!(y.len(), rows.len());
+    fn rows_portable(&self, xs: &[Activations], rows: Range<usize>, y: &mut [f32]) {
+        let len = rows.len();
+        debug_assert_eq!(y.len(), len * xs.len());
         let data = &self.data[rows.start * self.row_bytes..rows.end * self.row_bytes];
+        let t = f16_table();
+        if let [a] = xs {
+            return self.rows_one(a, rows, y);
+        }
+        let nx = xs.len();
+        let mut acc = vec![0f32; nx];
+        let mut mins = vec![0f32; nx];
+        match self.ty {
+            GgmlType::Q4_1 => {
+                // Σ (q·d + m)·x ≈ d·dx·Σ q·qx + m·sx, per block of 32. Each block is
+                // unpacked once, in registers, and used for every input; each input's sums
+                // run over the blocks in the same order as a single product's.
+                for (i, row) in data.chunks_exact(self.row_bytes).enumerate() {
+                    acc.fill(0.0);
+                    mins.fill(0.0);
+                    for (bi, b) in row.chunks_exact(20).enumerate() {
+                        let d = h(t, b[0], b[1]);
+                        let m = h(t, b[2], b[3]);
+                        let mut w = [0i8; 32];
+                        for j in 0..16 {
+                            w[j] = (b[4 + j] & 0xF) as i8;
+                            w[j + 16] = (b[4 + j] >> 4) as i8;
+                        }
+                        for ((a, ac), mn) in xs.iter().zip(&mut acc).zip(&mut mins) {
+                            let xb = &a.q[bi];
+                            *ac += d * xb.d * dot_i8(&w, &xb.q) as f32;
+                            *mn += m * xb.s;
+                        }
+                    }
+                    for (x, (ac, mn)) in acc.iter().zip(&mins).enumerate() {
+                        y[x * len + i] = ac + mn;
+                    }
+                }
+            }
+            GgmlType::Q8_0 => {
+                for (i, row) in data.chunks_exact(self.row_bytes).enumerate() {
+                    acc.fill(0.0);
+                    for (bi, b) in row.chunks_exact(34).enumerate() {
+                        let d = h(t, b[0], b[1]);
+                        let mut w = [0i8; 32];
+                        for (o, &q) in w.iter_mut().zip(&b[2..34]) {
+                            *o = q as i8;
+                        }
+                        for (a, ac) in xs.iter().zip(&mut acc) {
+                            let xb = &a.q[bi];
+                            *ac += d * xb.d * dot_i8(&w, &xb.q) as f32;
+                        }
+                    }
+                    for (x, ac) in acc.iter().enumerate() {
+                        y[x * len + i] = *ac;
+                    }
+                }
+            }
+            _ => {
+                for (i, r) in rows.enumerate() {
+                    let w = self.row(r);
+                    for (x, a) in xs.iter().enumerate() {
+                        y[x * len + i] = match &w {
+                            Ok(w) => w.iter().zip(&a.x).map(|(a, b)| a * b).sum(),
+                            Err(_) => f32::NAN,
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl QMatrix {
+    /// One input: each block is unpacked and multiplied at once, in registers (the batch
+    /// path's unpack-then-reuse is slower when there is nothing to reuse). Same values.
+    #[inline(always)]
+    fn rows_one(&self, a: &Activations, rows: Range<usize>, y: &mut [f32]) {
+        let data = &self.data[rows.start * self.row_bytes..rows.end * self.row_bytes];
+        let t = f16_table();
         let xq = &a.q;
         match self.ty {
             GgmlType::Q4_1 => {
-                // Σ (q·d + m)·x ≈ d·dx·Σ q·qx + m·sx, per block of 32.
-                let t = f16_table();
                 for (yo, row) in y.iter_mut().zip(data.chunks_exact(self.row_bytes)) {
                     let mut acc = 0f32;
                     let mut mins = 0f32;
                     for (b, xb) in row.chunks_exact(20).zip(xq) {
                         let d = h(t, b[0], b[1]);
                         let m = h(t, b[2], b[3]);
-                        // Unpacked into a fixed-size array, the dot product vectorises.
                         let mut w = [0i8; 32];
                         for j in 0..16 {
                             w[j] = (b[4 + j] & 0xF) as i8;
@@ -244,7 +339,6 @@ impl QMatrix {
                 }
             }
             GgmlType::Q8_0 => {
-                let t = f16_table();
                 for (yo, row) in y.iter_mut().zip(data.chunks_exact(self.row_bytes)) {
                     let mut acc = 0f32;
                     for (b, xb) in row.chunks_exact(34).zip(xq) {
@@ -322,38 +416,67 @@ impl Pool {
         Pool { helpers }
     }
 
-    /// `y = W·x`, rows split between this thread and the helpers.
-    fn matvec(&self, m: &Arc<QMatrix>, x: &[f32], y: &mut [f32]) {
+    /// `W·xₜ` for every input, one output vector per input; rows split between this thread
+    /// and the helpers when the matrix is large enough.
+    fn matmul(&self, m: &Arc<QMatrix>, xs: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        let acts: Arc<Vec<Activations>> =
+            Arc::new(xs.iter().map(|x| Activations::new(m.ty, x)).collect());
         let n = self.helpers.len() + 1;
+        let rows = m.rows;
+        let mut flat = vec![0f32; rows * xs.len()];
         if n == 1 || m.bytes() < SPLIT_BYTES {
-            return m.matvec(x, y);
-        }
-        let a = Arc::new(Activations::new(m.ty, x));
-        let per = m.rows.div_ceil(n);
-        let mut sent = Vec::new();
-        for (i, (tx, _)) in self.helpers.iter().enumerate() {
-            let rows = ((i + 1) * per).min(m.rows)..((i + 2) * per).min(m.rows);
-            let (mj, aj) = (m.clone(), a.clone());
-            let r = rows.clone();
-            let job: Job = Box::new(move || {
-                let mut out = vec![0f32; r.len()];
-                mj.rows_into(&aj, r, &mut out);
-                out
-            });
-            if tx.send(job).is_ok() {
-                sent.push((i, rows));
-            } else {
-                // A helper that is gone: do its share here.
-                m.rows_into(&a, rows.clone(), &mut y[rows]);
+            m.rows_batch(&acts, 0..rows, &mut flat);
+        } else {
+            let per = rows.div_ceil(n);
+            let part = |i: usize| (i * per).min(rows)..((i + 1) * per).min(rows);
+            let mut sent = Vec::new();
+            for (i, (tx, _)) in self.helpers.iter().enumerate() {
+                let r = part(i + 1);
+                let (mj, aj, rj) = (m.clone(), acts.clone(), r.clone());
+                let job: Job = Box::new(move || {
+                    let mut out = vec![0f32; rj.len() * aj.len()];
+                    mj.rows_batch(&aj, rj, &mut out);
+                    out
+                });
+                if tx.send(job).is_ok() {
+                    sent.push((i, r));
+                }
+            }
+            let mut parts: Vec<(Range<usize>, Vec<f32>)> = Vec::with_capacity(n);
+            let own = part(0);
+            let mut out = vec![0f32; own.len() * acts.len()];
+            m.rows_batch(&acts, own.clone(), &mut out);
+            parts.push((own, out));
+            let done: Vec<Range<usize>> = sent.iter().map(|(_, r)| r.clone()).collect();
+            for (i, r) in sent {
+                let out = match self.helpers[i].1.recv() {
+                    Ok(out) => out,
+                    Err(_) => {
+                        let mut out = vec![0f32; r.len() * acts.len()];
+                        m.rows_batch(&acts, r.clone(), &mut out);
+                        out
+                    }
+                };
+                parts.push((r, out));
+            }
+            // A helper that could not take its share: do it here.
+            for i in 1..n {
+                let r = part(i);
+                if !done.contains(&r) && !r.is_empty() {
+                    let mut out = vec![0f32; r.len() * acts.len()];
+                    m.rows_batch(&acts, r.clone(), &mut out);
+                    parts.push((r, out));
+                }
+            }
+            for (r, out) in parts {
+                let len = r.len();
+                for x in 0..acts.len() {
+                    flat[x * rows + r.start..x * rows + r.end]
+                        .copy_from_slice(&out[x * len..(x + 1) * len]);
+                }
             }
         }
-        m.rows_into(&a, 0..per.min(m.rows), &mut y[..per.min(m.rows)]);
-        for (i, rows) in sent {
-            match self.helpers[i].1.recv() {
-                Ok(out) => y[rows].copy_from_slice(&out),
-                Err(_) => m.rows_into(&a, rows.clone(), &mut y[rows]),
-            }
-        }
+        flat.chunks_exact(rows).map(|c| c.to_vec()).collect()
     }
 }
 
@@ -389,7 +512,7 @@ fn quantize_q8(x: &[f32]) -> Vec<Q8Block> {
             let mut q = [0i8; 32];
             let mut sum = 0i32;
             for (o, v) in q.iter_mut().zip(c) {
-                *o = (v * id).round_ties_even() as i8;
+                *o = round_even(v * id) as i8;
                 sum += *o as i32;
             }
             Q8Block {
@@ -399,6 +522,183 @@ fn quantize_q8(x: &[f32]) -> Vec<Q8Block> {
             }
         })
         .collect()
+}
+
+/// Block kernels for x86-64 with AVX2, FMA and F16C, llama.cpp's way: weights and 8-bit
+/// activations multiplied in pairs (`maddubs`), summed to 32-bit lanes (`madd`), scaled and
+/// accumulated in eight float lanes with FMA, and summed across lanes at the end of the row.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Q8Block, h};
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load32(bytes: &[u8; 32]) -> __m256i {
+        // SAFETY: `bytes` is 32 readable bytes, and an unaligned load needs no alignment.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm256_loadu_si256(bytes.as_ptr().cast())
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load16(bytes: &[u8; 16]) -> __m128i {
+        // SAFETY: `bytes` is 16 readable bytes, and an unaligned load needs no alignment.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm_loadu_si128(bytes.as_ptr().cast())
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load32_signed(q: &[i8; 32]) -> __m256i {
+        // SAFETY: `q` is 32 readable bytes, and an unaligned load needs no alignment.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm256_loadu_si256(q.as_ptr().cast())
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load8(v: &[f32; 8]) -> __m256 {
+        // SAFETY: `v` is 8 readable floats, and an unaligned load needs no alignment.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm256_loadu_ps(v.as_ptr())
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn store8(v: &mut [f32; 8], x: __m256) {
+        // SAFETY: `v` is 8 writable floats, and an unaligned store needs no alignment.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm256_storeu_ps(v.as_mut_ptr(), x)
+        }
+    }
+
+    /// Round eight floats to f16 precision (to nearest, ties to even) and back.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn f16_round(x: __m256) -> __m256 {
+        _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+    }
+
+    /// [`super::attend`] with eight lanes at a time (the same operations, so the same
+    /// values); heads whose width is not a multiple of 8 take the portable code.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn attend(
+        scores: &[f32],
+        values: &[f32],
+        stride: usize,
+        at: usize,
+        out: &mut [f32],
+    ) {
+        let hd = out.len();
+        if !hd.is_multiple_of(8) {
+            return super::attend(scores, values, stride, at, out);
+        }
+        out.fill(0.0);
+        let mut m = f32::NEG_INFINITY;
+        let mut sum = 0f32;
+        for (p, &sc) in scores.iter().enumerate() {
+            let vp = &values[p * stride + at..p * stride + at + hd];
+            let (mut ms, mut vs) = (1f32, 1f32);
+            if sc > m {
+                let old = m;
+                m = sc;
+                ms = (old - m).exp();
+                let k = _mm256_set1_ps(ms);
+                for o in out.chunks_exact_mut(8) {
+                    if let Ok(o) = <&mut [f32; 8]>::try_from(o) {
+                        store8(o, f16_round(_mm256_mul_ps(load8(o), k)));
+                    }
+                }
+            } else {
+                vs = (sc - m).exp();
+            }
+            let k = _mm256_set1_ps(vs);
+            for (o, v) in out.chunks_exact_mut(8).zip(vp.chunks_exact(8)) {
+                if let (Ok(o), Ok(v)) = (<&mut [f32; 8]>::try_from(o), <&[f32; 8]>::try_from(v)) {
+                    store8(o, f16_round(_mm256_fmadd_ps(load8(v), k, load8(o))));
+                }
+            }
+            sum = sum * ms + vs;
+        }
+        let inv = 1.0 / sum;
+        for o in out.iter_mut() {
+            *o *= inv;
+        }
+    }
+
+    /// One Q4_1 row (blocks of d, m: f16 and 16 bytes of nibbles) times Q8_1 activations.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn dot_q4_1(row: &[u8], xq: &[Q8Block], t: &[f32]) -> f32 {
+        let mask = _mm_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0f32;
+        for (b, xb) in row.chunks_exact(20).zip(xq) {
+            let d = h(t, b[0], b[1]);
+            let m = h(t, b[2], b[3]);
+            let Ok(nibbles) = <&[u8; 16]>::try_from(&b[4..20]) else {
+                continue;
+            };
+            let qs = load16(nibbles);
+            let lo = _mm_and_si128(qs, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+            let w = _mm256_set_m128i(hi, lo);
+            let x = load32_signed(&xb.q);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc);
+            mins = m.mul_add(xb.s, mins);
+        }
+        hsum(acc) + mins
+    }
+
+    /// One Q8_0 row (blocks of d: f16 and 32 signed bytes) times Q8_0 activations.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn dot_q8_0(row: &[u8], xq: &[Q8Block], t: &[f32]) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for (b, xb) in row.chunks_exact(34).zip(xq) {
+            let d = h(t, b[0], b[1]);
+            let Ok(qs) = <&[u8; 32]>::try_from(&b[2..34]) else {
+                continue;
+            };
+            let w = load32(qs);
+            let x = load32_signed(&xb.q);
+            // |w| as unsigned times x with w's sign: maddubs wants one unsigned operand.
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+            let p = _mm256_madd_epi16(p, ones);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc);
+        }
+        hsum(acc)
+    }
+}
+
+/// Round half to even for |v| ≤ 2²² (adding and removing 1.5·2²³ leaves the rounded
+/// value in the current rounding mode, which is to nearest, ties to even); the same as
+/// `round_ties_even`, without a libm call where SSE4.1 is not assumed.
+#[inline(always)]
+fn round_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
+    (v + MAGIC) - MAGIC
 }
 
 /// Σ a·b over 32 signed bytes, exactly (fixed sizes let the compiler vectorise it).
@@ -414,6 +714,7 @@ fn dot_i8(a: &[i8; 32], b: &[i8; 32]) -> i32 {
 }
 
 /// Round to f16 precision (llama.cpp keeps its KV cache in f16).
+#[inline(always)]
 fn half(v: &mut [f32]) {
     for x in v {
         *x = f16::from_f32(*x).to_f32();
@@ -475,12 +776,117 @@ fn vector(g: &Gguf, bytes: &[u8], name: &str, len: usize) -> Result<Vec<f32>> {
     Ok(v)
 }
 
+#[inline(always)]
 fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let ms = (x.iter().map(|&v| (v * v) as f64).sum::<f64>() / x.len() as f64) as f32;
     let scale = 1.0 / (ms + eps).sqrt();
     x.iter().zip(w).map(|(v, w)| v * scale * w).collect()
 }
 
+/// A dot product of f16-valued vectors summed in llama.cpp's order (`ggml_vec_dot_f16` on
+/// AVX2): four accumulators of eight lanes over blocks of 32, fused multiply-adds, then
+/// the accumulators and lanes added pairwise; the rest one by one in f64.
+#[inline(always)]
+fn dot_f16_order(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len().min(y.len());
+    let np = n & !31;
+    let mut acc = [[0f32; 8]; 4];
+    for i in (0..np).step_by(32) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, v) in a.iter_mut().enumerate() {
+                let k = i + j * 8 + l;
+                *v = x[k].mul_add(y[k], *v);
+            }
+        }
+    }
+    let mut sum = 0f64;
+    if np > 0 {
+        let mut a0 = [0f32; 8];
+        for l in 0..8 {
+            let x0 = acc[0][l] + acc[2][l];
+            let x1 = acc[1][l] + acc[3][l];
+            a0[l] = x0 + x1;
+        }
+        let t: [f32; 4] = std::array::from_fn(|l| a0[l] + a0[l + 4]);
+        let h = [t[0] + t[1], t[2] + t[3]];
+        sum = f64::from(h[0] + h[1]);
+    }
+    for k in np..n {
+        sum += f64::from(x[k] * y[k]);
+    }
+    sum as f32
+}
+
+/// eˣ as llama.cpp's vectorised `ggml_v_expf` computes it (a polynomial after range
+/// reduction, error ≤ 1.5 ulp): its SiLU uses it, and matching it keeps the two engines'
+/// 8-bit activation roundings the same.
+#[inline(always)]
+fn expf_ggml(x: f32) -> f32 {
+    let r = f32::from_bits(0x4B40_0000); // 0x1.8p23
+    let z = x.mul_add(f32::from_bits(0x3FB8_AA3B), r); // log2(e)
+    let n = z - r;
+    let b = (-n).mul_add(
+        f32::from_bits(0x35BF_BE8E),                  // 0x1.7f7d1cp-20
+        (-n).mul_add(f32::from_bits(0x3F31_7200), x), // 0x1.62e4p-1
+    );
+    let e = z.to_bits() << 23;
+    let k = f32::from_bits(e.wrapping_add(1f32.to_bits()));
+    let c = n.abs() > 126.0;
+    let u = b * b;
+    let j = f32::from_bits(0x3C07_2010) // 0x1.0e4020p-7
+        .mul_add(b, f32::from_bits(0x3D2B_9F17)) // 0x1.573e2ep-5
+        .mul_add(
+            u,
+            f32::from_bits(0x3E2A_AF33).mul_add(b, f32::from_bits(0x3EFF_FEDB)), // 0x1.555e66p-3, 0x1.fffdb6p-2
+        )
+        .mul_add(u, f32::from_bits(0x3F7F_FFF6) * b); // 0x1.ffffecp-1
+    if !c {
+        return j.mul_add(k, k);
+    }
+    let d = if n <= 0.0 { 0x8200_0000u32 } else { 0 };
+    let s1 = f32::from_bits(d.wrapping_add(0x7F00_0000));
+    let s2 = f32::from_bits(e.wrapping_sub(d));
+    if n.abs() > 192.0 {
+        s1 * s1
+    } else {
+        s2.mul_add(j, s2) * s1
+    }
+}
+
+/// The weighted sum of V for one head, as llama.cpp's CPU flash attention computes it: an
+/// online softmax over `scores`, the running sum of V kept at f16 precision (rounded after
+/// every step), divided by the softmax sum at the end. `values` holds one row of `stride`
+/// values per position; the head's values start at `at`.
+fn attend(scores: &[f32], values: &[f32], stride: usize, at: usize, out: &mut [f32]) {
+    let hd = out.len();
+    out.fill(0.0);
+    let mut m = f32::NEG_INFINITY;
+    let mut sum = 0f32;
+    for (p, &sc) in scores.iter().enumerate() {
+        let vp = &values[p * stride + at..p * stride + at + hd];
+        let (mut ms, mut vs) = (1f32, 1f32);
+        if sc > m {
+            let old = m;
+            m = sc;
+            ms = (old - m).exp();
+            for o in out.iter_mut() {
+                *o = f16::from_f32(*o * ms).to_f32();
+            }
+        } else {
+            vs = (sc - m).exp();
+        }
+        for (o, v) in out.iter_mut().zip(vp) {
+            *o = f16::from_f32(v.mul_add(vs, *o)).to_f32();
+        }
+        sum = sum * ms + vs;
+    }
+    let inv = 1.0 / sum;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+#[inline(always)]
 fn rope(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
     // θ_i = pos·base^(−2i/d), formed by repeated multiplication as llama.cpp does.
     let step = base.powf(-2.0 / head_dim as f32);
@@ -490,8 +896,8 @@ fn rope(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
             let (sin, cos) = theta.sin_cos();
             theta *= step;
             let (a, b) = (head[2 * i], head[2 * i + 1]);
-            head[2 * i] = a * cos - b * sin;
-            head[2 * i + 1] = a * sin + b * cos;
+            head[2 * i] = a.mul_add(cos, -(b * sin));
+            head[2 * i + 1] = a.mul_add(sin, b * cos);
         }
     }
 }
@@ -592,82 +998,134 @@ impl Llama {
 
     /// Feed one token; returns the logits for the next one.
     pub fn forward(&self, s: &mut Session, token: u32) -> Result<Vec<f32>> {
-        let c = &self.config;
-        if s.pos >= s.ctx {
-            return Err(err(format!("the context of {} tokens is full", s.ctx)));
+        self.forward_batch(s, &[token])
+    }
+
+    /// Feed several tokens at once (a prompt); returns the logits after the last one. Each
+    /// weight matrix is read once for all of them, which makes reading a prompt several
+    /// times faster than feeding it token by token; the values are the same.
+    pub fn forward_batch(&self, s: &mut Session, tokens: &[u32]) -> Result<Vec<f32>> {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: `forward_fma` only differs from `forward_impl` in being compiled for
+            // AVX2, FMA and F16C (so `mul_add` is one instruction, not a libm call), and the
+            // CPU has all three (checked just above).
+            #[allow(unsafe_code)]
+            return unsafe { self.forward_fma(s, tokens) };
         }
-        let mut x = self.embd.row(token as usize)?;
+        self.forward_impl(s, tokens)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn forward_fma(&self, s: &mut Session, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.forward_impl(s, tokens)
+    }
+
+    #[inline(always)]
+    fn forward_impl(&self, s: &mut Session, tokens: &[u32]) -> Result<Vec<f32>> {
+        #[cfg(target_arch = "x86_64")]
+        let fast = std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c");
+        let c = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(err("no tokens to feed"));
+        }
+        if s.pos + n > s.ctx {
+            return Err(err(format!(
+                "{n} more tokens do not fit the context of {} ({} used)",
+                s.ctx, s.pos
+            )));
+        }
+        let mut x: Vec<Vec<f32>> = tokens
+            .iter()
+            .map(|&t| self.embd.row(t as usize))
+            .collect::<Result<_>>()?;
         let (hd, kvd) = (c.head_dim, c.kv_dim());
         let group = c.n_head / c.n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut q = vec![0f32; c.n_embd];
-        let mut k = vec![0f32; kvd];
-        let mut v = vec![0f32; kvd];
-        let mut att_out = vec![0f32; c.n_embd];
-        let mut o = vec![0f32; c.n_embd];
-        let mut gate = vec![0f32; c.n_ff];
-        let mut up = vec![0f32; c.n_ff];
-        let mut down = vec![0f32; c.n_embd];
-        let n_pos = s.pos + 1;
-        let mut scores = vec![0f32; n_pos];
+        let mut scores = vec![0f32; s.pos + n];
         let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         for (l, layer) in self.layers.iter().enumerate() {
-            let n = rms_norm(&x, &layer.attn_norm, c.rms_eps);
-            pool.matvec(&layer.wq, &n, &mut q);
-            pool.matvec(&layer.wk, &n, &mut k);
-            pool.matvec(&layer.wv, &n, &mut v);
-            rope(&mut q, hd, s.pos, c.rope_base);
-            rope(&mut k, hd, s.pos, c.rope_base);
-            half(&mut q);
-            half(&mut k);
-            half(&mut v);
-            s.k[l].extend_from_slice(&k);
-            s.v[l].extend_from_slice(&v);
+            let normed: Vec<Vec<f32>> = x
+                .iter()
+                .map(|v| rms_norm(v, &layer.attn_norm, c.rms_eps))
+                .collect();
+            let mut q = pool.matmul(&layer.wq, &normed);
+            let mut k = pool.matmul(&layer.wk, &normed);
+            let mut v = pool.matmul(&layer.wv, &normed);
+            for t in 0..n {
+                rope(&mut q[t], hd, s.pos + t, c.rope_base);
+                rope(&mut k[t], hd, s.pos + t, c.rope_base);
+                half(&mut q[t]);
+                half(&mut k[t]);
+                half(&mut v[t]);
+                s.k[l].extend_from_slice(&k[t]);
+                s.v[l].extend_from_slice(&v[t]);
+            }
             let (keys, values) = (&s.k[l], &s.v[l]);
-            for h in 0..c.n_head {
-                let kvh = h / group;
-                let qh = &q[h * hd..(h + 1) * hd];
-                for (p, sc) in scores.iter_mut().enumerate() {
-                    let kp = &keys[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
-                    *sc = qh.iter().zip(kp).map(|(a, b)| a * b).sum::<f32>() * scale;
-                }
-                let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let mut total = 0f64;
-                for sc in scores.iter_mut() {
-                    *sc = (*sc - max).exp();
-                    total += *sc as f64;
-                }
-                let inv = (1.0 / total) as f32;
-                let out = &mut att_out[h * hd..(h + 1) * hd];
-                out.fill(0.0);
-                for (p, sc) in scores.iter().enumerate() {
-                    let vp = &values[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
-                    let w = sc * inv;
-                    for (o, v) in out.iter_mut().zip(vp) {
-                        *o += w * v;
+            let mut att = vec![vec![0f32; c.n_embd]; n];
+            for (t, att_out) in att.iter_mut().enumerate() {
+                // Token t sees positions 0 ..= pos + t.
+                let seen = s.pos + t + 1;
+                let scores = &mut scores[..seen];
+                for h in 0..c.n_head {
+                    let kvh = h / group;
+                    let qh = &q[t][h * hd..(h + 1) * hd];
+                    for (p, sc) in scores.iter_mut().enumerate() {
+                        let kp = &keys[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
+                        *sc = dot_f16_order(qh, kp) * scale;
                     }
+                    let out = &mut att_out[h * hd..(h + 1) * hd];
+                    let at = kvh * hd;
+                    #[cfg(target_arch = "x86_64")]
+                    if fast {
+                        // SAFETY: `fast` is set only when the CPU has AVX2, FMA and F16C.
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            avx2::attend(scores, values, kvd, at, out)
+                        };
+                        continue;
+                    }
+                    attend(scores, values, kvd, at, out);
                 }
             }
-            pool.matvec(&layer.wo, &att_out, &mut o);
-            for (a, b) in x.iter_mut().zip(&o) {
-                *a += b;
+            let o = pool.matmul(&layer.wo, &att);
+            for (xt, ot) in x.iter_mut().zip(&o) {
+                for (a, b) in xt.iter_mut().zip(ot) {
+                    *a += b;
+                }
             }
-            let m = rms_norm(&x, &layer.ffn_norm, c.rms_eps);
-            pool.matvec(&layer.w_gate, &m, &mut gate);
-            pool.matvec(&layer.w_up, &m, &mut up);
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
+            let m: Vec<Vec<f32>> = x
+                .iter()
+                .map(|v| rms_norm(v, &layer.ffn_norm, c.rms_eps))
+                .collect();
+            let mut gate = pool.matmul(&layer.w_gate, &m);
+            let up = pool.matmul(&layer.w_up, &m);
+            for (gt, ut) in gate.iter_mut().zip(&up) {
+                for (g, u) in gt.iter_mut().zip(ut) {
+                    *g = *g / (1.0 + expf_ggml(-*g)) * u;
+                }
             }
-            pool.matvec(&layer.w_down, &gate, &mut down);
-            for (a, b) in x.iter_mut().zip(&down) {
-                *a += b;
+            let down = pool.matmul(&layer.w_down, &gate);
+            for (xt, dt) in x.iter_mut().zip(&down) {
+                for (a, b) in xt.iter_mut().zip(dt) {
+                    *a += b;
+                }
             }
         }
-        s.pos += 1;
-        let n = rms_norm(&x, &self.out_norm, c.rms_eps);
-        let mut logits = vec![0f32; c.n_vocab];
-        pool.matvec(self.output.as_ref().unwrap_or(&self.embd), &n, &mut logits);
-        Ok(logits)
+        s.pos += n;
+        let last = rms_norm(&x[n - 1], &self.out_norm, c.rms_eps);
+        let out = self.output.as_ref().unwrap_or(&self.embd);
+        Ok(pool
+            .matmul(out, std::slice::from_ref(&last))
+            .pop()
+            .unwrap_or_default())
     }
 
     /// Greedy decoding: feed `prompt`, then pick the most likely token `n` times.
@@ -696,4 +1154,106 @@ pub fn argmax(v: &[f32]) -> Option<u32> {
         }
     }
     best.map(|(i, _)| i as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic stream of values in [-r, r].
+    fn values(n: usize, seed: u32, r: f32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x as f32 / u32::MAX as f32 * 2.0 - 1.0) * r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ggml_exp_is_within_two_ulp_of_libm() {
+        for x in values(100_000, 1, 80.0)
+            .into_iter()
+            .chain([0.0, -0.0, 1.0, -87.0, 88.0])
+        {
+            let (a, b) = (expf_ggml(x), x.exp());
+            let ulp = (a.to_bits() as i64 - b.to_bits() as i64).abs();
+            assert!(ulp <= 2, "exp({x}): {a} vs {b}");
+        }
+        // Past the range: 0 and ∞ as ggml gives them.
+        assert_eq!(expf_ggml(-200.0), 0.0);
+        assert_eq!(expf_ggml(200.0), f32::INFINITY);
+    }
+
+    #[test]
+    fn the_attention_kernels_agree_bit_for_bit() {
+        let (hd, stride, positions) = (64, 192, 37);
+        let scores = values(positions, 2, 6.0);
+        let v: Vec<f32> = values(positions * stride, 3, 2.0)
+            .into_iter()
+            .map(|x| f16::from_f32(x).to_f32())
+            .collect();
+        let mut portable = vec![0f32; hd];
+        attend(&scores, &v, stride, 64, &mut portable);
+        // A sum of f16-rounded values, divided: finite and of V's scale.
+        assert!(portable.iter().all(|x| x.is_finite() && x.abs() <= 2.0));
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            let mut fast = vec![0f32; hd];
+            // SAFETY: the CPU has the features (checked just above).
+            #[allow(unsafe_code)]
+            unsafe {
+                avx2::attend(&scores, &v, stride, 64, &mut fast)
+            };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&portable), bits(&fast));
+        }
+        // The f16-order dot product is the exact dot product up to rounding.
+        let (a, b) = (values(64, 4, 1.0), values(64, 5, 1.0));
+        let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        assert!((dot_f16_order(&a, &b) as f64 - exact).abs() < 1e-5);
+    }
+
+    #[test]
+    fn batched_and_single_products_give_the_same_values() {
+        // A Q8_0 matrix of 4 rows × 64 columns with known blocks.
+        let mut data = Vec::new();
+        for r in 0..4u8 {
+            for _ in 0..2 {
+                data.extend(f16::from_f32(0.01 * (r + 1) as f32).to_le_bytes());
+                data.extend((0..32).map(|i| (i as i8 - 16 + r as i8) as u8));
+            }
+        }
+        let m = QMatrix {
+            ty: GgmlType::Q8_0,
+            rows: 4,
+            cols: 64,
+            row_bytes: 68,
+            data,
+        };
+        let xs: Vec<Vec<f32>> = (0..3).map(|s| values(64, 10 + s, 1.0)).collect();
+        let acts: Vec<Activations> = xs.iter().map(|x| Activations::new(m.ty, x)).collect();
+        let mut batched = vec![0f32; 12];
+        m.rows_batch(&acts, 0..4, &mut batched);
+        for (t, x) in xs.iter().enumerate() {
+            let mut one = vec![0f32; 4];
+            m.matvec(x, &mut one);
+            assert_eq!(one, batched[t * 4..t * 4 + 4]);
+            // And close to the f32 product (8-bit activations).
+            for (r, y) in one.iter().enumerate() {
+                let w = m.row(r).unwrap();
+                let exact: f32 = w.iter().zip(x).map(|(a, b)| a * b).sum();
+                // Each activation is off by at most half a step, max|x|/254.
+                let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let bound = w.iter().map(|v| v.abs()).sum::<f32>() * amax / 254.0 * 1.01;
+                assert!((y - exact).abs() <= bound + 1e-6, "{y} vs {exact}");
+            }
+        }
+    }
 }
