@@ -222,17 +222,20 @@ impl QMatrix {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn rows_avx2(&self, xs: &[Activations], rows: Range<usize>, y: &mut [f32]) {
-        let kernel = match self.ty {
-            GgmlType::Q4_1 => avx2::dot_q4_1,
-            GgmlType::Q8_0 => avx2::dot_q8_0,
+        let q4_1 = match self.ty {
+            GgmlType::Q4_1 => true,
+            GgmlType::Q8_0 => false,
             _ => return self.rows_portable(xs, rows, y),
         };
         let len = rows.len();
-        let t = f16_table();
         let data = &self.data[rows.start * self.row_bytes..rows.end * self.row_bytes];
         for (i, row) in data.chunks_exact(self.row_bytes).enumerate() {
             for (x, a) in xs.iter().enumerate() {
-                y[x * len + i] = kernel(row, &a.q, t);
+                y[x * len + i] = if q4_1 {
+                    avx2::dot_q4_1(row, &a.q)
+                } else {
+                    avx2::dot_q8_0(row, &a.q)
+                };
             }
         }
     }
@@ -531,7 +534,7 @@ fn quantize_q8(x: &[f32]) -> Vec<Q8Block> {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Q8Block, h};
+    use super::Q8Block;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -646,16 +649,32 @@ mod avx2 {
         }
     }
 
+    /// Two f16 values (little-endian bytes) to f32 with F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn f16x2(b: &[u8]) -> (f32, f32) {
+        let bits = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
+        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+    }
+
+    /// One f16 value (little-endian bytes) to f32 with F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn f16x1(b: &[u8]) -> f32 {
+        let bits = i32::from(u16::from_le_bytes([b[0], b[1]]));
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
+    }
+
     /// One Q4_1 row (blocks of d, m: f16 and 16 bytes of nibbles) times Q8_1 activations.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn dot_q4_1(row: &[u8], xq: &[Q8Block], t: &[f32]) -> f32 {
+    pub(super) fn dot_q4_1(row: &[u8], xq: &[Q8Block]) -> f32 {
         let mask = _mm_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let mut acc = _mm256_setzero_ps();
         let mut mins = 0f32;
         for (b, xb) in row.chunks_exact(20).zip(xq) {
-            let d = h(t, b[0], b[1]);
-            let m = h(t, b[2], b[3]);
+            let (d, m) = f16x2(b);
             let Ok(nibbles) = <&[u8; 16]>::try_from(&b[4..20]) else {
                 continue;
             };
@@ -673,11 +692,11 @@ mod avx2 {
 
     /// One Q8_0 row (blocks of d: f16 and 32 signed bytes) times Q8_0 activations.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn dot_q8_0(row: &[u8], xq: &[Q8Block], t: &[f32]) -> f32 {
+    pub(super) fn dot_q8_0(row: &[u8], xq: &[Q8Block]) -> f32 {
         let ones = _mm256_set1_epi16(1);
         let mut acc = _mm256_setzero_ps();
         for (b, xb) in row.chunks_exact(34).zip(xq) {
-            let d = h(t, b[0], b[1]);
+            let d = f16x1(b);
             let Ok(qs) = <&[u8; 32]>::try_from(&b[2..34]) else {
                 continue;
             };
