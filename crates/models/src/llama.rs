@@ -387,7 +387,7 @@ impl Activations {
 
 /// Matrices at least this large are split across threads; below it, waking a helper costs
 /// more than it saves.
-const SPLIT_BYTES: usize = 256 << 10;
+const SPLIT_BYTES: usize = 64 << 10;
 
 type Job = Box<dyn FnOnce() -> Vec<f32> + Send>;
 
@@ -419,67 +419,90 @@ impl Pool {
         Pool { helpers }
     }
 
-    /// `W·xₜ` for every input, one output vector per input; rows split between this thread
-    /// and the helpers when the matrix is large enough.
+    /// `W·xₜ` for every input, one output vector per input.
     fn matmul(&self, m: &Arc<QMatrix>, xs: &[Vec<f32>]) -> Vec<Vec<f32>> {
-        let acts: Arc<Vec<Activations>> =
-            Arc::new(xs.iter().map(|x| Activations::new(m.ty, x)).collect());
+        self.matmul_group(std::slice::from_ref(m), xs)
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// `Wₖ·xₜ` for several matrices of the same input width (q, k and v; gate and up):
+    /// one output per matrix per input. When the group is large enough, every matrix's
+    /// rows are split between this thread and the helpers, and each helper gets its whole
+    /// share in one hand-off (one wake-up per group, not per matrix).
+    fn matmul_group(&self, ms: &[Arc<QMatrix>], xs: &[Vec<f32>]) -> Vec<Vec<Vec<f32>>> {
+        let acts: Arc<Vec<Vec<Activations>>> = Arc::new(
+            ms.iter()
+                .map(|m| xs.iter().map(|x| Activations::new(m.ty, x)).collect())
+                .collect(),
+        );
         let n = self.helpers.len() + 1;
-        let rows = m.rows;
-        let mut flat = vec![0f32; rows * xs.len()];
-        if n == 1 || m.bytes() < SPLIT_BYTES {
-            m.rows_batch(&acts, 0..rows, &mut flat);
+        let bytes: usize = ms.iter().map(|m| m.bytes()).sum();
+        let mut flat: Vec<Vec<f32>> = ms.iter().map(|m| vec![0f32; m.rows * xs.len()]).collect();
+        if n == 1 || bytes < SPLIT_BYTES {
+            for ((m, a), out) in ms.iter().zip(acts.iter()).zip(&mut flat) {
+                m.rows_batch(a, 0..m.rows, out);
+            }
         } else {
-            let per = rows.div_ceil(n);
-            let part = |i: usize| (i * per).min(rows)..((i + 1) * per).min(rows);
-            let mut sent = Vec::new();
+            // Share i of matrix k: rows part(k, i).
+            let part = |rows: usize, i: usize| {
+                let per = rows.div_ceil(n);
+                (i * per).min(rows)..((i + 1) * per).min(rows)
+            };
+            let compute = |ms: &[Arc<QMatrix>], acts: &[Vec<Activations>], i: usize| -> Vec<f32> {
+                let mut out = Vec::new();
+                for (m, a) in ms.iter().zip(acts) {
+                    let r = part(m.rows, i);
+                    let at = out.len();
+                    out.resize(at + r.len() * a.len(), 0.0);
+                    m.rows_batch(a, r, &mut out[at..]);
+                }
+                out
+            };
+            let mut sent = vec![false; n];
             for (i, (tx, _)) in self.helpers.iter().enumerate() {
-                let r = part(i + 1);
-                let (mj, aj, rj) = (m.clone(), acts.clone(), r.clone());
+                let (mj, aj) = (ms.to_vec(), acts.clone());
                 let job: Job = Box::new(move || {
-                    let mut out = vec![0f32; rj.len() * aj.len()];
-                    mj.rows_batch(&aj, rj, &mut out);
+                    let mut out = Vec::new();
+                    for (m, a) in mj.iter().zip(aj.iter()) {
+                        let per = m.rows.div_ceil(n);
+                        let r = ((i + 1) * per).min(m.rows)..((i + 2) * per).min(m.rows);
+                        let at = out.len();
+                        out.resize(at + r.len() * a.len(), 0.0);
+                        m.rows_batch(a, r, &mut out[at..]);
+                    }
                     out
                 });
-                if tx.send(job).is_ok() {
-                    sent.push((i, r));
-                }
+                sent[i + 1] = tx.send(job).is_ok();
             }
-            let mut parts: Vec<(Range<usize>, Vec<f32>)> = Vec::with_capacity(n);
-            let own = part(0);
-            let mut out = vec![0f32; own.len() * acts.len()];
-            m.rows_batch(&acts, own.clone(), &mut out);
-            parts.push((own, out));
-            let done: Vec<Range<usize>> = sent.iter().map(|(_, r)| r.clone()).collect();
-            for (i, r) in sent {
-                let out = match self.helpers[i].1.recv() {
-                    Ok(out) => out,
-                    Err(_) => {
-                        let mut out = vec![0f32; r.len() * acts.len()];
-                        m.rows_batch(&acts, r.clone(), &mut out);
-                        out
-                    }
-                };
-                parts.push((r, out));
-            }
-            // A helper that could not take its share: do it here.
+            let mut shares: Vec<Vec<f32>> = Vec::with_capacity(n);
+            shares.push(compute(ms, &acts, 0));
             for i in 1..n {
-                let r = part(i);
-                if !done.contains(&r) && !r.is_empty() {
-                    let mut out = vec![0f32; r.len() * acts.len()];
-                    m.rows_batch(&acts, r.clone(), &mut out);
-                    parts.push((r, out));
-                }
+                let got = if sent[i] {
+                    self.helpers[i - 1].1.recv().ok()
+                } else {
+                    None
+                };
+                // A helper that is gone: its share is done here.
+                shares.push(got.unwrap_or_else(|| compute(ms, &acts, i)));
             }
-            for (r, out) in parts {
-                let len = r.len();
-                for x in 0..acts.len() {
-                    flat[x * rows + r.start..x * rows + r.end]
-                        .copy_from_slice(&out[x * len..(x + 1) * len]);
+            for (i, share) in shares.iter().enumerate() {
+                let mut at = 0;
+                for (m, out) in ms.iter().zip(&mut flat) {
+                    let r = part(m.rows, i);
+                    let len = r.len();
+                    for x in 0..xs.len() {
+                        out[x * m.rows + r.start..x * m.rows + r.end]
+                            .copy_from_slice(&share[at + x * len..at + (x + 1) * len]);
+                    }
+                    at += len * xs.len();
                 }
             }
         }
-        flat.chunks_exact(rows).map(|c| c.to_vec()).collect()
+        ms.iter()
+            .zip(flat)
+            .map(|(m, f)| f.chunks_exact(m.rows).map(|c| c.to_vec()).collect())
+            .collect()
     }
 }
 
@@ -742,13 +765,12 @@ fn half(v: &mut [f32]) {
 
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: Arc<QMatrix>,
-    wk: Arc<QMatrix>,
-    wv: Arc<QMatrix>,
+    /// q, k and v: they read the same input.
+    qkv: [Arc<QMatrix>; 3],
     wo: Arc<QMatrix>,
     ffn_norm: Vec<f32>,
-    w_gate: Arc<QMatrix>,
-    w_up: Arc<QMatrix>,
+    /// gate and up: they read the same input.
+    gate_up: [Arc<QMatrix>; 2],
     w_down: Arc<QMatrix>,
 }
 
@@ -934,13 +956,10 @@ impl Llama {
             };
             layers.push(Layer {
                 attn_norm: vector(g, bytes, &format!("blk.{i}.attn_norm.weight"), e)?,
-                wq: m("attn_q", e, e)?,
-                wk: m("attn_k", e, kv)?,
-                wv: m("attn_v", e, kv)?,
+                qkv: [m("attn_q", e, e)?, m("attn_k", e, kv)?, m("attn_v", e, kv)?],
                 wo: m("attn_output", e, e)?,
                 ffn_norm: vector(g, bytes, &format!("blk.{i}.ffn_norm.weight"), e)?,
-                w_gate: m("ffn_gate", e, ff)?,
-                w_up: m("ffn_up", e, ff)?,
+                gate_up: [m("ffn_gate", e, ff)?, m("ffn_up", e, ff)?],
                 w_down: m("ffn_down", ff, e)?,
             });
         }
@@ -993,8 +1012,10 @@ impl Llama {
             .layers
             .iter()
             .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                l.qkv
                     .iter()
+                    .chain(&l.gate_up)
+                    .chain([&l.wo, &l.w_down])
                     .map(|m| m.bytes())
                     .sum::<usize>()
             })
@@ -1075,9 +1096,12 @@ impl Llama {
                 .iter()
                 .map(|v| rms_norm(v, &layer.attn_norm, c.rms_eps))
                 .collect();
-            let mut q = pool.matmul(&layer.wq, &normed);
-            let mut k = pool.matmul(&layer.wk, &normed);
-            let mut v = pool.matmul(&layer.wv, &normed);
+            let mut qkv = pool.matmul_group(&layer.qkv, &normed).into_iter();
+            let (mut q, mut k, mut v) = (
+                qkv.next().unwrap_or_default(),
+                qkv.next().unwrap_or_default(),
+                qkv.next().unwrap_or_default(),
+            );
             for t in 0..n {
                 rope(&mut q[t], hd, s.pos + t, c.rope_base);
                 rope(&mut k[t], hd, s.pos + t, c.rope_base);
@@ -1124,8 +1148,11 @@ impl Llama {
                 .iter()
                 .map(|v| rms_norm(v, &layer.ffn_norm, c.rms_eps))
                 .collect();
-            let mut gate = pool.matmul(&layer.w_gate, &m);
-            let up = pool.matmul(&layer.w_up, &m);
+            let mut gate_up = pool.matmul_group(&layer.gate_up, &m).into_iter();
+            let (mut gate, up) = (
+                gate_up.next().unwrap_or_default(),
+                gate_up.next().unwrap_or_default(),
+            );
             for (gt, ut) in gate.iter_mut().zip(&up) {
                 for (g, u) in gt.iter_mut().zip(ut) {
                     *g = *g / (1.0 + expf_ggml(-*g)) * u;
