@@ -477,8 +477,8 @@ impl Pool {
             }
             let mut shares: Vec<Vec<f32>> = Vec::with_capacity(n);
             shares.push(compute(ms, &acts, 0));
-            for i in 1..n {
-                let got = if sent[i] {
+            for (i, &was_sent) in sent.iter().enumerate().skip(1) {
+                let got = if was_sent {
                     self.helpers[i - 1].1.recv().ok()
                 } else {
                     None
