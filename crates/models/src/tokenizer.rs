@@ -1,12 +1,14 @@
-//! Byte-level BPE tokenisers from GGUF metadata (`tokenizer.ggml.model = "gpt2"`), with
-//! llama.cpp's pre-tokenisers: `gpt2`-style splitting, and `smollm`, which first cuts every
-//! digit on its own (as SmolLM's vocabulary expects).
+//! Tokenisers from GGUF metadata, token-exact with llama.cpp on its own test vectors:
 //!
-//! Encoding: the text is cut into pre-tokens, each pre-token's UTF-8 bytes are mapped to
-//! GPT-2's printable stand-ins (`bytes_to_unicode`), and the merges are applied, lowest rank
-//! first, until none applies; the pieces are looked up in the vocabulary. Decoding maps the
-//! pieces back to bytes. Control and user-defined tokens can be matched whole
-//! ([`Tokenizer::encode_special`]), as chat templates need. SentencePiece vocabularies come next.
+//! - byte-level BPE (`tokenizer.ggml.model = "gpt2"`) with llama.cpp's pre-tokenisers: GPT-2's
+//!   pattern; `smollm` (also StarCoder, Refact, Command-R), which cuts every digit alone
+//!   first; Llama 3's and Qwen2's patterns (with Llama 3's `ignore_merges`). Each pre-token's
+//!   bytes are mapped to GPT-2's printable stand-ins and merged, lowest rank first.
+//! - SentencePiece (`"llama"`): spaces as `▁`, a space put first, the highest-scoring
+//!   adjacent pair merged first, byte tokens for characters the vocabulary lacks.
+//!
+//! Control and user-defined tokens can be matched whole ([`Tokenizer::encode_special`]), as
+//! chat templates need; decoding leaves control tokens out.
 
 use std::collections::HashMap;
 
@@ -21,8 +23,15 @@ fn err(msg: impl Into<String>) -> Error {
 pub enum PreTokenizer {
     /// GPT-2's pattern: contractions, ` ?letters`, ` ?numbers`, ` ?other`, whitespace.
     Gpt2,
-    /// SmolLM: every digit alone, then GPT-2's pattern on the rest.
+    /// SmolLM: every digit alone, then GPT-2's pattern on the rest (also StarCoder's,
+    /// Refact's and Command-R's).
     SmolLm,
+    /// Llama 3's pattern: case-insensitive contractions, a letter run with one leading
+    /// non-letter, numbers in groups of up to three, punctuation with trailing newlines,
+    /// newline runs, whitespace.
+    Llama3,
+    /// Qwen2's pattern: Llama 3's with every digit alone.
+    Qwen2,
 }
 
 /// A byte-level BPE tokeniser.
@@ -43,11 +52,26 @@ pub struct Tokenizer {
     eog: Vec<u32>,
     bos: Option<u32>,
     add_bos: bool,
+    /// Set for SentencePiece vocabularies (`tokenizer.ggml.model = "llama"`).
+    spm: Option<Spm>,
+}
+
+/// What a SentencePiece vocabulary adds: a score per token (higher merges first), the
+/// `<0xXX>` byte tokens for characters the vocabulary lacks, and whether a space goes
+/// first.
+#[derive(Debug, Clone)]
+struct Spm {
+    scores: Vec<f32>,
+    byte_tokens: [Option<u32>; 256],
+    /// Which ids are byte tokens (decoded to their byte).
+    is_byte: Vec<bool>,
+    add_space_prefix: bool,
 }
 
 /// GGUF `tokenizer.ggml.token_type` values.
 const TYPE_CONTROL: i64 = 3;
 const TYPE_USER_DEFINED: i64 = 4;
+const TYPE_BYTE: i64 = 6;
 
 /// Control-token texts that llama.cpp also treats as end of generation.
 const EOG_TEXTS: [&str; 8] = [
@@ -86,17 +110,23 @@ impl Tokenizer {
             .get("tokenizer.ggml.model")
             .and_then(|v| v.as_str())
             .ok_or_else(|| err("no tokenizer.ggml.model"))?;
-        if model != "gpt2" {
+        if model != "gpt2" && model != "llama" {
             return Err(err(format!(
-                "tokenizer model {model:?} is not supported yet (gpt2 is)"
+                "tokenizer model {model:?} is not supported yet (gpt2 and llama are)"
             )));
         }
+        let spm = model == "llama";
         let pre = match g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()) {
-            Some("smollm") => PreTokenizer::SmolLm,
+            _ if spm => PreTokenizer::Gpt2,
+            Some("smollm") | Some("starcoder") | Some("refact") | Some("command-r") => {
+                PreTokenizer::SmolLm
+            }
+            Some("llama3") | Some("llama-bpe") | Some("llama-v3") => PreTokenizer::Llama3,
+            Some("qwen2") => PreTokenizer::Qwen2,
             Some("gpt-2") | Some("gpt2") | None => PreTokenizer::Gpt2,
             Some(other) => {
                 return Err(err(format!(
-                    "pre-tokeniser {other:?} is not supported yet (gpt-2, smollm are)"
+                    "pre-tokeniser {other:?} is not supported yet (gpt-2, smollm, starcoder, refact, command-r, llama3, qwen2 are)"
                 )));
             }
         };
@@ -113,8 +143,40 @@ impl Tokenizer {
                 .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?;
+        let merges = if spm {
+            Vec::new()
+        } else {
+            strings("tokenizer.ggml.merges")?
+        };
         let mut t = Tokenizer::new(tokens, &merges, pre)?;
+        if spm {
+            let scores: Vec<f32> = match g.get("tokenizer.ggml.scores").and_then(|v| v.as_array()) {
+                Some(a) if a.len() == t.tokens.len() => a
+                    .iter()
+                    .map(|v| v.as_f64().map(|f| f as f32))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| {
+                        err("tokenizer.ggml.scores holds a value that is not a number")
+                    })?,
+                Some(a) => {
+                    return Err(err(format!(
+                        "{} scores for {} tokens",
+                        a.len(),
+                        t.tokens.len()
+                    )));
+                }
+                None => vec![0.0; t.tokens.len()],
+            };
+            t.spm = Some(Spm {
+                scores,
+                byte_tokens: std::array::from_fn(|b| t.token_id(&format!("<0x{b:02X}>"))),
+                is_byte: vec![false; t.tokens.len()],
+                add_space_prefix: g
+                    .get("tokenizer.ggml.add_space_prefix")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(true),
+            });
+        }
         if let Some(types) = g
             .get("tokenizer.ggml.token_type")
             .and_then(|v| v.as_array())
@@ -159,6 +221,11 @@ impl Tokenizer {
     /// [`Tokenizer::encode_special`]; control tokens are not printed by
     /// [`Tokenizer::decode`].
     pub fn set_token_types(&mut self, types: &[i64]) {
+        if let Some(spm) = &mut self.spm {
+            spm.is_byte = (0..self.tokens.len())
+                .map(|i| types.get(i) == Some(&TYPE_BYTE))
+                .collect();
+        }
         self.control = self
             .tokens
             .iter()
@@ -206,6 +273,9 @@ impl Tokenizer {
     /// ids, as llama.cpp does with `parse_special`. Chat templates need this; text from a
     /// user that is not meant to hold control tokens goes through [`Tokenizer::encode`].
     pub fn encode_special(&self, text: &str) -> Result<Vec<u32>> {
+        if let Some(spm) = &self.spm {
+            return Ok(self.spm_encode_special(spm, text));
+        }
         let mut out = Vec::new();
         let mut rest = text;
         while !rest.is_empty() {
@@ -256,6 +326,22 @@ impl Tokenizer {
         if self.control.get(id as usize) == Some(&true) {
             return;
         }
+        if let Some(spm) = &self.spm {
+            let Some(t) = self.tokens.get(id as usize) else {
+                return;
+            };
+            if spm.is_byte.get(id as usize) == Some(&true)
+                && let Some(b) = t
+                    .strip_prefix("<0x")
+                    .and_then(|h| h.strip_suffix('>'))
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                bytes.push(b);
+            } else {
+                bytes.extend(t.replace('\u{2581}', " ").as_bytes());
+            }
+            return;
+        }
         if let Some(t) = self.tokens.get(id as usize) {
             for c in t.chars() {
                 match self.char_byte.get(&c) {
@@ -299,6 +385,7 @@ impl Tokenizer {
             eog: Vec::new(),
             bos: None,
             add_bos: false,
+            spm: None,
         })
     }
 
@@ -314,6 +401,9 @@ impl Tokenizer {
 
     /// Token ids of `text` (no special tokens added).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        if let Some(spm) = &self.spm {
+            return Ok(self.spm_encode(spm, text, true));
+        }
         let mut out = Vec::new();
         for piece in self.pre_tokenize(text) {
             self.bpe(piece, &mut out)?;
@@ -331,7 +421,153 @@ impl Tokenizer {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// SentencePiece with special tokens matched whole: as llama.cpp, a space is put first
+    /// at the start and after each special token (when the model asks for one).
+    fn spm_encode_special(&self, spm: &Spm, text: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        let mut after_special = true;
+        while !rest.is_empty() {
+            let next = self
+                .special
+                .iter()
+                .filter_map(|(s, id)| rest.find(s.as_str()).map(|at| (at, s.len(), *id)))
+                .min_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            let (raw, special) = match next {
+                Some((at, len, id)) => {
+                    let raw = &rest[..at];
+                    rest = &rest[at + len..];
+                    (raw, Some(id))
+                }
+                None => (std::mem::take(&mut rest), None),
+            };
+            if !raw.is_empty() {
+                out.extend(self.spm_encode(spm, raw, after_special));
+            }
+            after_special = special.is_some();
+            out.extend(special);
+        }
+        out
+    }
+
+    /// llama.cpp's SentencePiece encoder: spaces become `▁` (one put first if
+    /// `first` and the model adds a space prefix); the text starts as UTF-8 characters and
+    /// the adjacent pair that forms the highest-scoring vocabulary token is merged (the
+    /// leftmost on ties) until none does; pieces outside the vocabulary are cut back along
+    /// their merges, and what still is not a token becomes byte tokens.
+    fn spm_encode(&self, spm: &Spm, text: &str, first: bool) -> Vec<u32> {
+        // No text, no tokens (not even the space prefix), as llama.cpp.
+        if text.is_empty() {
+            return Vec::new();
+        }
+        let mut s = String::with_capacity(text.len() + 3);
+        if first && spm.add_space_prefix {
+            s.push(' ');
+        }
+        s.push_str(text);
+        let s = s.replace(' ', "\u{2581}");
+        if s.is_empty() {
+            return Vec::new();
+        }
+        // Symbols: byte ranges of `s`, linked left and right.
+        struct Sym {
+            start: usize,
+            len: usize,
+            prev: Option<usize>,
+            next: Option<usize>,
+        }
+        let mut syms: Vec<Sym> = Vec::new();
+        for (i, (at, c)) in s.char_indices().enumerate() {
+            syms.push(Sym {
+                start: at,
+                len: c.len_utf8(),
+                prev: i.checked_sub(1),
+                next: None,
+            });
+            if i > 0 {
+                syms[i - 1].next = Some(i);
+            }
+        }
+        // The queue: highest score first, then the leftmost.
+        #[derive(PartialEq)]
+        struct Bigram {
+            score: f32,
+            left: usize,
+            right: usize,
+            size: usize,
+        }
+        impl Eq for Bigram {}
+        impl PartialOrd for Bigram {
+            fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(o))
+            }
+        }
+        impl Ord for Bigram {
+            fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+                self.score.total_cmp(&o.score).then(o.left.cmp(&self.left))
+            }
+        }
+        let mut queue = std::collections::BinaryHeap::new();
+        // A pair is queued only if together they are a token, so every merged symbol is
+        // one (llama.cpp's `rev_merge` fallback never fires for them).
+        let try_add = |l: Option<usize>,
+                       r: Option<usize>,
+                       syms: &[Sym],
+                       queue: &mut std::collections::BinaryHeap<Bigram>| {
+            let (Some(l), Some(r)) = (l, r) else { return };
+            let size = syms[l].len + syms[r].len;
+            let Some(&id) = self.ids.get(&s[syms[l].start..syms[l].start + size]) else {
+                return;
+            };
+            queue.push(Bigram {
+                score: spm.scores.get(id as usize).copied().unwrap_or(0.0),
+                left: l,
+                right: r,
+                size,
+            });
+        };
+        for i in 1..syms.len() {
+            try_add(Some(i - 1), Some(i), &syms, &mut queue);
+        }
+        while let Some(b) = queue.pop() {
+            let (l, r) = (b.left, b.right);
+            if syms[l].len == 0 || syms[r].len == 0 || syms[l].len + syms[r].len != b.size {
+                continue;
+            }
+            syms[l].len += syms[r].len;
+            syms[r].len = 0;
+            syms[l].next = syms[r].next;
+            if let Some(n) = syms[r].next {
+                syms[n].prev = Some(l);
+            }
+            let (p, n) = (syms[l].prev, syms[l].next);
+            try_add(p, Some(l), &syms, &mut queue);
+            try_add(Some(l), n, &syms, &mut queue);
+        }
+        let mut out = Vec::new();
+        let mut i = Some(0);
+        while let Some(k) = i {
+            let text = &s[syms[k].start..syms[k].start + syms[k].len];
+            match self.ids.get(text) {
+                Some(&id) => out.push(id),
+                // A character the vocabulary lacks: its UTF-8 bytes as byte tokens.
+                None => out.extend(text.bytes().filter_map(|b| spm.byte_tokens[b as usize])),
+            }
+            i = syms[k].next;
+        }
+        out
+    }
+
     fn bpe(&self, piece: &str, out: &mut Vec<u32>) -> Result<()> {
+        // Llama 3's vocabulary is used with `ignore_merges`: a pre-token that is a token
+        // as a whole is that token, even where the merges would not reach it.
+        if self.pre == PreTokenizer::Llama3 {
+            let mapped: String = piece.bytes().map(|b| self.byte_char[b as usize]).collect();
+            if let Some(&id) = self.ids.get(&mapped) {
+                out.push(id);
+                return Ok(());
+            }
+        }
         let mut parts: Vec<String> = piece
             .bytes()
             .map(|b| self.byte_char[b as usize].to_string())
@@ -375,6 +611,8 @@ impl Tokenizer {
                 }
                 gpt2_split(&text[start..], &mut out);
             }
+            PreTokenizer::Llama3 => llama3_split(text, 3, &mut out),
+            PreTokenizer::Qwen2 => llama3_split(text, 1, &mut out),
         }
         out
     }
@@ -447,6 +685,95 @@ fn gpt2_split<'a>(text: &'a str, out: &mut Vec<&'a str>) {
             j -= 1;
         }
         out.push(&text[start..end_of(j)]);
+        k = j;
+    }
+}
+
+/// Llama 3's pattern, by hand (`digits` is 3 for Llama 3, 1 for Qwen2):
+/// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,digits}|
+/// ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`. The alternatives are tried in
+/// order at each position, as the regex does.
+fn llama3_split<'a>(text: &'a str, digits: usize, out: &mut Vec<&'a str>) {
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let end_of = |k: usize| chars.get(k).map_or(text.len(), |&(i, _)| i);
+    let is_nl = |c: char| c == '\r' || c == '\n';
+    let mut k = 0;
+    while k < chars.len() {
+        let c = chars[k].1;
+        let at = |j: usize| chars.get(j).map(|&(_, c)| c);
+        let run = |from: usize, f: &dyn Fn(char) -> bool| {
+            let mut j = from;
+            while at(j).is_some_and(f) {
+                j += 1;
+            }
+            j
+        };
+        // Contractions, any case.
+        if c == '\'' {
+            let lower: String = chars[k + 1..chars.len().min(k + 3)]
+                .iter()
+                .map(|&(_, c)| c.to_ascii_lowercase())
+                .collect();
+            let n = ["re", "ve", "ll", "s", "t", "m", "d"]
+                .iter()
+                .find(|s| lower.starts_with(*s))
+                .map(|s| s.len());
+            if let Some(n) = n {
+                out.push(&text[chars[k].0..end_of(k + 1 + n)]);
+                k += 1 + n;
+                continue;
+            }
+        }
+        // An optional leading non-letter, non-digit, non-newline, then letters.
+        let lead = !is_nl(c) && class(c) != Class::Letter && class(c) != Class::Number;
+        if class(c) == Class::Letter
+            || (lead && at(k + 1).is_some_and(|c| class(c) == Class::Letter))
+        {
+            let from = if class(c) == Class::Letter { k } else { k + 1 };
+            let j = run(from, &|c| class(c) == Class::Letter);
+            out.push(&text[chars[k].0..end_of(j)]);
+            k = j;
+            continue;
+        }
+        // Numbers, `digits` at a time.
+        if class(c) == Class::Number {
+            let mut j = k;
+            while j < k + digits && at(j).is_some_and(|c| class(c) == Class::Number) {
+                j += 1;
+            }
+            out.push(&text[chars[k].0..end_of(j)]);
+            k = j;
+            continue;
+        }
+        // ` ?` other characters, then newlines.
+        let other = |c: char| class(c) == Class::Other;
+        let from = if c == ' ' && at(k + 1).is_some_and(other) {
+            k + 1
+        } else {
+            k
+        };
+        if at(from).is_some_and(other) {
+            let j = run(from, &other);
+            let j = run(j, &is_nl);
+            out.push(&text[chars[k].0..end_of(j)]);
+            k = j;
+            continue;
+        }
+        // Whitespace: up to the last newline of the run, if it has one.
+        let ws_end = run(k, &|c| class(c) == Class::Space);
+        if let Some(last_nl) = (k..ws_end).rev().find(|&j| is_nl(chars[j].1)) {
+            out.push(&text[chars[k].0..end_of(last_nl + 1)]);
+            k = last_nl + 1;
+            continue;
+        }
+        // `\s+(?!\S)`: a run not followed by non-space; before non-space, all but its last
+        // character; a lone one, `\s+`.
+        let j = if ws_end < chars.len() && ws_end - k >= 2 {
+            ws_end - 1
+        } else {
+            ws_end.max(k + 1)
+        };
+        out.push(&text[chars[k].0..end_of(j)]);
         k = j;
     }
 }
