@@ -1,4 +1,4 @@
-//! The Llama-family forward pass (Llama, SmolLM; Qwen2 and others to come) on GGUF weights,
+//! The Llama-family forward pass (Llama, SmolLM, Qwen2) on GGUF weights,
 //! one token at a time with a KV cache. Weights stay quantised; each matrix–vector product
 //! works block by block on them (see [`QMatrix::matvec`]).
 //!
@@ -52,6 +52,11 @@ pub struct Config {
     pub rope_base: f32,
     /// Longest context the model was trained for.
     pub n_ctx: usize,
+    /// The architecture (`llama`, `qwen2`).
+    pub arch: String,
+    /// RoPE rotates pairs half a head apart (GPT-NeoX style, Qwen2) rather than
+    /// neighbours (Llama as GGUF stores it).
+    pub rope_neox: bool,
 }
 
 impl Config {
@@ -62,11 +67,16 @@ impl Config {
             .and_then(|v| v.as_str())
             .ok_or_else(|| err("no general.architecture"))?
             .to_string();
-        if !matches!(arch.as_str(), "llama") {
-            return Err(err(format!(
-                "architecture {arch:?} is not supported yet (llama is)"
-            )));
-        }
+        // llama.cpp's rope type per architecture: NORM for llama, NEOX for qwen2.
+        let rope_neox = match arch.as_str() {
+            "llama" => false,
+            "qwen2" => true,
+            _ => {
+                return Err(err(format!(
+                    "architecture {arch:?} is not supported yet (llama, qwen2 are)"
+                )));
+            }
+        };
         let u = |k: &str| -> Result<usize> {
             g.get(&format!("{arch}.{k}"))
                 .and_then(|v| v.as_u64())
@@ -113,6 +123,8 @@ impl Config {
             rms_eps: f("attention.layer_norm_rms_epsilon", 1e-5),
             rope_base: f("rope.freq_base", 10_000.0),
             n_ctx: u("context_length")?,
+            rope_neox,
+            arch,
         })
     }
 
@@ -767,6 +779,8 @@ struct Layer {
     attn_norm: Vec<f32>,
     /// q, k and v: they read the same input.
     qkv: [Arc<QMatrix>; 3],
+    /// Their biases (Qwen2).
+    qkv_bias: Option<[Vec<f32>; 3]>,
     wo: Arc<QMatrix>,
     ffn_norm: Vec<f32>,
     /// gate and up: they read the same input.
@@ -928,7 +942,7 @@ fn attend(scores: &[f32], values: &[f32], stride: usize, at: usize, out: &mut [f
 }
 
 #[inline(always)]
-fn rope(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
+fn rope(x: &mut [f32], head_dim: usize, pos: usize, base: f32, neox: bool) {
     // θ_i = pos·base^(−2i/d), formed by repeated multiplication as llama.cpp does.
     let step = base.powf(-2.0 / head_dim as f32);
     for head in x.chunks_exact_mut(head_dim) {
@@ -936,9 +950,15 @@ fn rope(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
         for i in 0..head_dim / 2 {
             let (sin, cos) = theta.sin_cos();
             theta *= step;
-            let (a, b) = (head[2 * i], head[2 * i + 1]);
-            head[2 * i] = a.mul_add(cos, -(b * sin));
-            head[2 * i + 1] = a.mul_add(sin, b * cos);
+            // NORM rotates neighbours (2i, 2i+1); NEOX pairs i with i + d/2.
+            let (ia, ib) = if neox {
+                (i, i + head_dim / 2)
+            } else {
+                (2 * i, 2 * i + 1)
+            };
+            let (a, b) = (head[ia], head[ib]);
+            head[ia] = a.mul_add(cos, -(b * sin));
+            head[ib] = a.mul_add(sin, b * cos);
         }
     }
 }
@@ -957,6 +977,14 @@ impl Llama {
             layers.push(Layer {
                 attn_norm: vector(g, bytes, &format!("blk.{i}.attn_norm.weight"), e)?,
                 qkv: [m("attn_q", e, e)?, m("attn_k", e, kv)?, m("attn_v", e, kv)?],
+                qkv_bias: match g.tensor(&format!("blk.{i}.attn_q.bias")) {
+                    Some(_) => Some([
+                        vector(g, bytes, &format!("blk.{i}.attn_q.bias"), e)?,
+                        vector(g, bytes, &format!("blk.{i}.attn_k.bias"), kv)?,
+                        vector(g, bytes, &format!("blk.{i}.attn_v.bias"), kv)?,
+                    ]),
+                    None => None,
+                },
                 wo: m("attn_output", e, e)?,
                 ffn_norm: vector(g, bytes, &format!("blk.{i}.ffn_norm.weight"), e)?,
                 gate_up: [m("ffn_gate", e, ff)?, m("ffn_up", e, ff)?],
@@ -1102,9 +1130,19 @@ impl Llama {
                 qkv.next().unwrap_or_default(),
                 qkv.next().unwrap_or_default(),
             );
+            // Qwen2's q/k/v biases, added after the products as llama.cpp adds them.
+            if let Some([bq, bk, bv]) = &layer.qkv_bias {
+                for t in 0..n {
+                    for (out, b) in [(&mut q[t], bq), (&mut k[t], bk), (&mut v[t], bv)] {
+                        for (o, b) in out.iter_mut().zip(b) {
+                            *o += b;
+                        }
+                    }
+                }
+            }
             for t in 0..n {
-                rope(&mut q[t], hd, s.pos + t, c.rope_base);
-                rope(&mut k[t], hd, s.pos + t, c.rope_base);
+                rope(&mut q[t], hd, s.pos + t, c.rope_base, c.rope_neox);
+                rope(&mut k[t], hd, s.pos + t, c.rope_base, c.rope_neox);
                 half(&mut q[t]);
                 half(&mut k[t]);
                 half(&mut v[t]);
