@@ -48,6 +48,10 @@ pub enum Command {
         /// Size of the sample file in MiB.
         #[arg(long, default_value_t = 64, value_name = "N")]
         size_mib: usize,
+        /// Where `scripts/fetch-models` put the models (default ~/.cache/sov/models); with
+        /// SmolLM2 there, the demo also shares a model between nodes and asks it a question.
+        #[arg(long, env = "SOV_MODEL_DIR", value_name = "DIR")]
+        models: Option<PathBuf>,
     },
     /// Store, read and share encrypted objects.
     #[command(subcommand)]

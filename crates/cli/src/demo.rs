@@ -100,7 +100,7 @@ async fn replica_holders(members: &[Member], id: ContentId) -> anyhow::Result<Ve
     Ok(out)
 }
 
-pub fn run(dir: Option<PathBuf>, size_mib: usize) -> anyhow::Result<()> {
+pub fn run(dir: Option<PathBuf>, size_mib: usize, models: Option<PathBuf>) -> anyhow::Result<()> {
     if size_mib == 0 || size_mib > 4096 {
         bail!("--size-mib must be between 1 and 4096");
     }
@@ -124,7 +124,9 @@ pub fn run(dir: Option<PathBuf>, size_mib: usize) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(walk(&root, size_mib))?;
+    let models = models
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sov/models")));
+    runtime.block_on(walk(&root, size_mib, models.as_deref()))?;
     if guard.is_none() {
         say!("\ndone. The homes are kept; look around, or run one of them:")?;
         say!("    sov --home {} data ls", root.join("bob").display())?;
@@ -135,7 +137,7 @@ pub fn run(dir: Option<PathBuf>, size_mib: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn walk(root: &Path, size_mib: usize) -> anyhow::Result<()> {
+async fn walk(root: &Path, size_mib: usize, models: Option<&Path>) -> anyhow::Result<()> {
     say!(
         "sov demo: {} nodes on this machine's loopback, each with its own identity, encrypted store and peer-to-peer stack.",
         NAMES.len()
@@ -370,6 +372,7 @@ async fn walk(root: &Path, size_mib: usize) -> anyhow::Result<()> {
             entry.name
         ),
     )?;
+    let entry_name = entry.name;
     let entry_addrs = entry.node().listen_addrs().await?;
     members[4].node = Some(start(&members[4].home, entry_addrs).await?);
     let (bytes, report) = read(members[4].node(), id).await?;
@@ -388,10 +391,108 @@ async fn walk(root: &Path, size_mib: usize) -> anyhow::Result<()> {
         bytes.len()
     )?;
 
+    model_step(&members, entry_name, models).await?;
+
     for m in &mut members {
         if let Some(n) = m.node.take() {
             n.shutdown().await;
         }
     }
+    Ok(())
+}
+
+/// Step 8: a model travels as signed, encrypted objects and answers on the node that pulled it.
+async fn model_step(members: &[Member], owner: &str, models: Option<&Path>) -> anyhow::Result<()> {
+    const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+    let Some(path) = models.map(|d| d.join(FILE)).filter(|p| p.is_file()) else {
+        step(
+            8,
+            "a model step is skipped: no SmolLM2 in the model cache (scripts/fetch-models puts it there; or --models DIR).",
+        )?;
+        return Ok(());
+    };
+    let owner = members
+        .iter()
+        .find(|m| m.name == owner)
+        .context("the model's owner")?;
+    let erin = &members[4];
+    step(
+        8,
+        &format!(
+            "{} imports SmolLM2-135M as a model with a signed manifest and shares it with erin; erin pulls it from the network, checks the signature, and asks it a question.",
+            owner.name
+        ),
+    )?;
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let entry = owner
+        .node()
+        .registry(move |s| {
+            sov_node::models::import(
+                s,
+                &path,
+                sov_node::models::ImportOptions {
+                    name: Some("smollm2".into()),
+                    license: Some("Apache-2.0".into()),
+                    parent: None,
+                    created,
+                },
+            )
+        })
+        .await?;
+    say!(
+        "    {} imported {} ({} parameters, {}); model id {}",
+        owner.name,
+        entry.manifest.name,
+        entry.manifest.parameters,
+        output::bytes(entry.manifest.weights_size),
+        entry.id
+    )?;
+    owner
+        .node()
+        .share_model("smollm2", erin.node().did())
+        .await?;
+    let started = Instant::now();
+    let pulled = erin.node().pull_model(entry.id).await?;
+    if pulled != entry {
+        bail!("erin pulled a different manifest: the demo found a bug");
+    }
+    say!(
+        "    erin pulled it in {:.1} s; manifest signed by {} ({}), weights verified block by block",
+        started.elapsed().as_secs_f64(),
+        owner.name,
+        pulled.signer
+    )?;
+    let e = pulled.clone();
+    let loaded = erin
+        .node()
+        .registry(move |s| sov_node::models::load(s, &e))
+        .await?;
+    let sov_node::models::Loaded::Language(m) = loaded else {
+        bail!("smollm2 did not load as a language model");
+    };
+    let question = "What is the capital of France?";
+    let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let prompt = m.chat_prompt(&[
+            sov_models::chat::Message::new("system", "You are a helpful assistant."),
+            sov_models::chat::Message::new("user", question),
+        ])?;
+        let req = sov_models::generate::Request {
+            prompt,
+            max_tokens: 32,
+            sampling: sov_models::sample::SamplingParams::greedy(),
+            stop: Vec::new(),
+        };
+        Ok(m.generate(&req, &mut |_| true)?)
+    })
+    .await??;
+    say!("    erin asks: {question}")?;
+    say!(
+        "    smollm2 on erin's node answers: {} ({} tokens at {:.0} tokens/s)",
+        answer.text.trim(),
+        answer.completion_tokens,
+        answer.decode_tokens_per_s()
+    )?;
     Ok(())
 }

