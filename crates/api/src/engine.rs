@@ -65,6 +65,7 @@ pub(crate) struct GenerateJob {
     pub(crate) max_tokens: Option<usize>,
     pub(crate) sampling: SamplingParams,
     pub(crate) stop: Vec<String>,
+    pub(crate) logprobs: Option<usize>,
     pub(crate) events: mpsc::Sender<Event>,
 }
 
@@ -236,6 +237,7 @@ fn run(loaded: &Loaded, job: Job) {
                     prompt,
                     sampling: g.sampling.clone(),
                     stop: g.stop.clone(),
+                    logprobs: g.logprobs,
                 };
                 let events = &g.events;
                 m.generate(&req, &mut |t| {

@@ -7,7 +7,9 @@
 //! | `POST /v1/completions` | plain-text completion, streamed or not |
 //! | `POST /v1/embeddings` | embeddings, `encoding_format` float or base64 |
 //!
-//! Errors have OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`. Sampling
+//! Errors have OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+//! Log-probabilities (chat `logprobs`/`top_logprobs`, completions `logprobs: n`) are the
+//! model's, before sampling settings; streamed, they come whole on the last chunk. Sampling
 //! settings left out take llama.cpp's defaults (temperature 0.8, top_k 40, top_p 0.95,
 //! min_p 0.05); `max_tokens` left out means up to 1,024 tokens (or the context's end).
 
@@ -253,6 +255,7 @@ struct Settings {
     n: Option<u64>,
     #[serde(default)]
     logprobs: Option<Value>,
+    top_logprobs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,18 +273,54 @@ struct CompletionRequest {
 }
 
 impl Settings {
+    /// Log-probabilities asked for: chat says `logprobs: true` and `top_logprobs: n`,
+    /// completions `logprobs: n`.
+    fn logprobs(&self, api: Api) -> Result<Option<usize>, OaiError> {
+        let max = sov_models::generate::MAX_TOP_LOGPROBS as u64;
+        let param = if api == Api::Chat {
+            "top_logprobs"
+        } else {
+            "logprobs"
+        };
+        let n = match (api, &self.logprobs) {
+            (_, None) | (_, Some(Value::Null)) | (Api::Chat, Some(Value::Bool(false))) => {
+                if self.top_logprobs.is_some() {
+                    return Err(OaiError::invalid(
+                        "top_logprobs needs logprobs: true",
+                        Some("top_logprobs"),
+                    ));
+                }
+                return Ok(None);
+            }
+            (Api::Chat, Some(Value::Bool(true))) => self.top_logprobs.unwrap_or(0),
+            (Api::Text, Some(Value::Number(n))) => n.as_u64().ok_or_else(|| {
+                OaiError::invalid("logprobs must be a whole number", Some("logprobs"))
+            })?,
+            (Api::Chat, _) => {
+                return Err(OaiError::invalid(
+                    "logprobs must be true or false",
+                    Some("logprobs"),
+                ));
+            }
+            (Api::Text, _) => {
+                return Err(OaiError::invalid(
+                    "logprobs must be a whole number",
+                    Some("logprobs"),
+                ));
+            }
+        };
+        if n > max {
+            return Err(OaiError::invalid(
+                format!("at most {max} alternatives per token"),
+                Some(param),
+            ));
+        }
+        Ok(Some(n as usize))
+    }
+
     fn job_parts(&self) -> Result<(Option<usize>, SamplingParams, Vec<String>), OaiError> {
         if self.n.unwrap_or(1) != 1 {
             return Err(OaiError::invalid("only n = 1 is supported", Some("n")));
-        }
-        if matches!(
-            self.logprobs,
-            Some(Value::Bool(true)) | Some(Value::Number(_))
-        ) {
-            return Err(OaiError::invalid(
-                "logprobs are not supported yet",
-                Some("logprobs"),
-            ));
         }
         let d = SamplingParams::default();
         let sampling = SamplingParams {
@@ -425,6 +464,7 @@ async fn complete(
     api: Api,
 ) -> Result<Response, OaiError> {
     let (max_tokens, sampling, stop) = settings.job_parts()?;
+    let logprobs = settings.logprobs(api)?;
     let entry = entry(&state, &settings.model).await?;
     if entry.manifest.kind != ModelKind::Language {
         return Err(OaiError::invalid(
@@ -447,6 +487,7 @@ async fn complete(
                 max_tokens,
                 sampling,
                 stop,
+                logprobs,
                 events: tx,
             },
         )
@@ -461,15 +502,16 @@ async fn complete(
                 Event::Text(t) => text.push_str(&t),
                 Event::Done(Err(f)) => return Err(OaiError::from_failure(f)),
                 Event::Done(Ok(o)) => {
+                    let lp = logprobs.map(|_| logprobs_json(api, &o));
                     let choice = match api {
                         Api::Chat => json!({
                             "index": 0,
                             "message": {"role": "assistant", "content": o.text},
-                            "logprobs": null,
+                            "logprobs": lp,
                             "finish_reason": o.finish.as_str(),
                         }),
                         Api::Text => json!({
-                            "index": 0, "text": o.text, "logprobs": null,
+                            "index": 0, "text": o.text, "logprobs": lp,
                             "finish_reason": o.finish.as_str(),
                         }),
                     };
@@ -512,8 +554,37 @@ async fn complete(
         }
         SseEvent::default().data(v.to_string())
     };
-    let stream = events(first, rx, api, include_usage, chunk);
+    let stream = events(first, rx, api, include_usage, logprobs.is_some(), chunk);
     Ok(Sse::new(stream).into_response())
+}
+
+/// Log-probabilities in the shape each API uses: chat `{content: [{token, logprob, bytes,
+/// top_logprobs}]}`, completions `{tokens, token_logprobs, top_logprobs, text_offset}`.
+fn logprobs_json(api: Api, o: &Output) -> Value {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match api {
+        Api::Chat => json!({"content": o.logprobs.iter().map(|t| json!({
+            "token": text(&t.bytes), "logprob": t.logprob, "bytes": t.bytes,
+            "top_logprobs": t.top.iter().map(|(_, b, lp)| json!({
+                "token": text(b), "logprob": lp, "bytes": b})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>()}),
+        Api::Text => {
+            let mut offset = 0;
+            let mut offsets = Vec::new();
+            for t in &o.logprobs {
+                offsets.push(offset);
+                offset += text(&t.bytes).len();
+            }
+            json!({
+                "tokens": o.logprobs.iter().map(|t| text(&t.bytes)).collect::<Vec<_>>(),
+                "token_logprobs": o.logprobs.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                "top_logprobs": o.logprobs.iter().map(|t| t.top.iter()
+                    .map(|(_, b, lp)| (text(b), json!(lp)))
+                    .collect::<serde_json::Map<String, Value>>()).collect::<Vec<_>>(),
+                "text_offset": offsets,
+            })
+        }
+    }
 }
 
 fn fingerprint() -> String {
@@ -546,6 +617,7 @@ fn events(
     rx: mpsc::Receiver<Event>,
     api: Api,
     include_usage: bool,
+    want_logprobs: bool,
     chunk: impl Fn(Value, Value) -> SseEvent + Send + 'static,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     enum St {
@@ -577,11 +649,13 @@ fn events(
                 }
                 Some(Event::Done(Ok(o))) => {
                     let finish = o.finish.as_str();
-                    // Like llama.cpp's server, the last chunk carries the speed figures.
-                    out.push(chunk(
-                        stream_choice(api, json!({}), Some(finish)),
-                        json!({"timings": timings(&o)}),
-                    ));
+                    // Like llama.cpp's server, the last chunk carries the speed figures;
+                    // log-probabilities, if asked for, come whole with it.
+                    let mut choices = stream_choice(api, json!({}), Some(finish));
+                    if want_logprobs && let Some(c) = choices.get_mut(0) {
+                        c["logprobs"] = logprobs_json(api, &o);
+                    }
+                    out.push(chunk(choices, json!({"timings": timings(&o)})));
                     if include_usage {
                         out.push(chunk(json!([]), json!({"usage": usage(&o)})));
                     }

@@ -483,6 +483,7 @@ async fn model_step(members: &[Member], owner: &str, models: Option<&Path>) -> a
             max_tokens: 32,
             sampling: sov_models::sample::SamplingParams::greedy(),
             stop: Vec::new(),
+            logprobs: None,
         };
         Ok(m.generate(&req, &mut |_| true)?)
     })

@@ -269,6 +269,7 @@ impl Engine {
                     max_tokens: a.max_tokens,
                     sampling: params,
                     stop: Vec::new(),
+                    logprobs: None,
                 };
                 let mut failed = None;
                 let out = m.generate(&req, &mut |t| match on_text(t) {

@@ -134,6 +134,20 @@ fn models_are_imported_run_and_served_to_the_openai_client() {
         !r["completion"]["text"].as_str().unwrap().contains('.'),
         "the stop sequence is not shown"
     );
+    // Log-probabilities: " Paris" first, with llama.cpp's log-probability for it
+    // (crates/models/fixtures/smollm2-logprobs.json: -0.2589).
+    let clp = &r["completion_logprobs"];
+    assert_eq!(clp["tokens"][0], " Paris", "{clp}");
+    assert!(
+        (clp["first"].as_f64().unwrap() + 0.2589).abs() < 1e-3,
+        "{clp}"
+    );
+    assert_eq!(clp["top"].as_object().unwrap().len(), 5);
+    assert_eq!(clp["offsets"][0], 0);
+    let chat_lp = &r["chat_logprobs"];
+    assert_eq!(chat_lp["joined"], chat_lp["content"], "{chat_lp}");
+    assert_eq!(chat_lp["first_is_top"], true);
+    assert_eq!(chat_lp["n_top"], 3);
     let e = &r["embeddings"];
     assert_eq!(
         (e["count"].as_u64(), e["dims"].as_u64()),

@@ -51,6 +51,19 @@ r = client.completions.create(model="smollm2", prompt="The capital of France is"
                               stop=["."])
 out["completion"] = {"text": r.choices[0].text, "finish_reason": r.choices[0].finish_reason}
 
+# Log-probabilities: the model's, as llama.cpp reports them.
+r = client.completions.create(model="smollm2", prompt="The capital of France is", temperature=0,
+                              max_tokens=3, logprobs=5)
+lp = r.choices[0].logprobs
+out["completion_logprobs"] = {"tokens": lp.tokens, "first": lp.token_logprobs[0],
+                              "top": lp.top_logprobs[0], "offsets": lp.text_offset}
+c = client.chat.completions.create(model="smollm2", messages=question, temperature=0, max_tokens=8,
+                                   logprobs=True, top_logprobs=3)
+content = c.choices[0].logprobs.content
+out["chat_logprobs"] = {"joined": "".join(t.token for t in content), "content": c.choices[0].message.content,
+                        "first_is_top": content[0].logprob == content[0].top_logprobs[0].logprob,
+                        "n_top": len(content[0].top_logprobs)}
+
 # Embeddings (the client asks for base64 by default; float when told).
 texts = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]
 e = client.embeddings.create(model="minilm", input=texts)

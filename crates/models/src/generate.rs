@@ -62,6 +62,26 @@ pub struct Request {
     pub sampling: SamplingParams,
     /// Text that ends the generation (not included in the output).
     pub stop: Vec<String>,
+    /// Report each generated token's log-probability and this many most likely
+    /// alternatives (`None`: none; at most [`MAX_TOP_LOGPROBS`]).
+    pub logprobs: Option<usize>,
+}
+
+/// Most alternatives reported per token (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// One generated token's log-probability under the model (before sampling settings and
+/// penalties, as llama.cpp reports them), with the most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token.
+    pub id: u32,
+    /// Its bytes (a token may end inside a UTF-8 character).
+    pub bytes: Vec<u8>,
+    /// ln p(token).
+    pub logprob: f32,
+    /// The most likely tokens at this step: id, bytes, ln p.
+    pub top: Vec<(u32, Vec<u8>, f32)>,
 }
 
 /// What came out.
@@ -81,6 +101,8 @@ pub struct Output {
     pub prompt_seconds: f64,
     /// Seconds spent generating.
     pub decode_seconds: f64,
+    /// Per generated token (not the end-of-generation token), if the request asked.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 impl Output {
@@ -97,6 +119,18 @@ impl Output {
             self.decode_seconds,
         )
     }
+}
+
+/// ln softmax, summed in f64.
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + logits
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    logits.iter().map(|&l| (l as f64 - lse) as f32).collect()
 }
 
 fn rate(n: usize, secs: f64) -> f64 {
@@ -194,13 +228,38 @@ impl LanguageModel {
         let start = Instant::now();
         let mut tokens = Vec::new();
         let mut finish = Finish::Length;
+        let mut logprobs = Vec::new();
+        let top_n = req.logprobs.map(|n| n.min(MAX_TOP_LOGPROBS));
         while tokens.len() < budget {
+            let log_softmax = top_n.map(|_| log_softmax(&logits));
             let next = sampler.sample(&mut logits, &history);
             tokens.push(next);
             history.push(next);
             if self.tokenizer.is_eog(next) {
                 finish = Finish::Stop;
                 break;
+            }
+            if let (Some(n), Some(lp)) = (top_n, log_softmax) {
+                let mut order: Vec<u32> = (0..lp.len() as u32).collect();
+                let k = n.min(order.len());
+                if k > 0 {
+                    order.select_nth_unstable_by(k - 1, |a, b| {
+                        lp[*b as usize].total_cmp(&lp[*a as usize])
+                    });
+                    order.truncate(k);
+                    order.sort_by(|a, b| lp[*b as usize].total_cmp(&lp[*a as usize]));
+                } else {
+                    order.clear();
+                }
+                logprobs.push(TokenLogprob {
+                    id: next,
+                    bytes: self.tokenizer.piece_bytes(next),
+                    logprob: lp.get(next as usize).copied().unwrap_or(f32::NEG_INFINITY),
+                    top: order
+                        .into_iter()
+                        .map(|t| (t, self.tokenizer.piece_bytes(t), lp[t as usize]))
+                        .collect(),
+                });
             }
             let (text, stopped) = stream.push(&self.tokenizer.piece_bytes(next));
             if !text.is_empty() && !on_text(&text) {
@@ -229,6 +288,7 @@ impl LanguageModel {
             finish,
             prompt_seconds,
             decode_seconds: start.elapsed().as_secs_f64(),
+            logprobs,
         })
     }
 }

@@ -277,6 +277,7 @@ fn chat_prompts_and_answers_match_llama_cpp() {
             max_tokens: r.tokens.len(),
             sampling: sov_models::sample::SamplingParams::greedy(),
             stop: vec![],
+            logprobs: None,
         };
         let mut streamed = String::new();
         let out = m
