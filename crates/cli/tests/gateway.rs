@@ -85,6 +85,42 @@ fn models_are_imported_run_and_served_to_the_openai_client() {
         assert!(local[k].as_f64().unwrap() > 0.0, "{k}: {local}");
     }
 
+    // `sov chat` reads turns from standard input and keeps the conversation.
+    let chat = {
+        use std::io::Write as _;
+        let mut child = home
+            .cmd(&[
+                "chat",
+                "smollm2",
+                "--system",
+                system,
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "24",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("{question}\n\n/reset\n{question}\n/exit\n").as_bytes())
+            .unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    assert!(
+        chat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&chat.stderr)
+    );
+    let said = String::from_utf8_lossy(&chat.stdout);
+    // Asked twice (the second time after /reset), answered the same way twice.
+    assert_eq!(said.matches("Paris").count(), 2, "{said}");
+    assert!(String::from_utf8_lossy(&chat.stderr).contains("conversation cleared"));
+
     // The node serves the same models through /v1, to the official client.
     home.start(&["--threads", "2"]);
     let node: Value =
@@ -178,4 +214,55 @@ fn models_are_imported_run_and_served_to_the_openai_client() {
     let pid = home.pid();
     signal(pid, "-TERM");
     wait("the node to stop", || !home.node_json().exists());
+}
+
+#[test]
+fn a_model_is_shared_and_pulled_between_node_processes() {
+    let models = models_dir();
+    let mut a = Home::new();
+    let mut b = Home::new();
+    let boot = a.start(&[]);
+    b.start(&["--bootstrap", &boot]);
+    wait("A and B to connect", || {
+        let v: Value = serde_json::from_str(&a.ok(&["peers", "--json"])).unwrap();
+        !v.as_array().unwrap().is_empty()
+    });
+    // Through A's API: import, then share with B.
+    let imported: Value = serde_json::from_str(&a.ok(&[
+        "model",
+        "import",
+        models.join("all-MiniLM-L6-v2").to_str().unwrap(),
+        "--name",
+        "minilm",
+        "--json",
+    ]))
+    .unwrap();
+    let id = imported["id"].as_str().unwrap().to_string();
+    // B cannot pull it before A shares it.
+    let refused = b.run(&["model", "pull", &id]);
+    assert!(!refused.status.success());
+    a.ok(&["model", "share", "minilm", &b.did()]);
+    let pulled: Value = serde_json::from_str(&b.ok(&["model", "pull", &id, "--json"])).unwrap();
+    assert_eq!(pulled["name"], "minilm");
+    assert_eq!(pulled["signer"].as_str(), Some(a.did().as_str()));
+    assert_eq!(pulled["kind"], "embedding");
+    let ls: Value = serde_json::from_str(&b.ok(&["model", "ls", "--json"])).unwrap();
+    assert_eq!(ls[0]["id"].as_str(), Some(id.as_str()));
+    // An embedding model does not chat, and says so.
+    let run = b.run(&["run", "minilm", "hello"]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("embedding model"), "{err}");
+    // Removing it on B leaves A's copy.
+    b.ok(&["model", "rm", "minilm"]);
+    let ls: Value = serde_json::from_str(&b.ok(&["model", "ls", "--json"])).unwrap();
+    assert!(ls.as_array().unwrap().is_empty());
+    let ls: Value = serde_json::from_str(&a.ok(&["model", "ls", "--json"])).unwrap();
+    assert_eq!(ls.as_array().unwrap().len(), 1);
+    for h in [&a, &b] {
+        signal(h.pid(), "-TERM");
+    }
+    wait("the nodes to stop", || {
+        !a.node_json().exists() && !b.node_json().exists()
+    });
 }
