@@ -211,7 +211,10 @@ impl QMatrix {
     /// compiled for them: the compiler vectorises the fixed-size block loops (3.6× faster on
     /// this machine's EPYC than the SSE2 baseline).
     fn rows_batch(&self, xs: &[Activations], rows: Range<usize>, y: &mut [f32]) {
-        debug_assert!(xs.iter().all(|a| a.x.len() == self.cols));
+        debug_assert!(
+            xs.iter()
+                .all(|a| a.x.len() == self.cols || a.q.len() * 32 == self.cols)
+        );
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
@@ -389,11 +392,17 @@ struct Activations {
 
 impl Activations {
     fn new(ty: GgmlType, x: &[f32]) -> Self {
-        let q = match ty {
-            GgmlType::Q4_1 | GgmlType::Q8_0 => quantize_q8(x),
-            _ => Vec::new(),
-        };
-        Activations { x: x.to_vec(), q }
+        match ty {
+            // The quantised kernels read only the 8-bit blocks.
+            GgmlType::Q4_1 | GgmlType::Q8_0 => Activations {
+                x: Vec::new(),
+                q: quantize_q8(x),
+            },
+            _ => Activations {
+                x: x.to_vec(),
+                q: Vec::new(),
+            },
+        }
     }
 }
 
@@ -942,14 +951,25 @@ fn attend(scores: &[f32], values: &[f32], stride: usize, at: usize, out: &mut [f
 }
 
 #[inline(always)]
-fn rope(x: &mut [f32], head_dim: usize, pos: usize, base: f32, neox: bool) {
-    // θ_i = pos·base^(−2i/d), formed by repeated multiplication as llama.cpp does.
+/// (cos θᵢ, sin θᵢ) for one position: θᵢ = pos·base^(−2i/d), formed by repeated
+/// multiplication as llama.cpp does (its rope cache). The same for every head and layer, so
+/// it is computed once per token.
+fn rope_cache(head_dim: usize, pos: usize, base: f32) -> Vec<(f32, f32)> {
     let step = base.powf(-2.0 / head_dim as f32);
-    for head in x.chunks_exact_mut(head_dim) {
-        let mut theta = pos as f32;
-        for i in 0..head_dim / 2 {
+    let mut theta = pos as f32;
+    (0..head_dim / 2)
+        .map(|_| {
             let (sin, cos) = theta.sin_cos();
             theta *= step;
+            (cos, sin)
+        })
+        .collect()
+}
+
+#[inline(always)]
+fn rope(x: &mut [f32], head_dim: usize, cache: &[(f32, f32)], neox: bool) {
+    for head in x.chunks_exact_mut(head_dim) {
+        for (i, &(cos, sin)) in cache.iter().enumerate().take(head_dim / 2) {
             // NORM rotates neighbours (2i, 2i+1); NEOX pairs i with i + d/2.
             let (ia, ib) = if neox {
                 (i, i + head_dim / 2)
@@ -1119,6 +1139,9 @@ impl Llama {
         let scale = 1.0 / (hd as f32).sqrt();
         let mut scores = vec![0f32; s.pos + n];
         let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let angles: Vec<Vec<(f32, f32)>> = (0..n)
+            .map(|t| rope_cache(hd, s.pos + t, c.rope_base))
+            .collect();
         for (l, layer) in self.layers.iter().enumerate() {
             let normed: Vec<Vec<f32>> = x
                 .iter()
@@ -1141,8 +1164,8 @@ impl Llama {
                 }
             }
             for t in 0..n {
-                rope(&mut q[t], hd, s.pos + t, c.rope_base, c.rope_neox);
-                rope(&mut k[t], hd, s.pos + t, c.rope_base, c.rope_neox);
+                rope(&mut q[t], hd, &angles[t], c.rope_neox);
+                rope(&mut k[t], hd, &angles[t], c.rope_neox);
                 half(&mut q[t]);
                 half(&mut k[t]);
                 half(&mut v[t]);
