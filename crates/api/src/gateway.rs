@@ -22,7 +22,7 @@ use axum::{
     Json,
     body::Bytes,
     extract::{Path, Request, State},
-    http::{StatusCode, header},
+    http::StatusCode,
     middleware::Next,
     response::{
         IntoResponse, Response,
@@ -113,19 +113,14 @@ pub(crate) async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(t) if crate::same(t.trim().as_bytes(), state.token.as_bytes()) => next.run(req).await,
-        Some(_) => OaiError::unauthorized(
+    match crate::bearer(&state, &req) {
+        crate::Bearer::Valid => next.run(req).await,
+        crate::Bearer::Wrong => OaiError::unauthorized(
             "Incorrect API key provided (use the node's admin token, in $SOV_HOME/admin.token)",
             "invalid_api_key",
         )
         .into_response(),
-        None => OaiError::unauthorized(
+        crate::Bearer::Missing => OaiError::unauthorized(
             "You didn't provide an API key: send `Authorization: Bearer <token>` (the token is in $SOV_HOME/admin.token)",
             "missing_api_key",
         )

@@ -156,17 +156,36 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// What the request's `Authorization: Bearer` header says about the admin token.
+pub(crate) enum Bearer {
+    /// The admin token.
+    Valid,
+    /// Some other token.
+    Wrong,
+    /// No bearer token.
+    Missing,
+}
+
+/// Check `req`'s bearer token against the admin token (compared without an early exit).
+pub(crate) fn bearer(state: &AppState, req: &Request) -> Bearer {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(t) if same(t.trim().as_bytes(), state.token.as_bytes()) => next.run(req).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "wrong token")
+        Some(t) if same(t.trim().as_bytes(), state.token.as_bytes()) => Bearer::Valid,
+        Some(_) => Bearer::Wrong,
+        None => Bearer::Missing,
+    }
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match bearer(&state, &req) {
+        Bearer::Valid => next.run(req).await,
+        Bearer::Wrong => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "wrong token")
             .into_response(),
-        None => ApiError::new(
+        Bearer::Missing => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing_token",
             "this route needs `Authorization: Bearer <token>` (the token is in $SOV_HOME/admin.token)",

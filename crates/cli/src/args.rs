@@ -173,7 +173,12 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 512, value_name = "N")]
     pub max_tokens: usize,
     /// Sampling temperature (0: always the most likely token).
-    #[arg(long, default_value_t = 0.8, value_name = "T")]
+    #[arg(
+        long,
+        default_value_t = 0.8,
+        value_name = "T",
+        allow_negative_numbers = true
+    )]
     pub temperature: f32,
     /// Keep the K most likely tokens (0: all).
     #[arg(long, default_value_t = 40, value_name = "K")]

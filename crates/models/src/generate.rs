@@ -121,8 +121,9 @@ impl Output {
     }
 }
 
-/// ln softmax, summed in f64.
-fn log_softmax(logits: &[f32]) -> Vec<f32> {
+/// ln softmax of logits, the normaliser summed in f64 (as tests and the gateway report
+/// log-probabilities).
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let lse = max
         + logits

@@ -580,15 +580,22 @@ mod avx2 {
 
     use super::Q8Block;
 
+    /// 32 bytes (u8 weights or i8 activations) into a register.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn load32(bytes: &[u8; 32]) -> __m256i {
-        // SAFETY: `bytes` is 32 readable bytes, and an unaligned load needs no alignment.
+    fn load32<T: Byte>(bytes: &[T; 32]) -> __m256i {
+        // SAFETY: `T` is one byte wide (the `Byte` trait is only for u8 and i8), so
+        // `bytes` is 32 readable bytes; an unaligned load needs no alignment.
         #[allow(unsafe_code)]
         unsafe {
             _mm256_loadu_si256(bytes.as_ptr().cast())
         }
     }
+
+    /// One-byte element types.
+    trait Byte {}
+    impl Byte for u8 {}
+    impl Byte for i8 {}
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -607,16 +614,6 @@ mod avx2 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn load32_signed(q: &[i8; 32]) -> __m256i {
-        // SAFETY: `q` is 32 readable bytes, and an unaligned load needs no alignment.
-        #[allow(unsafe_code)]
-        unsafe {
-            _mm256_loadu_si256(q.as_ptr().cast())
-        }
     }
 
     #[inline]
@@ -726,7 +723,7 @@ mod avx2 {
             let lo = _mm_and_si128(qs, mask);
             let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
             let w = _mm256_set_m128i(hi, lo);
-            let x = load32_signed(&xb.q);
+            let x = load32(&xb.q);
             let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc);
             mins = m.mul_add(xb.s, mins);
@@ -745,7 +742,7 @@ mod avx2 {
                 continue;
             };
             let w = load32(qs);
-            let x = load32_signed(&xb.q);
+            let x = load32(&xb.q);
             // |w| as unsigned times x with w's sign: maddubs wants one unsigned operand.
             let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
             let p = _mm256_madd_epi16(p, ones);

@@ -273,13 +273,30 @@ impl Tokenizer {
     /// ids, as llama.cpp does with `parse_special`. Chat templates need this; text from a
     /// user that is not meant to hold control tokens goes through [`Tokenizer::encode`].
     pub fn encode_special(&self, text: &str) -> Result<Vec<u32>> {
-        if let Some(spm) = &self.spm {
-            return Ok(self.spm_encode_special(spm, text));
+        let mut out = Vec::new();
+        let mut after_special = true;
+        for (raw, special) in self.split_special(text) {
+            if !raw.is_empty() {
+                match &self.spm {
+                    // SentencePiece puts a space first at the start and after each special
+                    // token (when the model asks for one), as llama.cpp does.
+                    Some(spm) => out.extend(self.spm_encode(spm, raw, after_special)),
+                    None => out.extend(self.encode(raw)?),
+                }
+            }
+            after_special = special.is_some();
+            out.extend(special);
         }
+        Ok(out)
+    }
+
+    /// Cut `text` at the special tokens written in it: (text before, the special token),
+    /// the last piece without one. At each point the earliest special token wins; at one
+    /// position, the longest.
+    fn split_special<'a>(&self, text: &'a str) -> Vec<(&'a str, Option<u32>)> {
         let mut out = Vec::new();
         let mut rest = text;
         while !rest.is_empty() {
-            // The earliest special token; at one position, the longest.
             let next = self
                 .special
                 .iter()
@@ -287,17 +304,16 @@ impl Tokenizer {
                 .min_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
             match next {
                 Some((at, len, id)) => {
-                    out.extend(self.encode(&rest[..at])?);
-                    out.push(id);
+                    out.push((&rest[..at], Some(id)));
                     rest = &rest[at + len..];
                 }
                 None => {
-                    out.extend(self.encode(rest)?);
+                    out.push((rest, None));
                     break;
                 }
             }
         }
-        Ok(out)
+        out
     }
 
     /// The bytes token `id` stands for (empty for control tokens and unknown ids). A
@@ -419,35 +435,6 @@ impl Tokenizer {
             self.push_piece(id, &mut bytes);
         }
         String::from_utf8_lossy(&bytes).into_owned()
-    }
-
-    /// SentencePiece with special tokens matched whole: as llama.cpp, a space is put first
-    /// at the start and after each special token (when the model asks for one).
-    fn spm_encode_special(&self, spm: &Spm, text: &str) -> Vec<u32> {
-        let mut out = Vec::new();
-        let mut rest = text;
-        let mut after_special = true;
-        while !rest.is_empty() {
-            let next = self
-                .special
-                .iter()
-                .filter_map(|(s, id)| rest.find(s.as_str()).map(|at| (at, s.len(), *id)))
-                .min_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-            let (raw, special) = match next {
-                Some((at, len, id)) => {
-                    let raw = &rest[..at];
-                    rest = &rest[at + len..];
-                    (raw, Some(id))
-                }
-                None => (std::mem::take(&mut rest), None),
-            };
-            if !raw.is_empty() {
-                out.extend(self.spm_encode(spm, raw, after_special));
-            }
-            after_special = special.is_some();
-            out.extend(special);
-        }
-        out
     }
 
     /// llama.cpp's SentencePiece encoder: spaces become `▁` (one put first if

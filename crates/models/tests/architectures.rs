@@ -6,23 +6,13 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use sov_models::{gguf::Gguf, llama::Llama, tokenizer::Tokenizer};
 
 #[derive(serde::Deserialize)]
 struct Fixture {
-    models: std::collections::BTreeMap<String, Vec<Row>>,
-}
-
-#[derive(serde::Deserialize)]
-struct Row {
-    prompt: Vec<u32>,
-    steps: Vec<Step>,
-}
-
-#[derive(serde::Deserialize)]
-struct Step {
-    id: u32,
-    top: Vec<(u32, f64)>,
+    models: std::collections::BTreeMap<String, Vec<common::LogprobRow>>,
 }
 
 fn check(file: &str, bytes: &[u8]) {
@@ -31,29 +21,7 @@ fn check(file: &str, bytes: &[u8]) {
     let g = Gguf::parse(bytes).unwrap();
     let m = Llama::from_gguf(&g, bytes).unwrap();
     Tokenizer::from_gguf(&g).unwrap();
-    let mut worst = 0f64;
-    for r in &fixture.models[file] {
-        let mut s = m.session(r.prompt.len() + r.steps.len());
-        let mut logits = m.forward_batch(&mut s, &r.prompt).unwrap();
-        for step in &r.steps {
-            assert_eq!(
-                sov_models::llama::argmax(&logits),
-                Some(step.id),
-                "{file}: greedy token"
-            );
-            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max
-                + logits
-                    .iter()
-                    .map(|&l| (l as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            for &(id, lp) in &step.top {
-                worst = worst.max((logits[id as usize] as f64 - lse - lp).abs());
-            }
-            logits = m.forward(&mut s, step.id).unwrap();
-        }
-    }
+    let (_, _, worst) = common::compare_logprobs(&m, &fixture.models[file], true);
     eprintln!("{file}: largest log-probability difference {worst:.2e}");
     assert!(worst < 2e-3, "{file}: {worst}");
 }

