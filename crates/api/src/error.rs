@@ -38,9 +38,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<sov_store::Error> for ApiError {
-    fn from(e: sov_store::Error) -> Self {
-        use sov_store::Error as E;
+impl From<sov_node::StoreError> for ApiError {
+    fn from(e: sov_node::StoreError) -> Self {
+        use sov_node::StoreError as E;
         let (status, code) = match &e {
             E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             E::NoGrant { .. } => (StatusCode::FORBIDDEN, "no_grant"),
@@ -64,6 +64,7 @@ impl From<sov_node::Error> for ApiError {
             E::Fetch { .. } | E::Net(_) => {
                 Self::new(StatusCode::BAD_GATEWAY, "network", e.to_string())
             }
+            E::Offline => Self::new(StatusCode::SERVICE_UNAVAILABLE, "offline", e.to_string()),
             e => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "node", e.to_string()),
         }
     }

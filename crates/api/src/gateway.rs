@@ -34,13 +34,12 @@ use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sov_models::{chat::Message, generate::Output, manifest::ModelKind, sample::SamplingParams};
-use sov_node::models::{self, ModelEntry};
-use tokio::sync::mpsc;
-
-use crate::{
-    AppState,
-    engine::{EmbedInput, Event, Failure, GenerateJob, Prompt},
+use sov_node::{
+    models::ModelEntry,
+    serve::{EmbedInput, Event, Failure, Generation, Prompt},
 };
+
+use crate::AppState;
 
 /// An error in OpenAI's shape.
 #[derive(Debug)]
@@ -93,7 +92,7 @@ impl OaiError {
                 param: None,
                 message: m,
             },
-            Failure::Server(m) => Self::server(m),
+            other => Self::server(other.to_string()),
         }
     }
 }
@@ -139,18 +138,13 @@ fn new_id(prefix: &str) -> String {
 }
 
 async fn entry(state: &AppState, model: &str) -> Result<ModelEntry, OaiError> {
-    let name = model.to_string();
-    state
-        .node
-        .registry(move |s| models::resolve(s, &name))
-        .await
-        .map_err(|e| OaiError {
-            status: StatusCode::NOT_FOUND,
-            kind: "invalid_request_error",
-            code: Some("model_not_found"),
-            param: Some("model"),
-            message: e.to_string(),
-        })
+    state.node.model(model).await.map_err(|e| OaiError {
+        status: StatusCode::NOT_FOUND,
+        kind: "invalid_request_error",
+        code: Some("model_not_found"),
+        param: Some("model"),
+        message: e.to_string(),
+    })
 }
 
 fn model_json(e: &ModelEntry) -> Value {
@@ -471,21 +465,19 @@ async fn complete(
             Some("model"),
         ));
     }
-    let (tx, mut rx) = mpsc::channel(crate::engine::EVENTS);
-    state
-        .engines
+    let mut rx = state
+        .node
         .generate(
-            &state.node,
             &entry,
-            GenerateJob {
+            Generation {
                 prompt,
                 max_tokens,
                 sampling,
                 stop,
                 logprobs,
-                events: tx,
             },
         )
+        .await
         .map_err(OaiError::from_failure)?;
     let id = new_id(if api == Api::Chat { "chatcmpl" } else { "cmpl" });
     let created = now();
@@ -609,7 +601,7 @@ fn stream_choice(api: Api, delta: Value, finish: Option<&str>) -> Value {
 /// chunk, an optional usage chunk, `[DONE]`.
 fn events(
     first: Option<Event>,
-    rx: mpsc::Receiver<Event>,
+    rx: tokio::sync::mpsc::Receiver<Event>,
     api: Api,
     include_usage: bool,
     want_logprobs: bool,
@@ -659,9 +651,7 @@ fn events(
                     break;
                 }
                 Some(Event::Done(Err(f))) => {
-                    let msg = match f {
-                        Failure::BadRequest(m) | Failure::Busy(m) | Failure::Server(m) => m,
-                    };
+                    let msg = f.to_string();
                     let err = json!({"error": {"message": msg, "type": "server_error"}});
                     out.push(SseEvent::default().data(err.to_string()));
                     out.push(SseEvent::default().data("[DONE]"));
@@ -757,8 +747,8 @@ pub(crate) async fn embeddings(
         ));
     }
     let out = state
-        .engines
-        .embed(&state.node, &entry, inputs)
+        .node
+        .embed(&entry, inputs)
         .await
         .map_err(OaiError::from_failure)?;
     let tokens: usize = out.iter().map(|(_, n)| n).sum();

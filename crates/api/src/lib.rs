@@ -26,7 +26,6 @@
 //! Errors are JSON `{"error": {"message", "code"}}` with a fitting status (on `/v1`, OpenAI's
 //! shape `{"error": {"message", "type", "param", "code"}}`).
 
-mod engine;
 mod error;
 pub mod gateway;
 mod models;
@@ -60,33 +59,13 @@ pub const MAX_V1_BODY: usize = 16 << 20;
 pub(crate) struct AppState {
     pub(crate) node: Node,
     token: Arc<str>,
-    pub(crate) engines: engine::Engines,
-}
-
-/// How the API serves models.
-#[derive(Debug, Clone, Copy)]
-pub struct Options {
-    /// Compute threads per loaded model.
-    pub threads: usize,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options { threads: 1 }
-    }
 }
 
 /// The API's router for `node`, guarded by `token`.
 pub fn router(node: Node, token: &str) -> Router {
-    router_with(node, token, Options::default())
-}
-
-/// The API's router for `node`, guarded by `token`, serving models as `options` say.
-pub fn router_with(node: Node, token: &str, options: Options) -> Router {
     let state = AppState {
         node,
         token: token.into(),
-        engines: engine::Engines::new(options.threads),
     };
     let api = Router::new()
         .route("/api/v1/identity", get(identity))
@@ -135,18 +114,7 @@ pub async fn serve(
     token: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(listener, node, token, Options::default(), shutdown).await
-}
-
-/// Serve the API on `listener` until `shutdown` completes, serving models as `options` say.
-pub async fn serve_with(
-    listener: tokio::net::TcpListener,
-    node: Node,
-    token: &str,
-    options: Options,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router_with(node, token, options))
+    axum::serve(listener, router(node, token))
         .with_graceful_shutdown(shutdown)
         .await
 }

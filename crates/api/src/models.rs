@@ -6,7 +6,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use sov_core::Did;
-use sov_node::models::{self, ImportOptions, ModelEntry};
+use sov_node::models::{ImportOptions, ModelEntry};
 
 use crate::{ApiError, AppState, objects::parse_id};
 
@@ -115,10 +115,7 @@ pub(crate) async fn import(
         parent: None,
         created,
     };
-    let entry = state
-        .node
-        .registry(move |s| models::import(s, &path, opts))
-        .await?;
+    let entry = state.node.import_model(&path, opts).await?;
     Ok(Json(ModelInfo::from(&entry)))
 }
 
@@ -126,11 +123,7 @@ pub(crate) async fn remove(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ModelInfo>, ApiError> {
-    let entry = state
-        .node
-        .registry(move |s| models::remove(s, &name))
-        .await?;
-    state.engines.evict(&entry.id);
+    let entry = state.node.remove_model(&name).await?;
     Ok(Json(ModelInfo::from(&entry)))
 }
 

@@ -1,8 +1,11 @@
-//! `/api/v1/objects` and `/api/v1/cars`: objects in and out, streamed both ways. Store work
-//! runs on the blocking pool; bytes cross between it and the HTTP body over small bounded
-//! channels, so a 1 GiB object never sits in memory.
+//! `/api/v1/objects` and `/api/v1/cars`: objects in and out, streamed both ways. The node
+//! runs the store work on its blocking pool; bytes cross between it and the HTTP body over
+//! small bounded channels, so a 1 GiB object never sits in memory.
 
-use std::io::{self, Read, Write};
+use std::{
+    future::Future,
+    io::{self, Read, Write},
+};
 
 use axum::{
     Json,
@@ -14,7 +17,7 @@ use axum::{
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use sov_core::{ContentId, Did};
-use sov_store::{AddOptions, ObjectInfo};
+use sov_node::{AddOptions, ObjectEntry};
 use tokio::sync::mpsc;
 
 use crate::{ApiError, AppState};
@@ -56,7 +59,8 @@ pub struct Object {
     pub replica: bool,
 }
 
-fn object(o: &ObjectInfo, pin: Option<sov_store::Pin>) -> Object {
+fn object(e: &ObjectEntry) -> Object {
+    let (o, pin) = (&e.info, e.pin);
     Object {
         id: o.id.to_string(),
         owner: o.owner.to_string(),
@@ -73,16 +77,8 @@ fn object(o: &ObjectInfo, pin: Option<sov_store::Pin>) -> Object {
 }
 
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Vec<Object>>, ApiError> {
-    let out = state
-        .node
-        .blocking(|s| {
-            s.list()?
-                .iter()
-                .map(|o| Ok(object(o, s.pin(&o.id)?)))
-                .collect::<sov_store::Result<Vec<_>>>()
-        })
-        .await?;
-    Ok(Json(out))
+    let out = state.node.objects().await?;
+    Ok(Json(out.iter().map(object).collect()))
 }
 
 pub(crate) async fn info(
@@ -90,11 +86,7 @@ pub(crate) async fn info(
     Path(id): Path<String>,
 ) -> Result<Json<Object>, ApiError> {
     let id = parse_id(&id)?;
-    let o = state
-        .node
-        .blocking(move |s| Ok(object(&s.info(&id)?, s.pin(&id)?)))
-        .await?;
-    Ok(Json(o))
+    Ok(Json(object(&state.node.object(id).await?)))
 }
 
 /// Query of `POST /api/v1/objects`.
@@ -196,7 +188,7 @@ pub(crate) async fn add(
 }
 
 /// A `Write` that sends pieces to an HTTP body (used on a blocking thread).
-struct ChannelWriter {
+pub(crate) struct ChannelWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
     buf: Vec<u8>,
 }
@@ -221,21 +213,22 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Run `produce` on a blocking thread and stream what it writes as the response body. An
-/// error after the first byte aborts the body, so the client sees a broken transfer rather
-/// than a short file.
-fn stream_body(
-    produce: impl FnOnce(&mut ChannelWriter) -> Result<(), String> + Send + 'static,
-) -> Body {
+/// Stream what `produce` writes (the node writes on its blocking pool, then flushes) as the
+/// response body. An error after the first byte aborts the body, so the client sees a
+/// broken transfer rather than a short file.
+fn stream_body<Fut>(produce: impl FnOnce(ChannelWriter) -> Fut) -> Body
+where
+    Fut: Future<Output = Result<ChannelWriter, sov_node::Error>> + Send + 'static,
+{
     let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(PIPE);
-    tokio::task::spawn_blocking(move || {
-        let mut w = ChannelWriter {
-            tx: tx.clone(),
-            buf: Vec::with_capacity(PIECE),
-        };
-        let result = produce(&mut w).and_then(|()| w.flush().map_err(|e| e.to_string()));
-        if let Err(e) = result {
-            let _ = tx.blocking_send(Err(io::Error::other(e)));
+    let writer = ChannelWriter {
+        tx: tx.clone(),
+        buf: Vec::with_capacity(PIECE),
+    };
+    let work = produce(writer);
+    tokio::spawn(async move {
+        if let Err(e) = work.await {
+            let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
         }
     });
     Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
@@ -247,27 +240,10 @@ pub(crate) async fn read(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let node = state.node.clone();
-    let store = node.store().clone();
     // An object not stored here streams out while it is fetched.
-    let (meta, body) = match node.read_streaming(id).await? {
-        Some(streaming) => (
-            streaming.meta.clone(),
-            stream_body(move |w| streaming.read(&store, w).map_err(|e| e.to_string())),
-        ),
-        None => {
-            let info = node.blocking(move |s| s.info(&id)).await?;
-            let Some(meta) = info.meta else {
-                return Err(sov_store::Error::NoGrant {
-                    object: id,
-                    reader: node.did(),
-                }
-                .into());
-            };
-            let body =
-                stream_body(move |w| store.get(&id, w).map(|_| ()).map_err(|e| e.to_string()));
-            (meta, body)
-        }
-    };
+    let reading = node.open_read(id).await?;
+    let meta = reading.meta.clone();
+    let body = stream_body(move |w| async move { node.read_into(reading, w).await });
     let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -321,9 +297,9 @@ pub(crate) async fn export(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     // Fail with a status before streaming if the object is not here.
-    state.node.blocking(move |s| s.info(&id)).await?;
-    let store = state.node.store().clone();
-    let body = stream_body(move |w| store.export_car(&id, w).map_err(|e| e.to_string()));
+    state.node.object(id).await?;
+    let node = state.node.clone();
+    let body = stream_body(move |w| async move { node.export_car(id, w).await });
     let mut resp = body.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -336,9 +312,7 @@ pub(crate) async fn import(
     State(state): State<AppState>,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let reader = body_reader(body);
-    let id = state.node.blocking(move |s| s.import_car(reader)).await?;
-    state.node.announce(id).await;
+    let id = state.node.import_car(body_reader(body)).await?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "id": id.to_string() })),

@@ -11,8 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use sov_core::ContentId;
 use sov_identity::{Keypair, keystore};
-use sov_node::{Config, Node, PeerId};
-use sov_store::{AddOptions, Store};
+use sov_node::{AddOptions, Config, Node, PeerId};
 
 use crate::output::{self, say};
 
@@ -49,11 +48,10 @@ impl Member {
 
 async fn start(home: &Path, bootstrap: Vec<sov_node::Multiaddr>) -> anyhow::Result<Node> {
     let key = keystore::load(home, None)?;
-    let store = Store::open(&home.join(sov_store::DB_FILE), key)?;
     let mut config = Config::loopback();
     config.bootstrap = bootstrap;
     config.repair_interval = Duration::from_secs(1);
-    Ok(Node::start(store, config).await?)
+    Ok(Node::start(home, key, config).await?)
 }
 
 async fn wait_until<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
@@ -74,14 +72,7 @@ where
 /// Read `id` on `node` (fetching it from peers as needed); returns the bytes.
 async fn read(node: &Node, id: ContentId) -> anyhow::Result<(Vec<u8>, sov_node::FetchReport)> {
     let report = node.fetch(id, None).await?;
-    node.prepare_read(id).await?;
-    let bytes = node
-        .blocking(move |s| {
-            let mut out = Vec::new();
-            s.get(&id, &mut out)?;
-            Ok(out)
-        })
-        .await?;
+    let bytes = node.read(id).await?;
     Ok((bytes, report))
 }
 
@@ -89,11 +80,7 @@ async fn read(node: &Node, id: ContentId) -> anyhow::Result<(Vec<u8>, sov_node::
 async fn replica_holders(members: &[Member], id: ContentId) -> anyhow::Result<Vec<&'static str>> {
     let mut out = Vec::new();
     for m in members.iter().filter(|m| m.node.is_some()) {
-        if m.node()
-            .blocking(move |s| s.pin(&id))
-            .await?
-            .is_some_and(|p| p.replica)
-        {
+        if m.node().pin(id).await?.is_some_and(|p| p.replica) {
             out.push(m.name);
         }
     }
@@ -153,11 +140,11 @@ async fn walk(root: &Path, size_mib: usize, models: Option<&Path>) -> anyhow::Re
         let home = root.join(name);
         let key = Keypair::generate();
         keystore::save(&home, &key, None, false)?;
-        crate::node::ensure_token(&home)?;
+        sov_identity::token::ensure(&home)?;
         say!(
             "    {name:<6} {}  {}",
             key.did(),
-            sov_net::peer_id_of(&key.did())
+            sov_node::peer_id_of(&key.did())
         )?;
         members.push(Member {
             name,
@@ -180,7 +167,7 @@ async fn walk(root: &Path, size_mib: usize, models: Option<&Path>) -> anyhow::Re
         .iter()
         .map(|m| {
             let did = keystore::peek_did(&m.home).expect("saved above");
-            (sov_net::peer_id_of(&did), m.name)
+            (sov_node::peer_id_of(&did), m.name)
         })
         .collect();
     let running: Vec<&Member> = members[..4].iter().collect();
@@ -243,7 +230,7 @@ async fn walk(root: &Path, size_mib: usize, models: Option<&Path>) -> anyhow::Re
         .iter()
         .find(|m| Some(&m.name) == holder_names.first())
         .context("a holder")?;
-    let info = holder.node().blocking(move |s| s.info(&id)).await?;
+    let info = holder.node().object(id).await?.info;
     say!(
         "    {} holds {} of ciphertext; its name and contents: {}",
         holder.name,
@@ -428,18 +415,15 @@ async fn model_step(members: &[Member], owner: &str, models: Option<&Path>) -> a
         .map_or(0, |d| d.as_secs());
     let entry = owner
         .node()
-        .registry(move |s| {
-            sov_node::models::import(
-                s,
-                &path,
-                sov_node::models::ImportOptions {
-                    name: Some("smollm2".into()),
-                    license: Some("Apache-2.0".into()),
-                    parent: None,
-                    created,
-                },
-            )
-        })
+        .import_model(
+            &path,
+            sov_node::models::ImportOptions {
+                name: Some("smollm2".into()),
+                license: Some("Apache-2.0".into()),
+                parent: None,
+                created,
+            },
+        )
         .await?;
     say!(
         "    {} imported {} ({} parameters, {}); model id {}",
@@ -464,30 +448,23 @@ async fn model_step(members: &[Member], owner: &str, models: Option<&Path>) -> a
         owner.name,
         pulled.signer
     )?;
-    let e = pulled.clone();
-    let loaded = erin
-        .node()
-        .registry(move |s| sov_node::models::load(s, &e))
-        .await?;
-    let sov_node::models::Loaded::Language(m) = loaded else {
-        bail!("smollm2 did not load as a language model");
-    };
     let question = "What is the capital of France?";
-    let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let prompt = m.chat_prompt(&[
-            sov_models::chat::Message::new("system", "You are a helpful assistant."),
-            sov_models::chat::Message::new("user", question),
-        ])?;
-        let req = sov_models::generate::Request {
-            prompt,
-            max_tokens: 32,
+    let answer = crate::model::generate(
+        erin.node(),
+        &pulled,
+        sov_node::serve::Generation {
+            prompt: sov_node::serve::Prompt::Chat(vec![
+                sov_models::chat::Message::new("system", "You are a helpful assistant."),
+                sov_models::chat::Message::new("user", question),
+            ]),
+            max_tokens: Some(32),
             sampling: sov_models::sample::SamplingParams::greedy(),
             stop: Vec::new(),
             logprobs: None,
-        };
-        Ok(m.generate(&req, &mut |_| true)?)
-    })
-    .await??;
+        },
+        &mut |_| Ok(()),
+    )
+    .await?;
     say!("    erin asks: {question}")?;
     say!(
         "    smollm2 on erin's node answers: {} ({} tokens at {:.0} tokens/s)",

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use sov_identity::{DidDocument, Keypair, keystore};
-use sov_store::Store;
 use zeroize::Zeroizing;
 
 use crate::output::{note, say};
@@ -60,12 +59,6 @@ impl Home {
             self.passphrase.as_deref().map(|p| p.as_slice()),
         )?)
     }
-
-    /// Open the store with this node's identity.
-    pub fn store(&self) -> anyhow::Result<Store> {
-        let keypair = self.keypair()?;
-        Ok(Store::open(&self.dir.join(sov_store::DB_FILE), keypair)?)
-    }
 }
 
 fn trim_newline(b: &[u8]) -> &[u8] {
@@ -96,13 +89,13 @@ pub fn init(home: &Home, force: bool, import_seed: Option<&Path>) -> anyhow::Res
         home.passphrase.as_deref().map(|p| p.as_slice()),
         force,
     )?;
-    if force && home.dir.join(sov_store::DB_FILE).exists() {
+    if force && home.dir.join(sov_node::DB_FILE).exists() {
         note!(
             "note: the store in {} keeps its objects; those of the previous identity stay readable only by that identity (or to whom it granted them)",
             home.dir.display()
         );
     }
-    crate::node::ensure_token(&home.dir)?;
+    sov_identity::token::ensure(&home.dir)?;
     let sealed = if home.passphrase.is_some() {
         "sealed with your passphrase"
     } else {

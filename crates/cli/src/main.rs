@@ -4,11 +4,13 @@
 mod args;
 mod data;
 mod demo;
+mod files;
 mod fl;
 mod home;
 mod model;
 mod node;
 mod remote;
+mod target;
 
 mod output;
 
@@ -76,7 +78,10 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
             home::init(&home()?, force, import_seed.as_deref())
         }
         args::Command::Id { json } => home::id(&home()?, json),
-        args::Command::Data(cmd) => data::run(&home()?, cmd),
+        args::Command::Data(cmd) => match target::Target::pick(&home()?, None)? {
+            target::Target::Remote(api) => remote::data(&api, cmd),
+            target::Target::Local(local) => data::run(&local, cmd),
+        },
         args::Command::Demo {
             dir,
             size_mib,
@@ -115,8 +120,11 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            || c.downcast_ref::<sov_store::Error>().is_some_and(|s| {
-                matches!(s, sov_store::Error::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<sov_node::StoreError>().is_some_and(|s| {
+                matches!(s, sov_node::StoreError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+            })
+            || c.downcast_ref::<sov_node::Error>().is_some_and(|n| {
+                matches!(n, sov_node::Error::Store(sov_node::StoreError::Io(io)) if io.kind() == std::io::ErrorKind::BrokenPipe)
             })
     })
 }

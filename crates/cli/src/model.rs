@@ -1,6 +1,7 @@
 //! `sov model …`, `sov run` and `sov chat`. While a node runs, they go through its API (the
 //! registry routes and the `/v1` gateway: the node holds the store, and the model stays
-//! loaded there between runs); otherwise they open the store and load the model here.
+//! loaded there between runs); otherwise through an offline node here, which serves the
+//! model with the same code.
 
 use std::{
     io::{self, BufRead as _, Write as _},
@@ -10,18 +11,19 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use sov_api::{ImportRequest, ModelInfo, PullRequest, ShareRequest};
-use sov_models::{
-    chat::Message,
-    generate::{LanguageModel, Request},
-    sample::SamplingParams,
+use sov_models::{chat::Message, generate::Output, manifest::ModelKind, sample::SamplingParams};
+use sov_node::{
+    Node,
+    models::{ImportOptions, ModelEntry},
+    serve::{Event, Generation, Prompt},
 };
-use sov_node::models::{self, ImportOptions, Loaded};
 
 use crate::{
     args::{ChatArgs, ModelCommand, RunArgs, SamplingArgs},
     home::Home,
     output::{self, note, say},
     remote::Api,
+    target::{Local, Target},
 };
 
 fn now() -> u64 {
@@ -30,16 +32,32 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn api(home: &Home) -> anyhow::Result<Option<Api>> {
-    match crate::node::running(&home.dir) {
-        Some(node) => Ok(Some(Api::new(home, &node)?)),
-        None => Ok(None),
+/// Generate with `node`'s model `entry`, giving text to `on_text` as it forms: the one
+/// place the CLI and the demo take a generation's events.
+pub async fn generate(
+    node: &Node,
+    entry: &ModelEntry,
+    generation: Generation,
+    on_text: &mut dyn FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<Output> {
+    let mut events = node.generate(entry, generation).await?;
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Text(t) => on_text(&t)?,
+            Event::Done(result) => return Ok(result?),
+        }
     }
+    bail!("the model's worker stopped before the answer ended")
 }
 
 /// `sov model …`
 pub fn run(home: &Home, cmd: ModelCommand) -> anyhow::Result<()> {
-    let remote = api(home)?;
+    let target = Target::pick(home, None)?;
+    let (remote, local) = match &target {
+        Target::Remote(api) => (Some(api), None),
+        Target::Local(l) => (None, Some(l)),
+    };
+    let local = || local.context("no node is running");
     match cmd {
         ModelCommand::Import {
             path,
@@ -60,8 +78,8 @@ pub fn run(home: &Home, cmd: ModelCommand) -> anyhow::Result<()> {
                     },
                 )?,
                 None => {
-                    let entry = models::import(
-                        &home.store()?,
+                    let l = local()?;
+                    let entry = l.block_on(l.node().import_model(
                         &path,
                         ImportOptions {
                             name,
@@ -69,7 +87,7 @@ pub fn run(home: &Home, cmd: ModelCommand) -> anyhow::Result<()> {
                             parent: None,
                             created: now(),
                         },
-                    )?;
+                    ))?;
                     ModelInfo::from(&entry)
                 }
             };
@@ -91,10 +109,13 @@ pub fn run(home: &Home, cmd: ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Ls { json } => {
             let all: Vec<ModelInfo> = match &remote {
                 Some(api) => api.get_json("/api/v1/models")?,
-                None => models::list(&home.store()?)?
-                    .iter()
-                    .map(ModelInfo::from)
-                    .collect(),
+                None => {
+                    let l = local()?;
+                    l.block_on(l.node().models())?
+                        .iter()
+                        .map(ModelInfo::from)
+                        .collect()
+                }
             };
             if json {
                 say!("{}", serde_json::to_string_pretty(&all)?)?;
@@ -131,7 +152,10 @@ pub fn run(home: &Home, cmd: ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Rm { model } => {
             let info = match &remote {
                 Some(api) => api.delete_json(&format!("/api/v1/models/{model}"))?,
-                None => ModelInfo::from(&models::remove(&home.store()?, &model)?),
+                None => {
+                    let l = local()?;
+                    ModelInfo::from(&l.block_on(l.node().remove_model(&model))?)
+                }
             };
             note!("removed {} ({})", info.name, info.id);
             Ok(())
@@ -143,15 +167,11 @@ pub fn run(home: &Home, cmd: ModelCommand) -> anyhow::Result<()> {
                     &ShareRequest { did: did.clone() },
                 )?,
                 None => {
-                    let store = home.store()?;
+                    let l = local()?;
                     let reader = did
                         .parse()
                         .with_context(|| format!("{did:?} is not a usable did:key"))?;
-                    let entry = models::resolve(&store, &model)?;
-                    for id in std::iter::once(entry.id).chain(models::parts(&entry.manifest)) {
-                        store.grant(&id, &reader)?;
-                    }
-                    ModelInfo::from(&entry)
+                    ModelInfo::from(&l.block_on(l.node().share_model(&model, reader))?)
                 }
             };
             note!(
@@ -217,34 +237,42 @@ struct Summary {
 
 /// Where generation happens: here, or in the running node.
 enum Engine {
-    Local(Box<LanguageModel>),
-    Remote { api: Api, model: String },
+    Local {
+        local: Local,
+        entry: Box<ModelEntry>,
+    },
+    Remote {
+        api: Api,
+        model: String,
+    },
 }
 
 impl Engine {
     fn open(home: &Home, model: &str, threads: Option<usize>) -> anyhow::Result<Self> {
-        if let Some(api) = api(home)? {
-            if threads.is_some() {
-                note!("a node is running: it serves the model with its own --threads");
+        match Target::pick(home, threads)? {
+            Target::Remote(api) => {
+                if threads.is_some() {
+                    note!("a node is running: it serves the model with its own --threads");
+                }
+                Ok(Engine::Remote {
+                    api,
+                    model: model.to_string(),
+                })
             }
-            return Ok(Engine::Remote {
-                api,
-                model: model.to_string(),
-            });
-        }
-        let store = home.store()?;
-        let entry = models::resolve(&store, model)?;
-        let started = std::time::Instant::now();
-        match models::load(&store, &entry)? {
-            Loaded::Language(mut m) => {
-                m.set_threads(threads.unwrap_or(1));
-                tracing::debug!(secs = started.elapsed().as_secs_f64(), "model loaded");
-                Ok(Engine::Local(m))
+            Target::Local(local) => {
+                let entry = local.block_on(local.node().model(model))?;
+                if entry.manifest.kind != ModelKind::Language {
+                    bail!(
+                        "{} is an {} model; `sov run` and `sov chat` need a language model",
+                        entry.manifest.name,
+                        entry.manifest.kind.as_str()
+                    );
+                }
+                Ok(Engine::Local {
+                    local,
+                    entry: Box::new(entry),
+                })
             }
-            Loaded::Embedding(_) => bail!(
-                "{} is an embedding model; `sov run` and `sov chat` need a language model",
-                entry.manifest.name
-            ),
         }
     }
 
@@ -258,30 +286,20 @@ impl Engine {
     ) -> anyhow::Result<Summary> {
         let params = sampling(a);
         match self {
-            Engine::Local(m) => {
+            Engine::Local { local, entry } => {
                 let prompt = match (messages, raw) {
-                    (Some(msgs), _) => m.chat_prompt(msgs)?,
-                    (None, Some(t)) => m.text_prompt(t)?,
+                    (Some(msgs), _) => Prompt::Chat(msgs.to_vec()),
+                    (None, Some(t)) => Prompt::Text(t.to_string()),
                     (None, None) => bail!("nothing to answer"),
                 };
-                let req = Request {
+                let generation = Generation {
                     prompt,
-                    max_tokens: a.max_tokens,
+                    max_tokens: Some(a.max_tokens),
                     sampling: params,
                     stop: Vec::new(),
                     logprobs: None,
                 };
-                let mut failed = None;
-                let out = m.generate(&req, &mut |t| match on_text(t) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        failed = Some(e);
-                        false
-                    }
-                })?;
-                if let Some(e) = failed {
-                    return Err(e);
-                }
+                let out = local.block_on(generate(local.node(), entry, generation, on_text))?;
                 Ok(Summary {
                     prompt_tokens_per_s: out.prompt_tokens_per_s(),
                     decode_tokens_per_s: out.decode_tokens_per_s(),

@@ -13,8 +13,6 @@ use sov_node::{ConfigFile, Node};
 
 use crate::{args::NodeRunArgs, home::Home, output::note};
 
-/// The admin token's file name in the home.
-pub const TOKEN_FILE: &str = "admin.token";
 /// The running node's description's file name in the home.
 pub const NODE_FILE: &str = "node.json";
 
@@ -31,43 +29,6 @@ pub struct NodeFile {
     pub listen: Vec<String>,
     /// The node's process id.
     pub pid: u32,
-}
-
-/// Write a file readable only by its owner.
-pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write as _;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            opts.mode(0o600);
-        }
-        let mut f = opts
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(contents)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Create the admin token if the home has none; returns it.
-pub fn ensure_token(dir: &Path) -> anyhow::Result<String> {
-    let path = dir.join(TOKEN_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-    let mut bytes = [0u8; 32];
-    rand::Rng::fill_bytes(&mut rand::rng(), &mut bytes);
-    let token = hex::encode(bytes);
-    write_private(&path, format!("{token}\n").as_bytes())?;
-    Ok(token)
 }
 
 /// The node running on `dir`, if `node.json` names one that answers.
@@ -88,16 +49,7 @@ pub fn running(dir: &Path) -> Option<NodeFile> {
 
 /// `sov node run`
 pub fn run(home: &Home, args: NodeRunArgs) -> anyhow::Result<()> {
-    let store = home.store().map_err(|e| {
-        if let Some(sov_store::Error::InUse(_)) = e.downcast_ref::<sov_store::Error>() {
-            anyhow::anyhow!(
-                "a node already runs on {} (see its node.json)",
-                home.dir.display()
-            )
-        } else {
-            e
-        }
-    })?;
+    let keypair = home.keypair()?;
     let mut file = ConfigFile::load(&home.dir)?;
     if !args.listen.is_empty() {
         file.network.listen = args.listen;
@@ -112,9 +64,11 @@ pub fn run(home: &Home, args: NodeRunArgs) -> anyhow::Result<()> {
     if let Some(k) = args.replicas {
         file.storage.replicas = k;
     }
+    if let Some(t) = args.threads {
+        file.models.threads = t.max(1);
+    }
     let config = file.validate()?;
-    let threads = args.threads;
-    let token = ensure_token(&home.dir)?;
+    let token = sov_identity::token::ensure(&home.dir)?;
     init_logging();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -127,7 +81,15 @@ pub fn run(home: &Home, args: NodeRunArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the API to {}", config.api))?;
         let api: SocketAddr = listener.local_addr()?;
-        let node = Node::start(store, config).await?;
+        let node = Node::start(&dir, keypair, config)
+            .await
+            .map_err(|e| match e {
+                sov_node::Error::Store(sov_node::StoreError::InUse(_)) => anyhow::anyhow!(
+                    "a node already runs on {} (see its node.json)",
+                    dir.display()
+                ),
+                e => e.into(),
+            })?;
         let listen: Vec<String> = node
             .listen_addrs()
             .await?
@@ -142,7 +104,10 @@ pub fn run(home: &Home, args: NodeRunArgs) -> anyhow::Result<()> {
             pid: std::process::id(),
         };
         let node_file = dir.join(NODE_FILE);
-        write_private(&node_file, serde_json::to_string_pretty(&info)?.as_bytes())?;
+        sov_identity::token::write_private(
+            &node_file,
+            serde_json::to_string_pretty(&info)?.as_bytes(),
+        )?;
         let _cleanup = RemoveOnDrop(node_file);
         note!("node {} running", node.did());
         note!("peer id {}", node.peer_id());
@@ -151,12 +116,9 @@ pub fn run(home: &Home, args: NodeRunArgs) -> anyhow::Result<()> {
         }
         note!(
             "API on http://{api} (token in {})",
-            dir.join(TOKEN_FILE).display()
+            dir.join(sov_identity::token::TOKEN_FILE).display()
         );
-        let options = sov_api::Options {
-            threads: threads.unwrap_or(1).max(1),
-        };
-        sov_api::serve_with(listener, node.clone(), &token, options, shutdown_signal())
+        sov_api::serve(listener, node.clone(), &token, shutdown_signal())
             .await
             .context("serving the API")?;
         note!("stopping");

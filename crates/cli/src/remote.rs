@@ -1,8 +1,7 @@
-//! `sov data …` and `sov peers` through a running node's API (redb has one writer, so while
-//! a node runs, it is the one that touches the store).
+//! `sov data …`, `sov peers` and the model commands through a running node's API (redb has
+//! one writer, so while a node runs, it is the one that touches the store).
 
 use std::{
-    fs,
     io::{self, Write as _},
     path::Path,
 };
@@ -12,9 +11,9 @@ use sov_api::{AddedObject, Object, Peer};
 
 use crate::{
     args::DataCommand,
-    data::{self, ObjectJson, progress_bar, write_atomically},
+    files::{self, ObjectJson, progress_bar, write_atomically},
     home::Home,
-    node::{NodeFile, TOKEN_FILE},
+    node::NodeFile,
     output::{self, note, say},
 };
 
@@ -28,11 +27,7 @@ pub struct Api {
 impl Api {
     /// The API of the node running on `home`.
     pub fn new(home: &Home, node: &NodeFile) -> anyhow::Result<Self> {
-        let path = home.dir.join(TOKEN_FILE);
-        let token = fs::read_to_string(&path)
-            .with_context(|| format!("reading the admin token {}", path.display()))?
-            .trim()
-            .to_owned();
+        let token = sov_identity::token::read(&home.dir)?;
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
@@ -193,7 +188,7 @@ pub fn data(api: &Api, cmd: DataCommand) -> anyhow::Result<()> {
             json,
         } => {
             let from_stdin = path.as_os_str() == "-";
-            let name = data::object_name(&path, name);
+            let name = files::object_name(&path, name);
             let mut query = vec![
                 ("name", name.clone()),
                 ("media_type", output::media_type(&name).to_owned()),
@@ -204,7 +199,7 @@ pub fn data(api: &Api, cmd: DataCommand) -> anyhow::Result<()> {
             let mut input: Box<dyn io::Read> = if from_stdin {
                 Box::new(io::stdin().lock())
             } else {
-                let f = data::open_file(&path)?;
+                let f = files::open_file(&path)?;
                 let len = f.metadata().map(|m| m.len()).unwrap_or(0);
                 match progress_bar(len, format!("encrypting {name}")) {
                     Some(bar) => Box::new(bar.wrap_read(f)),
@@ -238,7 +233,7 @@ pub fn data(api: &Api, cmd: DataCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DataCommand::Get { id, output } => {
-            let id = data::parse_id(&id)?;
+            let id = files::parse_id(&id)?;
             if api.get(&format!("/api/v1/objects/{id}/info")).is_err() {
                 note!("{id} is not stored here: fetching it from peers…");
             }
@@ -263,18 +258,18 @@ pub fn data(api: &Api, cmd: DataCommand) -> anyhow::Result<()> {
                 say!("{}", serde_json::to_string_pretty(&all)?)?;
             } else {
                 let me: serde_json::Value = api.get_json("/api/v1/identity")?;
-                data::print_table(&all, me["did"].as_str().unwrap_or_default())?;
+                files::print_table(&all, me["did"].as_str().unwrap_or_default())?;
             }
             Ok(())
         }
         DataCommand::Rm { id } => {
-            let id = data::parse_id(&id)?;
+            let id = files::parse_id(&id)?;
             api.send("DELETE", &format!("/api/v1/objects/{id}"), &[], None, None)?;
             note!("removed {id}");
             Ok(())
         }
         DataCommand::Grant { id, did } => {
-            let id = data::parse_id(&id)?;
+            let id = files::parse_id(&id)?;
             let v: serde_json::Value = api
                 .send(
                     "POST",
@@ -290,7 +285,7 @@ pub fn data(api: &Api, cmd: DataCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DataCommand::Export { id, output } => {
-            let id = data::parse_id(&id)?;
+            let id = files::parse_id(&id)?;
             let o: Object = api.get_json(&format!("/api/v1/objects/{id}/info"))?;
             let mut resp = api.get(&format!("/api/v1/objects/{id}/car"))?;
             let body = resp.body_mut().with_config().limit(u64::MAX).reader();
@@ -304,7 +299,7 @@ pub fn data(api: &Api, cmd: DataCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DataCommand::Import { file, json } => {
-            let f = data::open_file(&file)?;
+            let f = files::open_file(&file)?;
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
             let mut input: Box<dyn io::Read> =
                 match progress_bar(len, format!("verifying {}", file.display())) {
@@ -349,7 +344,7 @@ fn copy_out(
             io::copy(&mut body, &mut w).context("the node's answer broke off")?;
             w.flush()?;
         }
-        Some(path) => write_atomically(path, size, message.to_owned(), |f| {
+        Some(path) => write_atomically(path, size, message.to_owned(), |mut f| {
             let mut buf = vec![0u8; 1 << 20];
             loop {
                 let n = body.read(&mut buf).context("the node's answer broke off")?;
@@ -358,7 +353,7 @@ fn copy_out(
                 }
                 f.write_all(&buf[..n])?;
             }
-            Ok(())
+            Ok(f)
         })?,
     }
     Ok(())

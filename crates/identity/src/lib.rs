@@ -5,10 +5,12 @@
 //! - [`DidDocument`]: the W3C DID document derived from a DID (never stored).
 //! - [`keystore`]: `$SOV_HOME/identity.key`, mode 0600, optionally sealed with a passphrase
 //!   (Argon2id + XChaCha20-Poly1305).
+//! - [`token`]: the local admin token, `$SOV_HOME/admin.token`, mode 0600.
 
 mod document;
 mod keypair;
 pub mod keystore;
+pub mod token;
 
 pub use document::{DidDocument, VerificationMethod, key_agreement_multibase};
 pub use keypair::{Keypair, key_agreement_public};

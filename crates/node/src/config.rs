@@ -12,6 +12,10 @@
 //!
 //! [api]
 //! address = "127.0.0.1:7878"
+//!
+//! [models]
+//! threads = 1                      # compute threads per loaded model
+//! max_loaded_bytes = 8589934592    # weights kept loaded at once (least recently used go first)
 //! ```
 
 use std::{net::SocketAddr, path::Path, time::Duration};
@@ -34,7 +38,32 @@ pub struct File {
     pub storage: StorageSection,
     /// `[api]`
     pub api: ApiSection,
+    /// `[models]`
+    pub models: ModelsSection,
 }
+
+/// `[models]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsSection {
+    /// Compute threads per loaded model.
+    pub threads: usize,
+    /// Bytes of weights kept loaded at once; the least recently used model is unloaded to
+    /// make room for another.
+    pub max_loaded_bytes: u64,
+}
+
+impl Default for ModelsSection {
+    fn default() -> Self {
+        Self {
+            threads: 1,
+            max_loaded_bytes: DEFAULT_MAX_LOADED_BYTES,
+        }
+    }
+}
+
+/// Default budget for loaded models' weights: 8 GiB.
+pub const DEFAULT_MAX_LOADED_BYTES: u64 = 8 << 30;
 
 /// `[network]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,6 +157,10 @@ pub struct Config {
     pub api: SocketAddr,
     /// Gossip heartbeat (shorter in tests).
     pub gossip_heartbeat: Duration,
+    /// Compute threads per loaded model.
+    pub threads: usize,
+    /// Bytes of model weights kept loaded at once.
+    pub max_loaded_bytes: u64,
 }
 
 impl File {
@@ -152,6 +185,9 @@ impl File {
                 })
                 .collect()
         };
+        if self.models.threads == 0 {
+            return Err(Error::Config("models.threads must be at least 1".into()));
+        }
         if self.storage.repair_interval_secs == 0 {
             return Err(Error::Config(
                 "storage.repair_interval_secs must be at least 1".into(),
@@ -172,6 +208,8 @@ impl File {
                 .parse()
                 .map_err(|e| Error::Config(format!("api address {:?}: {e}", self.api.address)))?,
             gossip_heartbeat: Duration::from_secs(1),
+            threads: self.models.threads,
+            max_loaded_bytes: self.models.max_loaded_bytes,
         })
     }
 }
@@ -190,6 +228,8 @@ impl Config {
             accept_pins: true,
             api: "127.0.0.1:0".parse().expect("valid address"),
             gossip_heartbeat: Duration::from_millis(200),
+            threads: 1,
+            max_loaded_bytes: DEFAULT_MAX_LOADED_BYTES,
         }
     }
 }

@@ -12,7 +12,7 @@ use std::{
 use futures::{StreamExt as _, stream::FuturesUnordered};
 use sov_core::{Block, ContentId};
 use sov_net::PeerId;
-use sov_store::{Import, ImportReader, ObjectMeta, Store, manifest::ChunkRef};
+use sov_store::{Import, ImportReader, ObjectMeta, manifest::ChunkRef};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -32,23 +32,13 @@ const MAX_FAILURES: u32 = 3;
 /// Providers to look for before starting.
 const ENOUGH_PROVIDERS: usize = 8;
 
-/// An object being fetched, readable while its chunks arrive: see [`Node::read_streaming`].
+/// An object being fetched, readable while its chunks arrive: see [`Node::open_read`].
 #[derive(Debug)]
-pub struct Streaming {
+pub(crate) struct Streaming {
     /// Name, media type, size and hash.
-    pub meta: ObjectMeta,
-    reader: ImportReader,
-    grants: Vec<Block>,
-}
-
-impl Streaming {
-    /// Write the plaintext to `out` as the chunks arrive, each checked and decrypted as
-    /// [`Store::get`] does (blocking: run it off the async threads).
-    pub fn read(&self, store: &Store, out: &mut dyn std::io::Write) -> sov_store::Result<()> {
-        store
-            .get_importing(&self.reader, &self.grants, out)
-            .map(|_| ())
-    }
+    pub(crate) meta: ObjectMeta,
+    pub(crate) reader: ImportReader,
+    pub(crate) grants: Vec<Block>,
 }
 
 /// What a fetch did.
@@ -83,25 +73,25 @@ impl Node {
     /// it from the store). `Ok(Some(_))`: it is being fetched, and its plaintext can be read
     /// while the chunks arrive ([`Streaming::read`]); the fetch goes on in the background,
     /// and if it fails, that read fails.
-    pub async fn read_streaming(&self, id: ContentId) -> Result<Option<Streaming>> {
+    pub(crate) async fn read_streaming(&self, id: ContentId) -> Result<Option<Streaming>> {
         let (tx, rx) = oneshot::channel();
+        let (done_tx, done) = oneshot::channel();
         let node = self.clone();
-        let task = tokio::spawn(async move { node.fetch_with(id, None, Some(tx)).await });
-        match rx.await {
-            Ok(streaming) => {
-                tokio::spawn(async move {
-                    if let Ok(Err(e)) = task.await {
-                        warn!(%id, "fetch failed while the object was being read: {e}");
-                    }
-                });
-                Ok(Some(streaming))
+        let started = self.spawn(async move {
+            let result = node.fetch_with(id, None, Some(tx)).await;
+            if let Err(e) = &result {
+                warn!(%id, "fetch failed: {e}");
             }
+            let _ = done_tx.send(result);
+        });
+        if !started {
+            return Err(Error::Stopped);
+        }
+        match rx.await {
+            Ok(streaming) => Ok(Some(streaming)),
             // Stored already, or no grant for this node came with it: the usual way.
             Err(_) => {
-                task.await.map_err(|e| Error::Fetch {
-                    id,
-                    reason: e.to_string(),
-                })??;
+                done.await.map_err(|_| Error::Stopped)??;
                 self.prepare_read(id).await?;
                 Ok(None)
             }
@@ -140,7 +130,10 @@ impl Node {
     pub(crate) async fn find_providers(&self, id: ContentId, hint: Option<PeerId>) -> Vec<PeerId> {
         let me = self.peer_id();
         let mut out: Vec<PeerId> = hint.into_iter().collect();
-        match self.inner.net.providers(id, ENOUGH_PROVIDERS).await {
+        let Ok(net) = self.net() else {
+            return out;
+        };
+        match net.providers(id, ENOUGH_PROVIDERS).await {
             Ok(found) => out.extend(found.peers.into_iter().filter(|p| Some(*p) != hint)),
             Err(e) => warn!(%id, "provider lookup failed: {e}"),
         }
@@ -155,16 +148,16 @@ impl Node {
 
     /// Connected peers (at most 32) that say they store `id`.
     async fn connected_holders(&self, id: ContentId) -> Vec<PeerId> {
-        let Ok(peers) = self.inner.net.peers().await else {
+        let Ok(net) = self.net() else {
+            return Vec::new();
+        };
+        let Ok(peers) = net.peers().await else {
             return Vec::new();
         };
         let asks = peers.into_iter().take(32).map(|p| async move {
             let msg = Request::new(protocol::HAS, id, 0).encode();
-            let answer = tokio::time::timeout(
-                Duration::from_secs(5),
-                self.inner.net.request(p.peer_id, msg),
-            )
-            .await;
+            let answer =
+                tokio::time::timeout(Duration::from_secs(5), net.request(p.peer_id, msg)).await;
             match answer {
                 Ok(Ok(bytes)) => Response::decode(&bytes)
                     .ok()
@@ -187,6 +180,7 @@ impl Node {
         stream: Option<oneshot::Sender<Streaming>>,
     ) -> Result<FetchReport> {
         let started = Instant::now();
+        let net = self.net()?;
         let mut providers = self.find_providers(id, hint).await;
         let lookup = started.elapsed();
         if providers.is_empty() {
@@ -205,7 +199,7 @@ impl Node {
         let mut tried = Vec::new();
         let mut manifest_from = None;
         for p in providers.clone() {
-            match self.inner.net.want(p, vec![id]).await {
+            match net.want(p, vec![id]).await {
                 Ok(mut blocks) if !blocks.is_empty() => {
                     let manifest = blocks.swap_remove(0);
                     match self.blocking(move |s| s.begin_import(manifest)).await {
@@ -267,7 +261,7 @@ impl Node {
             .await?;
         // Announcing waits for the DHT's closest peers; the caller need not.
         let node = self.clone();
-        tokio::spawn(async move { node.announce(id).await });
+        self.spawn(async move { node.announce(id).await });
         report.elapsed = started.elapsed();
         info!(
             %id,
@@ -326,15 +320,15 @@ impl Node {
 
     /// The grant blocks `peer` has for object `id` (not yet checked against the manifest).
     pub(crate) async fn grants_from(&self, peer: PeerId, id: ContentId) -> Vec<Block> {
+        let Ok(net) = self.net() else {
+            return Vec::new();
+        };
         let msg = Request::new(protocol::GRANTS, id, 0).encode();
-        let ids = match self.inner.net.request(peer, msg).await {
+        let ids = match net.request(peer, msg).await {
             Ok(bytes) => match Response::decode(&bytes) {
                 Ok(r) => r.grants,
                 Err(e) => {
-                    self.inner
-                        .net
-                        .ban(peer, format!("malformed grants answer: {e}"))
-                        .await;
+                    net.ban(peer, format!("malformed grants answer: {e}")).await;
                     return Vec::new();
                 }
             },
@@ -350,7 +344,7 @@ impl Node {
             .collect::<Vec<_>>()
             .chunks(sov_net::wire::MAX_WANT)
         {
-            match self.inner.net.want(peer, batch.to_vec()).await {
+            match net.want(peer, batch.to_vec()).await {
                 Ok(blocks) => out.extend(blocks),
                 Err(e) => {
                     debug!(%peer, "grant blocks request failed: {e}");
@@ -375,9 +369,10 @@ impl Node {
         }
         // A writer stores batches in order of arrival while more are on the way.
         let (tx, mut rx) = mpsc::channel::<Vec<Block>>(2 * WINDOW);
-        let store = self.inner.store.clone();
-        let writer =
-            tokio::task::spawn_blocking(move || -> sov_store::Result<(Import, Duration)> {
+        let store = self.store()?;
+        let (written_tx, written) = oneshot::channel();
+        let spawned = self.spawn_blocking(move || {
+            let write = move || -> sov_store::Result<(Import, Duration)> {
                 let mut busy = Duration::ZERO;
                 while let Some(mut blocks) = rx.blocking_recv() {
                     // Whatever else has arrived goes into the same transaction.
@@ -396,13 +391,18 @@ impl Node {
                     busy += t.elapsed();
                 }
                 Ok((import, busy))
-            });
+            };
+            let _ = written_tx.send(write());
+        });
+        if !spawned {
+            return Err(Error::Stopped);
+        }
 
         let mut active: HashMap<PeerId, (usize, u32)> =
             providers.iter().map(|p| (*p, (0, 0))).collect();
         let mut order: Vec<PeerId> = providers.to_vec();
         let mut inflight = FuturesUnordered::new();
-        let net = Arc::new(self.inner.net.clone());
+        let net = Arc::new(self.net()?.clone());
         let mut failure = None;
         loop {
             // Fill every active provider's window, round-robin.
@@ -485,7 +485,7 @@ impl Node {
             order.retain(|p| active.contains_key(p));
         }
         drop(tx);
-        let written = writer.await.map_err(|_| Error::Stopped)?;
+        let written = written.await.map_err(|_| Error::Stopped)?;
         let import = match (written, failure) {
             (Ok((import, busy)), None) => {
                 report.store_writes = busy;

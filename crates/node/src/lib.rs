@@ -17,16 +17,22 @@
 //! ```
 
 mod config;
+mod events;
 mod fetch;
 pub mod models;
 mod node;
+mod objects;
 pub mod protocol;
 mod replicate;
+pub mod serve;
 
 pub use config::{CONFIG_FILE, Config, File as ConfigFile};
-pub use fetch::{FetchReport, Streaming};
+pub use fetch::FetchReport;
 pub use node::Node;
-pub use sov_net::{Multiaddr, PeerId, PeerInfo};
+pub use objects::{ObjectEntry, Reading};
+pub use sov_net::{Multiaddr, PeerId, PeerInfo, Providers, peer_id_of, perf::PerfReport};
+/// The store's types that callers of the node see.
+pub use sov_store::{AddOptions, Added, DB_FILE, Error as StoreError, ObjectInfo, ObjectMeta, Pin};
 
 /// What went wrong in the node.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +69,9 @@ pub enum Error {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Stopped,
+    /// The node was opened without a network (no `sov node run` is running).
+    #[error("this needs the network: start the node first (`sov node run`)")]
+    Offline,
 }
 
 /// The node's result type.

@@ -13,12 +13,15 @@
 //!                          ──Signed (sov/model/1)──▶ manifest object = the model's id
 //! ```
 //!
-//! The functions here work on a bare [`Store`] (the CLI uses them when no node runs); the
-//! [`Node`] methods wrap them and add pulling from peers.
+//! The [`Node`] methods are the registry's door: they run the work on the store as the
+//! node's tasks, keep verified manifests cached by id (a manifest is checked once, not on
+//! every request), and add pulling from peers.
 
 use std::{
+    collections::HashMap,
     io::{Cursor, Read},
     path::Path,
+    sync::Mutex,
 };
 
 use sov_core::{ContentId, Did, Signed};
@@ -108,92 +111,111 @@ fn default_name(path: &Path) -> String {
         .to_string()
 }
 
-/// Every model here whose manifest is readable and verifies, by name.
-pub fn list(store: &Store) -> Result<Vec<ModelEntry>> {
-    let mut out = Vec::new();
-    for info in store.list()? {
-        let Some(meta) = &info.meta else { continue };
-        if meta.media_type != MANIFEST_MEDIA_TYPE || meta.size > MAX_MANIFEST {
-            continue;
-        }
-        match read_manifest(store, &info.id) {
-            Ok(e) => out.push(e),
-            Err(e) => tracing::warn!(id = %info.id, "skipping a model manifest: {e}"),
-        }
-    }
-    out.sort_by(|a, b| a.manifest.name.cmp(&b.manifest.name).then(a.id.cmp(&b.id)));
-    Ok(out)
+/// The store seen as a model registry, with the node's manifest cache.
+pub(crate) struct Registry<'a> {
+    pub(crate) store: &'a Store,
+    cache: &'a ManifestCache,
 }
 
-/// Read and verify the manifest object `id`.
-pub fn read_manifest(store: &Store, id: &ContentId) -> Result<ModelEntry> {
-    let info = store.info(id)?;
-    match &info.meta {
-        Some(m) if m.media_type == MANIFEST_MEDIA_TYPE && m.size <= MAX_MANIFEST => {}
-        Some(m) => {
-            return Err(Error::Model(format!(
-                "object {id} is {:?} of {} bytes, not a model manifest",
-                m.media_type, m.size
-            )));
-        }
-        None => {
-            return Err(sov_store::Error::NoGrant {
-                object: *id,
-                reader: store.identity().did(),
+impl Registry<'_> {
+    /// Every model here whose manifest is readable and verifies, by name.
+    fn list(&self) -> Result<Vec<ModelEntry>> {
+        let store = self.store;
+        let mut out = Vec::new();
+        for info in store.list()? {
+            let Some(meta) = &info.meta else { continue };
+            if meta.media_type != MANIFEST_MEDIA_TYPE || meta.size > MAX_MANIFEST {
+                continue;
             }
-            .into());
+            if let Some(e) = self.cache.get(&info.id) {
+                out.push(e);
+                continue;
+            }
+            match self.read_manifest(&info.id) {
+                Ok(e) => out.push(e),
+                Err(e) => tracing::warn!(id = %info.id, "skipping a model manifest: {e}"),
+            }
         }
+        out.sort_by(|a, b| a.manifest.name.cmp(&b.manifest.name).then(a.id.cmp(&b.id)));
+        Ok(out)
     }
-    let mut bytes = Vec::new();
-    store.get(id, &mut bytes)?;
-    let signed = Signed::<ModelManifest>::decode(&bytes)
-        .map_err(|e| Error::Model(format!("manifest {id}: {e}")))?;
-    let signer = signed.signer();
-    let manifest = signed.into_body();
-    manifest::check_name(&manifest.name)
-        .map_err(|e| Error::Model(format!("manifest {id}: {e}")))?;
-    Ok(ModelEntry {
-        id: *id,
-        signer,
-        manifest,
-    })
-}
 
-/// The model called `name_or_id` (a name, or a manifest id).
-pub fn resolve(store: &Store, name_or_id: &str) -> Result<ModelEntry> {
-    if let Ok(id) = name_or_id.parse::<ContentId>() {
-        return read_manifest(store, &id);
-    }
-    let all = list(store)?;
-    let mut found: Vec<&ModelEntry> = all
-        .iter()
-        .filter(|e| e.manifest.name == name_or_id)
-        .collect();
-    match found.len() {
-        0 => Err(Error::Model(format!(
-            "no model named {name_or_id:?} here{}",
-            if all.is_empty() {
-                " (import one with `sov model import FILE.gguf`)".to_string()
-            } else {
-                format!(
-                    "; there are: {}",
-                    all.iter()
-                        .map(|e| e.manifest.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+    /// Read and verify the manifest object `id`.
+    fn read_manifest(&self, id: &ContentId) -> Result<ModelEntry> {
+        if let Some(e) = self.cache.get(id) {
+            return Ok(e);
+        }
+        let store = self.store;
+        let info = store.info(id)?;
+        match &info.meta {
+            Some(m) if m.media_type == MANIFEST_MEDIA_TYPE && m.size <= MAX_MANIFEST => {}
+            Some(m) => {
+                return Err(Error::Model(format!(
+                    "object {id} is {:?} of {} bytes, not a model manifest",
+                    m.media_type, m.size
+                )));
             }
-        ))),
-        1 => Ok(found.remove(0).clone()),
-        _ => Err(Error::Model(format!(
-            "{} models are named {name_or_id:?}; name one by id: {}",
-            found.len(),
-            found
-                .iter()
-                .map(|e| e.id.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
+            None => {
+                return Err(sov_store::Error::NoGrant {
+                    object: *id,
+                    reader: store.identity().did(),
+                }
+                .into());
+            }
+        }
+        let mut bytes = Vec::new();
+        store.get(id, &mut bytes)?;
+        let signed = Signed::<ModelManifest>::decode(&bytes)
+            .map_err(|e| Error::Model(format!("manifest {id}: {e}")))?;
+        let signer = signed.signer();
+        let manifest = signed.into_body();
+        manifest::check_name(&manifest.name)
+            .map_err(|e| Error::Model(format!("manifest {id}: {e}")))?;
+        let entry = ModelEntry {
+            id: *id,
+            signer,
+            manifest,
+        };
+        self.cache.put(&entry);
+        Ok(entry)
+    }
+
+    /// The model called `name_or_id` (a name, or a manifest id).
+    fn resolve(&self, name_or_id: &str) -> Result<ModelEntry> {
+        if let Ok(id) = name_or_id.parse::<ContentId>() {
+            return self.read_manifest(&id);
+        }
+        let all = self.list()?;
+        let mut found: Vec<&ModelEntry> = all
+            .iter()
+            .filter(|e| e.manifest.name == name_or_id)
+            .collect();
+        match found.len() {
+            0 => Err(Error::Model(format!(
+                "no model named {name_or_id:?} here{}",
+                if all.is_empty() {
+                    " (import one with `sov model import FILE.gguf`)".to_string()
+                } else {
+                    format!(
+                        "; there are: {}",
+                        all.iter()
+                            .map(|e| e.manifest.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            ))),
+            1 => Ok(found.remove(0).clone()),
+            _ => Err(Error::Model(format!(
+                "{} models are named {name_or_id:?}; name one by id: {}",
+                found.len(),
+                found
+                    .iter()
+                    .map(|e| e.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
     }
 }
 
@@ -225,135 +247,160 @@ struct Files {
     config: Option<Vec<u8>>,
 }
 
-/// Import a GGUF file or a Hugging Face folder (`config.json`, `model.safetensors`,
-/// `tokenizer.json`) as a model: the files become objects, described by a new signed
-/// manifest. The model is checked to load before anything is stored.
-pub fn import(store: &Store, path: &Path, opts: ImportOptions) -> Result<ModelEntry> {
-    let name = opts.name.clone().unwrap_or_else(|| default_name(path));
-    manifest::check_name(&name).map_err(Error::Model)?;
-    if let Some(e) = list(store)?.into_iter().find(|e| e.manifest.name == name) {
-        return Err(Error::Model(format!(
-            "a model named {name:?} is already here ({}); remove it first or pick another --name",
-            e.id
-        )));
+impl Registry<'_> {
+    /// Import a GGUF file or a Hugging Face folder (`config.json`, `model.safetensors`,
+    /// `tokenizer.json`) as a model: the files become objects, described by a new signed
+    /// manifest. The model is checked to load before anything is stored.
+    fn import(&self, path: &Path, opts: ImportOptions) -> Result<ModelEntry> {
+        let store = self.store;
+        let name = opts.name.clone().unwrap_or_else(|| default_name(path));
+        manifest::check_name(&name).map_err(Error::Model)?;
+        if let Some(e) = self.list()?.into_iter().find(|e| e.manifest.name == name) {
+            return Err(Error::Model(format!(
+                "a model named {name:?} is already here ({}); remove it first or pick another --name",
+                e.id
+            )));
+        }
+        let created = opts.created;
+        let Files {
+            desc,
+            format: fmt,
+            weights: weights_bytes,
+            tokenizer,
+            config,
+        } = if path.is_dir() {
+            let file = |n: &str| path.join(n);
+            for n in ["config.json", "model.safetensors", "tokenizer.json"] {
+                if !file(n).is_file() {
+                    return Err(Error::Model(format!(
+                        "{} has no {n} (a model folder holds config.json, model.safetensors and tokenizer.json)",
+                        path.display()
+                    )));
+                }
+            }
+            let config = read_limited(&file("config.json"), MAX_SIDE_FILE)?;
+            let tokenizer = read_limited(&file("tokenizer.json"), MAX_SIDE_FILE)?;
+            let weights = read_limited(&file("model.safetensors"), u64::MAX)?;
+            let mut desc =
+                manifest::describe_bert(&config, &weights, &tokenizer).map_err(model_error)?;
+            // sentence-transformers serves at most max_seq_length tokens.
+            if let Ok(b) = std::fs::read(file("sentence_bert_config.json"))
+                && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b)
+                && let Some(n) = v.get("max_seq_length").and_then(|n| n.as_u64())
+            {
+                desc.context_length = desc.context_length.min(n);
+            }
+            Files {
+                desc,
+                format: format::SAFETENSORS,
+                weights,
+                tokenizer: Some(tokenizer),
+                config: Some(config),
+            }
+        } else {
+            let bytes = read_limited(path, u64::MAX)?;
+            let g = sov_models::gguf::Gguf::parse(&bytes).map_err(model_error)?;
+            let desc = manifest::describe_gguf(&g).map_err(model_error)?;
+            // The tensors must load too, not just the table.
+            LanguageModel::from_gguf(&g, &bytes).map_err(model_error)?;
+            Files {
+                desc,
+                format: format::GGUF,
+                weights: bytes,
+                tokenizer: None,
+                config: None,
+            }
+        };
+        let weights_size = weights_bytes.len() as u64;
+        let weights_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|_| fmt == format::GGUF)
+            .unwrap_or_else(|| "model.safetensors".into());
+        let weights = add_bytes(
+            store,
+            weights_bytes,
+            &weights_name,
+            "application/octet-stream",
+            created,
+        )?;
+        let tokenizer = tokenizer
+            .map(|t| add_bytes(store, t, "tokenizer.json", "application/json", created))
+            .transpose()?;
+        let config = config
+            .map(|c| add_bytes(store, c, "config.json", "application/json", created))
+            .transpose()?;
+        let m = ModelManifest {
+            name: name.clone(),
+            kind: desc.kind,
+            architecture: desc.architecture,
+            format: fmt.into(),
+            weights,
+            weights_size,
+            tokenizer,
+            config,
+            parameters: desc.parameters,
+            context_length: desc.context_length,
+            dimensions: desc.dimensions,
+            quantization: desc.quantization,
+            parent: opts.parent,
+            license: opts.license,
+            training: None,
+            evaluation: Vec::new(),
+            created,
+        };
+        self.register(m)
     }
-    let created = opts.created;
-    let Files {
-        desc,
-        format: fmt,
-        weights: weights_bytes,
-        tokenizer,
-        config,
-    } = if path.is_dir() {
-        let file = |n: &str| path.join(n);
-        for n in ["config.json", "model.safetensors", "tokenizer.json"] {
-            if !file(n).is_file() {
+
+    /// Sign `manifest` with this node's key and store it: the model is then listed. Its
+    /// objects must be stored here already.
+    fn register(&self, manifest: ModelManifest) -> Result<ModelEntry> {
+        let store = self.store;
+        manifest::check_name(&manifest.name).map_err(Error::Model)?;
+        for part in parts(&manifest) {
+            if !store.contains(&part)? {
                 return Err(Error::Model(format!(
-                    "{} has no {n} (a model folder holds config.json, model.safetensors and tokenizer.json)",
-                    path.display()
+                    "the manifest names object {part}, which is not stored here"
                 )));
             }
         }
-        let config = read_limited(&file("config.json"), MAX_SIDE_FILE)?;
-        let tokenizer = read_limited(&file("tokenizer.json"), MAX_SIDE_FILE)?;
-        let weights = read_limited(&file("model.safetensors"), u64::MAX)?;
-        let mut desc =
-            manifest::describe_bert(&config, &weights, &tokenizer).map_err(model_error)?;
-        // sentence-transformers serves at most max_seq_length tokens.
-        if let Ok(b) = std::fs::read(file("sentence_bert_config.json"))
-            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b)
-            && let Some(n) = v.get("max_seq_length").and_then(|n| n.as_u64())
-        {
-            desc.context_length = desc.context_length.min(n);
-        }
-        Files {
-            desc,
-            format: format::SAFETENSORS,
-            weights,
-            tokenizer: Some(tokenizer),
-            config: Some(config),
-        }
-    } else {
-        let bytes = read_limited(path, u64::MAX)?;
-        let g = sov_models::gguf::Gguf::parse(&bytes).map_err(model_error)?;
-        let desc = manifest::describe_gguf(&g).map_err(model_error)?;
-        // The tensors must load too, not just the table.
-        LanguageModel::from_gguf(&g, &bytes).map_err(model_error)?;
-        Files {
-            desc,
-            format: format::GGUF,
-            weights: bytes,
-            tokenizer: None,
-            config: None,
-        }
-    };
-    let weights_size = weights_bytes.len() as u64;
-    let weights_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .filter(|_| fmt == format::GGUF)
-        .unwrap_or_else(|| "model.safetensors".into());
-    let weights = add_bytes(
-        store,
-        weights_bytes,
-        &weights_name,
-        "application/octet-stream",
-        created,
-    )?;
-    let tokenizer = tokenizer
-        .map(|t| add_bytes(store, t, "tokenizer.json", "application/json", created))
-        .transpose()?;
-    let config = config
-        .map(|c| add_bytes(store, c, "config.json", "application/json", created))
-        .transpose()?;
-    let m = ModelManifest {
-        name: name.clone(),
-        kind: desc.kind,
-        architecture: desc.architecture,
-        format: fmt.into(),
-        weights,
-        weights_size,
-        tokenizer,
-        config,
-        parameters: desc.parameters,
-        context_length: desc.context_length,
-        dimensions: desc.dimensions,
-        quantization: desc.quantization,
-        parent: opts.parent,
-        license: opts.license,
-        training: None,
-        evaluation: Vec::new(),
-        created,
-    };
-    register(store, m)
-}
-
-/// Sign `manifest` with this node's key and store it: the model is then listed. Its
-/// objects must be stored here already.
-pub fn register(store: &Store, manifest: ModelManifest) -> Result<ModelEntry> {
-    manifest::check_name(&manifest.name).map_err(Error::Model)?;
-    for part in parts(&manifest) {
-        if !store.contains(&part)? {
-            return Err(Error::Model(format!(
-                "the manifest names object {part}, which is not stored here"
-            )));
-        }
+        let signed = Signed::sign(manifest, store.identity()).map_err(model_error)?;
+        let bytes = signed.encode().map_err(model_error)?;
+        let name = signed.body().name.clone();
+        let id = add_bytes(
+            store,
+            bytes,
+            &name,
+            MANIFEST_MEDIA_TYPE,
+            signed.body().created,
+        )?;
+        let entry = ModelEntry {
+            id,
+            signer: signed.signer(),
+            manifest: signed.into_body(),
+        };
+        self.cache.put(&entry);
+        Ok(entry)
     }
-    let signed = Signed::sign(manifest, store.identity()).map_err(model_error)?;
-    let bytes = signed.encode().map_err(model_error)?;
-    let name = signed.body().name.clone();
-    let id = add_bytes(
-        store,
-        bytes,
-        &name,
-        MANIFEST_MEDIA_TYPE,
-        signed.body().created,
-    )?;
-    Ok(ModelEntry {
-        id,
-        signer: signed.signer(),
-        manifest: signed.into_body(),
-    })
+
+    /// Remove a model: its manifest, and each of its objects no other model here uses.
+    fn remove(&self, name_or_id: &str) -> Result<ModelEntry> {
+        let store = self.store;
+        let entry = self.resolve(name_or_id)?;
+        store.remove(&entry.id)?;
+        self.cache.forget(&entry.id);
+        let still_used: Vec<ContentId> = self
+            .list()?
+            .iter()
+            .flat_map(|e| parts(&e.manifest))
+            .collect();
+        for part in parts(&entry.manifest) {
+            if !still_used.contains(&part) && store.contains(&part)? {
+                store.remove(&part)?;
+            }
+        }
+        Ok(entry)
+    }
 }
 
 /// The objects a manifest names.
@@ -362,22 +409,6 @@ pub fn parts(m: &ModelManifest) -> Vec<ContentId> {
     v.extend(m.tokenizer);
     v.extend(m.config);
     v
-}
-
-/// Remove a model: its manifest, and each of its objects no other model here uses.
-pub fn remove(store: &Store, name_or_id: &str) -> Result<ModelEntry> {
-    let entry = resolve(store, name_or_id)?;
-    store.remove(&entry.id)?;
-    let still_used: Vec<ContentId> = list(store)?
-        .iter()
-        .flat_map(|e| parts(&e.manifest))
-        .collect();
-    for part in parts(&entry.manifest) {
-        if !still_used.contains(&part) && store.contains(&part)? {
-            store.remove(&part)?;
-        }
-    }
-    Ok(entry)
 }
 
 fn read_object(store: &Store, id: &ContentId, expected: Option<u64>) -> Result<Vec<u8>> {
@@ -395,7 +426,7 @@ fn read_object(store: &Store, id: &ContentId, expected: Option<u64>) -> Result<V
 }
 
 /// A model loaded for serving.
-pub enum Loaded {
+pub(crate) enum Loaded {
     /// A language model (chat, completions).
     Language(Box<LanguageModel>),
     /// An embedding model.
@@ -403,7 +434,7 @@ pub enum Loaded {
 }
 
 /// Load a model's weights from the store.
-pub fn load(store: &Store, entry: &ModelEntry) -> Result<Loaded> {
+pub(crate) fn load(store: &Store, entry: &ModelEntry) -> Result<Loaded> {
     let m = &entry.manifest;
     let weights = read_object(store, &m.weights, Some(m.weights_size))?;
     match (m.kind, m.format.as_str()) {
@@ -432,27 +463,97 @@ pub fn load(store: &Store, entry: &ModelEntry) -> Result<Loaded> {
     }
 }
 
-impl Node {
-    /// Run a registry function on the blocking pool.
-    pub async fn registry<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let store = self.store().clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|_| Error::Stopped)?
+/// Verified manifests by object id. An id names its bytes forever, so an entry stays valid
+/// while the object is stored; [`Node::remove`] forgets it.
+#[derive(Default)]
+pub(crate) struct ManifestCache(Mutex<HashMap<ContentId, ModelEntry>>);
+
+/// Entries kept at most (each well under 1 KiB).
+const MANIFEST_CACHE: usize = 4096;
+
+impl ManifestCache {
+    fn get(&self, id: &ContentId) -> Option<ModelEntry> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 
-    /// The models here.
+    fn put(&self, entry: &ModelEntry) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MANIFEST_CACHE {
+            map.clear();
+        }
+        map.insert(entry.id, entry.clone());
+    }
+
+    pub(crate) fn forget(&self, id: &ContentId) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+}
+
+impl Node {
+    /// Run a registry function on the blocking pool with the manifest cache.
+    async fn registry<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Registry<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let node = self.clone();
+        self.blocking_node(move |store| {
+            f(&Registry {
+                store,
+                cache: &node.inner.manifests,
+            })
+        })
+        .await
+    }
+
+    /// The models here, by name.
     pub async fn models(&self) -> Result<Vec<ModelEntry>> {
-        self.registry(list).await
+        self.registry(|r| r.list()).await
+    }
+
+    /// The model called `name_or_id` (a name, or a manifest id).
+    pub async fn model(&self, name_or_id: &str) -> Result<ModelEntry> {
+        let n = name_or_id.to_string();
+        self.registry(move |r| r.resolve(&n)).await
+    }
+
+    /// Import a GGUF file or a Hugging Face folder as a model (see [`import`]).
+    pub async fn import_model(&self, path: &Path, opts: ImportOptions) -> Result<ModelEntry> {
+        let path = path.to_path_buf();
+        let entry = self.registry(move |r| r.import(&path, opts)).await?;
+        for id in std::iter::once(entry.id).chain(parts(&entry.manifest)) {
+            self.announce(id).await;
+        }
+        Ok(entry)
+    }
+
+    /// Sign `manifest` with this node's key and store it; its objects must be here.
+    pub async fn register_model(&self, manifest: ModelManifest) -> Result<ModelEntry> {
+        let entry = self.registry(move |r| r.register(manifest)).await?;
+        self.announce(entry.id).await;
+        Ok(entry)
+    }
+
+    /// Remove model `name_or_id`: it is unloaded, its manifest removed, and each of its
+    /// objects that no other model here uses.
+    pub async fn remove_model(&self, name_or_id: &str) -> Result<ModelEntry> {
+        let n = name_or_id.to_string();
+        let entry = self.registry(move |r| r.remove(&n)).await?;
+        self.evict(entry.id).await;
+        if let Ok(net) = self.net() {
+            for id in std::iter::once(entry.id).chain(parts(&entry.manifest)) {
+                let _ = net.unprovide(id).await;
+            }
+        }
+        Ok(entry)
     }
 
     /// Let `reader` read model `name_or_id`: its manifest and every object it names.
     pub async fn share_model(&self, name_or_id: &str, reader: Did) -> Result<ModelEntry> {
-        let n = name_or_id.to_string();
-        let entry = self.registry(move |s| resolve(s, &n)).await?;
+        let entry = self.model(name_or_id).await?;
         for id in std::iter::once(entry.id).chain(parts(&entry.manifest)) {
             self.grant(id, reader).await?;
         }
@@ -463,8 +564,9 @@ impl Node {
     /// whose signature must verify, then each object it names. Blocks are checked against
     /// their CIDs as they arrive, so what is stored is what the signer described.
     pub async fn pull_model(&self, id: ContentId) -> Result<ModelEntry> {
+        self.net()?;
         self.fetch(id, None).await?;
-        let entry = match self.registry(move |s| read_manifest(s, &id)).await {
+        let entry = match self.registry(move |r| r.read_manifest(&id)).await {
             Ok(e) => e,
             Err(e) => {
                 // Not a model: do not keep it.

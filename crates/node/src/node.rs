@@ -1,63 +1,81 @@
-//! [`Node`]: the handle, start-up, shutdown, and the answers to peers' requests.
+//! [`Node`]: the handle, start-up, the supervised task set, and shutdown.
+//!
+//! Every task a node runs (the event loop, repair, announcing, each answer to a peer, each
+//! store operation on the blocking pool, each model worker) is spawned into one [`JoinSet`]
+//! owned by the node. [`Node::shutdown`] stops them all, waits until every one has ended,
+//! and closes the store: when it returns, the home can be opened again at once.
 
 use std::{
     collections::HashMap,
-    io::Read,
-    sync::{Arc, Mutex},
+    future::Future,
+    path::Path,
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
 use sov_core::{ContentId, Did};
-use sov_net::{Event, Multiaddr, PeerId, PeerInfo};
-use sov_store::{AddOptions, Added, Pin, Store};
+use sov_identity::Keypair;
+use sov_net::{Multiaddr, PeerId, PeerInfo};
+use sov_store::Store;
 use tokio::{
-    sync::{Semaphore, watch},
-    task::JoinHandle,
+    sync::{Semaphore, oneshot, watch},
+    task::JoinSet,
 };
 use tracing::{debug, info, warn};
 
-use crate::{
-    Config, Error, Result,
-    protocol::{self, Request, Response},
-};
+use crate::{Config, Error, Result, models::ManifestCache, serve::Serve};
 
 /// Want-lists answered at once (each reads up to 16 MiB from the store).
 const SERVE_SLOTS: usize = 8;
+/// How long tasks get to end by themselves at shutdown before they are aborted.
+const GRACE: Duration = Duration::from_secs(3);
+/// How long shutdown waits for the last user of the store to let go of it.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
 
-/// A running node. Cheap to clone; [`Node::shutdown`] stops it.
+/// A node: its store, its network (none when offline), and the tasks that serve both.
+/// Cheap to clone; [`Node::shutdown`] stops it.
 #[derive(Clone)]
 pub struct Node {
     pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
-    pub(crate) store: Arc<Store>,
-    pub(crate) net: sov_net::Client,
+    /// Taken out (and so closed) at shutdown.
+    store: RwLock<Option<Arc<Store>>>,
+    /// `None` for an offline node.
+    net: Option<sov_net::Client>,
     pub(crate) config: Config,
-    pub(crate) did: Did,
+    did: Did,
+    peer_id: PeerId,
     /// One fetch per object at a time.
     pub(crate) fetching: Mutex<HashMap<ContentId, Arc<tokio::sync::Mutex<()>>>>,
-    serving: Semaphore,
+    pub(crate) serving: Semaphore,
     stop: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Every task of the node; `None` once shutdown has begun (nothing new starts).
+    tasks: Mutex<Option<JoinSet<()>>>,
+    /// Verified model manifests by id.
+    pub(crate) manifests: ManifestCache,
+    /// The loaded models (set once at start).
+    pub(crate) serve: std::sync::OnceLock<Serve>,
 }
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("did", &self.inner.did)
-            .field("peer_id", &self.inner.net.peer_id())
+            .field("peer_id", &self.inner.peer_id)
+            .field("online", &self.inner.net.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Node {
-    /// Start a node on `store` (whose identity is the node's) with `config`: the network
-    /// comes up, bootstrap peers are dialled, stored objects are announced in the DHT, and
-    /// the repair task starts.
-    pub async fn start(store: Store, config: Config) -> Result<Self> {
-        let did = store.identity().did();
-        let seed = *store.identity().seed();
+    /// Start a node in `home` (its store is `home/store.redb`) with `keypair` as its
+    /// identity and `config`: the network comes up, bootstrap peers are dialled, stored
+    /// objects are announced in the DHT, and the repair task starts.
+    pub async fn start(home: &Path, keypair: Keypair, config: Config) -> Result<Self> {
+        let store = open_store(home, keypair.clone()).await?;
+        let seed = *keypair.seed();
         let mut net_config = sov_net::Config::new(seed);
         net_config.listen = config.listen.clone();
         net_config.bootstrap = config.bootstrap.clone();
@@ -70,55 +88,199 @@ impl Node {
             Vec::new()
         });
         let (net, events) = sov_net::start(net_config).await?;
-        let (stop, _) = watch::channel(false);
-        let node = Self {
-            inner: Arc::new(Inner {
-                store: Arc::new(store),
-                net,
-                config,
-                did,
-                fetching: Mutex::new(HashMap::new()),
-                serving: Semaphore::new(SERVE_SLOTS),
-                stop,
-                tasks: Mutex::new(Vec::new()),
-            }),
-        };
-        let handles = vec![
-            tokio::spawn(node.clone().handle_events(events)),
-            tokio::spawn(node.clone().repair_loop()),
-            tokio::spawn(node.clone().announce_all()),
-            tokio::spawn(node.clone().redial(known)),
-        ];
-        node.inner
-            .tasks
-            .lock()
-            .expect("task list lock is never poisoned")
-            .extend(handles);
+        let node = Self::assemble(store, Some(net), config);
+        node.spawn(node.clone().handle_events(events));
+        node.spawn(node.clone().repair_loop());
+        node.spawn(node.clone().announce_all());
+        node.spawn(node.clone().redial(known));
         info!(did = %node.inner.did, peer_id = %node.peer_id(), "node started");
         Ok(node)
     }
 
-    /// Stop the node: its tasks end, the network closes its connections, and the store is
-    /// released once the last clone of this handle is dropped.
+    /// Open the node in `home` without a network: its data and models, for commands run
+    /// while no node is running. Everything that needs peers fails with
+    /// [`Error::Offline`]; adding and granting work, and the node shares the result when it
+    /// next runs.
+    pub async fn offline(home: &Path, keypair: Keypair, config: Config) -> Result<Self> {
+        let store = open_store(home, keypair).await?;
+        Ok(Self::assemble(store, None, config))
+    }
+
+    fn assemble(store: Store, net: Option<sov_net::Client>, config: Config) -> Self {
+        let did = store.identity().did();
+        let (stop, _) = watch::channel(false);
+        let node = Self {
+            inner: Arc::new(Inner {
+                store: RwLock::new(Some(Arc::new(store))),
+                net,
+                config,
+                did,
+                peer_id: sov_net::peer_id_of(&did),
+                fetching: Mutex::new(HashMap::new()),
+                serving: Semaphore::new(SERVE_SLOTS),
+                stop,
+                tasks: Mutex::new(Some(JoinSet::new())),
+                manifests: ManifestCache::default(),
+                serve: std::sync::OnceLock::new(),
+            }),
+        };
+        let serve = Serve::start(&node);
+        let _ = node.inner.serve.set(serve);
+        node
+    }
+
+    /// Stop the node: every task ends (given a moment, then aborted), the network closes
+    /// its connections, loaded models are dropped, and the store is closed. When this
+    /// returns, the home can be opened again.
     pub async fn shutdown(&self) {
         let _ = self.inner.stop.send(true);
-        self.inner.net.shutdown().await;
-        let tasks: Vec<_> = std::mem::take(
-            &mut *self
-                .inner
-                .tasks
-                .lock()
-                .expect("task list lock is never poisoned"),
-        );
-        for t in tasks {
-            t.abort();
-            let _ = t.await;
+        if let Some(net) = &self.inner.net {
+            net.shutdown().await;
         }
+        let set = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut set) = set {
+            let drained = tokio::time::timeout(GRACE, async {
+                while let Some(r) = set.join_next().await {
+                    report(r);
+                }
+            })
+            .await;
+            if drained.is_err() {
+                debug!(left = set.len(), "aborting the tasks still running");
+                set.abort_all();
+                while let Some(r) = set.join_next().await {
+                    report(r);
+                }
+            }
+        }
+        let store = self
+            .inner
+            .store
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut store) = store {
+            // Every user of the store ran as a task of the node, so this is the last
+            // reference; wait a little in case a caller still holds a streaming read.
+            let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+            loop {
+                match Arc::try_unwrap(store) {
+                    Ok(s) => {
+                        drop(s);
+                        break;
+                    }
+                    Err(again) if tokio::time::Instant::now() < deadline => {
+                        store = again;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(_) => {
+                        warn!("the store is still in use; it closes when its last reader ends");
+                        break;
+                    }
+                }
+            }
+        }
+        info!(did = %self.inner.did, "node stopped");
+    }
+
+    /// Whether the node has a network.
+    pub fn is_online(&self) -> bool {
+        self.inner.net.is_some()
     }
 
     /// A receiver that turns true when the node stops.
     pub(crate) fn stopped(&self) -> watch::Receiver<bool> {
         self.inner.stop.subscribe()
+    }
+
+    /// Whether shutdown has begun.
+    pub(crate) fn is_stopping(&self) -> bool {
+        *self.inner.stop.borrow()
+    }
+
+    /// The network, or [`Error::Offline`].
+    pub(crate) fn net(&self) -> Result<&sov_net::Client> {
+        self.inner.net.as_ref().ok_or(Error::Offline)
+    }
+
+    /// Run `task` as one of the node's tasks; false (and `task` dropped) once the node is
+    /// stopping.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> bool {
+        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(set) = tasks.as_mut() else {
+            return false;
+        };
+        while let Some(r) = set.try_join_next() {
+            report(r);
+        }
+        set.spawn(task);
+        true
+    }
+
+    /// Run `work` on the blocking pool as one of the node's tasks.
+    pub(crate) fn spawn_blocking(&self, work: impl FnOnce() + Send + 'static) -> bool {
+        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(set) = tasks.as_mut() else {
+            return false;
+        };
+        while let Some(r) = set.try_join_next() {
+            report(r);
+        }
+        set.spawn_blocking(work);
+        true
+    }
+
+    /// Run `task` as one of the node's tasks and wait for its result (a task the caller
+    /// stops waiting for still runs to its end).
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        task: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        if !self.spawn(async move {
+            let _ = tx.send(task.await);
+        }) {
+            return Err(Error::Stopped);
+        }
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// The store, while the node runs.
+    pub(crate) fn store(&self) -> Result<Arc<Store>> {
+        self.inner
+            .store
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(Error::Stopped)
+    }
+
+    /// Run a store operation on the blocking pool, as one of the node's tasks.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> sov_store::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.blocking_node(move |s| f(s).map_err(Error::from)).await
+    }
+
+    /// Like [`Node::blocking`] for work that fails with the node's own errors.
+    pub(crate) async fn blocking_node<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store()?;
+        let (tx, rx) = oneshot::channel();
+        if !self.spawn_blocking(move || {
+            let _ = tx.send(f(&store));
+        }) {
+            return Err(Error::Stopped);
+        }
+        rx.await.map_err(|_| Error::Stopped)?
     }
 
     /// The node's did:key.
@@ -128,7 +290,7 @@ impl Node {
 
     /// The node's PeerId (the same key as its DID).
     pub fn peer_id(&self) -> PeerId {
-        self.inner.net.peer_id()
+        self.inner.peer_id
     }
 
     /// The settings the node runs with.
@@ -136,113 +298,62 @@ impl Node {
         &self.inner.config
     }
 
-    /// The store (for reads that need no network; call from blocking threads).
-    pub fn store(&self) -> &Arc<Store> {
-        &self.inner.store
-    }
-
-    /// The network client.
-    pub fn net(&self) -> &sov_net::Client {
-        &self.inner.net
-    }
-
-    /// Run a store operation on the blocking pool.
-    pub async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Store) -> sov_store::Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|_| Error::Stopped)?
-            .map_err(Error::from)
-    }
-
     /// The addresses peers can dial, each ending in `/p2p/<peer id>`.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>> {
-        Ok(self.inner.net.listen_addrs().await?)
+        Ok(self.net()?.listen_addrs().await?)
     }
 
     /// The peers connected now.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>> {
-        Ok(self.inner.net.peers().await?)
+        Ok(self.net()?.peers().await?)
     }
 
     /// Connect to a peer.
     pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId> {
-        Ok(self.inner.net.dial(addr).await?)
+        Ok(self.net()?.dial(addr).await?)
     }
 
-    /// Encrypt `input` into a new object, announce it, and have `replicas` peers pin it
-    /// (`None`: the configured default). Returns once the object is stored and the pin
-    /// requests are answered; repair keeps the count up afterwards.
-    pub async fn add(
+    /// The peers banned for misbehaving.
+    pub async fn banned(&self) -> Result<Vec<PeerId>> {
+        Ok(self.net()?.banned().await?)
+    }
+
+    /// Measure throughput to `peer` with the standard `/perf/1.0.0` protocol.
+    pub async fn perf(
         &self,
-        input: impl Read + Send + 'static,
-        opts: AddOptions,
-        replicas: Option<u32>,
-    ) -> Result<(Added, Vec<PeerId>)> {
-        let added = self
-            .blocking(move |s| s.add(input, opts, &mut |_| {}))
-            .await?;
-        let replicas = replicas.unwrap_or(self.inner.config.replicas);
-        let id = added.id;
-        self.blocking(move |s| {
-            s.set_pin(
-                &id,
-                Pin {
-                    replicas,
-                    replica: false,
-                },
-            )
-        })
-        .await?;
-        self.announce(id).await;
-        let holders = if replicas > 0 {
-            self.replicate(id).await?
-        } else {
-            Vec::new()
-        };
-        Ok((added, holders))
+        peer: PeerId,
+        upload: u64,
+        download: u64,
+    ) -> Result<sov_net::perf::PerfReport> {
+        Ok(self.net()?.perf(peer, upload, download).await?)
     }
 
-    /// Let `reader` read object `id`, and hand the new grant to the peers holding copies.
-    pub async fn grant(&self, id: ContentId, reader: Did) -> Result<ContentId> {
-        let gid = self.blocking(move |s| s.grant(&id, &reader)).await?;
-        // Holders refresh their grants when asked to pin what they already hold.
-        let replicas = self
-            .blocking(move |s| s.pin(&id))
-            .await?
-            .map_or(0, |p| p.replicas);
-        for peer in self.live_holders(id).await? {
-            let msg = Request::new(protocol::PIN, id, replicas).encode();
-            if let Err(e) = self.inner.net.request(peer, msg).await {
-                debug!(%peer, "could not hand a new grant to a holder: {e}");
-            }
-        }
-        Ok(gid)
-    }
-
-    /// Remove object `id` here and stop announcing it.
-    pub async fn remove(&self, id: ContentId) -> Result<()> {
-        self.blocking(move |s| s.remove(&id)).await?;
-        let _ = self.inner.net.unprovide(id).await;
-        Ok(())
+    /// Look up in the DHT which peers announced `id`, stopping at `enough`.
+    pub async fn providers(&self, id: ContentId, enough: usize) -> Result<sov_net::Providers> {
+        Ok(self.net()?.providers(id, enough).await?)
     }
 
     /// Announce in the DHT that this node holds `id`.
     pub async fn announce(&self, id: ContentId) {
-        if let Err(e) = self.inner.net.provide(id).await {
+        let Ok(net) = self.net() else { return };
+        if let Err(e) = net.provide(id).await {
             warn!(%id, "could not announce object: {e}");
         }
     }
 
     /// Announce every stored object (at start, once the bootstrap peers had a moment).
     async fn announce_all(self) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut stopped = self.stopped();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stopped.changed() => return,
+        }
         match self.blocking(|s| s.list()).await {
             Ok(objects) => {
                 for o in objects {
+                    if self.is_stopping() {
+                        return;
+                    }
                     self.announce(o.id).await;
                 }
             }
@@ -262,14 +373,15 @@ impl Node {
                 continue;
             }
             let node = self.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
+                let Ok(net) = node.net() else { return };
                 for addr in k.addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
-                    let connected = node.inner.net.peers().await;
+                    let connected = net.peers().await;
                     if connected.is_ok_and(|c| c.iter().any(|p| p.peer_id == peer)) {
                         return;
                     }
                     let addr = with_peer(addr, peer);
-                    match node.inner.net.dial(addr.clone()).await {
+                    match net.dial(addr.clone()).await {
                         Ok(_) => return,
                         Err(e) => debug!(%peer, %addr, "known peer not reached: {e}"),
                     }
@@ -279,9 +391,9 @@ impl Node {
     }
 
     /// Put `peer` in the peer book with the addresses it listens on.
-    fn remember(&self, peer: PeerId, listen_addrs: Vec<Multiaddr>) {
+    pub(crate) fn remember(&self, peer: PeerId, listen_addrs: Vec<Multiaddr>) {
         let node = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             let addrs: Vec<String> = listen_addrs.iter().map(ToString::to_string).collect();
             let now = unix_now();
             let who = peer.to_string();
@@ -293,87 +405,23 @@ impl Node {
             }
         });
     }
+}
 
-    async fn handle_events(self, mut events: tokio::sync::mpsc::Receiver<Event>) {
-        let mut stopped = self.stopped();
-        loop {
-            let event = tokio::select! {
-                e = events.recv() => match e { Some(e) => e, None => break },
-                _ = stopped.changed() => break,
-            };
-            match event {
-                Event::BlocksWanted { peer, cids, reply } => {
-                    let node = self.clone();
-                    tokio::spawn(async move {
-                        let Ok(_slot) = node.inner.serving.acquire().await else {
-                            return;
-                        };
-                        let limit = sov_net::wire::MAX_RESPONSE_DATA;
-                        match node.blocking(move |s| s.blocks(&cids, limit)).await {
-                            Ok(blocks) => reply.send(blocks).await,
-                            Err(e) => warn!(%peer, "could not serve blocks: {e}"),
-                        }
-                    });
-                }
-                Event::Request { peer, data, reply } => {
-                    let node = self.clone();
-                    tokio::spawn(async move {
-                        let response = match Request::decode(&data) {
-                            Ok(req) => node.answer(peer, req).await,
-                            Err(e) => {
-                                node.inner
-                                    .net
-                                    .ban(peer, format!("malformed node message: {e}"))
-                                    .await;
-                                return;
-                            }
-                        };
-                        reply.send(response.encode()).await;
-                    });
-                }
-                Event::PeerBanned { peer, reason } => info!(%peer, %reason, "peer banned"),
-                Event::PeerConnected { peer } => debug!(%peer, "peer connected"),
-                Event::PeerIdentified { peer, listen_addrs } => self.remember(peer, listen_addrs),
-                Event::PeerDisconnected { peer } => debug!(%peer, "peer disconnected"),
-                _ => {}
-            }
-        }
-    }
+/// Open the store in `home` on the blocking pool.
+async fn open_store(home: &Path, keypair: Keypair) -> Result<Store> {
+    let path = home.join(sov_store::DB_FILE);
+    tokio::task::spawn_blocking(move || Store::open(&path, keypair))
+        .await
+        .map_err(|_| Error::Stopped)?
+        .map_err(Error::from)
+}
 
-    /// Answer a peer's node message.
-    async fn answer(&self, peer: PeerId, req: Request) -> Response {
-        let id = req.object;
-        match req.op.as_str() {
-            protocol::HAS => {
-                let found = self
-                    .blocking(move |s| Ok((s.contains(&id)?, s.pin(&id)?)))
-                    .await;
-                match found {
-                    Ok((has, pin)) => Response {
-                        has,
-                        replica: has && pin.is_some_and(|p| p.replica),
-                        ..Response::ok()
-                    },
-                    Err(e) => Response::failed(e),
-                }
-            }
-            protocol::GRANTS => match self.blocking(move |s| s.grant_blocks(&id)).await {
-                Ok(grants) => Response {
-                    grants: grants
-                        .iter()
-                        .take(protocol::MAX_GRANTS)
-                        .map(|g| *g.cid())
-                        .collect(),
-                    ..Response::ok()
-                },
-                Err(e) => Response::failed(e),
-            },
-            protocol::PIN => match self.pin_for(peer, id, req.replicas).await {
-                Ok(()) => Response::ok(),
-                Err(e) => Response::failed(e),
-            },
-            other => Response::failed(format!("unknown operation {other:?}")),
-        }
+/// Log a task that panicked (an aborted one is expected at shutdown).
+fn report(r: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r
+        && e.is_panic()
+    {
+        warn!("a node task panicked: {e}");
     }
 }
 
@@ -386,7 +434,7 @@ fn with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr {
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -40,9 +40,8 @@ impl Node {
         } else {
             // The fetch goes on even if the asker stops waiting.
             let node = self.clone();
-            tokio::spawn(async move { node.fetch(id, Some(peer)).await })
-                .await
-                .map_err(|_| Error::Stopped)??;
+            self.run(async move { node.fetch(id, Some(peer)).await })
+                .await??;
         }
         let mine = self.blocking(move |s| s.pin(&id)).await?;
         let pin = match mine {
@@ -63,15 +62,15 @@ impl Node {
     /// The live peers that keep `id` as a replica (they answer `has` with replica = true).
     pub async fn live_holders(&self, id: ContentId) -> Result<Vec<PeerId>> {
         let me = self.peer_id();
-        let providers = self.inner.net.providers(id, HOLDER_LOOKUP).await?;
+        let net = self.net()?;
+        let providers = net.providers(id, HOLDER_LOOKUP).await?;
         let asks = providers
             .peers
             .into_iter()
             .filter(|p| *p != me)
             .map(|p| async move {
                 let msg = Request::new(protocol::HAS, id, 0).encode();
-                let answer =
-                    tokio::time::timeout(HAS_TIMEOUT, self.inner.net.request(p, msg)).await;
+                let answer = tokio::time::timeout(HAS_TIMEOUT, net.request(p, msg)).await;
                 match answer {
                     Ok(Ok(bytes)) => Response::decode(&bytes)
                         .ok()
@@ -100,10 +99,10 @@ impl Node {
         }
         let owner = self.blocking(move |s| s.manifest_of(&id)).await?.owner;
         let owner_peer = sov_net::peer_id_of(&owner);
-        let banned: HashSet<PeerId> = self.inner.net.banned().await?.into_iter().collect();
-        let mut candidates: Vec<PeerId> =
-            self.inner.net.closest_peers(id).await.unwrap_or_default();
-        candidates.extend(self.inner.net.peers().await?.into_iter().map(|p| p.peer_id));
+        let net = self.net()?;
+        let banned: HashSet<PeerId> = net.banned().await?.into_iter().collect();
+        let mut candidates: Vec<PeerId> = net.closest_peers(id).await.unwrap_or_default();
+        candidates.extend(net.peers().await?.into_iter().map(|p| p.peer_id));
         let taken: HashSet<PeerId> = holders.iter().copied().collect();
         let mut seen = HashSet::new();
         candidates.retain(|p| {
@@ -124,7 +123,7 @@ impl Node {
             let msg = Request::new(protocol::PIN, id, pin.replicas).encode();
             let answers = join_all(batch.iter().map(|p| {
                 let msg = msg.clone();
-                async move { (*p, self.inner.net.request(*p, msg).await) }
+                async move { (*p, net.request(*p, msg).await) }
             }))
             .await;
             for (p, answer) in answers {

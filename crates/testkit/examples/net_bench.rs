@@ -160,7 +160,7 @@ async fn main() {
         if name == "TCP" && !flag("--only-tcp") {
             let peer = cluster.node(0).peer_id();
             for (up, down) in [(0u64, size as u64), (size as u64, 0)] {
-                let r = cluster.node(1).net().perf(peer, up, down).await.unwrap();
+                let r = cluster.node(1).perf(peer, up, down).await.unwrap();
                 println!(
                     "perf  /perf/1.0.0 upload {} MiB: {:.0} MB/s; download {} MiB: {:.0} MB/s",
                     up >> 20,
@@ -195,9 +195,9 @@ async fn main() {
         for i in 0..lookups {
             let key = sov_core::ContentId::of(sov_core::Codec::Raw, &(i as u64).to_le_bytes());
             let provider = cluster.node(i % dht_nodes);
-            provider.net().provide(key).await.unwrap();
+            provider.announce(key).await;
             let asker = cluster.node((i * 37 + 11) % dht_nodes);
-            let p = asker.net().providers(key, 1).await.unwrap();
+            let p = asker.providers(key, 1).await.unwrap();
             if p.peers.contains(&provider.peer_id()) {
                 found += 1;
             }

@@ -9,7 +9,6 @@ use std::{future::Future, path::PathBuf, time::Duration};
 use rand::{Rng as _, RngExt as _, SeedableRng as _, rngs::StdRng};
 use sov_identity::Keypair;
 use sov_node::{Config, Multiaddr, Node};
-use sov_store::Store;
 
 /// The seed for this run: `SOV_TEST_SEED` if set, else a fresh one. Printed either way.
 pub fn seed() -> u64 {
@@ -116,23 +115,10 @@ impl Cluster {
             config.bootstrap = self.slots[j].addrs.clone();
         }
         let slot = &mut self.slots[i];
-        let path = slot.home.join(sov_store::DB_FILE);
-        // A node just killed may still be releasing its store (its last tasks are ending).
-        let mut store = None;
-        for _ in 0..200 {
-            match Store::open(&path, Keypair::from_seed(&slot.seed)) {
-                Ok(s) => {
-                    store = Some(s);
-                    break;
-                }
-                Err(sov_store::Error::InUse(_)) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("opening node {i}'s store: {e}"),
-            }
-        }
-        let store = store.expect("the killed node released its store within 10 s");
-        let node = Node::start(store, config).await.expect("node starts");
+        // A stopped node has closed its store: the home opens at once.
+        let node = Node::start(&slot.home, Keypair::from_seed(&slot.seed), config)
+            .await
+            .unwrap_or_else(|e| panic!("node {i} starts: {e}"));
         slot.addrs = node.listen_addrs().await.expect("listen addresses");
         slot.node = Some(node);
     }
@@ -189,8 +175,8 @@ impl Cluster {
 }
 
 /// Options for adding a test object named `name` (fixed creation time).
-pub fn add_options(name: &str) -> sov_store::AddOptions {
-    sov_store::AddOptions {
+pub fn add_options(name: &str) -> sov_node::AddOptions {
+    sov_node::AddOptions {
         name: name.into(),
         media_type: "application/octet-stream".into(),
         created: 1_700_000_000,
@@ -223,14 +209,7 @@ pub async fn add_granted(
 /// Make object `id` readable on `node` (fetching it from peers if needed) and return its
 /// plaintext. Panics with the error if that fails: for tests.
 pub async fn read(node: &Node, id: sov_core::ContentId) -> Vec<u8> {
-    node.prepare_read(id).await.expect("object can be fetched");
-    node.blocking(move |s| {
-        let mut out = Vec::new();
-        s.get(&id, &mut out)?;
-        Ok(out)
-    })
-    .await
-    .expect("object can be read")
+    node.read(id).await.expect("object can be fetched and read")
 }
 
 /// The folder of real models the tests use (`.cache/sov-models` in the workspace), filled by

@@ -74,8 +74,7 @@ async fn a_lying_provider_is_banned_and_the_fetch_completes_elsewhere() {
     // flips a byte in every chunk it sends.
     let dir = tempfile::tempdir().unwrap();
     let liar_store = Store::open(&dir.path().join("store.redb"), Keypair::generate()).unwrap();
-    let mut car = Vec::new();
-    cluster.node(0).store().export_car(&id, &mut car).unwrap();
+    let car = cluster.node(0).export_car(id, Vec::new()).await.unwrap();
     liar_store.import_car(car.as_slice()).unwrap();
     let (liar, mut control) = raw_peer(&cluster.addrs(1)[0]).await;
     let mut incoming = control.accept(wire::BLOCKS_PROTOCOL).unwrap();
@@ -113,15 +112,7 @@ async fn a_lying_provider_is_banned_and_the_fetch_completes_elsewhere() {
     assert_eq!(report.liars, vec![liar]);
     assert!(!report.providers.contains_key(&liar));
     assert_eq!(read(cluster.node(1), id).await, data);
-    assert!(
-        cluster
-            .node(1)
-            .net()
-            .banned()
-            .await
-            .unwrap()
-            .contains(&liar)
-    );
+    assert!(cluster.node(1).banned().await.unwrap().contains(&liar));
     cluster.stop().await;
 }
 
@@ -193,7 +184,7 @@ async fn malformed_and_oversized_messages_are_refused() {
             Duration::from_secs(10),
             || {
                 let n0 = n0.clone();
-                async move { n0.net().banned().await.unwrap().contains(&raw) }
+                async move { n0.banned().await.unwrap().contains(&raw) }
             },
         )
         .await

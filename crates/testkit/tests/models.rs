@@ -6,7 +6,11 @@
 use std::time::Duration;
 
 use sov_core::Signed;
-use sov_node::models::{self, ImportOptions, Loaded, MANIFEST_MEDIA_TYPE};
+use sov_node::{
+    Node,
+    models::{self, ImportOptions, MANIFEST_MEDIA_TYPE, ModelEntry},
+    serve::EmbedInput,
+};
 use sov_testkit::{Cluster, add_options, init_logging, models_dir, seed};
 
 fn opts(name: &str) -> ImportOptions {
@@ -18,11 +22,12 @@ fn opts(name: &str) -> ImportOptions {
     }
 }
 
-fn embed(loaded: Loaded, text: &str) -> Vec<f32> {
-    match loaded {
-        Loaded::Embedding(b) => b.embed(text).unwrap().0,
-        Loaded::Language(_) => panic!("not an embedding model"),
-    }
+async fn embed(node: &Node, entry: &ModelEntry, text: &str) -> Vec<f32> {
+    let mut out = node
+        .embed(entry, vec![EmbedInput::Text(text.into())])
+        .await
+        .unwrap();
+    out.remove(0).0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,10 +38,7 @@ async fn a_model_is_imported_shared_and_pulled_verified() {
     let (a, b) = (cluster.node(0).clone(), cluster.node(1).clone());
 
     let d = dir.clone();
-    let entry = a
-        .registry(move |s| models::import(s, &d, opts("minilm")))
-        .await
-        .unwrap();
+    let entry = a.import_model(&d, opts("minilm")).await.unwrap();
     let m = &entry.manifest;
     assert_eq!(
         (m.kind.as_str(), m.architecture.as_str(), m.format.as_str()),
@@ -51,10 +53,7 @@ async fn a_model_is_imported_shared_and_pulled_verified() {
     assert_eq!(entry.signer, a.did());
     // Its name is taken now.
     let d = dir.clone();
-    let again = a
-        .registry(move |s| models::import(s, &d, opts("minilm")))
-        .await
-        .unwrap_err();
+    let again = a.import_model(&d, opts("minilm")).await.unwrap_err();
     assert!(again.to_string().contains("already here"), "{again}");
 
     // B cannot read it before A shares it; then it pulls manifest and objects.
@@ -63,26 +62,21 @@ async fn a_model_is_imported_shared_and_pulled_verified() {
     let pulled = b.pull_model(entry.id).await.unwrap();
     assert_eq!(pulled, entry);
     assert_eq!(b.models().await.unwrap(), vec![entry.clone()]);
-    let e = entry.clone();
-    let there = b.registry(move |s| models::load(s, &e)).await.unwrap();
-    let e = entry.clone();
-    let here = a.registry(move |s| models::load(s, &e)).await.unwrap();
     let text = "A man is eating food.";
-    assert_eq!(embed(there, text), embed(here, text));
+    assert_eq!(embed(&b, &entry, text).await, embed(&a, &entry, text).await);
+    assert_eq!(b.loaded_models().await, vec![entry.id]);
 
     // Removing it on B removes its objects there too; A keeps its own.
-    b.registry(|s| models::remove(s, "minilm")).await.unwrap();
+    b.remove_model("minilm").await.unwrap();
     assert!(b.models().await.unwrap().is_empty());
-    let parts = models::parts(&entry.manifest);
-    let still = b
-        .blocking(move |s| {
-            parts
-                .iter()
-                .map(|p| s.contains(p))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .unwrap();
+    assert!(
+        b.loaded_models().await.is_empty(),
+        "removing a model unloads it"
+    );
+    let mut still = Vec::new();
+    for p in models::parts(&entry.manifest) {
+        still.push(b.contains(p).await.unwrap());
+    }
     assert_eq!(still, vec![false; 3]);
     assert_eq!(a.models().await.unwrap().len(), 1);
     cluster.stop().await;
@@ -98,20 +92,17 @@ async fn bad_models_and_forged_manifests_are_refused() {
     // A file that is not a model: refused, nothing stored.
     let bad = tmp.path().join("notes.gguf");
     std::fs::write(&bad, b"GGUF but not really").unwrap();
-    let before = a.blocking(|s| s.list()).await.unwrap().len();
+    let before = a.objects().await.unwrap().len();
     let p = bad.clone();
     let e = a
-        .registry(move |s| models::import(s, &p, ImportOptions::default()))
+        .import_model(&p, ImportOptions::default())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("GGUF"), "{e}");
-    assert_eq!(a.blocking(|s| s.list()).await.unwrap().len(), before);
+    assert_eq!(a.objects().await.unwrap().len(), before);
     // A folder without the files a model needs.
     let p = tmp.path().to_path_buf();
-    let e = a
-        .registry(move |s| models::import(s, &p, opts("empty")))
-        .await
-        .unwrap_err();
+    let e = a.import_model(&p, opts("empty")).await.unwrap_err();
     assert!(e.to_string().contains("config.json"), "{e}");
 
     // A pulled object that is not a manifest is not kept.
@@ -126,25 +117,16 @@ async fn bad_models_and_forged_manifests_are_refused() {
     a.grant(plain.id, b.did()).await.unwrap();
     let e = b.pull_model(plain.id).await.unwrap_err();
     assert!(e.to_string().contains("not a model manifest"), "{e}");
-    assert!(!b.blocking(move |s| s.contains(&plain.id)).await.unwrap());
+    assert!(!b.contains(plain.id).await.unwrap());
 
     // A "manifest" whose signature does not verify is not listed, and not pulled.
     let d = models_dir().join("all-MiniLM-L6-v2");
-    let good = a
-        .registry(move |s| models::import(s, &d, opts("minilm")))
-        .await
-        .unwrap();
+    let good = a.import_model(&d, opts("minilm")).await.unwrap();
     let mut forged_body = good.manifest.clone();
     forged_body.name = "forged".into();
     // Take the envelope of the good manifest and swap in the changed body.
     let gid = good.id;
-    let env = a
-        .blocking(move |s| {
-            let mut v = Vec::new();
-            s.get(&gid, &mut v).map(|_| v)
-        })
-        .await
-        .unwrap();
+    let env = a.read(gid).await.unwrap();
     let good_body = sov_core::dagcbor::to_vec(&good.manifest).unwrap();
     let forged = sov_core::dagcbor::to_vec(&forged_body).unwrap();
     assert_eq!(
@@ -177,6 +159,6 @@ async fn bad_models_and_forged_manifests_are_refused() {
     a.grant(fake.id, b.did()).await.unwrap();
     let e = b.pull_model(fake.id).await.unwrap_err();
     assert!(e.to_string().contains("signature"), "{e}");
-    assert!(!b.blocking(move |s| s.contains(&fake.id)).await.unwrap());
+    assert!(!b.contains(fake.id).await.unwrap());
     cluster.stop().await;
 }

@@ -18,7 +18,7 @@ fn random_bytes(rng: &mut StdRng, n: usize) -> Vec<u8> {
 async fn replica_holders(cluster: &Cluster, id: ContentId) -> Vec<usize> {
     let mut out = Vec::new();
     for i in cluster.live() {
-        let pin = cluster.node(i).blocking(move |s| s.pin(&id)).await.unwrap();
+        let pin = cluster.node(i).pin(id).await.unwrap();
         if pin.is_some_and(|p| p.replica) {
             out.push(i);
         }
@@ -60,32 +60,22 @@ async fn an_object_streams_while_it_is_fetched() {
     let data = random_bytes(&mut rng, 12 << 20);
     let id = add_granted(cluster.node(0), cluster.node(1), &data, "s.bin").await;
     let node = cluster.node(1).clone();
-    let streaming = node
-        .read_streaming(id)
-        .await
-        .unwrap()
-        .expect("not stored yet: it streams");
-    assert_eq!(streaming.meta.size, data.len() as u64);
-    let store = node.store().clone();
-    let out = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        streaming.read(&store, &mut out).map(|()| out)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let reading = node.open_read(id).await.unwrap();
+    assert!(reading.is_fetching(), "not stored yet: it streams");
+    assert_eq!(reading.meta.size, data.len() as u64);
+    let out = node.read_into(reading, Vec::new()).await.unwrap();
     assert!(out == data);
     wait_for(
         "the fetched object is stored",
         Duration::from_secs(20),
         || {
             let node = node.clone();
-            async move { node.blocking(move |s| s.contains(&id)).await.unwrap() }
+            async move { node.contains(id).await.unwrap() }
         },
     )
     .await
     .unwrap();
-    assert!(node.read_streaming(id).await.unwrap().is_none());
+    assert!(!node.open_read(id).await.unwrap().is_fetching());
     cluster.stop().await;
 }
 

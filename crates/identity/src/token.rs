@@ -1,0 +1,89 @@
+//! The local admin token: `$SOV_HOME/admin.token`, 32 random bytes in hex, mode 0600. The
+//! node's API accepts it as `Authorization: Bearer <token>`; whoever can read the home can
+//! administer the node.
+
+use std::{
+    io::{self, Write as _},
+    path::Path,
+};
+
+/// The admin token's file name in the home.
+pub const TOKEN_FILE: &str = "admin.token";
+
+/// The admin token of the home `dir`, created if it has none (or an empty one).
+pub fn ensure(dir: &Path) -> io::Result<String> {
+    let path = dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(with_path(e, "reading", &path)),
+    }
+    let mut bytes = [0u8; 32];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut bytes);
+    let token = hex::encode(bytes);
+    write_private(&path, format!("{token}\n").as_bytes())?;
+    Ok(token)
+}
+
+/// Read the admin token of the home `dir`.
+pub fn read(dir: &Path) -> io::Result<String> {
+    let path = dir.join(TOKEN_FILE);
+    std::fs::read_to_string(&path)
+        .map(|t| t.trim().to_owned())
+        .map_err(|e| with_path(e, "reading the admin token", &path))
+}
+
+/// Write `contents` to `path` through a temporary file readable only by its owner, renamed
+/// into place (a reader never sees half a file).
+pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            opts.mode(0o600);
+        }
+        let mut f = opts
+            .open(&tmp)
+            .map_err(|e| with_path(e, "creating", &tmp))?;
+        f.write_all(contents)
+            .map_err(|e| with_path(e, "writing", &tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| with_path(e, "writing", path))
+}
+
+fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_made_once_and_kept_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = ensure(dir.path()).unwrap();
+        assert_eq!(t.len(), 64);
+        assert_eq!(ensure(dir.path()).unwrap(), t);
+        assert_eq!(read(dir.path()).unwrap(), t);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(dir.path().join(TOKEN_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(dir.path().join(TOKEN_FILE), "\n").unwrap();
+        assert_ne!(
+            ensure(dir.path()).unwrap(),
+            t,
+            "an empty token file is replaced"
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! The node's event task: what the network reports, and the answers to peers' requests.
+//! Each answer runs as one of the node's tasks, so shutdown waits for it.
+
+use sov_net::{Event, PeerId};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::{
+    Node,
+    protocol::{self, Request, Response},
+};
+
+impl Node {
+    pub(crate) async fn handle_events(self, mut events: mpsc::Receiver<Event>) {
+        let mut stopped = self.stopped();
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => match e { Some(e) => e, None => break },
+                _ = stopped.changed() => break,
+            };
+            match event {
+                Event::BlocksWanted { peer, cids, reply } => {
+                    let node = self.clone();
+                    self.spawn(async move {
+                        let Ok(_slot) = node.inner.serving.acquire().await else {
+                            return;
+                        };
+                        let limit = sov_net::wire::MAX_RESPONSE_DATA;
+                        match node.blocking(move |s| s.blocks(&cids, limit)).await {
+                            Ok(blocks) => reply.send(blocks).await,
+                            Err(e) => warn!(%peer, "could not serve blocks: {e}"),
+                        }
+                    });
+                }
+                Event::Request { peer, data, reply } => {
+                    let node = self.clone();
+                    self.spawn(async move {
+                        let response = match Request::decode(&data) {
+                            Ok(req) => node.answer(peer, req).await,
+                            Err(e) => {
+                                if let Ok(net) = node.net() {
+                                    net.ban(peer, format!("malformed node message: {e}")).await;
+                                }
+                                return;
+                            }
+                        };
+                        reply.send(response.encode()).await;
+                    });
+                }
+                Event::PeerBanned { peer, reason } => info!(%peer, %reason, "peer banned"),
+                Event::PeerConnected { peer } => debug!(%peer, "peer connected"),
+                Event::PeerIdentified { peer, listen_addrs } => self.remember(peer, listen_addrs),
+                Event::PeerDisconnected { peer } => debug!(%peer, "peer disconnected"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Answer a peer's node message.
+    async fn answer(&self, peer: PeerId, req: Request) -> Response {
+        let id = req.object;
+        match req.op.as_str() {
+            protocol::HAS => {
+                let found = self
+                    .blocking(move |s| Ok((s.contains(&id)?, s.pin(&id)?)))
+                    .await;
+                match found {
+                    Ok((has, pin)) => Response {
+                        has,
+                        replica: has && pin.is_some_and(|p| p.replica),
+                        ..Response::ok()
+                    },
+                    Err(e) => Response::failed(e),
+                }
+            }
+            protocol::GRANTS => match self.blocking(move |s| s.grant_blocks(&id)).await {
+                Ok(grants) => Response {
+                    grants: grants
+                        .iter()
+                        .take(protocol::MAX_GRANTS)
+                        .map(|g| *g.cid())
+                        .collect(),
+                    ..Response::ok()
+                },
+                Err(e) => Response::failed(e),
+            },
+            protocol::PIN => match self.pin_for(peer, id, req.replicas).await {
+                Ok(()) => Response::ok(),
+                Err(e) => Response::failed(e),
+            },
+            other => Response::failed(format!("unknown operation {other:?}")),
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! Serving models: an actor that owns the loaded models, one worker per model fed by a
+//! bounded queue.
+//!
+//! ```text
+//!   Node::generate / embed ──Submit──▶ serve actor ──job──▶ worker (blocking pool, one per model)
+//!   Node::remove_model ─────Evict───▶  (loaded models,      loads from the store once, then
+//!                                       LRU within budget)  runs jobs first come, first served
+//! ```
+//!
+//! A request names a model; the first request starts its worker, which loads the weights
+//! from the store; later requests queue there and run one after another. The async side
+//! only waits on channels, so a long generation never blocks the node: other routes, other
+//! models and the network go on. Text streams back as it forms; when the receiver goes
+//! away (a client disconnected) or the node stops, generation ends at the next token.
+//!
+//! Loaded models stay within `max_loaded_bytes` (their weights' size): starting one more
+//! unloads the least recently used first. One model larger than the budget still loads,
+//! alone. Removing a model always unloads it.
+//!
+//! Why a queue and not batching: on a CPU, one decode step of a small model is bound by
+//! reading its weights from memory; batching would let several sequences share that read,
+//! which is a later gain. The queue is the simple, fair first step.
+
+use std::{collections::HashMap, sync::mpsc as std_mpsc};
+
+use sov_core::ContentId;
+use sov_models::{
+    chat::Message,
+    generate::{Output, Request},
+    sample::SamplingParams,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::{
+    Node,
+    models::{self, Loaded, ModelEntry},
+};
+
+/// Requests that may wait for one model; more are refused ([`Failure::Busy`]) until the
+/// queue drains.
+pub const QUEUE: usize = 64;
+/// Text pieces in flight from a generating model to its reader.
+pub const EVENTS: usize = 256;
+/// Tokens generated when a request names no limit (and the context has room).
+pub const DEFAULT_MAX_TOKENS: usize = 1024;
+/// Commands waiting for the serve actor.
+const COMMANDS: usize = 256;
+
+/// What to generate from.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// A conversation, through the model's chat template.
+    Chat(Vec<Message>),
+    /// Plain text.
+    Text(String),
+}
+
+/// One generation asked of a language model.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// What to continue.
+    pub prompt: Prompt,
+    /// Most tokens to generate (`None`: [`DEFAULT_MAX_TOKENS`] or what the context holds).
+    pub max_tokens: Option<usize>,
+    /// How to pick tokens.
+    pub sampling: SamplingParams,
+    /// Texts that end the generation (not shown).
+    pub stop: Vec<String>,
+    /// Log-probabilities of the top `n` tokens at each step.
+    pub logprobs: Option<usize>,
+}
+
+/// An embedding input.
+#[derive(Debug, Clone)]
+pub enum EmbedInput {
+    /// Text, tokenised by the model.
+    Text(String),
+    /// Token ids.
+    Tokens(Vec<u32>),
+}
+
+/// What a generation reports, in order.
+#[derive(Debug)]
+pub enum Event {
+    /// Text formed (whole UTF-8 characters).
+    Text(String),
+    /// The end: the whole output, or why it failed.
+    Done(Result<Output, Failure>),
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The request cannot be served as asked (the caller's fault).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The model's queue is full; try again shortly.
+    #[error("{0}")]
+    Busy(String),
+    /// The node failed (loading, a worker that stopped, shutdown).
+    #[error("{0}")]
+    Server(String),
+}
+
+/// Embeddings with the tokens each input took.
+pub type Embedded = Result<Vec<(Vec<f32>, usize)>, Failure>;
+
+enum Job {
+    Generate {
+        generation: Generation,
+        events: mpsc::Sender<Event>,
+    },
+    Embed {
+        inputs: Vec<EmbedInput>,
+        reply: oneshot::Sender<Embedded>,
+    },
+}
+
+enum Command {
+    Submit {
+        entry: Box<ModelEntry>,
+        job: Job,
+        reply: oneshot::Sender<Result<(), Failure>>,
+    },
+    Evict {
+        id: ContentId,
+        reply: oneshot::Sender<()>,
+    },
+    Loaded(oneshot::Sender<Vec<ContentId>>),
+    /// A worker ended by itself (its model failed to load).
+    Ended {
+        id: ContentId,
+        generation: u64,
+    },
+}
+
+/// The handle to the serve actor.
+pub(crate) struct Serve {
+    tx: mpsc::Sender<Command>,
+}
+
+struct Worker {
+    queue: std_mpsc::SyncSender<Job>,
+    bytes: u64,
+    last_used: u64,
+    generation: u64,
+}
+
+struct Actor {
+    node: Node,
+    tx: mpsc::Sender<Command>,
+    workers: HashMap<ContentId, Worker>,
+    clock: u64,
+    generations: u64,
+}
+
+impl Serve {
+    /// Start the actor as one of `node`'s tasks.
+    pub(crate) fn start(node: &Node) -> Self {
+        let (tx, rx) = mpsc::channel(COMMANDS);
+        let actor = Actor {
+            node: node.clone(),
+            tx: tx.clone(),
+            workers: HashMap::new(),
+            clock: 0,
+            generations: 0,
+        };
+        node.spawn(actor.run(rx));
+        Serve { tx }
+    }
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut stopped = self.node.stopped();
+        loop {
+            let cmd = tokio::select! {
+                c = rx.recv() => match c { Some(c) => c, None => break },
+                _ = stopped.changed() => break,
+            };
+            match cmd {
+                Command::Submit { entry, job, reply } => {
+                    let _ = reply.send(self.submit(entry, job));
+                }
+                Command::Evict { id, reply } => {
+                    if self.workers.remove(&id).is_some() {
+                        info!(model = %id, "model unloaded");
+                    }
+                    let _ = reply.send(());
+                }
+                Command::Loaded(reply) => {
+                    let mut ids: Vec<(u64, ContentId)> = self
+                        .workers
+                        .iter()
+                        .map(|(id, w)| (w.last_used, *id))
+                        .collect();
+                    ids.sort();
+                    let _ = reply.send(ids.into_iter().map(|(_, id)| id).collect());
+                }
+                Command::Ended { id, generation } => {
+                    if self
+                        .workers
+                        .get(&id)
+                        .is_some_and(|w| w.generation == generation)
+                    {
+                        self.workers.remove(&id);
+                    }
+                }
+            }
+        }
+        // Dropping the queues ends every worker after its current job.
+    }
+
+    fn submit(&mut self, entry: Box<ModelEntry>, job: Job) -> Result<(), Failure> {
+        self.clock += 1;
+        let id = entry.id;
+        if !self.workers.contains_key(&id) {
+            self.make_room(entry.manifest.weights_size);
+            let worker = self.start_worker(&entry)?;
+            self.workers.insert(id, worker);
+        }
+        let Some(w) = self.workers.get_mut(&id) else {
+            return Err(Failure::Server("the model's worker is gone".into()));
+        };
+        w.last_used = self.clock;
+        match w.queue.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(std_mpsc::TrySendError::Full(_)) => Err(Failure::Busy(format!(
+                "{} has {QUEUE} requests waiting; try again shortly",
+                entry.manifest.name
+            ))),
+            Err(std_mpsc::TrySendError::Disconnected(_)) => {
+                self.workers.remove(&id);
+                Err(Failure::Server(
+                    "the model's worker stopped; try again".into(),
+                ))
+            }
+        }
+    }
+
+    /// Unload the least recently used models until `bytes` more fit the budget.
+    fn make_room(&mut self, bytes: u64) {
+        let budget = self.node.inner.config.max_loaded_bytes;
+        loop {
+            let used: u64 = self.workers.values().map(|w| w.bytes).sum();
+            if used.saturating_add(bytes) <= budget || self.workers.is_empty() {
+                return;
+            }
+            let Some(oldest) = self
+                .workers
+                .iter()
+                .min_by_key(|(_, w)| w.last_used)
+                .map(|(id, _)| *id)
+            else {
+                return;
+            };
+            self.workers.remove(&oldest);
+            info!(model = %oldest, used, budget, "model unloaded to stay within max_loaded_bytes");
+        }
+    }
+
+    fn start_worker(&mut self, entry: &ModelEntry) -> Result<Worker, Failure> {
+        let (queue, rx) = std_mpsc::sync_channel::<Job>(QUEUE);
+        self.generations += 1;
+        let generation = self.generations;
+        let store = self
+            .node
+            .store()
+            .map_err(|e| Failure::Server(e.to_string()))?;
+        let bytes = entry.manifest.weights_size;
+        let (node, entry, ended) = (self.node.clone(), entry.clone(), self.tx.clone());
+        let threads = self.node.inner.config.threads.max(1);
+        let spawned = self.node.spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let loaded = models::load(&store, &entry);
+            drop(store);
+            let name = &entry.manifest.name;
+            let loaded = match loaded {
+                Ok(Loaded::Language(mut m)) => {
+                    m.set_threads(threads);
+                    Loaded::Language(m)
+                }
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(model = %name, "model failed to load: {e}");
+                    // Answer what queued, and let the next request try again.
+                    let _ = ended.try_send(Command::Ended {
+                        id: entry.id,
+                        generation,
+                    });
+                    let f = Failure::Server(format!("loading {name}: {e}"));
+                    while let Ok(job) = rx.try_recv() {
+                        fail(job, f.clone());
+                    }
+                    return;
+                }
+            };
+            info!(model = %name, secs = started.elapsed().as_secs_f64(), "model loaded");
+            while let Ok(job) = rx.recv() {
+                run(&node, &loaded, job);
+            }
+            debug!(model = %name, "model worker ended");
+        });
+        if !spawned {
+            return Err(Failure::Server("the node is shutting down".into()));
+        }
+        Ok(Worker {
+            queue,
+            bytes,
+            last_used: self.clock,
+            generation,
+        })
+    }
+}
+
+fn failure(e: sov_models::Error) -> Failure {
+    match e {
+        sov_models::Error::Input(m) => Failure::BadRequest(m),
+        sov_models::Error::Template(m) => Failure::BadRequest(format!("chat template: {m}")),
+        other => Failure::Server(other.to_string()),
+    }
+}
+
+fn fail(job: Job, f: Failure) {
+    match job {
+        Job::Generate { events, .. } => {
+            let _ = events.blocking_send(Event::Done(Err(f)));
+        }
+        Job::Embed { reply, .. } => {
+            let _ = reply.send(Err(f));
+        }
+    }
+}
+
+fn run(node: &Node, loaded: &Loaded, job: Job) {
+    match (loaded, job) {
+        (
+            Loaded::Language(m),
+            Job::Generate {
+                generation: g,
+                events,
+            },
+        ) => {
+            let result = (|| {
+                let prompt = match &g.prompt {
+                    Prompt::Chat(messages) => m.chat_prompt(messages),
+                    Prompt::Text(t) => m.text_prompt(t),
+                }
+                .map_err(failure)?;
+                let room = m.context_length().saturating_sub(prompt.len());
+                let req = Request {
+                    max_tokens: g.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS.min(room)),
+                    prompt,
+                    sampling: g.sampling.clone(),
+                    stop: g.stop.clone(),
+                    logprobs: g.logprobs,
+                };
+                m.generate(&req, &mut |t| {
+                    !node.is_stopping() && events.blocking_send(Event::Text(t.to_string())).is_ok()
+                })
+                .map_err(failure)
+            })();
+            let _ = events.blocking_send(Event::Done(result));
+        }
+        (Loaded::Embedding(b), Job::Embed { inputs, reply }) => {
+            let out = inputs
+                .iter()
+                .map(|i| match i {
+                    EmbedInput::Text(t) => b.embed(t),
+                    EmbedInput::Tokens(ids) => b.embed_ids(ids).map(|e| (e, ids.len())),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(failure);
+            let _ = reply.send(out);
+        }
+        (Loaded::Language(_), job) => fail(
+            job,
+            Failure::BadRequest("this is a language model: it does not make embeddings".into()),
+        ),
+        (Loaded::Embedding(_), job) => fail(
+            job,
+            Failure::BadRequest("this is an embedding model: it does not generate text".into()),
+        ),
+    }
+}
+
+impl Node {
+    fn serve(&self) -> Result<&Serve, Failure> {
+        self.inner
+            .serve
+            .get()
+            .ok_or_else(|| Failure::Server("the node is shutting down".into()))
+    }
+
+    async fn submit(&self, entry: &ModelEntry, job: Job) -> Result<(), Failure> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || Failure::Server("the node is shutting down".into());
+        self.serve()?
+            .tx
+            .send(Command::Submit {
+                entry: Box::new(entry.clone()),
+                job,
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Queue a generation on language model `entry` (loading it if needed); its text and
+    /// its end arrive on the returned receiver. Refused at once when the model's queue is
+    /// full. Dropping the receiver stops the generation at its next token.
+    pub async fn generate(
+        &self,
+        entry: &ModelEntry,
+        generation: Generation,
+    ) -> Result<mpsc::Receiver<Event>, Failure> {
+        let (events, rx) = mpsc::channel(EVENTS);
+        self.submit(entry, Job::Generate { generation, events })
+            .await?;
+        Ok(rx)
+    }
+
+    /// Embed `inputs` with embedding model `entry` (loading it if needed).
+    pub async fn embed(&self, entry: &ModelEntry, inputs: Vec<EmbedInput>) -> Embedded {
+        let (reply, rx) = oneshot::channel();
+        self.submit(entry, Job::Embed { inputs, reply }).await?;
+        rx.await
+            .unwrap_or_else(|_| Err(Failure::Server("the model's worker stopped".into())))
+    }
+
+    /// The models loaded now, least recently used first.
+    pub async fn loaded_models(&self) -> Vec<ContentId> {
+        let (reply, rx) = oneshot::channel();
+        let Ok(serve) = self.serve() else {
+            return Vec::new();
+        };
+        if serve.tx.send(Command::Loaded(reply)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Unload model `id` if it is loaded (its worker ends after its current job).
+    pub(crate) async fn evict(&self, id: ContentId) {
+        let (reply, rx) = oneshot::channel();
+        let Ok(serve) = self.serve() else { return };
+        if serve.tx.send(Command::Evict { id, reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The node's lifecycle: every task ends and the store closes at shutdown, so the home
+//! opens again at once; an offline node refuses network work with a clear error; loaded
+//! models stay within their memory budget.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{io::Cursor, path::Path, time::Duration};
+
+use sov_identity::Keypair;
+use sov_models::sample::SamplingParams;
+use sov_node::{
+    AddOptions, Config, Error, Node,
+    models::ImportOptions,
+    serve::{Event, Generation, Prompt},
+};
+
+fn opts(name: &str) -> AddOptions {
+    AddOptions {
+        name: name.into(),
+        media_type: "application/octet-stream".into(),
+        created: 1_700_000_000,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_work_in_flight_reopens_its_home_at_once() {
+    let home = tempfile::tempdir().unwrap();
+    let key = Keypair::generate();
+    let mut kept = Vec::new();
+    for round in 0..3u8 {
+        // No retry: a stopped node has closed its store.
+        let node = Node::start(home.path(), key.clone(), Config::loopback())
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the home opens at once: {e}"));
+        for id in &kept {
+            assert!(
+                node.contains(*id).await.unwrap(),
+                "round {round}: kept {id}"
+            );
+        }
+        let (added, _) = node
+            .add(Cursor::new(vec![round; 1 << 20]), opts("kept"), Some(0))
+            .await
+            .unwrap();
+        kept.push(added.id);
+        // Adds still running when shutdown begins: shutdown waits for them (or they fail
+        // with a clear error), and the store still closes.
+        let mut busy = Vec::new();
+        for i in 0..6u8 {
+            let n = node.clone();
+            busy.push(tokio::spawn(async move {
+                n.add(Cursor::new(vec![i; 4 << 20]), opts("busy"), Some(0))
+                    .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        node.shutdown().await;
+        for b in busy {
+            match b.await.unwrap() {
+                Ok(_) | Err(Error::Stopped) => {}
+                Err(e) => panic!("an add cut off by shutdown fails as stopped, not {e}"),
+            }
+        }
+        assert!(matches!(node.objects().await, Err(Error::Stopped)));
+    }
+    // The offline node opens the same home just as quickly.
+    let offline = Node::offline(home.path(), key, Config::loopback())
+        .await
+        .unwrap();
+    for id in &kept {
+        assert!(offline.contains(*id).await.unwrap());
+    }
+    offline.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_node_does_local_work_and_refuses_network_work() {
+    let home = tempfile::tempdir().unwrap();
+    let node = Node::offline(home.path(), Keypair::generate(), Config::loopback())
+        .await
+        .unwrap();
+    assert!(!node.is_online());
+    let (added, holders) = node
+        .add(Cursor::new(b"local".to_vec()), opts("a"), Some(3))
+        .await
+        .unwrap();
+    assert!(holders.is_empty());
+    assert_eq!(node.read(added.id).await.unwrap(), b"local");
+    // The pin is recorded for when the node runs.
+    assert_eq!(
+        node.pin(added.id).await.unwrap().map(|p| p.replicas),
+        Some(3)
+    );
+    let other = Keypair::generate().did();
+    node.grant(added.id, other).await.unwrap();
+    assert!(matches!(node.peers().await, Err(Error::Offline)));
+    assert!(matches!(
+        node.pull_model(added.id).await,
+        Err(Error::Offline)
+    ));
+    let e = node.peers().await.unwrap_err().to_string();
+    assert!(e.contains("sov node run"), "{e}");
+    node.shutdown().await;
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/fixtures")
+        .join(name)
+}
+
+async fn ask(node: &Node, model: &str) -> String {
+    let entry = node.model(model).await.unwrap();
+    let mut events = node
+        .generate(
+            &entry,
+            Generation {
+                prompt: Prompt::Text("hello".into()),
+                max_tokens: Some(3),
+                sampling: SamplingParams::greedy(),
+                stop: Vec::new(),
+                logprobs: None,
+            },
+        )
+        .await
+        .unwrap();
+    while let Some(e) = events.recv().await {
+        if let Event::Done(r) = e {
+            return r.unwrap().text;
+        }
+    }
+    panic!("the generation ended without Done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loaded_models_stay_within_the_budget_least_recently_used_first() {
+    let home = tempfile::tempdir().unwrap();
+    let llama = fixture("tiny-llama.gguf");
+    let qwen = fixture("tiny-qwen2.gguf");
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let mut config = Config::loopback();
+    // Room for either model, not both.
+    config.max_loaded_bytes = size(&llama).max(size(&qwen)) + 1;
+    let node = Node::offline(home.path(), Keypair::generate(), config)
+        .await
+        .unwrap();
+    let import = |p: std::path::PathBuf, name: &str| {
+        let node = node.clone();
+        let o = ImportOptions {
+            name: Some(name.into()),
+            ..ImportOptions::default()
+        };
+        async move { node.import_model(&p, o).await.unwrap() }
+    };
+    let a = import(llama, "llama").await;
+    let b = import(qwen, "qwen").await;
+    assert!(
+        node.loaded_models().await.is_empty(),
+        "nothing loads before a request"
+    );
+
+    let first = ask(&node, "llama").await;
+    assert_eq!(node.loaded_models().await, vec![a.id]);
+    ask(&node, "qwen").await;
+    assert_eq!(node.loaded_models().await, vec![b.id], "llama made room");
+    assert_eq!(ask(&node, "llama").await, first, "reloaded, same answer");
+    assert_eq!(node.loaded_models().await, vec![a.id]);
+
+    node.remove_model("llama").await.unwrap();
+    assert!(node.loaded_models().await.is_empty(), "removing unloads");
+    node.shutdown().await;
+}
