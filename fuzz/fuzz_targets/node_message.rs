@@ -1,10 +1,12 @@
-//! The `/sov/node/1` message decoders never panic on a peer's bytes.
+//! The `/sov/node/2` message decoders and the model-offer decoder (gossip `sov/models/1`)
+//! never panic on a peer's bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sov_node::protocol::{Request, Response};
+use sov_node::protocol::{ModelAnnouncement, Request, Response};
 
 fuzz_target!(|data: &[u8]| {
     let _ = Request::decode(data);
     let _ = Response::decode(data);
+    let _ = ModelAnnouncement::decode(data);
 });

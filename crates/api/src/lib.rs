@@ -20,6 +20,7 @@
 //! | `POST /api/v1/models` | `{"path", "name"?, "license"?}`: import a GGUF file or HF folder |
 //! | `DELETE /api/v1/models/{name}` | remove a model (and its objects no other model uses) |
 //! | `POST /api/v1/models/pull` | `{"id"}`: fetch a model from peers, manifest verified |
+//! | `GET /api/v1/models/offered` | models peers offered on gossip (signatures checked; not stored here) |
 //! | `POST /api/v1/models/{name}/share` | `{"did"}`: let that DID pull the model |
 //! | `/v1/…` | the OpenAI-compatible gateway ([`gateway`](crate::gateway) lists it) |
 //!
@@ -81,6 +82,7 @@ pub fn router(node: Node, token: &str) -> Router {
         .route("/api/v1/cars", post(objects::import))
         .route("/api/v1/models", get(models::list).post(models::import))
         .route("/api/v1/models/pull", post(models::pull))
+        .route("/api/v1/models/offered", get(models::offered))
         .route(
             "/api/v1/models/{name}",
             axum::routing::delete(models::remove),

@@ -84,6 +84,17 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Vec<Model
     Ok(Json(all.iter().map(ModelInfo::from).collect()))
 }
 
+pub(crate) async fn offered(State(state): State<AppState>) -> Json<Vec<ModelInfo>> {
+    Json(
+        state
+            .node
+            .announced_models()
+            .iter()
+            .map(ModelInfo::from)
+            .collect(),
+    )
+}
+
 /// Body of `POST /api/v1/models`: a file or folder on the node's machine.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ImportRequest {

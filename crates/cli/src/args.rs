@@ -138,11 +138,15 @@ pub enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List the models here.
+    /// List the models here (or, with --offered, the ones peers offer).
     Ls {
         /// Print a JSON array.
         #[arg(long)]
         json: bool,
+        /// The models peers offered on the network (pull one by its id); needs a running
+        /// node.
+        #[arg(long)]
+        offered: bool,
     },
     /// Remove a model (and its objects no other model uses).
     Rm {

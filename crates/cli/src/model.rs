@@ -106,8 +106,12 @@ pub fn run(home: &Home, cmd: ModelCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ModelCommand::Ls { json } => {
+        ModelCommand::Ls { json, offered } => {
             let all: Vec<ModelInfo> = match &remote {
+                Some(api) if offered => api.get_json("/api/v1/models/offered")?,
+                None if offered => {
+                    bail!("offers arrive over the network: start the node first (`sov node run`)")
+                }
                 Some(api) => api.get_json("/api/v1/models")?,
                 None => {
                     let l = local()?;
@@ -119,6 +123,10 @@ pub fn run(home: &Home, cmd: ModelCommand) -> anyhow::Result<()> {
             };
             if json {
                 say!("{}", serde_json::to_string_pretty(&all)?)?;
+                return Ok(());
+            }
+            if all.is_empty() && offered {
+                note!("no peer has offered a model yet");
                 return Ok(());
             }
             if all.is_empty() {

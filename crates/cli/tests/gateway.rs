@@ -238,6 +238,15 @@ fn a_model_is_shared_and_pulled_between_node_processes() {
     ]))
     .unwrap();
     let id = imported["id"].as_str().unwrap().to_string();
+    // A offers it on gossip: B lists the offer, signed by A, before pulling anything.
+    wait("B to hear A's offer", || {
+        let v: Value =
+            serde_json::from_str(&b.ok(&["model", "ls", "--offered", "--json"])).unwrap();
+        v[0]["id"].as_str() == Some(id.as_str())
+    });
+    let offered: Value =
+        serde_json::from_str(&b.ok(&["model", "ls", "--offered", "--json"])).unwrap();
+    assert_eq!(offered[0]["signer"].as_str(), Some(a.did().as_str()));
     // B cannot pull it before A shares it.
     let refused = b.run(&["model", "pull", &id]);
     assert!(!refused.status.success());

@@ -11,7 +11,7 @@ use libp2p::{
 
 use crate::{
     Config,
-    wire::{self, BLOCKS_PROTOCOL, Codec, NODE_PROTOCOL},
+    wire::{self, BLOCKS_PROTOCOL, BULK_PROTOCOL, Codec, NODE_PROTOCOL},
 };
 
 /// Our own DHT: never the public IPFS one.
@@ -31,7 +31,8 @@ pub(crate) struct Behaviour {
     pub(crate) gossip: gossipsub::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) blocks: request_response::Behaviour<Codec<wire::Blocks>>,
-    pub(crate) node: request_response::Behaviour<Codec<wire::Node>>,
+    pub(crate) node: request_response::Behaviour<Codec<wire::Direct>>,
+    pub(crate) bulk: request_response::Behaviour<Codec<wire::Direct>>,
     pub(crate) streams: libp2p_stream::Behaviour,
     pub(crate) relay: relay::client::Behaviour,
     pub(crate) dcutr: dcutr::Behaviour,
@@ -63,6 +64,10 @@ impl Behaviour {
         let gossip_config = gossipsub::ConfigBuilder::default()
             .heartbeat_interval(config.gossip_heartbeat)
             .validation_mode(gossipsub::ValidationMode::Strict)
+            // The node decodes and checks every message and reports the verdict
+            // (`Client::report`); only accepted messages are forwarded, and rejected ones
+            // count against their sender's score.
+            .validate_messages()
             .max_transmit_size(64 << 10)
             // Content-hash ids: the same message published twice is one message.
             .message_id_fn(|m: &gossipsub::Message| {
@@ -110,9 +115,18 @@ impl Behaviour {
                 rr.clone(),
             ),
             node: request_response::Behaviour::with_codec(
-                Codec::default(),
+                Codec(wire::Direct {
+                    max: wire::MAX_NODE_MESSAGE,
+                }),
                 [(NODE_PROTOCOL, request_response::ProtocolSupport::Full)],
-                rr,
+                rr.clone(),
+            ),
+            bulk: request_response::Behaviour::with_codec(
+                Codec(wire::Direct {
+                    max: config.max_bulk_message,
+                }),
+                [(BULK_PROTOCOL, request_response::ProtocolSupport::Full)],
+                rr.with_request_timeout(config.bulk_timeout),
             ),
             streams: libp2p_stream::Behaviour::new(),
             relay,

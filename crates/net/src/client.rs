@@ -42,21 +42,30 @@ pub enum Event {
         /// where the answer goes
         reply: BlocksReply,
     },
-    /// A peer sent a node message on `/sov/node/1`; answer with [`Reply::send`].
+    /// A peer sent a node message on `/sov/node/2` or `/sov/bulk/1`; answer with
+    /// [`Reply::send`].
     Request {
         /// the peer
         peer: PeerId,
+        /// which protocol it came on
+        channel: Channel,
         /// the message
         data: Vec<u8>,
         /// where the answer goes
         reply: Reply,
     },
-    /// A gossip message arrived on a subscribed topic (already validated).
+    /// A gossip message arrived on a subscribed topic (its signature checked by
+    /// gossipsub). It is forwarded to other peers only once the node accepts it: report
+    /// the verdict with [`Client::report`].
     Message {
         /// the topic
         topic: String,
-        /// who published it
+        /// the message id (BLAKE3 of the data), for [`Client::report`]
+        id: MessageId,
+        /// who published it (signed)
         source: Option<PeerId>,
+        /// the peer it came from
+        propagated_by: PeerId,
         /// the bytes
         data: Vec<u8>,
     },
@@ -67,6 +76,29 @@ pub enum Event {
         /// what it did
         reason: String,
     },
+}
+
+/// The node's two request-response protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// `/sov/node/2`: control messages, at most [`crate::wire::MAX_NODE_MESSAGE`] bytes.
+    Control,
+    /// `/sov/bulk/1`: large messages (model updates), at most `Config::max_bulk_message`.
+    Bulk,
+}
+
+/// A gossip message's id.
+pub type MessageId = libp2p::gossipsub::MessageId;
+
+/// What the node made of a gossip message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: forward it.
+    Accept,
+    /// Invalid: drop it, and count it against the peer that sent it.
+    Reject,
+    /// Not for us (a duplicate, too old): drop it without penalty.
+    Ignore,
 }
 
 /// A connected peer.
@@ -107,10 +139,12 @@ pub(crate) enum Command {
         Vec<ContentId>,
         oneshot::Sender<Result<BlocksResponse>>,
     ),
-    Request(PeerId, Vec<u8>, oneshot::Sender<Result<Vec<u8>>>),
+    Request(Channel, PeerId, Vec<u8>, oneshot::Sender<Result<Vec<u8>>>),
     RespondBlocks(ResponseChannel<BlocksResponse>, BlocksResponse),
-    Respond(ResponseChannel<Vec<u8>>, Vec<u8>),
+    Respond(Channel, ResponseChannel<Vec<u8>>, Vec<u8>),
     Subscribe(String, oneshot::Sender<Result<()>>),
+    Report(MessageId, PeerId, Verdict),
+    Score(PeerId, oneshot::Sender<Option<f64>>),
     Publish(String, Vec<u8>, oneshot::Sender<Result<()>>),
     Ban(PeerId, String),
     Banned(oneshot::Sender<Vec<PeerId>>),
@@ -151,16 +185,17 @@ impl BlocksReply {
 /// The answer to a [`Event::Request`].
 #[derive(Debug)]
 pub struct Reply {
+    pub(crate) on: Channel,
     pub(crate) channel: ResponseChannel<Vec<u8>>,
     pub(crate) commands: mpsc::Sender<Command>,
 }
 
 impl Reply {
-    /// Answer the request (at most [`wire::MAX_NODE_MESSAGE`] bytes).
+    /// Answer the request (within the protocol's limit; a longer answer fails at the asker).
     pub async fn send(self, data: Vec<u8>) {
         let _ = self
             .commands
-            .send(Command::Respond(self.channel, data))
+            .send(Command::Respond(self.on, self.channel, data))
             .await;
     }
 }
@@ -274,9 +309,33 @@ impl Client {
         }
     }
 
-    /// Send a node message to `peer` and wait for its answer.
+    /// Send a control message to `peer` and wait for its answer.
     pub async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>> {
-        self.ask(|tx| Command::Request(peer, data, tx)).await?
+        self.request_on(Channel::Control, peer, data).await
+    }
+
+    /// Send a message on `channel` to `peer` and wait for its answer.
+    pub async fn request_on(
+        &self,
+        channel: Channel,
+        peer: PeerId,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        self.ask(|tx| Command::Request(channel, peer, data, tx))
+            .await?
+    }
+
+    /// Tell gossipsub what the node made of message `id` from `propagated_by`.
+    pub async fn report(&self, id: MessageId, propagated_by: PeerId, verdict: Verdict) {
+        let _ = self
+            .commands
+            .send(Command::Report(id, propagated_by, verdict))
+            .await;
+    }
+
+    /// `peer`'s gossipsub score here (negative after invalid messages), if it has one.
+    pub async fn gossip_score(&self, peer: PeerId) -> Result<Option<f64>> {
+        self.ask(|tx| Command::Score(peer, tx)).await
     }
 
     /// Subscribe to a gossip topic.

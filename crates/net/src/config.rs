@@ -27,6 +27,10 @@ pub struct Config {
     pub kad_refresh: Duration,
     /// The gossipsub heartbeat (short in tests, so meshes form quickly).
     pub gossip_heartbeat: Duration,
+    /// Largest message either way on the bulk protocol (`/sov/bulk/1`), for model updates.
+    pub max_bulk_message: usize,
+    /// How long a bulk request may take before it fails.
+    pub bulk_timeout: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -37,6 +41,7 @@ impl std::fmt::Debug for Config {
             .field("mdns", &self.mdns)
             .field("autonat", &self.autonat)
             .field("max_connections", &self.max_connections)
+            .field("max_bulk_message", &self.max_bulk_message)
             .finish_non_exhaustive()
     }
 }
@@ -60,6 +65,8 @@ impl Config {
             request_timeout: Duration::from_secs(60),
             kad_refresh: Duration::from_secs(300),
             gossip_heartbeat: Duration::from_secs(1),
+            max_bulk_message: crate::wire::DEFAULT_MAX_BULK_MESSAGE,
+            bulk_timeout: Duration::from_secs(600),
         }
     }
 

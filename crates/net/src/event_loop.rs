@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::{
     Client, Config, Error, Event, PeerInfo, Providers, Result,
     behaviour::{Behaviour, BehaviourEvent},
-    client::{BlocksReply, Command, Reply},
+    client::{BlocksReply, Channel, Command, Reply, Verdict},
     perf,
     wire::{BlocksResponse, Inbound},
 };
@@ -305,12 +305,12 @@ impl EventLoop {
                 self.want_lists.insert(id, (peer, cids));
                 self.wants.insert(id, reply);
             }
-            Command::Request(peer, data, reply) => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .node
-                    .send_request(&peer, Ok(data));
+            Command::Request(channel, peer, data, reply) => {
+                let b = self.swarm.behaviour_mut();
+                let id = match channel {
+                    Channel::Control => b.node.send_request(&peer, Ok(data)),
+                    Channel::Bulk => b.bulk.send_request(&peer, Ok(data)),
+                };
                 self.requests.insert(id, reply);
             }
             Command::RespondBlocks(channel, data) => {
@@ -320,19 +320,38 @@ impl EventLoop {
                     .blocks
                     .send_response(channel, data);
             }
-            Command::Respond(channel, data) => {
-                let _ = self.swarm.behaviour_mut().node.send_response(channel, data);
+            Command::Respond(on, channel, data) => {
+                let b = self.swarm.behaviour_mut();
+                let _ = match on {
+                    Channel::Control => b.node.send_response(channel, data),
+                    Channel::Bulk => b.bulk.send_response(channel, data),
+                };
             }
             Command::Subscribe(topic, reply) => {
                 let t = gossipsub::IdentTopic::new(topic);
-                let r = self
-                    .swarm
-                    .behaviour_mut()
-                    .gossip
+                let gossip = &mut self.swarm.behaviour_mut().gossip;
+                // Invalid messages on our topics lower their sender's score (by default
+                // gossipsub scores no topic, so a rejection would cost nothing).
+                let _ = gossip.set_topic_params(t.clone(), topic_score());
+                let r = gossip
                     .subscribe(&t)
                     .map(|_| ())
                     .map_err(|e| Error::Gossip(e.to_string()));
                 let _ = reply.send(r);
+            }
+            Command::Report(id, peer, verdict) => {
+                let acceptance = match verdict {
+                    Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+                    Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+                    Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossip
+                    .report_message_validation_result(&id, &peer, acceptance);
+            }
+            Command::Score(peer, reply) => {
+                let _ = reply.send(self.swarm.behaviour().gossip.peer_score(&peer));
             }
             Command::Publish(topic, data, reply) => {
                 let t = gossipsub::IdentTopic::new(topic);
@@ -469,15 +488,18 @@ impl EventLoop {
             }) => self.on_query(id, result, step.last, stats.num_requests()),
             BehaviourEvent::Gossip(gossipsub::Event::Message {
                 propagation_source,
+                message_id,
                 message,
-                ..
             }) => self.emit(Event::Message {
                 topic: message.topic.into_string(),
-                source: message.source.or(Some(propagation_source)),
+                id: message_id,
+                source: message.source,
+                propagated_by: propagation_source,
                 data: message.data,
             }),
             BehaviourEvent::Blocks(e) => self.on_blocks(e),
-            BehaviourEvent::Node(e) => self.on_node(e),
+            BehaviourEvent::Node(e) => self.on_direct(Channel::Control, e),
+            BehaviourEvent::Bulk(e) => self.on_direct(Channel::Bulk, e),
             _ => {}
         }
     }
@@ -598,7 +620,11 @@ impl EventLoop {
         self.wants.insert(id, reply);
     }
 
-    fn on_node(&mut self, event: request_response::Event<Inbound<Vec<u8>>, Vec<u8>>) {
+    fn on_direct(
+        &mut self,
+        on: Channel,
+        event: request_response::Event<Inbound<Vec<u8>>, Vec<u8>>,
+    ) {
         let commands = self.command_tx.clone();
         self.on_request_response(
             event,
@@ -606,8 +632,13 @@ impl EventLoop {
             |l| &mut l.requests,
             |peer, data, channel| Event::Request {
                 peer,
+                channel: on,
                 data,
-                reply: Reply { channel, commands },
+                reply: Reply {
+                    on,
+                    channel,
+                    commands,
+                },
             },
         );
     }
@@ -691,5 +722,16 @@ impl EventLoop {
             }
             e => debug!(%peer, "inbound request failed: {e}"),
         }
+    }
+}
+
+/// Score parameters for each topic the node subscribes to: a rejected message costs its
+/// sender (squared, so a flood costs more than a slip), decaying over minutes.
+fn topic_score() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        invalid_message_deliveries_weight: -100.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..gossipsub::TopicScoreParams::default()
     }
 }

@@ -26,7 +26,9 @@ pub mod perf;
 pub mod wire;
 
 pub use behaviour::{AGENT, KAD_PROTOCOL};
-pub use client::{BlocksReply, Client, Event, PeerInfo, Providers, Reply};
+pub use client::{
+    BlocksReply, Channel, Client, Event, MessageId, PeerInfo, Providers, Reply, Verdict,
+};
 pub use config::Config;
 pub use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use sov_core::Did;

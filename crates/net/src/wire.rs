@@ -10,7 +10,9 @@
 //! big-endian. A response holds only blocks that were asked for, each once; blocks the
 //! responder lacks (or that did not fit) are left out.
 //!
-//! `/sov/node/1` carries opaque bytes (the node's own messages) both ways.
+//! `/sov/node/2` and `/sov/bulk/1` carry opaque bytes (the node's own messages) both ways,
+//! each with its own size limit: small control messages on the first, large ones (model
+//! updates) on the second.
 
 use std::io;
 
@@ -20,8 +22,10 @@ use sov_core::{Block, ContentId, MAX_BLOCK};
 
 /// The block-exchange protocol.
 pub const BLOCKS_PROTOCOL: StreamProtocol = StreamProtocol::new("/sov/blocks/1");
-/// The node's direct-message protocol.
-pub const NODE_PROTOCOL: StreamProtocol = StreamProtocol::new("/sov/node/1");
+/// The node's protocol for small control messages.
+pub const NODE_PROTOCOL: StreamProtocol = StreamProtocol::new("/sov/node/2");
+/// The node's protocol for large messages (model updates).
+pub const BULK_PROTOCOL: StreamProtocol = StreamProtocol::new("/sov/bulk/1");
 
 /// Most CIDs in one want-list.
 pub const MAX_WANT: usize = 256;
@@ -32,8 +36,10 @@ const MAX_WANT_BYTES: usize = 2 + MAX_WANT * (1 + 64);
 /// Largest response on the wire: the data limit, plus one more block that may overshoot it
 /// (a responder always sends at least one block), plus framing.
 const MAX_BLOCKS_BYTES: usize = MAX_RESPONSE_DATA + MAX_BLOCK + 2 + MAX_WANT * (1 + 64 + 4);
-/// Largest node message either way.
+/// Largest control message either way.
 pub const MAX_NODE_MESSAGE: usize = 64 << 10;
+/// Default largest bulk message either way (configurable: `Config::max_bulk_message`).
+pub const DEFAULT_MAX_BULK_MESSAGE: usize = 64 << 20;
 
 /// Why bytes from a peer were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -257,13 +263,14 @@ pub(crate) enum BlocksResponse {
 }
 
 /// What differs between our request-response protocols: message types, limits, encodings.
-pub(crate) trait Wire: Send + Clone + 'static {
+pub(crate) trait Wire: Send + Sync + Clone + 'static {
     type Request: Send;
     type Response: Send;
-    const MAX_REQUEST: usize;
+    fn max_request(&self) -> usize;
     fn encode_request(req: &Self::Request) -> Vec<u8>;
     fn decode_request(bytes: Vec<u8>) -> Result<Self::Request, String>;
     fn read_response<T: AsyncRead + Unpin + Send>(
+        &self,
         io: &mut T,
     ) -> impl Future<Output = io::Result<Self::Response>> + Send;
     fn write_response<T: AsyncWrite + Unpin + Send>(
@@ -281,14 +288,19 @@ pub(crate) struct Blocks;
 impl Wire for Blocks {
     type Request = Vec<ContentId>;
     type Response = BlocksResponse;
-    const MAX_REQUEST: usize = MAX_WANT_BYTES;
+    fn max_request(&self) -> usize {
+        MAX_WANT_BYTES
+    }
     fn encode_request(req: &Vec<ContentId>) -> Vec<u8> {
         encode_want(req)
     }
     fn decode_request(bytes: Vec<u8>) -> Result<Vec<ContentId>, String> {
         decode_want(&bytes).map_err(|e| e.to_string())
     }
-    async fn read_response<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<BlocksResponse> {
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &self,
+        io: &mut T,
+    ) -> io::Result<BlocksResponse> {
         Ok(BlocksResponse::In(read_blocks(io).await?))
     }
     async fn write_response<T: AsyncWrite + Unpin + Send>(
@@ -305,22 +317,26 @@ impl Wire for Blocks {
     }
 }
 
-/// `/sov/node/1`: bounded opaque bytes both ways.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Node;
+/// `/sov/node/2` and `/sov/bulk/1`: opaque bytes both ways, at most `max` each.
+#[derive(Debug, Clone)]
+pub(crate) struct Direct {
+    pub(crate) max: usize,
+}
 
-impl Wire for Node {
+impl Wire for Direct {
     type Request = Vec<u8>;
     type Response = Vec<u8>;
-    const MAX_REQUEST: usize = MAX_NODE_MESSAGE;
+    fn max_request(&self) -> usize {
+        self.max
+    }
     fn encode_request(req: &Vec<u8>) -> Vec<u8> {
         req.clone()
     }
     fn decode_request(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
         Ok(bytes)
     }
-    async fn read_response<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
-        read_limited(io, MAX_NODE_MESSAGE)
+    async fn read_response<T: AsyncRead + Unpin + Send>(&self, io: &mut T) -> io::Result<Vec<u8>> {
+        read_limited(io, self.max)
             .await?
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
@@ -335,7 +351,7 @@ impl Wire for Node {
 /// The request-response codec of a [`Wire`] protocol: every message read whole with its
 /// limit, then decoded.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Codec<W>(std::marker::PhantomData<W>);
+pub(crate) struct Codec<W>(pub(crate) W);
 
 impl<W: Wire> request_response::Codec for Codec<W> {
     type Protocol = StreamProtocol;
@@ -347,7 +363,7 @@ impl<W: Wire> request_response::Codec for Codec<W> {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Self::Request> {
-        Ok(read_limited(io, W::MAX_REQUEST)
+        Ok(read_limited(io, self.0.max_request())
             .await?
             .and_then(W::decode_request))
     }
@@ -357,7 +373,7 @@ impl<W: Wire> request_response::Codec for Codec<W> {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Self::Response> {
-        W::read_response(io).await
+        self.0.read_response(io).await
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(

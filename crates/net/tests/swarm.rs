@@ -44,6 +44,7 @@ async fn gossip_reaches_a_subscribed_peer() {
                 topic,
                 source,
                 data,
+                ..
             }) = eb.recv().await
             {
                 return (topic, source, data);
@@ -151,4 +152,95 @@ async fn a_peer_that_moved_is_found_through_the_dht() {
     });
     let got = c.want(a_id, vec![cid]).await.unwrap();
     assert_eq!(got[0].data(), data.as_slice());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_gossip_message_costs_its_sender_score() {
+    let ((a, _ea), (b, mut eb)) = pair().await;
+    a.subscribe("sov/test/1").await.unwrap();
+    b.subscribe("sov/test/1").await.unwrap();
+    let mut sent = false;
+    for _ in 0..100 {
+        if a.publish("sov/test/1", b"not valid".to_vec()).await.is_ok() {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sent, "no subscribed peer appeared");
+    let (id, from) = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(Event::Message {
+                id, propagated_by, ..
+            }) = eb.recv().await
+            {
+                return (id, propagated_by);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(from, a.peer_id());
+    assert!(b.gossip_score(a.peer_id()).await.unwrap().unwrap_or(0.0) >= 0.0);
+    b.report(id, from, sov_net::Verdict::Reject).await;
+    let mut score = 0.0;
+    for _ in 0..100 {
+        score = b.gossip_score(a.peer_id()).await.unwrap().unwrap_or(0.0);
+        if score < 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(score < 0.0, "score after a rejected message: {score}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_messages_pass_up_to_their_own_limit_and_control_ones_stay_small() {
+    let mut ca = Config::loopback([3; 32]);
+    ca.max_bulk_message = 4 << 20;
+    let (a, mut ea) = sov_net::start(ca).await.unwrap();
+    let mut cb = Config::loopback([4; 32]);
+    cb.max_bulk_message = 4 << 20;
+    cb.bootstrap = a.listen_addrs().await.unwrap();
+    let (b, _eb) = sov_net::start(cb).await.unwrap();
+    tokio::spawn(async move {
+        while let Some(e) = ea.recv().await {
+            if let Event::Request {
+                channel,
+                data,
+                reply,
+                ..
+            } = e
+            {
+                // Echo the size and the channel back.
+                let answer = format!("{channel:?} {}", data.len());
+                reply.send(answer.into_bytes()).await;
+            }
+        }
+    });
+    let big = vec![7u8; 3 << 20];
+    let answer = b
+        .request_on(sov_net::Channel::Bulk, a.peer_id(), big.clone())
+        .await
+        .unwrap();
+    assert_eq!(answer, format!("Bulk {}", 3 << 20).into_bytes());
+    let small = b.request(a.peer_id(), vec![1; 1000]).await.unwrap();
+    assert_eq!(small, b"Control 1000");
+    // Past the bulk limit, refused (and the sender banned).
+    let over = vec![7u8; 5 << 20];
+    assert!(
+        b.request_on(sov_net::Channel::Bulk, a.peer_id(), over)
+            .await
+            .is_err()
+    );
+    // 3 MiB is fine on the bulk protocol and far too much for a control message: refused
+    // too (from a third peer, not banned yet).
+    let mut cc = Config::loopback([5; 32]);
+    cc.bootstrap = a.listen_addrs().await.unwrap();
+    let (c, _ec) = sov_net::start(cc).await.unwrap();
+    assert_eq!(
+        c.request(a.peer_id(), vec![1; 10]).await.unwrap(),
+        b"Control 10"
+    );
+    assert!(c.request(a.peer_id(), big).await.is_err());
 }

@@ -5,6 +5,7 @@
 //! listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]
 //! bootstrap = ["/ip4/192.0.2.7/tcp/4001/p2p/12D3KooW…"]
 //! mdns = true
+//! max_bulk_message = 67108864   # largest model update a peer may send (64 MiB)
 //!
 //! [storage]
 //! replicas = 3            # default copies for `sov data add` (peers that pin the blocks)
@@ -62,6 +63,9 @@ impl Default for ModelsSection {
     }
 }
 
+/// Smallest `max_bulk_message` accepted (1 MiB).
+pub const MIN_BULK_MESSAGE: usize = 1 << 20;
+
 /// Default budget for loaded models' weights: 8 GiB.
 pub const DEFAULT_MAX_LOADED_BYTES: u64 = 8 << 30;
 
@@ -79,6 +83,8 @@ pub struct NetworkSection {
     pub autonat: bool,
     /// Most connections at once.
     pub max_connections: u32,
+    /// Largest message on the bulk protocol (model updates), in bytes.
+    pub max_bulk_message: usize,
 }
 
 impl Default for NetworkSection {
@@ -92,6 +98,7 @@ impl Default for NetworkSection {
             mdns: true,
             autonat: false,
             max_connections: 256,
+            max_bulk_message: sov_net::wire::DEFAULT_MAX_BULK_MESSAGE,
         }
     }
 }
@@ -147,6 +154,8 @@ pub struct Config {
     pub autonat: bool,
     /// Most connections.
     pub max_connections: u32,
+    /// Largest bulk message (model updates).
+    pub max_bulk_message: usize,
     /// Default replicas.
     pub replicas: u32,
     /// Time between repair passes.
@@ -185,6 +194,11 @@ impl File {
                 })
                 .collect()
         };
+        if self.network.max_bulk_message < MIN_BULK_MESSAGE {
+            return Err(Error::Config(format!(
+                "network.max_bulk_message must be at least {MIN_BULK_MESSAGE} bytes"
+            )));
+        }
         if self.models.threads == 0 {
             return Err(Error::Config("models.threads must be at least 1".into()));
         }
@@ -199,6 +213,7 @@ impl File {
             mdns: self.network.mdns,
             autonat: self.network.autonat,
             max_connections: self.network.max_connections.max(8),
+            max_bulk_message: self.network.max_bulk_message,
             replicas: self.storage.replicas,
             repair_interval: Duration::from_secs(self.storage.repair_interval_secs),
             accept_pins: self.storage.accept_pins,
@@ -223,6 +238,7 @@ impl Config {
             mdns: false,
             autonat: false,
             max_connections: 256,
+            max_bulk_message: sov_net::wire::DEFAULT_MAX_BULK_MESSAGE,
             replicas: 3,
             repair_interval: Duration::from_secs(2),
             accept_pins: true,

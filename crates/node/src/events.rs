@@ -1,7 +1,7 @@
 //! The node's event task: what the network reports, and the answers to peers' requests.
 //! Each answer runs as one of the node's tasks, so shutdown waits for it.
 
-use sov_net::{Event, PeerId};
+use sov_net::{Channel, Event, PeerId};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -32,7 +32,12 @@ impl Node {
                         }
                     });
                 }
-                Event::Request { peer, data, reply } => {
+                Event::Request {
+                    peer,
+                    channel: Channel::Control,
+                    data,
+                    reply,
+                } => {
                     let node = self.clone();
                     self.spawn(async move {
                         let response = match Request::decode(&data) {
@@ -47,6 +52,27 @@ impl Node {
                         reply.send(response.encode()).await;
                     });
                 }
+                Event::Request {
+                    channel: Channel::Bulk,
+                    reply,
+                    ..
+                } => {
+                    // Nothing is served on the bulk protocol yet (federations will be).
+                    let refusal = Response::refused("this node takes no bulk messages yet");
+                    self.spawn(async move { reply.send(refusal.encode()).await });
+                }
+                Event::Message {
+                    topic,
+                    id,
+                    source,
+                    propagated_by,
+                    data,
+                } => {
+                    let verdict = self.on_gossip(&topic, source, &data);
+                    if let Ok(net) = self.net() {
+                        net.report(id, propagated_by, verdict).await;
+                    }
+                }
                 Event::PeerBanned { peer, reason } => info!(%peer, %reason, "peer banned"),
                 Event::PeerConnected { peer } => debug!(%peer, "peer connected"),
                 Event::PeerIdentified { peer, listen_addrs } => self.remember(peer, listen_addrs),
@@ -58,37 +84,35 @@ impl Node {
 
     /// Answer a peer's node message.
     async fn answer(&self, peer: PeerId, req: Request) -> Response {
-        let id = req.object;
-        match req.op.as_str() {
-            protocol::HAS => {
+        match req {
+            Request::Has { object: id } => {
                 let found = self
                     .blocking(move |s| Ok((s.contains(&id)?, s.pin(&id)?)))
                     .await;
                 match found {
-                    Ok((has, pin)) => Response {
+                    Ok((has, pin)) => Response::Has {
                         has,
                         replica: has && pin.is_some_and(|p| p.replica),
-                        ..Response::ok()
                     },
-                    Err(e) => Response::failed(e),
+                    Err(e) => Response::refused(e),
                 }
             }
-            protocol::GRANTS => match self.blocking(move |s| s.grant_blocks(&id)).await {
-                Ok(grants) => Response {
-                    grants: grants
-                        .iter()
-                        .take(protocol::MAX_GRANTS)
-                        .map(|g| *g.cid())
-                        .collect(),
-                    ..Response::ok()
-                },
-                Err(e) => Response::failed(e),
+            Request::Grants { object: id } => {
+                match self.blocking(move |s| s.grant_blocks(&id)).await {
+                    Ok(grants) => Response::Grants {
+                        grants: grants
+                            .iter()
+                            .take(protocol::MAX_GRANTS)
+                            .map(|g| *g.cid())
+                            .collect(),
+                    },
+                    Err(e) => Response::refused(e),
+                }
+            }
+            Request::Pin { object, replicas } => match self.pin_for(peer, object, replicas).await {
+                Ok(()) => Response::Pinned,
+                Err(e) => Response::refused(e),
             },
-            protocol::PIN => match self.pin_for(peer, id, req.replicas).await {
-                Ok(()) => Response::ok(),
-                Err(e) => Response::failed(e),
-            },
-            other => Response::failed(format!("unknown operation {other:?}")),
         }
     }
 }

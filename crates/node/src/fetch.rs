@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Error, Node, Result,
-    protocol::{self, Request, Response},
+    protocol::{Request, Response},
 };
 
 /// Requests in flight to one provider.
@@ -155,14 +155,15 @@ impl Node {
             return Vec::new();
         };
         let asks = peers.into_iter().take(32).map(|p| async move {
-            let msg = Request::new(protocol::HAS, id, 0).encode();
+            let msg = Request::Has { object: id }.encode();
             let answer =
                 tokio::time::timeout(Duration::from_secs(5), net.request(p.peer_id, msg)).await;
             match answer {
-                Ok(Ok(bytes)) => Response::decode(&bytes)
-                    .ok()
-                    .filter(|r| r.has)
-                    .map(|_| p.peer_id),
+                Ok(Ok(bytes)) => matches!(
+                    Response::decode(&bytes),
+                    Ok(Response::Has { has: true, .. })
+                )
+                .then_some(p.peer_id),
                 _ => None,
             }
         });
@@ -323,10 +324,14 @@ impl Node {
         let Ok(net) = self.net() else {
             return Vec::new();
         };
-        let msg = Request::new(protocol::GRANTS, id, 0).encode();
+        let msg = Request::Grants { object: id }.encode();
         let ids = match net.request(peer, msg).await {
             Ok(bytes) => match Response::decode(&bytes) {
-                Ok(r) => r.grants,
+                Ok(Response::Grants { grants }) => grants,
+                Ok(other) => {
+                    debug!(%peer, "grants request answered with {other:?}");
+                    return Vec::new();
+                }
                 Err(e) => {
                     net.ban(peer, format!("malformed grants answer: {e}")).await;
                     return Vec::new();

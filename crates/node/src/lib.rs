@@ -19,6 +19,7 @@
 mod config;
 mod events;
 mod fetch;
+mod gossip;
 pub mod models;
 mod node;
 mod objects;

@@ -524,17 +524,22 @@ impl Node {
     pub async fn import_model(&self, path: &Path, opts: ImportOptions) -> Result<ModelEntry> {
         let path = path.to_path_buf();
         let entry = self.registry(move |r| r.import(&path, opts)).await?;
-        for id in std::iter::once(entry.id).chain(parts(&entry.manifest)) {
-            self.announce(id).await;
-        }
+        self.offer_soon();
         Ok(entry)
     }
 
     /// Sign `manifest` with this node's key and store it; its objects must be here.
     pub async fn register_model(&self, manifest: ModelManifest) -> Result<ModelEntry> {
         let entry = self.registry(move |r| r.register(manifest)).await?;
-        self.announce(entry.id).await;
+        self.offer_soon();
         Ok(entry)
+    }
+
+    /// Offer this node's models on gossip now, in the background.
+    fn offer_soon(&self) {
+        if self.is_online() {
+            self.spawn(self.clone().offer_now());
+        }
     }
 
     /// Remove model `name_or_id`: it is unloaded, its manifest removed, and each of its

@@ -55,6 +55,8 @@ pub(crate) struct Inner {
     tasks: Mutex<Option<JoinSet<()>>>,
     /// Verified model manifests by id.
     pub(crate) manifests: ManifestCache,
+    /// Models peers offered on gossip.
+    pub(crate) announced: crate::gossip::Announced,
     /// The loaded models (set once at start).
     pub(crate) serve: std::sync::OnceLock<Serve>,
 }
@@ -83,13 +85,16 @@ impl Node {
         net_config.autonat = config.autonat;
         net_config.max_connections = config.max_connections;
         net_config.gossip_heartbeat = config.gossip_heartbeat;
+        net_config.max_bulk_message = config.max_bulk_message;
         let known = store.known_peers().unwrap_or_else(|e| {
             warn!("could not read the peer book: {e}");
             Vec::new()
         });
         let (net, events) = sov_net::start(net_config).await?;
         let node = Self::assemble(store, Some(net), config);
+        node.join_topics().await;
         node.spawn(node.clone().handle_events(events));
+        node.spawn(node.clone().announce_loop());
         node.spawn(node.clone().repair_loop());
         node.spawn(node.clone().announce_all());
         node.spawn(node.clone().redial(known));
@@ -121,6 +126,7 @@ impl Node {
                 stop,
                 tasks: Mutex::new(Some(JoinSet::new())),
                 manifests: ManifestCache::default(),
+                announced: Default::default(),
                 serve: std::sync::OnceLock::new(),
             }),
         };

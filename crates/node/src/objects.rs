@@ -9,11 +9,7 @@ use sov_net::PeerId;
 use sov_store::{AddOptions, Added, ObjectInfo, ObjectMeta, Pin};
 use tracing::debug;
 
-use crate::{
-    Node, Result,
-    fetch::Streaming,
-    protocol::{self, Request},
-};
+use crate::{Node, Result, fetch::Streaming, protocol::Request};
 
 /// An object as this node knows it: what the store says, and this node's pin on it.
 #[derive(Debug, Clone)]
@@ -108,7 +104,11 @@ impl Node {
             .await?
             .map_or(0, |p| p.replicas);
         for peer in self.live_holders(id).await? {
-            let msg = Request::new(protocol::PIN, id, replicas).encode();
+            let msg = Request::Pin {
+                object: id,
+                replicas,
+            }
+            .encode();
             if let Err(e) = net.request(peer, msg).await {
                 debug!(%peer, "could not hand a new grant to a holder: {e}");
             }

@@ -1,50 +1,73 @@
-//! The node's own messages on `/sov/node/1`, as canonical DAG-CBOR. Peers are authenticated
-//! by the transport (Noise), so messages carry no signature; anything decoded here came from
-//! an untrusted peer and is checked before use.
+//! The node's own messages, as canonical DAG-CBOR, one pair of typed enums per protocol.
+//! Peers are authenticated by the transport (Noise), so direct messages carry no signature;
+//! anything decoded here came from an untrusted peer and is checked before use.
+//!
+//! | protocol | limit | messages |
+//! |---|---|---|
+//! | `/sov/blocks/1` | 16 MiB answers | want-lists and blocks (`sov_net::wire`) |
+//! | `/sov/node/2` | 64 KiB | [`Request`] / [`Response`]: objects (has, grants, pin) |
+//! | `/sov/bulk/1` | 64 MiB (`[network] max_bulk_message`) | large messages: model updates (federations add theirs) |
+//! | gossip `sov/models/1` | 64 KiB | [`ModelAnnouncement`]: a model its signer offers |
+//!
+//! Federation and governance add their own variants and topics; each protocol version is in
+//! its id, so a change of format is a new id.
 
 use serde::{Deserialize, Serialize};
 use sov_core::{ContentId, dagcbor};
 
-/// What a peer asks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
-    /// `"pin"`, `"grants"` or `"has"`.
-    pub op: String,
-    /// The object it is about.
-    pub object: ContentId,
-    /// For `pin`: the copies the object should have.
-    pub replicas: u32,
-}
-
-/// The answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Response {
-    /// Empty when the request succeeded, else why it did not.
-    pub error: String,
-    /// For `has`: whether the object is stored here.
-    pub has: bool,
-    /// For `has`: whether it is kept as a replica (pinned for someone else).
-    pub replica: bool,
-    /// For `grants`: the object's grant blocks' CIDs.
-    pub grants: Vec<ContentId>,
-}
-
-/// The operations.
-pub(crate) const PIN: &str = "pin";
-pub(crate) const GRANTS: &str = "grants";
-pub(crate) const HAS: &str = "has";
 /// Most grant CIDs in one answer (keeps it under the 64 KiB message limit).
-pub(crate) const MAX_GRANTS: usize = 1024;
+pub const MAX_GRANTS: usize = 1024;
+
+/// What a peer asks on `/sov/node/2`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// Whether this node stores `object`, and keeps it as a replica.
+    Has {
+        /// the object
+        object: ContentId,
+    },
+    /// The CIDs of `object`'s grant blocks.
+    Grants {
+        /// the object
+        object: ContentId,
+    },
+    /// Keep a copy of `object` (fetching it from the asker), which should have `replicas`
+    /// copies in all.
+    Pin {
+        /// the object
+        object: ContentId,
+        /// the copies it should have
+        replicas: u32,
+    },
+}
+
+/// The answer on `/sov/node/2`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// To [`Request::Has`].
+    Has {
+        /// stored here
+        has: bool,
+        /// kept as a replica (pinned for someone else)
+        replica: bool,
+    },
+    /// To [`Request::Grants`].
+    Grants {
+        /// the grant blocks' CIDs (at most [`MAX_GRANTS`])
+        grants: Vec<ContentId>,
+    },
+    /// To [`Request::Pin`]: pinned.
+    Pinned,
+    /// The request was understood but not done, and why.
+    Refused {
+        /// why
+        reason: String,
+    },
+}
 
 impl Request {
-    pub(crate) fn new(op: &str, object: ContentId, replicas: u32) -> Self {
-        Self {
-            op: op.into(),
-            object,
-            replicas,
-        }
-    }
-
     pub(crate) fn encode(&self) -> Vec<u8> {
         dagcbor::to_vec(self).expect("a request always encodes")
     }
@@ -56,19 +79,9 @@ impl Request {
 }
 
 impl Response {
-    pub(crate) fn ok() -> Self {
-        Self {
-            error: String::new(),
-            has: false,
-            replica: false,
-            grants: Vec::new(),
-        }
-    }
-
-    pub(crate) fn failed(why: impl std::fmt::Display) -> Self {
-        Self {
-            error: why.to_string(),
-            ..Self::ok()
+    pub(crate) fn refused(why: impl std::fmt::Display) -> Self {
+        Response::Refused {
+            reason: why.to_string(),
         }
     }
 
@@ -79,10 +92,38 @@ impl Response {
     /// Decode a response from a peer.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         let r: Self = dagcbor::from_slice(bytes).map_err(|e| e.to_string())?;
-        if r.grants.len() > MAX_GRANTS {
-            return Err(format!("{} grants, at most {MAX_GRANTS}", r.grants.len()));
+        if let Response::Grants { grants } = &r
+            && grants.len() > MAX_GRANTS
+        {
+            return Err(format!("{} grants, at most {MAX_GRANTS}", grants.len()));
         }
         Ok(r)
+    }
+}
+
+/// The gossip topic on which nodes offer the models they signed.
+pub const MODELS_TOPIC: &str = "sov/models/1";
+
+/// A model offered on [`MODELS_TOPIC`] by the node that signed it: the model's id (its
+/// manifest object) and the signed manifest itself, so a peer can check the signature and
+/// the signer before it fetches anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelAnnouncement {
+    /// The manifest object's id (what `sov model pull` takes).
+    pub model: ContentId,
+    /// The `Signed<ModelManifest>` envelope.
+    #[serde(with = "serde_bytes")]
+    pub manifest: Vec<u8>,
+}
+
+impl ModelAnnouncement {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        dagcbor::to_vec(self).expect("an announcement always encodes")
+    }
+
+    /// Decode an announcement from gossip (not yet checked).
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        dagcbor::from_slice(bytes).map_err(|e| e.to_string())
     }
 }
 
@@ -95,12 +136,40 @@ mod tests {
     #[test]
     fn messages_round_trip_and_garbage_is_refused() {
         let id = ContentId::of(Codec::DagCbor, b"x");
-        let req = Request::new(PIN, id, 3);
-        assert_eq!(Request::decode(&req.encode()).unwrap(), req);
-        let mut resp = Response::ok();
-        resp.grants = vec![id];
-        assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
+        for req in [
+            Request::Pin {
+                object: id,
+                replicas: 3,
+            },
+            Request::Has { object: id },
+            Request::Grants { object: id },
+        ] {
+            assert_eq!(Request::decode(&req.encode()).unwrap(), req);
+        }
+        for resp in [
+            Response::Grants { grants: vec![id] },
+            Response::Has {
+                has: true,
+                replica: false,
+            },
+            Response::Pinned,
+            Response::refused("no"),
+        ] {
+            assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
+        }
         assert!(Request::decode(b"\xff\x00garbage").is_err());
         assert!(Response::decode(&[]).is_err());
+        // An unknown operation is not a request.
+        let unknown = dagcbor::to_vec(&serde_json::json!({"delete": {"object": 1}})).unwrap();
+        assert!(Request::decode(&unknown).is_err());
+        let too_many = Response::Grants {
+            grants: vec![id; MAX_GRANTS + 1],
+        };
+        assert!(Response::decode(&too_many.encode()).is_err());
+        let a = ModelAnnouncement {
+            model: id,
+            manifest: vec![1, 2, 3],
+        };
+        assert_eq!(ModelAnnouncement::decode(&a.encode()).unwrap(), a);
     }
 }

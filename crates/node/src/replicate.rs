@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Error, Node, Result,
-    protocol::{self, Request, Response},
+    protocol::{Request, Response},
 };
 
 /// How long a holder may take to say it is alive.
@@ -69,13 +69,17 @@ impl Node {
             .into_iter()
             .filter(|p| *p != me)
             .map(|p| async move {
-                let msg = Request::new(protocol::HAS, id, 0).encode();
+                let msg = Request::Has { object: id }.encode();
                 let answer = tokio::time::timeout(HAS_TIMEOUT, net.request(p, msg)).await;
                 match answer {
-                    Ok(Ok(bytes)) => Response::decode(&bytes)
-                        .ok()
-                        .filter(|r| r.has && r.replica)
-                        .map(|_| p),
+                    Ok(Ok(bytes)) => matches!(
+                        Response::decode(&bytes),
+                        Ok(Response::Has {
+                            has: true,
+                            replica: true
+                        })
+                    )
+                    .then_some(p),
                     _ => None,
                 }
             });
@@ -120,7 +124,11 @@ impl Node {
         while missing > 0 && next < candidates.len() {
             let batch: Vec<PeerId> = candidates[next..].iter().take(missing).copied().collect();
             next += batch.len();
-            let msg = Request::new(protocol::PIN, id, pin.replicas).encode();
+            let msg = Request::Pin {
+                object: id,
+                replicas: pin.replicas,
+            }
+            .encode();
             let answers = join_all(batch.iter().map(|p| {
                 let msg = msg.clone();
                 async move { (*p, net.request(*p, msg).await) }
@@ -128,11 +136,14 @@ impl Node {
             .await;
             for (p, answer) in answers {
                 match answer.map(|b| Response::decode(&b)) {
-                    Ok(Ok(r)) if r.error.is_empty() => {
+                    Ok(Ok(Response::Pinned)) => {
                         holders.push(p);
                         missing -= 1;
                     }
-                    Ok(Ok(r)) => debug!(%p, %id, "peer refused to pin: {}", r.error),
+                    Ok(Ok(Response::Refused { reason })) => {
+                        debug!(%p, %id, "peer refused to pin: {reason}")
+                    }
+                    Ok(Ok(other)) => debug!(%p, %id, "pin request answered with {other:?}"),
                     Ok(Err(e)) => debug!(%p, %id, "malformed pin answer: {e}"),
                     Err(e) => debug!(%p, %id, "pin request failed: {e}"),
                 }

@@ -153,7 +153,10 @@ async fn malformed_and_oversized_messages_are_refused() {
     init_logging();
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut cluster = Cluster::start(2, seed, Duration::from_secs(60)).await;
+    let mut config = sov_node::Config::loopback();
+    config.repair_interval = Duration::from_secs(60);
+    config.max_bulk_message = 8 << 20;
+    let mut cluster = Cluster::start_with(2, seed, config).await;
     let target = cluster.addrs(0)[0].clone();
     let node = peer_of(&target);
     let mut junk = vec![0u8; 4096];
@@ -161,7 +164,7 @@ async fn malformed_and_oversized_messages_are_refused() {
     let huge = vec![0x41u8; 24 << 20];
 
     // Our protocols: garbage and oversized messages get the sender banned.
-    let cases: [(&str, &[u8], &str); 5] = [
+    let cases: [(&str, &[u8], &str); 6] = [
         ("/sov/blocks/1", &junk, "garbage want-list"),
         (
             "/sov/blocks/1",
@@ -169,8 +172,9 @@ async fn malformed_and_oversized_messages_are_refused() {
             "want-list over the count limit",
         ),
         ("/sov/blocks/1", &huge, "24 MiB want-list"),
-        ("/sov/node/1", &junk, "garbage node message"),
-        ("/sov/node/1", &huge, "24 MiB node message"),
+        ("/sov/node/2", &junk, "garbage node message"),
+        ("/sov/node/2", &huge, "24 MiB node message"),
+        ("/sov/bulk/1", &huge, "24 MiB bulk message (limit 8 MiB)"),
     ];
     for (protocol, bytes, what) in cases {
         let (raw, mut control) = raw_peer(&target).await;
