@@ -5,7 +5,7 @@
 //! distributed DP, a robust rule under attack) and checks every round's accuracy, dropouts
 //! and ε against the values the code gave before the split.
 //!
-//! Accuracies are pinned to within one test example (1/360): candle's matrix kernels may
+//! Accuracies are pinned to within one test example (1/450): candle's matrix kernels may
 //! round differently on another CPU. ε is arithmetic on the accountant alone, pinned to
 //! 1e-9. Regenerate with `SOV_PRINT_PINS=1 cargo test -p sov-learn --test pinned -- --nocapture`
 //! only when a change of results is intended, and say so in the commit.
@@ -30,7 +30,17 @@ fn flower10() -> (Split, Vec<Vec<usize>>) {
 fn run(cfg: SimConfig, rounds: usize) -> Vec<RoundReport> {
     let (split, parts) = flower10();
     let mut sim = Simulation::new(cfg, &split, &parts).unwrap();
-    (0..rounds).map(|_| sim.round().unwrap()).collect()
+    let reports = (0..rounds).map(|_| sim.round().unwrap()).collect();
+    if std::env::var_os("SOV_PRINT_PINS").is_some() {
+        // The exact parameters, to compare two builds on one machine bit for bit.
+        let bits: Vec<u8> = sim.global().iter().flat_map(|v| v.to_le_bytes()).collect();
+        let sum: u64 = bits
+            .chunks(8)
+            .map(|c| c.iter().fold(0u64, |a, &b| a.rotate_left(5) ^ b as u64))
+            .fold(0, |a, x| a.wrapping_mul(31).wrapping_add(x));
+        println!("parameters checksum {sum:016x}");
+    }
+    reports
 }
 
 /// Round: (accuracy, clients, dropped, aborted, ε).
@@ -55,7 +65,7 @@ fn check(name: &str, reports: &[RoundReport], pins: &[Pin]) {
     for (i, (r, p)) in reports.iter().zip(pins).enumerate() {
         let round = i + 1;
         assert!(
-            (r.accuracy - p.0).abs() <= 1.0 / 360.0 + 1e-6,
+            (r.accuracy - p.0).abs() <= 1.0 / 450.0 + 1e-6,
             "{name} round {round}: accuracy {} (pinned {})",
             r.accuracy,
             p.0
@@ -66,6 +76,9 @@ fn check(name: &str, reports: &[RoundReport], pins: &[Pin]) {
             "{name} round {round}: clients, dropped, aborted ({r:?})"
         );
         match (r.epsilon, p.4) {
+            (Some(e), Some(want)) if want.is_infinite() => {
+                assert!(e.is_infinite(), "{name} round {round}: ε {e} (pinned ∞)")
+            }
             (Some(e), Some(want)) => assert!(
                 (e - want).abs() <= 1e-9 * want.max(1.0),
                 "{name} round {round}: ε {e} (pinned {want})"
@@ -88,7 +101,15 @@ fn fedavg() {
         train: train(2),
         ..SimConfig::default()
     };
-    check("fedavg", &run(cfg, 3), &[]);
+    check(
+        "fedavg",
+        &run(cfg, 3),
+        &[
+            (0.35555556, 10, 0, false, None),
+            (0.6666667, 10, 0, false, None),
+            (0.7355555, 10, 0, false, None),
+        ],
+    );
 }
 
 #[test]
@@ -104,7 +125,16 @@ fn secagg_plus_with_dropouts() {
         train: train(2),
         ..SimConfig::default()
     };
-    check("secagg_plus_with_dropouts", &run(cfg, 4), &[]);
+    check(
+        "secagg_plus_with_dropouts",
+        &run(cfg, 4),
+        &[
+            (0.2822222, 10, 3, false, None),
+            (0.58444446, 10, 3, false, None),
+            (0.69555557, 10, 2, false, None),
+            (0.7977778, 10, 3, false, None),
+        ],
+    );
 }
 
 fn dp() -> DpConfig {
@@ -123,7 +153,15 @@ fn central_dp_poisson_sampled() {
         train: train(2),
         ..SimConfig::default()
     };
-    check("central_dp_poisson_sampled", &run(cfg, 3), &[]);
+    check(
+        "central_dp_poisson_sampled",
+        &run(cfg, 3),
+        &[
+            (0.10666667, 5, 0, false, Some(3.8935758858888048)),
+            (0.17777778, 8, 0, false, Some(5.377023513321015)),
+            (0.22, 8, 0, false, Some(6.482462905381858)),
+        ],
+    );
 }
 
 #[test]
@@ -136,7 +174,17 @@ fn distributed_dp_under_secagg_with_dropouts() {
         train: train(2),
         ..SimConfig::default()
     };
-    check("distributed_dp_under_secagg_with_dropouts", &run(cfg, 3), &[]);
+    check(
+        "distributed_dp_under_secagg_with_dropouts",
+        &run(cfg, 3),
+        // Rounds 2 and 3 abort (too few shares survive), and the accountant then charges
+        // a noise multiplier of zero: ε becomes infinite. Conservative, pinned as it is.
+        &[
+            (0.11111111, 10, 1, false, Some(5.023949750348651)),
+            (0.11111111, 10, 10, true, Some(f64::INFINITY)),
+            (0.11111111, 10, 10, true, Some(f64::INFINITY)),
+        ],
+    );
 }
 
 #[test]
@@ -150,5 +198,13 @@ fn median_under_sign_flipping_with_clipping() {
         train: train(1),
         ..SimConfig::default()
     };
-    check("median_under_sign_flipping_with_clipping", &run(cfg, 3), &[]);
+    check(
+        "median_under_sign_flipping_with_clipping",
+        &run(cfg, 3),
+        &[
+            (0.19555555, 8, 0, false, None),
+            (0.31333333, 8, 0, false, None),
+            (0.2911111, 8, 0, false, None),
+        ],
+    );
 }
