@@ -9,7 +9,12 @@
 //! ```
 //!
 //! Under secure aggregation the updates travel through [`crate::secagg`] instead, and only
-//! their sum reaches the aggregator.
+//! their sum reaches the aggregator. [`client`] holds the client's side after training
+//! (how a delta is encoded), [`server`] the aggregator's side across rounds (selection,
+//! secure rounds with deadlines, the rule, the accountant).
+
+pub mod client;
+pub mod server;
 
 use std::collections::BTreeMap;
 

@@ -26,41 +26,24 @@ use crate::{
     Error, Result,
     attack::{self, Attack},
     data::Split,
-    dp::{Accountant, DpConfig},
+    dp::DpConfig,
     model::{Arch, ModelSpec},
-    round::{self, Round},
-    secagg::{self, Quantizer, RoundParams},
-    strategy::{Aggregator, Strategy, clip_l2},
+    round::{
+        self,
+        client::plain_update,
+        server::{Plan, Server},
+    },
+    secagg::RoundParams,
+    strategy::Strategy,
     train::{self, TrainConfig},
     wire::{self, ClientUpdate, GlobalModel},
 };
 
-/// Largest magnitude of one coordinate of a delta under secure aggregation without DP: each
-/// coordinate is clamped to `[−range, range]` before quantising (Flower's SecAgg+ clips at
-/// 8 as well). With a delta per coordinate within it, the weighted sum is exact to
-/// `1/scale`.
-pub const DEFAULT_SECAGG_RANGE: f64 = 8.0;
+mod secure;
 
-/// Secure aggregation settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SecAggSettings {
-    /// Neighbours per client (`None`: every other selected client).
-    pub neighbours: Option<u32>,
-    /// Shares needed to rebuild a secret (`None`: two thirds of the holders).
-    pub threshold: Option<u32>,
-    /// Clamp range of each delta coordinate (without DP).
-    pub range: f64,
-}
+pub use secure::{SecAggRun, run_secagg};
 
-impl Default for SecAggSettings {
-    fn default() -> Self {
-        SecAggSettings {
-            neighbours: None,
-            threshold: None,
-            range: DEFAULT_SECAGG_RANGE,
-        }
-    }
-}
+pub use crate::round::server::{DEFAULT_SECAGG_RANGE, SecAggSettings};
 
 /// Everything a simulation needs besides the data.
 #[derive(Debug, Clone)]
@@ -147,10 +130,8 @@ pub struct Simulation<'a> {
     data: &'a Split,
     parts: &'a [Vec<usize>],
     malicious: Vec<bool>,
-    aggregator: Aggregator,
-    accountant: Accountant,
-    global: Vec<f32>,
-    round: usize,
+    /// The aggregator's state machine: selection, rounds, rule, accountant.
+    server: Server,
 }
 
 /// A client's contribution to a round, before aggregation.
@@ -169,56 +150,21 @@ impl<'a> Simulation<'a> {
         if parts.is_empty() || parts.iter().any(Vec::is_empty) {
             return Err(Error::Spec("every client needs at least one row".into()));
         }
-        if !(cfg.fraction > 0.0 && cfg.fraction <= 1.0) {
-            return Err(Error::Spec(format!(
-                "fraction {} must be in (0, 1]",
-                cfg.fraction
-            )));
-        }
+        let plan = Plan {
+            fraction: cfg.fraction,
+            strategy: cfg.strategy,
+            clip: cfg.clip,
+            secagg: cfg.secagg,
+            dp: cfg.dp,
+        };
+        plan.validate(parts.len())?;
         for (what, p) in [("dropout", cfg.dropout), ("malicious", cfg.malicious)] {
             if !(0.0..=1.0).contains(&p) {
                 return Err(Error::Spec(format!("{what} {p} must be in [0, 1]")));
             }
         }
-        if let Some(c) = cfg.clip
-            && !(c.is_finite() && c > 0.0)
-        {
-            return Err(Error::Spec(format!("clipping norm {c} must be > 0")));
-        }
         if cfg.malicious > 0.0 && cfg.attack.is_none() {
             return Err(Error::Spec("malicious clients need an attack".into()));
-        }
-        if cfg.strategy.needs_individual_updates() {
-            if cfg.secagg.is_some() {
-                return Err(Error::Spec(format!(
-                    "{} needs each client's update, and secure aggregation hides them: use \
-                     fedavg, fedprox, fedadam or fedyogi with --secagg (docs/ROBUSTNESS.md)",
-                    cfg.strategy
-                )));
-            }
-            if cfg.dp.is_some() {
-                return Err(Error::Spec(format!(
-                    "differential privacy here noises an average of clipped updates; {} is not \
-                     one: use fedavg, fedprox, fedadam or fedyogi",
-                    cfg.strategy
-                )));
-            }
-        }
-        if let Some(s) = cfg.secagg {
-            if !(s.range.is_finite() && s.range >= 1.0) {
-                return Err(Error::Spec(format!(
-                    "secure aggregation range {} must be ≥ 1",
-                    s.range
-                )));
-            }
-            if parts.len() < 2 {
-                return Err(Error::Spec(
-                    "secure aggregation needs at least 2 clients".into(),
-                ));
-            }
-        }
-        if let Some(dp) = cfg.dp {
-            dp.validate()?;
         }
         let spec = ModelSpec::new(cfg.model.clone(), data.train.shape, data.train.classes)?;
         if let Some(s) = cfg.secagg {
@@ -242,17 +188,14 @@ impl<'a> Simulation<'a> {
         for &i in &order[..n_bad] {
             malicious[i] = true;
         }
-        let global = spec.init(cfg.seed);
+        let server = Server::new(plan, spec.init(cfg.seed), parts.len())?;
         Ok(Simulation {
-            aggregator: Aggregator::new(cfg.strategy),
-            accountant: Accountant::default(),
             cfg,
             spec,
             data,
             parts,
             malicious,
-            global,
-            round: 0,
+            server,
         })
     }
 
@@ -263,7 +206,7 @@ impl<'a> Simulation<'a> {
 
     /// The current global parameters.
     pub fn global(&self) -> &[f32] {
-        &self.global
+        self.server.global()
     }
 
     /// Which clients are malicious.
@@ -273,14 +216,12 @@ impl<'a> Simulation<'a> {
 
     /// Test loss and accuracy of the current global model.
     pub fn evaluate(&self) -> Result<(f32, f32)> {
-        train::evaluate(&self.spec, &self.global, &self.data.test)
+        train::evaluate(&self.spec, self.server.global(), &self.data.test)
     }
 
     /// Privacy spent so far, `(ε, δ)`, with DP.
     pub fn privacy(&self) -> Option<(f64, f64)> {
-        self.cfg
-            .dp
-            .map(|dp| (self.accountant.epsilon(dp.delta).0, dp.delta))
+        self.server.privacy()
     }
 
     /// Train the given clients in parallel; malicious ones tamper with their deltas.
@@ -292,7 +233,7 @@ impl<'a> Simulation<'a> {
     ) -> Result<Vec<Trained>> {
         let mut cfg = self.cfg.train.clone();
         cfg.prox_mu = self.cfg.strategy.prox_mu();
-        let (round, seed, attack) = (self.round, self.cfg.seed, self.cfg.attack);
+        let (round, seed, attack) = (self.server.round() as usize, self.cfg.seed, self.cfg.attack);
         let (spec, data, parts) = (&self.spec, self.data, self.parts);
         clients
             .par_iter()
@@ -335,22 +276,10 @@ impl<'a> Simulation<'a> {
 
     /// Run the next round.
     pub fn round(&mut self) -> Result<RoundReport> {
-        self.round += 1;
-        let round = self.round;
-        let n = self.parts.len();
+        let round = self.server.round() as usize + 1;
         let secure = self.cfg.secagg.is_some();
         let mut rng = StdRng::seed_from_u64(self.cfg.seed.wrapping_mul(0x9e37_79b9) ^ round as u64);
-        let selected: Vec<usize> = if self.cfg.dp.is_some() && self.cfg.fraction < 1.0 {
-            // Poisson sampling, which the accountant's amplification assumes.
-            (0..n)
-                .filter(|_| rng.random_bool(self.cfg.fraction))
-                .collect()
-        } else {
-            let k = ((self.cfg.fraction * n as f64).round() as usize).clamp(1, n);
-            let mut s = rand::seq::index::sample(&mut rng, n, k).into_vec();
-            s.sort_unstable();
-            s
-        };
+        let selected = self.server.select(&mut rng);
         // The stage a client stops at (0: before training; under secure aggregation 0–3:
         // before its advert, shares, masked input or unmasking answer), or none.
         let drop_at: Vec<Option<usize>> = selected
@@ -364,7 +293,7 @@ impl<'a> Simulation<'a> {
         rng.fill(&mut secagg_seed);
 
         let ids: Vec<u32> = selected.iter().map(|&c| c as u32).collect();
-        let (mut plain, global_msg) = Round::open(round as u32, &self.global, &ids);
+        let (mut plain, global_msg) = self.server.open(&ids);
         let down = wire::encode(&global_msg)?;
         // Clients whose input reaches the aggregator: plain ones that stay, secure ones that
         // send their masked input (stage 3 drops only skip the unmasking answer).
@@ -388,72 +317,46 @@ impl<'a> Simulation<'a> {
             aborted: None,
             backdoor: None,
         };
-        // Under DP the average divides by the expected number of clients (a constant, so
-        // one client's presence changes the sum by at most C).
-        let expected = self.cfg.fraction * n as f64;
-        let mut noise_multiplier = self.cfg.dp.map(|d| d.noise);
-
-        let mean: Option<Vec<f32>> = match (self.cfg.secagg, self.cfg.dp) {
-            (None, dp) => {
-                // Each update goes through its bytes, as on the network; the round refuses
-                // malformed ones (e.g. a diverged client's NaNs), which count as dropped.
-                for t in trained {
-                    let bytes = wire::encode(&ClientUpdate {
-                        round: round as u32,
-                        examples: t.examples as u64,
-                        delta: wire::f32s_to_bytes(&t.delta),
-                    })?;
-                    report.bytes_up += bytes.len() as u64;
-                    let received = wire::decode::<ClientUpdate>(&bytes)
-                        .and_then(|m| plain.receive(t.client as u32, &m));
-                    if received.is_err() {
-                        report.dropped += 1;
-                    }
-                }
-                match dp {
-                    Some(dp) => {
-                        let mut noise_rng = StdRng::from_seed(secagg_seed);
-                        Some(plain.close_private(&dp, expected, &mut noise_rng)?)
-                    }
-                    None if plain.received().is_empty() => {
-                        report.aborted = Some("no update arrived".into());
-                        None
-                    }
-                    None => Some(plain.close(&self.aggregator, self.cfg.clip)?),
+        // Under secure aggregation, how many noise shares made it into the sum.
+        let mut survivors = None;
+        let mean: Option<Vec<f32>> = if secure {
+            let result = self.secure_round(&selected, &drop_at, trained, secagg_seed)?;
+            report.bytes_up += result.bytes_up;
+            report.bytes_down += result.bytes_down;
+            report.dropped = selected.len() - result.survivors;
+            survivors = Some(result.survivors);
+            match result.mean {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    report.aborted = Some(e.to_string());
+                    None
                 }
             }
-            (Some(sa), dp) => {
-                let secure =
-                    self.secure_round(sa, dp, &selected, &drop_at, trained, secagg_seed, expected)?;
-                report.bytes_up += secure.bytes_up;
-                report.bytes_down += secure.bytes_down;
-                report.dropped = selected.len() - secure.survivors;
-                if let (Some(z), Some(_)) = (noise_multiplier, dp) {
-                    // Only the survivors' noise shares are in the sum.
-                    let share = (secure.survivors as f64).min(expected) / expected;
-                    noise_multiplier = Some(z * share.sqrt());
-                }
-                match secure.mean {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        report.aborted = Some(e.to_string());
-                        None
-                    }
+        } else {
+            // Each update goes through its bytes, as on the network; the round refuses
+            // malformed ones (e.g. a diverged client's NaNs), which count as dropped.
+            for t in trained {
+                let bytes = wire::encode(&plain_update(round as u32, &t.delta, t.examples))?;
+                report.bytes_up += bytes.len() as u64;
+                let received = wire::decode::<ClientUpdate>(&bytes)
+                    .and_then(|m| plain.receive(t.client as u32, &m));
+                if received.is_err() {
+                    report.dropped += 1;
                 }
             }
+            let mut noise = StdRng::from_seed(secagg_seed);
+            let mean = self.server.close(plain, &mut noise)?;
+            if mean.is_none() {
+                report.aborted = Some("no update arrived".into());
+            }
+            mean
         };
         if let Some(mean) = mean {
-            self.aggregator.apply_delta(&mut self.global, &mean);
+            self.server.apply(&mean);
         }
-        if let (Some(dp), Some(z)) = (self.cfg.dp, noise_multiplier) {
-            let q = if self.cfg.fraction < 1.0 {
-                self.cfg.fraction
-            } else {
-                1.0
-            };
-            self.accountant.step(q, z, 1)?;
-            report.epsilon = Some(self.accountant.epsilon(dp.delta).0);
-            report.delta = Some(dp.delta);
+        if let Some((epsilon, delta)) = self.server.account(survivors)? {
+            report.epsilon = Some(epsilon);
+            report.delta = Some(delta);
         }
         let (loss, accuracy) = self.evaluate()?;
         report.loss = loss;
@@ -461,28 +364,23 @@ impl<'a> Simulation<'a> {
         report.backdoor =
             match self.cfg.attack {
                 Some(Attack::Backdoor) if self.cfg.malicious > 0.0 => Some(
-                    attack::backdoor_success(&self.spec, &self.global, &self.data.test)?,
+                    attack::backdoor_success(&self.spec, self.server.global(), &self.data.test)?,
                 ),
                 _ => None,
             };
         Ok(report)
     }
 
-    /// One round of secure aggregation among `selected`, in process, through the client and
-    /// aggregator state machines; every message is serialised to count its bytes.
-    #[allow(clippy::too_many_arguments)]
+    /// One round of secure aggregation among `selected`, in process, through the client
+    /// encoding and the aggregator's deadline-driven state machine; every message is
+    /// serialised to count its bytes.
     fn secure_round(
         &self,
-        sa: SecAggSettings,
-        dp: Option<DpConfig>,
         selected: &[usize],
         drop_at: &[Option<usize>],
         trained: Vec<Trained>,
         graph_seed: [u8; 32],
-        expected: f64,
     ) -> Result<SecureResult> {
-        let dim = self.global.len();
-        let m = selected.len();
         let fail = |e: Error| SecureResult {
             mean: Err(e),
             survivors: 0,
@@ -490,40 +388,13 @@ impl<'a> Simulation<'a> {
             bytes_down: 0,
         };
         let ids: Vec<u32> = selected.iter().map(|&c| c as u32).collect();
-        // With DP: clip to C, no weights, noise shares on the grid. Without: weight by
-        // examples, one more coordinate carries the weight.
-        let (quant, weighted, noise) = match dp {
-            Some(dp) => {
-                let margin = 20.0 * dp.noise * dp.clip * 1.01;
-                let fit = Quantizer::for_sum(dp.clip, m.max(1), margin)?;
-                let scale = fit.scale.min(dp.grid_scale());
-                let q = Quantizer {
-                    scale,
-                    range: dp.clip,
-                };
-                (
-                    q,
-                    false,
-                    dp.sampler(dim, scale, expected.ceil().max(1.0) as usize)?,
-                )
-            }
-            None => {
-                let w = self.parts.iter().map(Vec::len).max().unwrap_or(1) as f64;
-                (Quantizer::for_sum(sa.range * w, m.max(1), 0.0)?, true, None)
-            }
-        };
-        let len = if weighted { dim + 1 } else { dim };
-        let params = match RoundParams::new(
-            self.round as u64,
-            &ids,
-            sa.neighbours,
-            sa.threshold,
-            len as u32,
-            graph_seed,
-        ) {
+        let max_weight = self.parts.iter().map(Vec::len).max().unwrap_or(1) as f64;
+        let encoding = self.server.encoding(selected.len(), max_weight)?;
+        let params = match self.server.secure_params(&ids, encoding.len(), graph_seed) {
             Ok(p) => p,
             Err(e) => return Ok(fail(e)),
         };
+        let clip = self.cfg.clip;
         let inputs: Vec<(u32, Vec<u32>)> = trained
             .into_par_iter()
             .zip(
@@ -535,27 +406,8 @@ impl<'a> Simulation<'a> {
                     .collect::<Vec<_>>(),
             )
             .map(|(t, c)| {
-                let mut delta = t.delta;
-                if let Some(c) = self.cfg.clip {
-                    clip_l2(&mut delta, c);
-                }
-                let mut x: Vec<u32> = if let Some(dp) = dp {
-                    clip_l2(&mut delta, dp.clip as f32);
-                    quant.quantize(&delta)
-                } else {
-                    let w = t.examples as f64;
-                    let r = sa.range;
-                    let mut x: Vec<u32> = delta
-                        .iter()
-                        .map(|&d| quant.quantize_one((d as f64).clamp(-r, r) * w))
-                        .collect();
-                    x.push(quant.quantize_one(w));
-                    x
-                };
-                if let Some(g) = noise {
-                    g.add_to(&mut x, &mut StdRng::seed_from_u64(t.seed ^ 0xd1ff));
-                }
-                (c, x)
+                let mut noise = StdRng::seed_from_u64(t.seed ^ 0xd1ff);
+                (c, encoding.encode(t.delta, t.examples, clip, &mut noise))
             })
             .collect();
         let inputs: std::collections::BTreeMap<u32, Vec<u32>> = inputs.into_iter().collect();
@@ -564,12 +416,12 @@ impl<'a> Simulation<'a> {
             .zip(drop_at)
             .filter_map(|(&c, d)| d.map(|s| (c as u32, s)))
             .collect();
-        let run = run_secagg(&params, inputs, &drops, self.cfg.seed ^ self.round as u64)?;
-        let mean = run.outcome.map(|out| {
-            let sum = quant.dequantize(&out.sum);
-            let denom = if weighted { sum[dim] } else { expected };
-            sum[..dim].iter().map(|s| (s / denom) as f32).collect()
-        });
+        let round = self.server.round() as u64;
+        let run = run_secagg(&params, inputs, &drops, self.cfg.seed ^ round)?;
+        let expected = self.server.expected();
+        let mean = run
+            .outcome
+            .and_then(|out| encoding.mean(&out.sum, expected));
         Ok(SecureResult {
             survivors: run.survivors,
             mean,
@@ -586,133 +438,12 @@ struct SecureResult {
     bytes_down: u64,
 }
 
-/// Clients masking their inputs at once in [`run_secagg`] (bounds the masked vectors held).
-const MASK_BATCH: usize = 64;
-
-/// What driving one secure round in process gave.
-pub struct SecAggRun {
-    /// The unmasked sum, or why the round aborted.
-    pub outcome: Result<secagg::Outcome>,
-    /// Clients whose input is in the sum.
-    pub survivors: usize,
-    /// Bytes clients sent (serialised messages).
-    pub bytes_up: u64,
-    /// Bytes the aggregator sent (the round's parameters and every protocol message).
-    pub bytes_down: u64,
-}
-
-/// Run one round of secure aggregation in process: every participant of `params` with an
-/// input in `inputs` takes part; `drops[c] = s` makes client `c` stop before stage `s`
-/// (0 advert, 1 shares, 2 masked input, 3 unmasking answer). Client work runs in parallel.
-/// Keys come from `seed`. An abort is an `Err` in `outcome`; other errors are bugs.
-pub fn run_secagg(
-    params: &RoundParams,
-    mut inputs: std::collections::BTreeMap<u32, Vec<u32>>,
-    drops: &std::collections::BTreeMap<u32, usize>,
-    seed: u64,
-) -> Result<SecAggRun> {
-    use secagg::{Aggregator as SecAggregator, Client};
-    let alive = |c: u32, stage: usize| drops.get(&c).is_none_or(|&s| s > stage);
-    let mut agg = SecAggregator::new(params.clone())?;
-    let (mut up, mut down) = (0u64, 0u64);
-    let params_len = wire::encode(params)?.len() as u64;
-    down += params_len * params.participants.len() as u64;
-    let mut clients: Vec<(Client, StdRng)> = params
-        .participants
-        .par_iter()
-        .filter(|&&c| alive(c, 0))
-        .map(|&c| {
-            let mut rng =
-                StdRng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
-            let (client, advert) = Client::new(params.clone(), c, &mut rng)?;
-            Ok((client, rng, advert))
-        })
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .map(|(client, rng, advert)| {
-            up += size(&advert);
-            agg.receive_advert(advert).map(|()| (client, rng))
-        })
-        .collect::<Result<_>>()?;
-    let outcome = (|| -> Result<secagg::Outcome> {
-        let books: std::collections::BTreeMap<u32, secagg::KeyBook> =
-            agg.key_books()?.into_iter().collect();
-        clients.retain(|(c, _)| books.contains_key(&c.id()));
-        down += books.values().map(size).sum::<u64>();
-        let shares: Vec<_> = clients
-            .par_iter_mut()
-            .map(|(c, rng)| c.share_keys(&books[&c.id()], rng))
-            .collect::<Result<_>>()?;
-        for s in shares {
-            if alive(s.client, 1) {
-                up += size(&s);
-                agg.receive_shares(s)?;
-            }
-        }
-        let deliveries: std::collections::BTreeMap<u32, secagg::ShareDelivery> =
-            agg.deliveries()?.into_iter().collect();
-        clients.retain(|(c, _)| deliveries.contains_key(&c.id()));
-        down += deliveries.values().map(size).sum::<u64>();
-        // Clients that stop before sending their masked input never compute one. The rest
-        // mask in parallel batches whose results go straight into the aggregator's running
-        // sum, so at most a batch of masked vectors exists at once.
-        clients.retain(|(c, _)| alive(c.id(), 2));
-        for batch in clients.chunks_mut(MASK_BATCH) {
-            let mut mine = Vec::with_capacity(batch.len());
-            for (c, _) in batch.iter() {
-                let id = c.id();
-                mine.push(
-                    inputs
-                        .remove(&id)
-                        .ok_or_else(|| Error::SecAgg(format!("client {id} has no input")))?,
-                );
-            }
-            let masked: Vec<_> = batch
-                .par_iter_mut()
-                .zip(mine)
-                .map(|((c, _), x)| c.mask_input(&deliveries[&c.id()], &x))
-                .collect::<Result<_>>()?;
-            for m in masked {
-                up += size(&m);
-                agg.receive_masked(m)?;
-            }
-        }
-        let requests: std::collections::BTreeMap<u32, secagg::UnmaskRequest> =
-            agg.unmask_requests()?.into_iter().collect();
-        clients.retain(|(c, _)| requests.contains_key(&c.id()));
-        down += requests.values().map(size).sum::<u64>();
-        let answers: Vec<_> = clients
-            .par_iter_mut()
-            .map(|(c, _)| c.unmask(&requests[&c.id()]))
-            .collect::<Result<_>>()?;
-        for a in answers {
-            if alive(a.client, 3) {
-                up += size(&a);
-                agg.receive_unmask(a)?;
-            }
-        }
-        agg.finish()
-    })();
-    let survivors = outcome.as_ref().map(|o| o.survivors.len()).unwrap_or(0);
-    Ok(SecAggRun {
-        outcome,
-        survivors,
-        bytes_up: up,
-        bytes_down: down,
-    })
-}
-
-/// Serialised length of a message, for byte counts.
-fn size<T: Serialize>(m: &T) -> u64 {
-    wire::encode(m).map_or(0, |b| b.len() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::{data, partition::SplitFile};
+    use crate::{data, dp::Accountant, partition::SplitFile};
 
     fn flower10() -> (Split, Vec<Vec<usize>>) {
         let f = SplitFile::parse(include_bytes!("../fixtures/flower-split-10.json")).unwrap();
