@@ -19,20 +19,26 @@
 //! leaves no half-visible object. CAR v1 export/import moves objects to other nodes and to
 //! IPFS tooling; import verifies everything before it commits anything.
 
+mod add;
 mod blocks;
 pub mod car;
+mod car_io;
 mod crypto;
+mod grants;
 mod import;
 pub mod manifest;
 mod pack;
 mod peers;
+mod pins;
+mod read;
 mod store;
 
 use std::path::PathBuf;
 
 pub use car::CarError;
-pub use import::{Import, ImportReader, Pin};
+pub use import::{Import, ImportReader};
 pub use peers::{KnownPeer, PEER_BOOK_SIZE};
+pub use pins::Pin;
 use sov_core::{ContentId, Did};
 pub use store::{AddOptions, Added, ObjectInfo, ObjectMeta, Store};
 
