@@ -108,8 +108,7 @@ fn a_secure_round_with_too_few_answers_aborts_at_the_deadline() {
 
 #[test]
 fn the_weighted_encoding_decodes_to_the_example_weighted_mean() {
-    let s = SecAggSettings::default();
-    let enc = SecureEncoding::new(&s, None, 3, 2, 100.0, 2.0).unwrap();
+    let enc = SecureEncoding::new(SecAggSettings::default().range, None, 3, 2, 100.0, 2.0).unwrap();
     assert_eq!(enc.len(), 4);
     let mut rng = StdRng::seed_from_u64(0);
     let a = enc.encode(vec![1.0, -2.0, 0.5], 30, None, &mut rng);

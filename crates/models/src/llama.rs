@@ -20,6 +20,7 @@ use crate::{Error, Result, gguf::Gguf};
 mod avx2;
 mod ops;
 mod pool;
+mod q8;
 mod qmatrix;
 
 use ops::{attend, dot_f16_order, expf_ggml, rms_norm, rope, rope_cache, vector};
@@ -293,7 +294,11 @@ impl Llama {
     pub fn forward_batch(&self, s: &mut Session, tokens: &[u32]) -> Result<Vec<f32>> {
         #[cfg(target_arch = "x86_64")]
         if let Some(f) = avx2::Features::detect() {
-            return f.forward(self, s, tokens);
+            return f.run(Forward {
+                model: self,
+                session: s,
+                tokens,
+            });
         }
         self.forward_impl(s, tokens)
     }
@@ -428,6 +433,23 @@ impl Llama {
             logits = self.forward(&mut s, next)?;
         }
         Ok(out)
+    }
+}
+
+/// A forward pass to run compiled for AVX2/FMA/F16C (see [`avx2::Compiled`]).
+#[cfg(target_arch = "x86_64")]
+struct Forward<'a> {
+    model: &'a Llama,
+    session: &'a mut Session,
+    tokens: &'a [u32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl avx2::Compiled for Forward<'_> {
+    type Output = Result<Vec<f32>>;
+    #[inline(always)]
+    fn run(self) -> Self::Output {
+        self.model.forward_impl(self.session, self.tokens)
     }
 }
 

@@ -15,8 +15,6 @@ use crate::{
     wire::{self, ClientUpdate},
 };
 
-use super::server::SecAggSettings;
-
 /// A delta in the clear, as the client sends it.
 pub fn plain_update(round: u32, delta: &[f32], examples: usize) -> ClientUpdate {
     ClientUpdate {
@@ -48,10 +46,11 @@ pub struct SecureEncoding {
 
 impl SecureEncoding {
     /// The encoding of a round of `clients` participants over `dim` parameters. Without DP,
-    /// `max_weight` bounds any client's example count (the sum must not wrap); with DP,
-    /// `expected` is the expected number of clients the noise is shared among.
+    /// each coordinate is clamped to `±range` and `max_weight` bounds any client's example
+    /// count (the sum must not wrap); with DP, `expected` is the expected number of clients
+    /// the noise is shared among.
     pub fn new(
-        secagg: &SecAggSettings,
+        range: f64,
         dp: Option<&DpConfig>,
         dim: usize,
         clients: usize,
@@ -75,8 +74,8 @@ impl SecureEncoding {
                 }
             }
             None => SecureEncoding {
-                quant: Quantizer::for_sum(secagg.range * max_weight, clients.max(1), 0.0)?,
-                weighted_range: Some(secagg.range),
+                quant: Quantizer::for_sum(range * max_weight, clients.max(1), 0.0)?,
+                weighted_range: Some(range),
                 dp_clip: None,
                 noise: None,
                 dim,

@@ -230,7 +230,7 @@ impl Server {
     /// client's examples).
     pub fn encoding(&self, clients: usize, max_weight: f64) -> Result<SecureEncoding> {
         SecureEncoding::new(
-            &self.plan.secagg.unwrap_or_default(),
+            self.plan.secagg.unwrap_or_default().range,
             self.plan.dp.as_ref(),
             self.global.len(),
             clients,

@@ -6,7 +6,9 @@ use half::f16;
 
 use crate::{Result, gguf::Gguf};
 
-use super::err;
+fn err(msg: impl Into<String>) -> crate::Error {
+    crate::Error::Tensor(msg.into())
+}
 
 pub(super) fn vector(g: &Gguf, bytes: &[u8], name: &str, len: usize) -> Result<Vec<f32>> {
     let v = g.dequantize(bytes, name)?;

@@ -1,0 +1,57 @@
+//! Activations rounded to 8 bits per block of 32, as llama.cpp's quantised products take
+//! them (GGML's Q8_1), and the exact integer dot product of two such blocks.
+
+use half::f16;
+
+/// One block of 32 activations rounded to 8 bits: `x ≈ d·q`, with `s = d·Σq` (both kept
+/// at f16 precision, as GGML's Q8_1 stores them).
+pub(super) struct Q8Block {
+    pub(super) d: f32,
+    pub(super) s: f32,
+    pub(super) q: [i8; 32],
+}
+
+/// Round activations to 8 bits per block of 32 (llama.cpp's `quantize_row_q8_1`: scale
+/// `max|x|/127`, round half to even).
+#[inline(always)]
+pub(super) fn quantize_q8(x: &[f32]) -> Vec<Q8Block> {
+    x.chunks_exact(32)
+        .map(|c| {
+            let amax = c.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let mut q = [0i8; 32];
+            let mut sum = 0i32;
+            for (o, v) in q.iter_mut().zip(c) {
+                *o = round_even(v * id) as i8;
+                sum += *o as i32;
+            }
+            Q8Block {
+                d: f16::from_f32(d).to_f32(),
+                s: f16::from_f32(d * sum as f32).to_f32(),
+                q,
+            }
+        })
+        .collect()
+}
+
+/// Round half to even for |v| ≤ 2²² (adding and removing 1.5·2²³ leaves the rounded
+/// value in the current rounding mode, which is to nearest, ties to even); the same as
+/// `round_ties_even`, without a libm call where SSE4.1 is not assumed.
+#[inline(always)]
+pub(super) fn round_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
+    (v + MAGIC) - MAGIC
+}
+
+/// Σ a·b over 32 signed bytes, exactly (fixed sizes let the compiler vectorise it).
+#[inline(always)]
+pub(super) fn dot_i8(a: &[i8; 32], b: &[i8; 32]) -> i32 {
+    let mut acc = [0i32; 8];
+    for k in 0..4 {
+        for l in 0..8 {
+            acc[l] += a[8 * k + l] as i16 as i32 * b[8 * k + l] as i16 as i32;
+        }
+    }
+    acc.iter().sum()
+}
