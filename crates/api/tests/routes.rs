@@ -1,0 +1,401 @@
+//! Every route of the API through the router alone (`tower::ServiceExt::oneshot`, no
+//! socket): the token is checked everywhere but `/health`, each route answers its success
+//! status, bad input gets a 4xx with the error shape of its family (`/api`:
+//! `{"error": {"message", "code"}}`; `/v1`: OpenAI's `{"error": {"message", "type",
+//! "param", "code"}}`), and nothing is stored by a refused request. The node behind it is a
+//! real one on loopback.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use axum::{
+    Router,
+    body::Body,
+    http::{Method, Request, StatusCode},
+};
+use serde_json::{Value, json};
+use sov_identity::Keypair;
+use sov_node::{Config, Node};
+use tower::ServiceExt as _;
+
+const TOKEN: &str = "test-token";
+
+struct Answer {
+    status: StatusCode,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+async fn call(app: &Router, method: Method, path: &str, token: Option<&str>, body: Body) -> Answer {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if path.starts_with("/v1")
+        || path.contains("grants")
+        || path.ends_with("/models")
+        || path.contains("/models/")
+    {
+        req = req.header("content-type", "application/json");
+    }
+    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), 64 << 20)
+        .await
+        .unwrap()
+        .to_vec();
+    Answer { status, body }
+}
+
+async fn ok(app: &Router, method: Method, path: &str, body: Body) -> Answer {
+    call(app, method, path, Some(TOKEN), body).await
+}
+
+fn json_body(v: Value) -> Body {
+    Body::from(v.to_string())
+}
+
+/// `/api` errors: `{"error": {"message", "code"}}` with this code.
+fn api_error(a: &Answer, status: StatusCode, code: &str) {
+    assert_eq!(a.status, status, "{:?}", String::from_utf8_lossy(&a.body));
+    let v = a.json();
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+}
+
+/// `/v1` errors: OpenAI's shape with this type.
+fn oai_error(a: &Answer, status: StatusCode, kind: &str) {
+    assert_eq!(a.status, status, "{:?}", String::from_utf8_lossy(&a.body));
+    let v = a.json();
+    let e = &v["error"];
+    assert_eq!(e["type"], kind, "{v}");
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(e.get("param").is_some() && e.get("code").is_some(), "{v}");
+}
+
+fn tiny_llama() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/fixtures/tiny-llama.gguf")
+        .canonicalize()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_checks_the_token_and_answers_with_its_status_and_error_shape() {
+    let home = tempfile::tempdir().unwrap();
+    let node = Node::start(home.path(), Keypair::generate(), Config::loopback())
+        .await
+        .unwrap();
+    let app = sov_api::router(node.clone(), TOKEN);
+
+    // The token: /health needs none; every other route refuses a missing or wrong one.
+    assert_eq!(
+        call(&app, Method::GET, "/health", None, Body::empty())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let guarded = [
+        (Method::GET, "/api/v1/identity"),
+        (Method::GET, "/api/v1/peers"),
+        (Method::GET, "/api/v1/objects"),
+        (Method::POST, "/api/v1/objects"),
+        (Method::GET, "/api/v1/objects/x"),
+        (Method::GET, "/api/v1/objects/x/info"),
+        (Method::DELETE, "/api/v1/objects/x"),
+        (Method::POST, "/api/v1/objects/x/grants"),
+        (Method::GET, "/api/v1/objects/x/car"),
+        (Method::POST, "/api/v1/cars"),
+        (Method::GET, "/api/v1/models"),
+        (Method::POST, "/api/v1/models"),
+        (Method::POST, "/api/v1/models/pull"),
+        (Method::GET, "/api/v1/models/offered"),
+        (Method::DELETE, "/api/v1/models/x"),
+        (Method::POST, "/api/v1/models/x/share"),
+    ];
+    for (m, path) in &guarded {
+        api_error(
+            &call(&app, m.clone(), path, None, Body::empty()).await,
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+        );
+        api_error(
+            &call(&app, m.clone(), path, Some("wrong"), Body::empty()).await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+        );
+    }
+    for (m, path) in [
+        (Method::GET, "/v1/models"),
+        (Method::GET, "/v1/models/x"),
+        (Method::POST, "/v1/chat/completions"),
+        (Method::POST, "/v1/completions"),
+        (Method::POST, "/v1/embeddings"),
+    ] {
+        let a = call(&app, m.clone(), path, None, Body::empty()).await;
+        oai_error(&a, StatusCode::UNAUTHORIZED, "invalid_request_error");
+        assert_eq!(a.json()["error"]["code"], "missing_api_key");
+        let a = call(&app, m, path, Some("wrong"), Body::empty()).await;
+        assert_eq!(a.json()["error"]["code"], "invalid_api_key");
+    }
+    api_error(
+        &ok(&app, Method::GET, "/nowhere", Body::empty()).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    // Identity and peers.
+    let me = ok(&app, Method::GET, "/api/v1/identity", Body::empty()).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.json()["did"], node.did().to_string());
+    let peers = ok(&app, Method::GET, "/api/v1/peers", Body::empty()).await;
+    assert_eq!((peers.status, peers.json()), (StatusCode::OK, json!([])));
+
+    // Objects: add, list, info, read, CAR out and in, grant, remove.
+    let added = ok(
+        &app,
+        Method::POST,
+        "/api/v1/objects?name=a.txt&replicas=0",
+        Body::from("hello"),
+    )
+    .await;
+    assert_eq!(added.status, StatusCode::CREATED);
+    let id = added.json()["id"].as_str().unwrap().to_string();
+    let list = ok(&app, Method::GET, "/api/v1/objects", Body::empty()).await;
+    assert_eq!(list.json()[0]["id"], id.as_str());
+    let info = ok(
+        &app,
+        Method::GET,
+        &format!("/api/v1/objects/{id}/info"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        (info.status, info.json()["name"].clone()),
+        (StatusCode::OK, json!("a.txt"))
+    );
+    let read = ok(
+        &app,
+        Method::GET,
+        &format!("/api/v1/objects/{id}"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        (read.status, read.body.as_slice()),
+        (StatusCode::OK, b"hello".as_slice())
+    );
+    let car = ok(
+        &app,
+        Method::GET,
+        &format!("/api/v1/objects/{id}/car"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(car.status, StatusCode::OK);
+    let imported = ok(
+        &app,
+        Method::POST,
+        "/api/v1/cars",
+        Body::from(car.body.clone()),
+    )
+    .await;
+    assert_eq!(
+        (imported.status, imported.json()["id"].clone()),
+        (StatusCode::CREATED, json!(id))
+    );
+    let reader = Keypair::generate().did().to_string();
+    let g = ok(
+        &app,
+        Method::POST,
+        &format!("/api/v1/objects/{id}/grants"),
+        json_body(json!({"did": reader})),
+    )
+    .await;
+    assert_eq!(
+        (g.status, g.json()["reader"].clone()),
+        (StatusCode::OK, json!(reader))
+    );
+    api_error(
+        &ok(
+            &app,
+            Method::POST,
+            &format!("/api/v1/objects/{id}/grants"),
+            json_body(json!({"did": "did:web:x"})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    api_error(
+        &ok(
+            &app,
+            Method::GET,
+            "/api/v1/objects/not-a-cid",
+            Body::empty(),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    api_error(
+        &ok(&app, Method::POST, "/api/v1/cars", Body::from("not a CAR")).await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+    );
+    let before = ok(&app, Method::GET, "/api/v1/objects", Body::empty())
+        .await
+        .json();
+    assert_eq!(
+        before.as_array().unwrap().len(),
+        1,
+        "refused requests stored nothing"
+    );
+    let del = ok(
+        &app,
+        Method::DELETE,
+        &format!("/api/v1/objects/{id}"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT);
+    api_error(
+        &ok(
+            &app,
+            Method::GET,
+            &format!("/api/v1/objects/{id}/info"),
+            Body::empty(),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    // Models: refusals first, then a real (tiny) model through every model route.
+    api_error(
+        &ok(
+            &app,
+            Method::POST,
+            "/api/v1/models",
+            json_body(json!({"path": "relative.gguf"})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    api_error(
+        &ok(&app, Method::DELETE, "/api/v1/models/nope", Body::empty()).await,
+        StatusCode::BAD_REQUEST,
+        "model",
+    );
+    api_error(
+        &ok(
+            &app,
+            Method::POST,
+            "/api/v1/models/pull",
+            json_body(json!({"id": "nope"})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    let path = tiny_llama().display().to_string();
+    let m = ok(
+        &app,
+        Method::POST,
+        "/api/v1/models",
+        json_body(json!({"path": path, "name": "tiny"})),
+    )
+    .await;
+    assert_eq!(
+        (m.status, m.json()["kind"].clone()),
+        (StatusCode::OK, json!("language"))
+    );
+    let ls = ok(&app, Method::GET, "/api/v1/models", Body::empty()).await;
+    assert_eq!(ls.json()[0]["name"], "tiny");
+    let offered = ok(&app, Method::GET, "/api/v1/models/offered", Body::empty()).await;
+    assert_eq!(
+        (offered.status, offered.json()),
+        (StatusCode::OK, json!([]))
+    );
+    let shared = ok(
+        &app,
+        Method::POST,
+        "/api/v1/models/tiny/share",
+        json_body(json!({"did": reader})),
+    )
+    .await;
+    assert_eq!(shared.status, StatusCode::OK);
+
+    // The gateway.
+    let models = ok(&app, Method::GET, "/v1/models", Body::empty()).await;
+    assert_eq!(
+        (models.status, models.json()["data"][0]["id"].clone()),
+        (StatusCode::OK, json!("tiny"))
+    );
+    assert_eq!(
+        ok(&app, Method::GET, "/v1/models/tiny", Body::empty())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let missing = ok(&app, Method::GET, "/v1/models/nope", Body::empty()).await;
+    oai_error(&missing, StatusCode::NOT_FOUND, "invalid_request_error");
+    assert_eq!(missing.json()["error"]["code"], "model_not_found");
+    oai_error(
+        &ok(&app, Method::POST, "/v1/chat/completions", Body::from("{")).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+    );
+    let chat = json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0});
+    let c = ok(&app, Method::POST, "/v1/chat/completions", json_body(chat)).await;
+    assert_eq!(
+        (c.status, c.json()["object"].clone()),
+        (StatusCode::OK, json!("chat.completion"))
+    );
+    let cmpl = json!({"model": "tiny", "prompt": "a", "max_tokens": 2, "temperature": 0});
+    let c = ok(&app, Method::POST, "/v1/completions", json_body(cmpl)).await;
+    assert_eq!(
+        (c.status, c.json()["object"].clone()),
+        (StatusCode::OK, json!("text_completion"))
+    );
+    let bad = json!({"model": "tiny", "prompt": "a", "temperature": -1});
+    oai_error(
+        &ok(&app, Method::POST, "/v1/completions", json_body(bad)).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+    );
+    let emb = json!({"model": "tiny", "input": "a"});
+    oai_error(
+        &ok(&app, Method::POST, "/v1/embeddings", json_body(emb)).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+    );
+
+    // Removing the model answers with it, and the gateway no longer knows it.
+    let rm = ok(&app, Method::DELETE, "/api/v1/models/tiny", Body::empty()).await;
+    assert_eq!(
+        (rm.status, rm.json()["name"].clone()),
+        (StatusCode::OK, json!("tiny"))
+    );
+    assert!(node.loaded_models().await.is_empty());
+    assert_eq!(
+        ok(&app, Method::GET, "/v1/models/tiny", Body::empty())
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    node.shutdown().await;
+}
