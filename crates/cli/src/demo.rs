@@ -433,6 +433,28 @@ async fn model_step(members: &[Member], owner: &str, models: Option<&Path>) -> a
         output::bytes(entry.manifest.weights_size),
         entry.id
     )?;
+    // The owner offers it on gossip; erin checks the offer's signature and signer.
+    let heard = Instant::now();
+    let offer = loop {
+        let found = erin
+            .node()
+            .announced_models()
+            .into_iter()
+            .find(|e| e.id == entry.id);
+        if found.is_some() || heard.elapsed() > Duration::from_secs(20) {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    match offer {
+        Some(o) => say!(
+            "    erin hears the offer on gossip (sov/models/1) after {:.1} s: {}, signed by {}",
+            heard.elapsed().as_secs_f64(),
+            o.manifest.name,
+            owner.name
+        )?,
+        None => say!("    (the gossip offer has not reached erin yet; she pulls by id)")?,
+    }
     owner
         .node()
         .share_model("smollm2", erin.node().did())

@@ -1,20 +1,24 @@
-//! `sov-node` is layer 3 of sov: the node actor, the only crate that sees both the store and
-//! the network. It answers peers' block requests from the store, fetches objects it lacks
-//! from the peers that provide them (verified block by block, from several providers at
-//! once, banning liars), has peers pin copies of objects, and repairs the copy count when
-//! holders disappear.
+//! `sov-node` is layer 3 of sov: the node, the only crate that sees the store, the network
+//! and the models, and the one door through which the API and the CLI reach them. It
+//! answers peers' block requests from the store, fetches objects it lacks from the peers
+//! that provide them (verified block by block, from several providers at once, banning
+//! liars), has peers pin copies and repairs the copy count when holders disappear, checks
+//! the gossip it receives, keeps the model registry and serves loaded models.
 //!
 //! ```text
-//!              ┌───────────── Node (cloneable handle) ─────────────┐
-//!   api / cli ─┤ add · get · fetch · replicate · grant · peers    │
-//!              │        │                 │                        │
-//!              │   Store (redb,      net::Client ──▶ swarm task    │
-//!              │   blocking pool)        ▲                         │
-//!              │        ▲                │ net::Event              │
-//!              │        └── event task ◀─┘ (want-lists, pin/has/   │
-//!              │            repair task     grants requests)       │
-//!              └───────────────────────────────────────────────────┘
+//!              ┌──────────────── Node (cloneable handle, no store or net inside) ───────────────┐
+//!   api / cli ─┤ objects: add · open_read · read_into · grant · remove · CAR                     │
+//!              │ models: import · pull · share · remove   serve: generate · embed ─▶ serve actor │
+//!              │                                                                                │
+//!              │  Store (redb) ◀─ blocking tasks        net::Client ──▶ swarm task               │
+//!              │                                            │ net::Event                        │
+//!              │  tasks (one JoinSet): events · repair · offers · answers · fetches · workers   │
+//!              └────────────────────────────────────────────────────────────────────────────────┘
 //! ```
+//!
+//! [`Node::shutdown`] ends every task and closes the store; [`Node::offline`] opens a home
+//! without a network (the CLI's local mode). `docs/ARCHITECTURE.md` walks a read and a chat
+//! completion through the code.
 
 mod config;
 mod events;

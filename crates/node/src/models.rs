@@ -520,7 +520,9 @@ impl Node {
         self.registry(move |r| r.resolve(&n)).await
     }
 
-    /// Import a GGUF file or a Hugging Face folder as a model (see [`import`]).
+    /// Import a GGUF file or a Hugging Face folder (`config.json`, `model.safetensors`,
+    /// `tokenizer.json`) as a model: the files become objects, described by a new signed
+    /// manifest. The model is checked to load before anything is stored.
     pub async fn import_model(&self, path: &Path, opts: ImportOptions) -> Result<ModelEntry> {
         let path = path.to_path_buf();
         let entry = self.registry(move |r| r.import(&path, opts)).await?;
