@@ -23,21 +23,24 @@ async fn pair() -> ((Client, Receiver<Event>), (Client, Receiver<Event>)) {
     (a, b)
 }
 
+/// Publish `data` once the mesh knows a subscribed peer (publishing fails until then):
+/// retried over heartbeats, failing loudly after 10 s.
+async fn publish_when_meshed(c: &Client, topic: &str, data: &[u8]) {
+    for _ in 0..100 {
+        if c.publish(topic, data.to_vec()).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no subscribed peer appeared on {topic}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gossip_reaches_a_subscribed_peer() {
     let ((a, _ea), (b, mut eb)) = pair().await;
     a.subscribe("sov/test/1").await.unwrap();
     b.subscribe("sov/test/1").await.unwrap();
-    // publish fails until the mesh knows a subscribed peer: retry over heartbeats
-    let mut sent = false;
-    for _ in 0..100 {
-        if a.publish("sov/test/1", b"hello".to_vec()).await.is_ok() {
-            sent = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(sent, "no subscribed peer appeared");
+    publish_when_meshed(&a, "sov/test/1", b"hello").await;
     let got = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if let Some(Event::Message {
@@ -159,15 +162,7 @@ async fn a_rejected_gossip_message_costs_its_sender_score() {
     let ((a, _ea), (b, mut eb)) = pair().await;
     a.subscribe("sov/test/1").await.unwrap();
     b.subscribe("sov/test/1").await.unwrap();
-    let mut sent = false;
-    for _ in 0..100 {
-        if a.publish("sov/test/1", b"not valid".to_vec()).await.is_ok() {
-            sent = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(sent, "no subscribed peer appeared");
+    publish_when_meshed(&a, "sov/test/1", b"not valid").await;
     let (id, from) = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if let Some(Event::Message {

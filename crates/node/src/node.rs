@@ -217,19 +217,20 @@ impl Node {
     /// Run `task` as one of the node's tasks; false (and `task` dropped) once the node is
     /// stopping.
     pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> bool {
-        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(set) = tasks.as_mut() else {
-            return false;
-        };
-        while let Some(r) = set.try_join_next() {
-            report(r);
-        }
-        set.spawn(task);
-        true
+        self.with_tasks(|set| {
+            set.spawn(task);
+        })
     }
 
     /// Run `work` on the blocking pool as one of the node's tasks.
     pub(crate) fn spawn_blocking(&self, work: impl FnOnce() + Send + 'static) -> bool {
+        self.with_tasks(|set| {
+            set.spawn_blocking(work);
+        })
+    }
+
+    /// Add to the task set (reaping the tasks that ended); false once shutdown has begun.
+    fn with_tasks(&self, add: impl FnOnce(&mut JoinSet<()>)) -> bool {
         let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
         let Some(set) = tasks.as_mut() else {
             return false;
@@ -237,7 +238,7 @@ impl Node {
         while let Some(r) = set.try_join_next() {
             report(r);
         }
-        set.spawn_blocking(work);
+        add(set);
         true
     }
 
