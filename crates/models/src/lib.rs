@@ -47,5 +47,12 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// A tensor or model-shape error with this message.
+    pub(crate) fn tensor(msg: impl Into<String>) -> Self {
+        Error::Tensor(msg.into())
+    }
+}
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

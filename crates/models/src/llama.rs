@@ -28,10 +28,6 @@ use pool::Pool;
 pub use qmatrix::QMatrix;
 use qmatrix::half;
 
-fn err(msg: impl Into<String>) -> Error {
-    Error::Tensor(msg.into())
-}
-
 /// The shape of a Llama model, from its GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -68,14 +64,14 @@ impl Config {
         let arch = g
             .get("general.architecture")
             .and_then(|v| v.as_str())
-            .ok_or_else(|| err("no general.architecture"))?
+            .ok_or_else(|| Error::tensor("no general.architecture"))?
             .to_string();
         // llama.cpp's rope type per architecture: NORM for llama, NEOX for qwen2.
         let rope_neox = match arch.as_str() {
             "llama" => false,
             "qwen2" => true,
             _ => {
-                return Err(err(format!(
+                return Err(Error::tensor(format!(
                     "architecture {arch:?} is not supported yet (llama, qwen2 are)"
                 )));
             }
@@ -85,7 +81,7 @@ impl Config {
                 .and_then(|v| v.as_u64())
                 .and_then(|v| usize::try_from(v).ok())
                 .filter(|&v| v > 0 && v < 1 << 24)
-                .ok_or_else(|| err(format!("{arch}.{k} is missing or out of range")))
+                .ok_or_else(|| Error::tensor(format!("{arch}.{k} is missing or out of range")))
         };
         let f = |k: &str, default: f64| -> f32 {
             g.get(&format!("{arch}.{k}"))
@@ -100,21 +96,21 @@ impl Config {
             .transpose()?
             .unwrap_or(n_head);
         if !n_embd.is_multiple_of(n_head) || !n_head.is_multiple_of(n_head_kv) {
-            return Err(err(format!(
+            return Err(Error::tensor(format!(
                 "{n_embd} wide with {n_head} heads and {n_head_kv} KV heads does not divide"
             )));
         }
         let head_dim = n_embd / n_head;
         if !head_dim.is_multiple_of(2) {
-            return Err(err("RoPE needs an even head width"));
+            return Err(Error::tensor("RoPE needs an even head width"));
         }
         let embd = g
             .tensor("token_embd.weight")
-            .ok_or_else(|| err("no token_embd.weight"))?;
+            .ok_or_else(|| Error::tensor("no token_embd.weight"))?;
         let n_vocab = *embd
             .dims
             .get(1)
-            .ok_or_else(|| err("token_embd is not 2-D"))? as usize;
+            .ok_or_else(|| Error::tensor("token_embd is not 2-D"))? as usize;
         Ok(Config {
             n_layer: u("block_count")?,
             n_embd,
@@ -310,10 +306,10 @@ impl Llama {
         let c = &self.config;
         let n = tokens.len();
         if n == 0 {
-            return Err(err("no tokens to feed"));
+            return Err(Error::tensor("no tokens to feed"));
         }
         if s.pos + n > s.ctx {
-            return Err(err(format!(
+            return Err(Error::tensor(format!(
                 "{n} more tokens do not fit the context of {} ({} used)",
                 s.ctx, s.pos
             )));
@@ -428,7 +424,7 @@ impl Llama {
         }
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
-            let next = argmax(&logits).ok_or_else(|| err("no logits"))?;
+            let next = argmax(&logits).ok_or_else(|| Error::tensor("no logits"))?;
             out.push(next);
             logits = self.forward(&mut s, next)?;
         }

@@ -18,6 +18,8 @@ use crate::{
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/sov/kad/1.0.0");
 /// What identify announces.
 pub const AGENT: &str = concat!("sov/", env!("CARGO_PKG_VERSION"));
+/// Bulk streams open at once per connection (each may buffer `max_bulk_message`).
+const BULK_STREAMS: usize = 2;
 const IDENTIFY_PROTOCOL: &str = "/sov/id/1.0.0";
 
 #[derive(NetworkBehaviour)]
@@ -126,7 +128,9 @@ impl Behaviour {
                     max: config.max_bulk_message,
                 }),
                 [(BULK_PROTOCOL, request_response::ProtocolSupport::Full)],
-                rr.with_request_timeout(config.bulk_timeout),
+                // Each bulk stream may buffer up to its limit: few at once per connection.
+                rr.with_request_timeout(config.bulk_timeout)
+                    .with_max_concurrent_streams(BULK_STREAMS),
             ),
             streams: libp2p_stream::Behaviour::new(),
             relay,

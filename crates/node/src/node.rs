@@ -149,20 +149,12 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(mut set) = set {
-            let drained = tokio::time::timeout(GRACE, async {
-                while let Some(r) = set.join_next().await {
-                    report(r);
-                }
-            })
-            .await;
-            if drained.is_err() {
-                debug!(left = set.len(), "aborting the tasks still running");
-                set.abort_all();
-                while let Some(r) = set.join_next().await {
-                    report(r);
-                }
-            }
+        if let Some(mut set) = set
+            && tokio::time::timeout(GRACE, drain(&mut set)).await.is_err()
+        {
+            debug!(left = set.len(), "aborting the tasks still running");
+            set.abort_all();
+            drain(&mut set).await;
         }
         let store = self
             .inner
@@ -421,6 +413,13 @@ async fn open_store(home: &Path, keypair: Keypair) -> Result<Store> {
         .await
         .map_err(|_| Error::Stopped)?
         .map_err(Error::from)
+}
+
+/// Wait for every task of `set` to end.
+async fn drain(set: &mut JoinSet<()>) {
+    while let Some(r) = set.join_next().await {
+        report(r);
+    }
 }
 
 /// Log a task that panicked (an aborted one is expected at shutdown).

@@ -6,14 +6,10 @@ use half::f16;
 
 use crate::{Result, gguf::Gguf};
 
-fn err(msg: impl Into<String>) -> crate::Error {
-    crate::Error::Tensor(msg.into())
-}
-
 pub(super) fn vector(g: &Gguf, bytes: &[u8], name: &str, len: usize) -> Result<Vec<f32>> {
     let v = g.dequantize(bytes, name)?;
     if v.len() != len {
-        return Err(err(format!(
+        return Err(crate::Error::tensor(format!(
             "{name} has {} values; {len} expected",
             v.len()
         )));

@@ -16,10 +16,6 @@ use crate::{
 use super::avx2::{self, Compiled};
 use super::q8::{Q8Block, dot_i8, quantize_q8};
 
-fn err(msg: impl Into<String>) -> crate::Error {
-    crate::Error::Tensor(msg.into())
-}
-
 /// A weight matrix kept in its file type: `rows` rows of `cols` values, each row a whole
 /// number of blocks.
 #[derive(Debug, Clone)]
@@ -41,21 +37,24 @@ impl QMatrix {
     ) -> Result<Self> {
         let t = g
             .tensor(name)
-            .ok_or_else(|| err(format!("no tensor {name}")))?;
+            .ok_or_else(|| crate::Error::tensor(format!("no tensor {name}")))?;
         let shape_ok = t.dims.first() == Some(&(cols as u64))
             && t.dims.iter().skip(1).product::<u64>() == rows as u64;
         if !shape_ok {
-            return Err(err(format!(
+            return Err(crate::Error::tensor(format!(
                 "{name} is {:?}; {cols} × {rows} expected",
                 t.dims
             )));
         }
         if !t.ty.decodable() {
-            return Err(err(format!("{name} is {:?}, not decodable yet", t.ty)));
+            return Err(crate::Error::tensor(format!(
+                "{name} is {:?}, not decodable yet",
+                t.ty
+            )));
         }
         let row_bytes =
             t.ty.bytes_for(cols as u64)
-                .ok_or_else(|| err(format!("{name}: rows are not whole blocks")))?
+                .ok_or_else(|| crate::Error::tensor(format!("{name}: rows are not whole blocks")))?
                 as usize;
         Ok(QMatrix {
             ty: t.ty,
@@ -69,7 +68,7 @@ impl QMatrix {
     /// Row `r` as f32 values.
     pub fn row(&self, r: usize) -> Result<Vec<f32>> {
         if r >= self.rows {
-            return Err(err(format!("row {r} of {}", self.rows)));
+            return Err(crate::Error::tensor(format!("row {r} of {}", self.rows)));
         }
         quant::dequantize(
             self.ty,
