@@ -1,4 +1,4 @@
-//! The `/sov/node/2` message decoders and the model-offer decoder (gossip `sov/models/1`)
+//! The `/sov/node/3` message decoders and the model-offer decoder (gossip `sov/models/1`)
 //! never panic on a peer's bytes.
 #![no_main]
 

@@ -5,12 +5,19 @@
 //! responses are parsed as they are read, each block straight into its own buffer (no copy
 //! of the whole response), allocating at most one block (1 MiB) beyond what arrived.
 //!
-//! `/sov/blocks/1` request (a want-list): `u16 n`, then `n` × (`u8 len`, CID bytes).
-//! Response: `u16 n`, then `n` × (`u8 len`, CID bytes, `u32 len`, block bytes). All integers
-//! big-endian. A response holds only blocks that were asked for, each once; blocks the
-//! responder lacks (or that did not fit) are left out.
+//! Every request, and every answer on `/sov/node/3` and `/sov/bulk/2`, is a frame: `u32 len`
+//! then `len` bytes, then the end of the stream. The length tells a message cut short (a
+//! stream that ended early: a fault, reported as an I/O error and never punished) from a
+//! malformed one (a length over the limit, bytes after the frame, or a body that does not
+//! decode: the peer broke the protocol). Without it a request truncated by a stall or a cut
+//! connection would read as a complete, malformed message and get an honest peer banned.
 //!
-//! `/sov/node/2` and `/sov/bulk/1` carry opaque bytes (the node's own messages) both ways,
+//! `/sov/blocks/2` request (a want-list, framed): `u16 n`, then `n` × (`u8 len`, CID bytes).
+//! Response (self-delimiting, not framed): `u16 n`, then `n` × (`u8 len`, CID bytes,
+//! `u32 len`, block bytes). All integers big-endian. A response holds only blocks that were
+//! asked for, each once; blocks the responder lacks (or that did not fit) are left out.
+//!
+//! `/sov/node/3` and `/sov/bulk/2` carry opaque bytes (the node's own messages) both ways,
 //! each with its own size limit: small control messages on the first, large ones (model
 //! updates) on the second.
 
@@ -21,11 +28,11 @@ use libp2p::{StreamProtocol, request_response};
 use sov_core::{Block, ContentId, MAX_BLOCK};
 
 /// The block-exchange protocol.
-pub const BLOCKS_PROTOCOL: StreamProtocol = StreamProtocol::new("/sov/blocks/1");
+pub const BLOCKS_PROTOCOL: StreamProtocol = StreamProtocol::new("/sov/blocks/2");
 /// The node's protocol for small control messages.
-pub const NODE_PROTOCOL: StreamProtocol = StreamProtocol::new("/sov/node/2");
+pub const NODE_PROTOCOL: StreamProtocol = StreamProtocol::new("/sov/node/3");
 /// The node's protocol for large messages (model updates).
-pub const BULK_PROTOCOL: StreamProtocol = StreamProtocol::new("/sov/bulk/1");
+pub const BULK_PROTOCOL: StreamProtocol = StreamProtocol::new("/sov/bulk/2");
 
 /// Most CIDs in one want-list.
 pub const MAX_WANT: usize = 256;
@@ -164,17 +171,21 @@ async fn read_blocks<T: AsyncRead + Unpin + Send>(
     io: &mut T,
 ) -> io::Result<Result<Vec<(ContentId, Vec<u8>)>, WireError>> {
     let mut io = io.take(MAX_BLOCKS_BYTES as u64 + 1);
-    // A stream that ends early is a malformed message, not a failed stream.
-    async fn exact<R: AsyncRead + Unpin>(io: &mut R, buf: &mut [u8]) -> io::Result<bool> {
+    // A stream that ends early is a failed stream (a fault: the peer is not punished), unless
+    // it ended because the response passed its limit (`Ok(false)`: malformed).
+    async fn exact<R: AsyncRead + Unpin>(
+        io: &mut futures::io::Take<R>,
+        buf: &mut [u8],
+    ) -> io::Result<bool> {
         match io.read_exact(buf).await {
             Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && io.limit() == 0 => Ok(false),
             Err(e) => Err(e),
         }
     }
     let mut head = [0u8; 2];
     if !exact(&mut io, &mut head).await? {
-        return Ok(Err(WireError::Truncated));
+        return Ok(Err(WireError::TooLong(MAX_BLOCKS_BYTES)));
     }
     let n = u16::from_be_bytes(head) as usize;
     if n > MAX_WANT {
@@ -184,11 +195,11 @@ async fn read_blocks<T: AsyncRead + Unpin + Send>(
     for _ in 0..n {
         let mut len = [0u8; 1];
         if !exact(&mut io, &mut len).await? {
-            return Ok(Err(WireError::Truncated));
+            return Ok(Err(WireError::TooLong(MAX_BLOCKS_BYTES)));
         }
         let mut cid = vec![0u8; usize::from(len[0])];
         if !exact(&mut io, &mut cid).await? {
-            return Ok(Err(WireError::Truncated));
+            return Ok(Err(WireError::TooLong(MAX_BLOCKS_BYTES)));
         }
         let cid = match ContentId::from_bytes(&cid) {
             Ok(c) => c,
@@ -196,7 +207,7 @@ async fn read_blocks<T: AsyncRead + Unpin + Send>(
         };
         let mut len = [0u8; 4];
         if !exact(&mut io, &mut len).await? {
-            return Ok(Err(WireError::Truncated));
+            return Ok(Err(WireError::TooLong(MAX_BLOCKS_BYTES)));
         }
         let len = u32::from_be_bytes(len) as usize;
         if len > MAX_BLOCK {
@@ -204,11 +215,7 @@ async fn read_blocks<T: AsyncRead + Unpin + Send>(
         }
         let mut data = vec![0u8; len];
         if !exact(&mut io, &mut data).await? {
-            return Ok(Err(if io.limit() == 0 {
-                WireError::TooLong(MAX_BLOCKS_BYTES)
-            } else {
-                WireError::Truncated
-            }));
+            return Ok(Err(WireError::TooLong(MAX_BLOCKS_BYTES)));
         }
         out.push((cid, data));
     }
@@ -235,18 +242,58 @@ async fn write_blocks<T: AsyncWrite + Unpin + Send>(
     Ok(())
 }
 
-/// Read a whole message of at most `limit` bytes (never more: a longer one is cut off and
-/// refused).
-async fn read_limited<T: AsyncRead + Unpin + Send>(
+/// Read one frame of at most `limit` bytes (a longer one is refused before its body is read)
+/// and the end of the stream. `Err(_)`: the stream failed or ended early (a fault);
+/// `Ok(Err(_))`: the peer broke the framing (malformed).
+async fn read_frame<T: AsyncRead + Unpin + Send>(
     io: &mut T,
     limit: usize,
 ) -> io::Result<Result<Vec<u8>, String>> {
-    let mut buf = Vec::new();
-    io.take(limit as u64 + 1).read_to_end(&mut buf).await?;
-    if buf.len() > limit {
-        return Ok(Err(format!("message exceeds {limit} bytes")));
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > limit {
+        return Ok(Err(WireError::TooLong(limit).to_string()));
+    }
+    // Grown as bytes arrive, so a peer that announces 64 MiB and stalls costs what it sent.
+    let mut buf = Vec::with_capacity(len.min(64 << 10));
+    let got = io.take(len as u64).read_to_end(&mut buf).await?;
+    if got < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("stream ended after {got} of {len} bytes"),
+        ));
+    }
+    let mut probe = [0u8; 1];
+    if io.read(&mut probe).await? > 0 {
+        return Ok(Err(WireError::Trailing(1).to_string()));
     }
     Ok(Ok(buf))
+}
+
+/// Write `body` as one frame (its length, then its bytes).
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, body: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(body.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message over 4 GiB"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(body).await
+}
+
+/// The body of the one frame that `bytes` must be (for tests and fuzzing): a cut frame and a
+/// malformed one are both errors here.
+pub fn unframe(bytes: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    match futures::executor::block_on(read_frame(&mut &bytes[..], limit)) {
+        Ok(r) => r,
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `body` as one frame, in memory (for tests and fuzzing).
+pub fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
 }
 
 /// A request as read from a peer: decoded, or why it could not be. Malformed requests are
@@ -279,7 +326,7 @@ pub(crate) trait Wire: Send + Sync + Clone + 'static {
     ) -> impl Future<Output = io::Result<()>> + Send;
 }
 
-/// `/sov/blocks/1`: want-lists out, blocks in, parsed as they arrive (the client verifies
+/// `/sov/blocks/2`: want-lists out, blocks in, parsed as they arrive (the client verifies
 /// them, and a malformed response is a value, so it can tell a lying peer from a broken
 /// stream).
 #[derive(Debug, Clone, Default)]
@@ -317,7 +364,7 @@ impl Wire for Blocks {
     }
 }
 
-/// `/sov/node/2` and `/sov/bulk/1`: opaque bytes both ways, at most `max` each.
+/// `/sov/node/3` and `/sov/bulk/2`: opaque bytes both ways, at most `max` each.
 #[derive(Debug, Clone)]
 pub(crate) struct Direct {
     pub(crate) max: usize,
@@ -336,7 +383,7 @@ impl Wire for Direct {
         Ok(bytes)
     }
     async fn read_response<T: AsyncRead + Unpin + Send>(&self, io: &mut T) -> io::Result<Vec<u8>> {
-        read_limited(io, self.max)
+        read_frame(io, self.max)
             .await?
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
@@ -344,7 +391,7 @@ impl Wire for Direct {
         io: &mut T,
         res: Vec<u8>,
     ) -> io::Result<()> {
-        io.write_all(&res).await
+        write_frame(io, &res).await
     }
 }
 
@@ -363,7 +410,7 @@ impl<W: Wire> request_response::Codec for Codec<W> {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Self::Request> {
-        Ok(read_limited(io, self.0.max_request())
+        Ok(read_frame(io, self.0.max_request())
             .await?
             .and_then(W::decode_request))
     }
@@ -383,7 +430,7 @@ impl<W: Wire> request_response::Codec for Codec<W> {
         req: Self::Request,
     ) -> io::Result<()> {
         let req = req.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        io.write_all(&W::encode_request(&req)).await?;
+        write_frame(io, &W::encode_request(&req)).await?;
         io.close().await
     }
 
@@ -445,5 +492,36 @@ mod tests {
             decode_blocks(&encode_blocks(&many)),
             Err(WireError::TooLong(MAX_BLOCKS_BYTES))
         );
+    }
+
+    /// Finding 10 of issue 14: a request cut short by a stall or a cut connection is a fault
+    /// (an I/O error, never punished); only a broken frame is malformed (the peer is banned).
+    #[test]
+    fn a_cut_message_is_a_fault_not_malice() {
+        let read = |bytes: &[u8]| {
+            futures::executor::block_on(async {
+                let mut codec = Codec(Direct { max: 1024 });
+                request_response::Codec::read_request(&mut codec, &NODE_PROTOCOL, &mut &bytes[..])
+                    .await
+            })
+        };
+        let whole = frame(b"a complete message");
+        assert_eq!(read(&whole).unwrap().unwrap(), b"a complete message");
+        for cut in 0..whole.len() {
+            let e = read(&whole[..cut]).expect_err("a cut message must be an I/O error");
+            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "cut at {cut}");
+        }
+        // Malformed: more than the limit announced (refused before reading it), bytes after.
+        assert!(read(&frame(&[0u8; 1025])).unwrap().is_err());
+        let mut trailing = whole.clone();
+        trailing.push(0);
+        assert!(read(&trailing).unwrap().is_err());
+        // A blocks response cut short is a fault too, not a malformed response.
+        let a = ContentId::of(Codec::Raw, b"a");
+        let good = encode_blocks(&[(a, b"abc")]);
+        for cut in 0..good.len() {
+            let r = futures::executor::block_on(read_blocks(&mut &good[..cut]));
+            assert_eq!(r.expect_err("cut").kind(), io::ErrorKind::UnexpectedEof);
+        }
     }
 }

@@ -4,9 +4,9 @@
 //!
 //! | protocol | limit | messages |
 //! |---|---|---|
-//! | `/sov/blocks/1` | 16 MiB answers | want-lists and blocks (`sov_net::wire`) |
-//! | `/sov/node/2` | 64 KiB | [`Request`] / [`Response`]: objects (has, grants, pin) |
-//! | `/sov/bulk/1` | 64 MiB (`[network] max_bulk_message`) | large messages: model updates (federations add theirs) |
+//! | `/sov/blocks/2` | 16 MiB answers | want-lists and blocks (`sov_net::wire`) |
+//! | `/sov/node/3` | 64 KiB | [`Request`] / [`Response`]: objects (has, grants, pin) |
+//! | `/sov/bulk/2` | 64 MiB (`[network] max_bulk_message`) | large messages: model updates (federations add theirs) |
 //! | gossip `sov/models/1` | 64 KiB | [`ModelAnnouncement`]: a model its signer offers |
 //!
 //! Federation and governance add their own variants and topics; each protocol version is in
@@ -18,7 +18,7 @@ use sov_core::{ContentId, dagcbor};
 /// Most grant CIDs in one answer (keeps it under the 64 KiB message limit).
 pub const MAX_GRANTS: usize = 1024;
 
-/// What a peer asks on `/sov/node/2`.
+/// What a peer asks on `/sov/node/3`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
@@ -42,7 +42,7 @@ pub enum Request {
     },
 }
 
-/// The answer on `/sov/node/2`.
+/// The answer on `/sov/node/3`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {

@@ -84,7 +84,7 @@ async fn a_lying_provider_is_banned_and_the_fetch_completes_elsewhere() {
         while let Some((_, mut stream)) = incoming.next().await {
             let mut req = Vec::new();
             stream.read_to_end(&mut req).await.unwrap();
-            let cids = wire::decode_want(&req).unwrap();
+            let cids = wire::decode_want(&req[4..]).unwrap();
             let blocks = liar_store.blocks(&cids, usize::MAX).unwrap();
             let mut owned: Vec<(ContentId, Vec<u8>)> = blocks
                 .iter()
@@ -161,20 +161,47 @@ async fn malformed_and_oversized_messages_are_refused() {
     let node = peer_of(&target);
     let mut junk = vec![0u8; 4096];
     rng.fill_bytes(&mut junk);
-    let huge = vec![0x41u8; 24 << 20];
+    let huge = wire::frame(&vec![0x41u8; 24 << 20]);
+    let junk_framed = wire::frame(&junk);
+    let over_count = wire::frame(&[0xff, 0xff]);
+
+    // A fault is not an attack: a request cut short (its frame announces more than arrives,
+    // as when a stall or a cut connection ends the stream) is dropped, and its sender stays
+    // connected and unbanned.
+    for protocol in ["/sov/blocks/2", "/sov/node/3", "/sov/bulk/2"] {
+        let (raw, mut control) = raw_peer(&target).await;
+        send_raw(&mut control, node, protocol, &junk_framed[..100]).await;
+        // A good request afterwards on the same connection is still served.
+        let ok = wire::frame(&wire::encode_want(&[]));
+        send_raw(&mut control, node, "/sov/blocks/2", &ok).await;
+        assert!(
+            !cluster.node(0).banned().await.unwrap().contains(&raw),
+            "{protocol}: a truncated message got its sender banned"
+        );
+        assert!(
+            cluster
+                .node(0)
+                .peers()
+                .await
+                .unwrap()
+                .iter()
+                .any(|p| p.peer_id == raw),
+            "{protocol}: a truncated message got its sender disconnected"
+        );
+    }
 
     // Our protocols: garbage and oversized messages get the sender banned.
     let cases: [(&str, &[u8], &str); 6] = [
-        ("/sov/blocks/1", &junk, "garbage want-list"),
+        ("/sov/blocks/2", &junk_framed, "garbage want-list"),
         (
-            "/sov/blocks/1",
-            &[0xff, 0xff],
+            "/sov/blocks/2",
+            &over_count,
             "want-list over the count limit",
         ),
-        ("/sov/blocks/1", &huge, "24 MiB want-list"),
-        ("/sov/node/2", &junk, "garbage node message"),
-        ("/sov/node/2", &huge, "24 MiB node message"),
-        ("/sov/bulk/1", &huge, "24 MiB bulk message (limit 8 MiB)"),
+        ("/sov/blocks/2", &huge, "24 MiB want-list"),
+        ("/sov/node/3", &junk_framed, "garbage node message"),
+        ("/sov/node/3", &huge, "24 MiB node message"),
+        ("/sov/bulk/2", &huge, "24 MiB bulk message (limit 8 MiB)"),
     ];
     for (protocol, bytes, what) in cases {
         let (raw, mut control) = raw_peer(&target).await;
