@@ -22,23 +22,60 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `sov id …`: the identity's key file. Every command that replaces the key file first keeps
+/// the previous one as `identity.key.<UTC time>.bak` (mode 0600) in the home.
+#[derive(Debug, Subcommand)]
+pub enum IdCommand {
+    /// Seal the identity with the passphrase from SOV_PASSPHRASE or --passphrase-file,
+    /// keeping the same key (and so every object it owns).
+    Seal,
+    /// Remove the passphrase from a sealed identity (opened with SOV_PASSPHRASE or
+    /// --passphrase-file), keeping the same key.
+    Unseal,
+    /// Copy the key file, as it is (sealed stays sealed), to FILE (a new file, mode 0600).
+    Export {
+        /// Where to write the copy.
+        file: PathBuf,
+    },
+    /// Restore an identity from a key file written by `sov id export` (or a backup).
+    Import {
+        /// The key file.
+        file: PathBuf,
+        /// Replace an existing identity (it is kept as a dated backup).
+        #[arg(long)]
+        force: bool,
+        /// With --force, when the home holds a store and FILE is another identity: replace
+        /// it anyway (its objects stay readable only with the old key, the backup).
+        #[arg(long, requires = "force")]
+        discard_data: bool,
+    },
+}
+
 /// The top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create this node's identity (an Ed25519 key, named by a did:key) and print its DID.
     Init {
-        /// Replace an existing identity.
+        /// Replace an existing identity (it is kept as a dated backup beside the new one).
+        /// To seal an identity with a passphrase, use `sov id seal` instead: it keeps the key.
         #[arg(long)]
         force: bool,
+        /// With --force on a home that holds a store: replace the identity anyway, although
+        /// the objects it owns stay readable only with the old key (the backup).
+        #[arg(long, requires = "force")]
+        discard_data: bool,
         /// Use the 32-byte Ed25519 seed in FILE (64 hex characters) instead of a new random one.
         #[arg(long, value_name = "FILE")]
         import_seed: Option<PathBuf>,
     },
-    /// Print this node's DID (with --json, its DID document).
+    /// Print this node's DID (with --json, its DID document); seal, unseal, back up and
+    /// restore the identity.
     Id {
-        /// Print the W3C DID document as JSON.
-        #[arg(long)]
+        /// Print the W3C DID document as JSON (after a subcommand: its result as JSON).
+        #[arg(long, global = true)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<IdCommand>,
     },
     /// Walk through sov on local nodes: identities, encrypted objects, grants, CAR exchange.
     Demo {

@@ -74,10 +74,15 @@ fn main() -> ExitCode {
 fn run(cli: args::Cli) -> anyhow::Result<()> {
     let home = || home::Home::resolve(cli.home.clone(), cli.passphrase_file.clone());
     match cli.command {
-        args::Command::Init { force, import_seed } => {
-            home::init(&home()?, force, import_seed.as_deref())
-        }
-        args::Command::Id { json } => home::id(&home()?, json),
+        args::Command::Init {
+            force,
+            discard_data,
+            import_seed,
+        } => home::init(&home()?, force, discard_data, import_seed.as_deref()),
+        args::Command::Id { json, action } => match action {
+            None => home::id(&home()?, json),
+            Some(action) => home::id_action(&home()?, action, json),
+        },
         args::Command::Data(cmd) => match target::Target::pick(&home()?, None)? {
             target::Target::Remote(api) => remote::data(&api, cmd),
             target::Target::Local(local) => data::run(&local, cmd),

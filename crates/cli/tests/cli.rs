@@ -187,6 +187,77 @@ fn init_refuses_to_overwrite_without_force() {
     }
 }
 
+/// Finding 2 of issue 14: sealing an identity keeps its key (the objects stay readable);
+/// `init --force` over a store refuses unless told twice, and always keeps a dated backup,
+/// from which `sov id import` restores the identity.
+#[test]
+fn sealing_keeps_the_key_and_no_command_loses_an_identity() {
+    let mut n = Node::new();
+    let did = n.init().trim().to_owned();
+    let (file, data) = random_file(n.path(), "small.txt", 1000, 7);
+    let id = last_line(&n.ok(&["data", "add", file.to_str().unwrap()])).to_owned();
+
+    // What the README used to suggest: refused, and nothing changes.
+    n.passphrase = Some("correct horse battery staple");
+    let err = n.fails(&["init", "--force"]);
+    assert!(
+        err.contains("sov id seal") && err.contains("--discard-data"),
+        "{err}"
+    );
+    n.passphrase = None;
+    assert_eq!(n.ok(&["id"]).trim(), did);
+    assert!(n.ok_bytes(&["data", "get", &id]) == data);
+
+    // `sov id seal` keeps the key: the object is still readable, now with the passphrase.
+    n.passphrase = Some("correct horse battery staple");
+    assert_eq!(last_line(&n.ok(&["id", "seal"])), did);
+    assert!(n.ok_bytes(&["data", "get", &id]) == data);
+    n.passphrase = None;
+    assert!(n.fails(&["data", "get", &id]).contains("SOV_PASSPHRASE"));
+    n.passphrase = Some("correct horse battery staple");
+    assert!(n.fails(&["id", "seal"]).contains("already sealed"));
+
+    // Export a backup (sealed stays sealed), then replace the identity for real.
+    let backup = n.path().join("my-identity.key");
+    n.ok(&["id", "export", backup.to_str().unwrap()]);
+    assert!(
+        n.fails(&["id", "export", backup.to_str().unwrap()])
+            .contains("exists")
+    );
+    let new = n
+        .ok(&["init", "--force", "--discard-data"])
+        .trim()
+        .to_owned();
+    assert_ne!(new, did);
+    let kept: Vec<_> = fs::read_dir(n.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with("identity.key.") && f.ends_with(".bak"))
+        .collect();
+    assert!(!kept.is_empty(), "no dated backup of the old key");
+    assert!(n.fails(&["data", "get", &id]).contains("grant"));
+
+    // Restore: another identity over a store needs --discard-data too; then all is back.
+    let err = n.fails(&["id", "import", backup.to_str().unwrap(), "--force"]);
+    assert!(err.contains("--discard-data"), "{err}");
+    let out = n.ok(&[
+        "id",
+        "import",
+        backup.to_str().unwrap(),
+        "--force",
+        "--discard-data",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["did"], did.as_str());
+    assert!(n.ok_bytes(&["data", "get", &id]) == data);
+    // Unseal keeps the key as well.
+    assert_eq!(last_line(&n.ok(&["id", "unseal"])), did);
+    n.passphrase = None;
+    assert!(n.ok_bytes(&["data", "get", &id]) == data);
+}
+
 #[test]
 fn passphrase_and_permissions_are_enforced() {
     let mut n = Node::new();

@@ -136,14 +136,15 @@ pub fn exists(home: &Path) -> bool {
 }
 
 /// Write `keypair` to `home`, sealed with `passphrase` if given. Without `overwrite`, an
-/// existing key file is an error. The file is written aside and renamed into place, so a
-/// crash never leaves a half-written key.
+/// existing key file is an error; with it, the existing file is first copied to a dated
+/// backup beside it (see [`backup`]), whose path is returned. The file is written aside and
+/// renamed into place, so a crash never leaves a half-written key.
 pub fn save(
     home: &Path,
     keypair: &Keypair,
     passphrase: Option<&[u8]>,
     overwrite: bool,
-) -> Result<(), Error> {
+) -> Result<Option<PathBuf>, Error> {
     save_with(home, keypair, passphrase, overwrite, KdfParams::default())
 }
 
@@ -154,7 +155,7 @@ pub fn save_with(
     passphrase: Option<&[u8]>,
     overwrite: bool,
     kdf: KdfParams,
-) -> Result<(), Error> {
+) -> Result<Option<PathBuf>, Error> {
     let target = path(home);
     if target.exists() && !overwrite {
         return Err(Error::Exists(target));
@@ -196,29 +197,169 @@ pub fn save_with(
     };
     let mut text = serde_json::to_string_pretty(&file).expect("key file serialises");
     text.push('\n');
+    install(home, text.as_bytes())
+}
+
+/// Put `text` (a key file) in place in `home`, atomically, after backing up the file it
+/// replaces. Returns the backup's path.
+fn install(home: &Path, text: &[u8]) -> Result<Option<PathBuf>, Error> {
+    let target = path(home);
     let io = |source| Error::Io {
         path: target.clone(),
         source,
     };
     fs::create_dir_all(home).map_err(io)?;
+    let saved = backup(home)?;
     let tmp = home.join(format!(".{FILE_NAME}.tmp"));
     let _ = fs::remove_file(&tmp);
     {
         let mut f = open_private(&tmp).map_err(io)?;
-        f.write_all(text.as_bytes()).map_err(io)?;
+        f.write_all(text).map_err(io)?;
         f.sync_all().map_err(io)?;
     }
     fs::rename(&tmp, &target).map_err(io)?;
-    Ok(())
+    Ok(saved)
+}
+
+/// Copy the key file of `home`, as it is (sealed or not), to a new file beside it named by
+/// the time, `identity.key.YYYYMMDDTHHMMSSZ.bak`, mode 0600. `None` when there is no key
+/// file. Every replacement of a key calls this first, so no command loses an identity.
+pub fn backup(home: &Path) -> Result<Option<PathBuf>, Error> {
+    let target = path(home);
+    let bytes = match fs::read(&target) {
+        Ok(b) => Zeroizing::new(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::Io {
+                path: target,
+                source,
+            });
+        }
+    };
+    let stamp = utc_stamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    );
+    for n in 0..1000u32 {
+        let name = match n {
+            0 => format!("{FILE_NAME}.{stamp}.bak"),
+            n => format!("{FILE_NAME}.{stamp}-{n}.bak"),
+        };
+        let dest = home.join(name);
+        let mut f = match open_private(&dest) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(source) => return Err(Error::Io { path: dest, source }),
+        };
+        let io = |source| Error::Io {
+            path: dest.clone(),
+            source,
+        };
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        return Ok(Some(dest));
+    }
+    Err(Error::Malformed(format!(
+        "too many backups named {FILE_NAME}.{stamp}*.bak"
+    )))
+}
+
+/// Copy the key file of `home`, as it is (sealed stays sealed), to `dest`, a new file of
+/// mode 0600 (an existing `dest` is never overwritten).
+pub fn export(home: &Path, dest: &Path) -> Result<Did, Error> {
+    let file = read(home)?;
+    let did = parse_did(&file)?;
+    let bytes = Zeroizing::new(fs::read(path(home)).map_err(|source| Error::Io {
+        path: path(home),
+        source,
+    })?);
+    let io = |source| Error::Io {
+        path: dest.to_owned(),
+        source,
+    };
+    let mut f = open_private(dest).map_err(io)?;
+    f.write_all(&bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    Ok(did)
+}
+
+/// The DID of the key file at `file` (one written by [`export`] or a backup), checked to be a
+/// key file this version reads.
+pub fn peek_file(file: &Path) -> Result<Did, Error> {
+    parse_did(&read_file(file, false)?)
+}
+
+/// Install the key file at `file` as the identity of `home` (the file's bytes as they are;
+/// a sealed one stays sealed and needs its passphrase to load). With `overwrite`, an
+/// existing identity is backed up first; without, it is an error. Returns the DID and the
+/// backup's path.
+pub fn import(home: &Path, file: &Path, overwrite: bool) -> Result<(Did, Option<PathBuf>), Error> {
+    let parsed = read_file(file, false)?;
+    let did = parse_did(&parsed)?;
+    if let Secret::None { seed } = &parsed.secret
+        && Keypair::from_seed(&*decode_seed(seed)?).did() != did
+    {
+        return Err(Error::Malformed(format!(
+            "the key in {} does not match the DID recorded beside it",
+            file.display()
+        )));
+    }
+    if exists(home) && !overwrite {
+        return Err(Error::Exists(path(home)));
+    }
+    let bytes = Zeroizing::new(fs::read(file).map_err(|source| Error::Io {
+        path: file.to_owned(),
+        source,
+    })?);
+    let saved = install(home, &bytes)?;
+    Ok((did, saved))
+}
+
+/// Seal the identity of `home` with `new` (a passphrase), or unseal it (`None`), keeping the
+/// same key: it is opened with `old` first, and the previous file is backed up. Returns the
+/// backup's path.
+pub fn reseal(
+    home: &Path,
+    old: Option<&[u8]>,
+    new: Option<&[u8]>,
+) -> Result<Option<PathBuf>, Error> {
+    let keypair = load(home, old)?;
+    save(home, &keypair, new, true)
+}
+
+/// `secs` since the Unix epoch as `YYYYMMDDTHHMMSSZ` (UTC; the civil-from-days algorithm of
+/// Howard Hinnant's date library).
+fn utc_stamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn parse_did(file: &KeyFile) -> Result<Did, Error> {
+    file.did
+        .parse()
+        .map_err(|e| Error::Malformed(format!("did: {e}")))
 }
 
 /// The DID recorded in the key file, without opening it (no passphrase needed).
 /// Still refuses a key file that others can read.
 pub fn peek_did(home: &Path) -> Result<Did, Error> {
-    let file = read(home)?;
-    file.did
-        .parse()
-        .map_err(|e| Error::Malformed(format!("did: {e}")))
+    parse_did(&read(home)?)
 }
 
 /// Whether the key file in `home` is sealed with a passphrase.
@@ -304,7 +445,12 @@ fn hex_field(name: &str, value: &str) -> Result<Vec<u8>, Error> {
 }
 
 fn read(home: &Path) -> Result<KeyFile, Error> {
-    let target = path(home);
+    read_file(&path(home), true)
+}
+
+/// Read and parse the key file at `target`; `private`: refuse one that others may read.
+fn read_file(target: &Path, private: bool) -> Result<KeyFile, Error> {
+    let target = target.to_owned();
     let meta = match fs::metadata(&target) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::Missing(target)),
@@ -315,7 +461,9 @@ fn read(home: &Path) -> Result<KeyFile, Error> {
             });
         }
     };
-    check_private(&target, &meta)?;
+    if private {
+        check_private(&target, &meta)?;
+    }
     // The file is tiny; anything larger is not ours.
     if meta.len() > 64 * 1024 {
         return Err(Error::Malformed("key file is too large".into()));
@@ -414,6 +562,66 @@ mod tests {
         }
         assert_eq!(load(home.path(), None).unwrap().did(), k.did());
         assert!(!is_encrypted(home.path()).unwrap());
+    }
+
+    #[test]
+    fn utc_stamps() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
+        assert_eq!(utc_stamp(1_796_205_723), "20261202T100203Z");
+    }
+
+    /// Finding 2 of issue 14: replacing, sealing or importing a key never loses the old one.
+    #[test]
+    fn every_replacement_keeps_a_backup_and_seal_keeps_the_key() {
+        let home = tempfile::tempdir().unwrap();
+        let k = Keypair::generate();
+        assert_eq!(save(home.path(), &k, None, false).unwrap(), None);
+        let before = fs::read(path(home.path())).unwrap();
+
+        // Sealing keeps the same key; the unsealed file is kept as a backup (0600).
+        let saved = save_with(home.path(), &k, Some(b"pw"), true, FAST).unwrap();
+        let saved = saved.expect("a backup");
+        assert_eq!(fs::read(&saved).unwrap(), before);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(&saved).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(load(home.path(), Some(b"pw")).unwrap().did(), k.did());
+        assert!(reseal(home.path(), Some(b"wrong"), None).is_err());
+        assert!(reseal(home.path(), Some(b"pw"), None).unwrap().is_some());
+        assert_eq!(load(home.path(), None).unwrap().did(), k.did());
+
+        // A new key over the old one: the old one is in a backup and can be imported back.
+        let other = Keypair::generate();
+        let saved = save(home.path(), &other, None, true).unwrap().unwrap();
+        assert_eq!(peek_file(&saved).unwrap(), k.did());
+        let exported = home.path().join("exported.key");
+        assert_eq!(export(home.path(), &exported).unwrap(), other.did());
+        assert!(
+            export(home.path(), &exported).is_err(),
+            "export never overwrites"
+        );
+        assert!(matches!(
+            import(home.path(), &saved, false),
+            Err(Error::Exists(_))
+        ));
+        let (did, again) = import(home.path(), &saved, true).unwrap();
+        assert_eq!(did, k.did());
+        assert_eq!(peek_file(&again.unwrap()).unwrap(), other.did());
+        assert_eq!(load(home.path(), None).unwrap().did(), k.did());
+
+        // A file that is not a key file, or whose seed does not match its DID, is refused.
+        let bad = home.path().join("bad.key");
+        fs::write(&bad, b"{}").unwrap();
+        assert!(import(home.path(), &bad, true).is_err());
+        let text = fs::read_to_string(&saved).unwrap();
+        let forged = text.replace(&k.did().to_string(), &other.did().to_string());
+        fs::write(&bad, forged).unwrap();
+        assert!(import(home.path(), &bad, true).is_err());
+        assert_eq!(load(home.path(), None).unwrap().did(), k.did());
     }
 
     #[test]
