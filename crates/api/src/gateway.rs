@@ -127,6 +127,28 @@ pub(crate) async fn require_token(
     }
 }
 
+/// Middleware for `/v1`: an error answer axum made itself (a body over the limit, a wrong
+/// method) gets OpenAI's JSON shape, without echoing the input.
+pub(crate) async fn oai_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    if !crate::error::needs_reshaping(&res) {
+        return res;
+    }
+    let status = res.status();
+    OaiError {
+        status,
+        kind: if status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request_error"
+        },
+        code: Some(crate::error::error_code(status)),
+        param: None,
+        message: crate::error::generic_message(status),
+    }
+    .into_response()
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -184,8 +206,15 @@ pub(crate) async fn get_model(
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, OaiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| OaiError::invalid(format!("the request body is not valid: {e}"), None))
+    serde_json::from_slice(body).map_err(|e| {
+        OaiError::invalid(
+            format!(
+                "the request body is not valid: {}",
+                crate::error::json_error(&e)
+            ),
+            None,
+        )
+    })
 }
 
 /// One string or several.
@@ -194,6 +223,40 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, OaiError> {
 enum OneOrMany {
     One(String),
     Many(Vec<String>),
+}
+
+/// A completion prompt: text, or token ids (OpenAI takes both, and batches of either).
+#[derive(Debug)]
+enum PromptInput {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenBatches(Vec<Vec<u32>>),
+}
+
+impl<'de> Deserialize<'de> for PromptInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Texts(Vec<String>),
+            Tokens(Vec<u32>),
+            TokenBatches(Vec<Vec<u32>>),
+        }
+        Raw::deserialize(d)
+            .map(|r| match r {
+                Raw::Text(t) => Self::Text(t),
+                Raw::Texts(t) => Self::Texts(t),
+                Raw::Tokens(t) => Self::Tokens(t),
+                Raw::TokenBatches(t) => Self::TokenBatches(t),
+            })
+            .map_err(|_| {
+                serde::de::Error::custom(
+                    "prompt must be a string, an array of strings, an array of token ids or an array of arrays of token ids",
+                )
+            })
+    }
 }
 
 /// Message content: a string, or parts of which the text ones count.
@@ -258,7 +321,7 @@ struct ChatRequest {
 struct CompletionRequest {
     #[serde(flatten)]
     settings: Settings,
-    prompt: OneOrMany,
+    prompt: PromptInput,
 }
 
 impl Settings {
@@ -373,7 +436,7 @@ fn messages(msgs: Vec<ChatMessage>) -> Result<Vec<Message>, OaiError> {
                 "system" | "user" | "assistant" | "tool" => m.role,
                 other => {
                     return Err(OaiError::invalid(
-                        format!("unknown role {other:?}"),
+                        format!("unknown role {}", sov_core::quote(other)),
                         Some("messages"),
                     ));
                 }
@@ -389,7 +452,8 @@ fn messages(msgs: Vec<ChatMessage>) -> Result<Vec<Message>, OaiError> {
                             (kind, _) => {
                                 return Err(OaiError::invalid(
                                     format!(
-                                        "content parts of type {kind:?} are not supported (text is)"
+                                        "content parts of type {} are not supported (text is)",
+                                        sov_core::quote(kind)
                                     ),
                                     Some("messages"),
                                 ));
@@ -434,16 +498,24 @@ pub(crate) async fn completions(
 ) -> Result<Response, OaiError> {
     let req: CompletionRequest = parse(&body)?;
     let prompt = match req.prompt {
-        OneOrMany::One(p) => p,
-        OneOrMany::Many(mut v) if v.len() == 1 => v.remove(0),
-        OneOrMany::Many(_) => {
+        PromptInput::Text(p) => Prompt::Text(p),
+        PromptInput::Texts(mut v) if v.len() == 1 => Prompt::Text(v.remove(0)),
+        PromptInput::Tokens(ids) => Prompt::Tokens(ids),
+        PromptInput::TokenBatches(mut v) if v.len() == 1 => Prompt::Tokens(v.remove(0)),
+        _ => {
             return Err(OaiError::invalid(
                 "one prompt per request is supported",
                 Some("prompt"),
             ));
         }
     };
-    complete(state, req.settings, Prompt::Text(prompt), Api::Text).await
+    if matches!(&prompt, Prompt::Tokens(ids) if ids.is_empty()) {
+        return Err(OaiError::invalid(
+            "a prompt of token ids needs at least one id",
+            Some("prompt"),
+        ));
+    }
+    complete(state, req.settings, prompt, Api::Text).await
 }
 
 async fn complete(
@@ -707,7 +779,10 @@ pub(crate) async fn embeddings(
         Some("base64") => true,
         Some(other) => {
             return Err(OaiError::invalid(
-                format!("encoding_format {other:?}: float or base64"),
+                format!(
+                    "encoding_format {}: float or base64",
+                    sov_core::quote(other)
+                ),
                 Some("encoding_format"),
             ));
         }

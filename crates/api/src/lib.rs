@@ -52,6 +52,9 @@ use sov_node::Node;
 /// own limit is the one a user meets).
 pub const MAX_UPLOAD: usize = 64 << 30;
 
+/// Largest body of the routes that take JSON settings (grants, model import, pull, share).
+pub const MAX_JSON_BODY: usize = 64 << 10;
+
 /// Largest `/v1` request body (a long chat or a batch of texts to embed).
 pub const MAX_V1_BODY: usize = 16 << 20;
 
@@ -68,6 +71,8 @@ pub fn router(node: Node, token: &str) -> Router {
         node,
         token: token.into(),
     };
+    // Uploads stream into the store and may be large; every other route takes small JSON.
+    let small = axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY);
     let api = Router::new()
         .route("/api/v1/identity", get(identity))
         .route("/api/v1/peers", get(peers))
@@ -77,19 +82,31 @@ pub fn router(node: Node, token: &str) -> Router {
             get(objects::read).delete(objects::remove),
         )
         .route("/api/v1/objects/{id}/info", get(objects::info))
-        .route("/api/v1/objects/{id}/grants", post(objects::grant))
+        .route(
+            "/api/v1/objects/{id}/grants",
+            post(objects::grant).layer(small),
+        )
         .route("/api/v1/objects/{id}/car", get(objects::export))
-        .route("/api/v1/cars", post(objects::import))
-        .route("/api/v1/models", get(models::list).post(models::import))
-        .route("/api/v1/models/pull", post(models::pull))
+        .route(
+            "/api/v1/cars",
+            post(objects::import).layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
+        .route(
+            "/api/v1/models",
+            get(models::list).post(models::import).layer(small),
+        )
+        .route("/api/v1/models/pull", post(models::pull).layer(small))
         .route("/api/v1/models/offered", get(models::offered))
         .route(
             "/api/v1/models/{name}",
             axum::routing::delete(models::remove),
         )
-        .route("/api/v1/models/{name}/share", post(models::share))
+        .route(
+            "/api/v1/models/{name}/share",
+            post(models::share).layer(small),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD));
+        .layer(middleware::from_fn(error::json_errors));
     let v1 = Router::new()
         .route("/v1/models", get(gateway::list_models))
         .route("/v1/models/{id}", get(gateway::get_model))
@@ -100,7 +117,8 @@ pub fn router(node: Node, token: &str) -> Router {
             state.clone(),
             gateway::require_token,
         ))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_V1_BODY));
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_V1_BODY))
+        .layer(middleware::from_fn(gateway::oai_errors));
     Router::new()
         .route("/health", get(health))
         .merge(api)

@@ -108,7 +108,7 @@ pub struct ImportRequest {
 
 pub(crate) async fn import(
     State(state): State<AppState>,
-    Json(req): Json<ImportRequest>,
+    crate::error::JsonBody(req): crate::error::JsonBody<ImportRequest>,
 ) -> Result<Json<ModelInfo>, ApiError> {
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -116,8 +116,8 @@ pub(crate) async fn import(
     let path = std::path::PathBuf::from(&req.path);
     if !path.is_absolute() {
         return Err(ApiError::bad_request(format!(
-            "{:?} is not an absolute path (the node resolves no relative paths)",
-            req.path
+            "{} is not an absolute path (the node resolves no relative paths)",
+            sov_core::quote(&req.path)
         )));
     }
     let opts = ImportOptions {
@@ -147,7 +147,7 @@ pub struct PullRequest {
 
 pub(crate) async fn pull(
     State(state): State<AppState>,
-    Json(req): Json<PullRequest>,
+    crate::error::JsonBody(req): crate::error::JsonBody<PullRequest>,
 ) -> Result<Json<ModelInfo>, ApiError> {
     let id = parse_id(&req.id)?;
     let entry = state.node.pull_model(id).await?;
@@ -164,12 +164,14 @@ pub struct ShareRequest {
 pub(crate) async fn share(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Json(req): Json<ShareRequest>,
+    crate::error::JsonBody(req): crate::error::JsonBody<ShareRequest>,
 ) -> Result<Json<ModelInfo>, ApiError> {
-    let did: Did = req
-        .did
-        .parse()
-        .map_err(|e| ApiError::bad_request(format!("{:?} is not a did:key: {e}", req.did)))?;
+    let did: Did = req.did.parse().map_err(|e| {
+        ApiError::bad_request(format!(
+            "{} is not a did:key: {e}",
+            sov_core::quote(&req.did)
+        ))
+    })?;
     let entry = state.node.share_model(&name, did).await?;
     Ok(Json(ModelInfo::from(&entry)))
 }

@@ -28,8 +28,9 @@ const PIPE: usize = 8;
 const PIECE: usize = 1 << 20;
 
 pub(crate) fn parse_id(id: &str) -> Result<ContentId, ApiError> {
-    id.parse()
-        .map_err(|e| ApiError::bad_request(format!("{id:?} is not an object id: {e}")))
+    id.parse().map_err(|e| {
+        ApiError::bad_request(format!("{} is not an object id: {e}", sov_core::quote(id)))
+    })
 }
 
 /// An object as the API lists it.
@@ -278,13 +279,15 @@ pub(crate) struct GrantBody {
 pub(crate) async fn grant(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Json(body): Json<GrantBody>,
+    crate::error::JsonBody(body): crate::error::JsonBody<GrantBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_id(&id)?;
-    let did: Did = body
-        .did
-        .parse()
-        .map_err(|e| ApiError::bad_request(format!("{:?} is not a did:key: {e}", body.did)))?;
+    let did: Did = body.did.parse().map_err(|e| {
+        ApiError::bad_request(format!(
+            "{} is not a did:key: {e}",
+            sov_core::quote(&body.did)
+        ))
+    })?;
     let gid = state.node.grant(id, did).await?;
     Ok(Json(
         serde_json::json!({ "object": id.to_string(), "reader": did.to_string(), "grant": gid.to_string() }),

@@ -297,8 +297,8 @@ async fn every_route_checks_the_token_and_answers_with_its_status_and_error_shap
     );
     api_error(
         &ok(&app, Method::DELETE, "/api/v1/models/nope", Body::empty()).await,
-        StatusCode::BAD_REQUEST,
-        "model",
+        StatusCode::NOT_FOUND,
+        "model_not_found",
     );
     api_error(
         &ok(
@@ -377,6 +377,33 @@ async fn every_route_checks_the_token_and_answers_with_its_status_and_error_shap
         StatusCode::BAD_REQUEST,
         "invalid_request_error",
     );
+    // Finding 12 of issue 14: a prompt of token ids is a prompt (as OpenAI takes it); an id
+    // outside the vocabulary is the caller's error.
+    for prompt in [json!([1, 2, 3]), json!([[1, 2, 3]])] {
+        let cmpl = json!({"model": "tiny", "prompt": prompt, "max_tokens": 2, "temperature": 0});
+        let c = ok(&app, Method::POST, "/v1/completions", json_body(cmpl)).await;
+        assert_eq!(
+            c.status,
+            StatusCode::OK,
+            "{:?}",
+            String::from_utf8_lossy(&c.body)
+        );
+        assert_eq!(c.json()["usage"]["prompt_tokens"], 3);
+    }
+    let cmpl = json!({"model": "tiny", "prompt": [4_000_000_000u32], "max_tokens": 2});
+    let c = ok(&app, Method::POST, "/v1/completions", json_body(cmpl)).await;
+    oai_error(&c, StatusCode::BAD_REQUEST, "invalid_request_error");
+    assert!(
+        c.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("vocabulary")
+    );
+    let cmpl = json!({"model": "tiny", "prompt": {"not": "a prompt"}});
+    let c = ok(&app, Method::POST, "/v1/completions", json_body(cmpl)).await;
+    oai_error(&c, StatusCode::BAD_REQUEST, "invalid_request_error");
+    let m = c.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(m.contains("token ids") && !m.contains("untagged"), "{m}");
     let emb = json!({"model": "tiny", "input": "a"});
     oai_error(
         &ok(&app, Method::POST, "/v1/embeddings", json_body(emb)).await,
@@ -397,5 +424,70 @@ async fn every_route_checks_the_token_and_answers_with_its_status_and_error_shap
             .status,
         StatusCode::NOT_FOUND
     );
+    // Finding 12 of issue 14: removing a model that is not here is a 404, not a 400.
+    api_error(
+        &ok(&app, Method::DELETE, "/api/v1/models/tiny", Body::empty()).await,
+        StatusCode::NOT_FOUND,
+        "model_not_found",
+    );
+    node.shutdown().await;
+}
+
+/// Finding 4 of issue 14: small JSON routes take small bodies, every refusal has the JSON
+/// shape of its family (`/v1` included: a 413 used to be `text/plain`), and no error echoes
+/// its input back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_limited_per_route_and_errors_never_echo_input() {
+    let home = tempfile::tempdir().unwrap();
+    let node = Node::offline(home.path(), Keypair::generate(), Config::loopback())
+        .await
+        .unwrap();
+    let app = sov_api::router(node.clone(), TOKEN);
+    let marker = "Z".repeat(60 << 10);
+    let big = format!(r#"{{"path": "/{marker}{marker}"}}"#);
+    for path in [
+        "/api/v1/models",
+        "/api/v1/models/pull",
+        "/api/v1/models/x/share",
+    ] {
+        let a = ok(&app, Method::POST, path, Body::from(big.clone())).await;
+        api_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+        assert!(a.body.len() < 1024, "{path}: {} bytes back", a.body.len());
+    }
+    // Under the limit but wrong: the message quotes at most a few characters of the input.
+    let cases = [
+        ("/api/v1/models", json!({"path": marker})),
+        ("/api/v1/models", json!({"path": 5, "name": marker})),
+        ("/api/v1/models/pull", json!({"id": marker})),
+        ("/api/v1/models/x/share", json!({"did": marker})),
+        ("/api/v1/models", json!({marker.clone(): 1})),
+    ];
+    for (path, body) in cases {
+        let a = ok(&app, Method::POST, path, json_body(body.clone())).await;
+        assert!(a.status.is_client_error(), "{path}: {}", a.status);
+        assert!(a.json()["error"]["code"].is_string());
+        assert!(
+            a.body.len() < 1024,
+            "{path} {body:.40}: {} bytes back",
+            a.body.len()
+        );
+    }
+    let huge = Body::from(vec![b' '; sov_api::MAX_V1_BODY + 1]);
+    let a = ok(&app, Method::POST, "/v1/completions", huge).await;
+    oai_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error");
+    let a = ok(
+        &app,
+        Method::POST,
+        "/v1/chat/completions",
+        json_body(json!({"model": marker, "messages": [{"role": marker, "content": "x"}]})),
+    )
+    .await;
+    assert!(a.status.is_client_error());
+    assert!(a.body.len() < 1024, "{} bytes back", a.body.len());
+    // A wrong method is JSON too.
+    let a = ok(&app, Method::PUT, "/v1/completions", Body::empty()).await;
+    oai_error(&a, StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error");
+    let a = ok(&app, Method::PUT, "/api/v1/models", Body::empty()).await;
+    api_error(&a, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     node.shutdown().await;
 }

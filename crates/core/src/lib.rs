@@ -22,6 +22,20 @@ pub use block::{Block, BlockMismatch};
 /// the block size IPFS implementations accept without special flags.
 pub const MAX_BLOCK: usize = 1 << 20;
 
+/// Most characters of untrusted input an error message quotes.
+pub const MAX_QUOTED: usize = 40;
+
+/// `input` quoted for an error message, cut to [`MAX_QUOTED`] characters (an ellipsis and the
+/// full length say it was cut), so an error never echoes a large input back.
+pub fn quote(input: &str) -> String {
+    let n = input.chars().count();
+    if n <= MAX_QUOTED {
+        return format!("{input:?}");
+    }
+    let head: String = input.chars().take(MAX_QUOTED).collect();
+    format!("{head:?}… ({n} characters)")
+}
+
 pub use cid::{CidError, Codec, ContentId};
 pub use did::{Did, DidError};
 pub use signed::{Message, SignError, Signed, Signer};

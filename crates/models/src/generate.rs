@@ -183,6 +183,19 @@ impl LanguageModel {
         Ok(out)
     }
 
+    /// A prompt given as token ids, taken as they are (no BOS added), each checked against
+    /// the vocabulary.
+    pub fn token_prompt(&self, ids: &[u32]) -> Result<Vec<u32>> {
+        let vocab = self.tokenizer.len();
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::Input(format!(
+                "token id {bad} is not in the vocabulary (0 to {})",
+                vocab.saturating_sub(1)
+            )));
+        }
+        Ok(ids.to_vec())
+    }
+
     fn text_prompt_special(&self, text: &str) -> Result<Vec<u32>> {
         let mut out: Vec<u32> = self.tokenizer.bos_to_add().into_iter().collect();
         let body = self.tokenizer.encode_special(text)?;

@@ -68,9 +68,12 @@ pub enum Error {
         /// why
         reason: String,
     },
-    /// A model could not be imported, found, verified or loaded.
+    /// A model could not be imported, verified or loaded.
     #[error("{0}")]
     Model(String),
+    /// No model has this name or id here.
+    #[error("{0}")]
+    NoModel(String),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Stopped,

@@ -183,7 +183,12 @@ impl Registry<'_> {
     /// The model called `name_or_id` (a name, or a manifest id).
     fn resolve(&self, name_or_id: &str) -> Result<ModelEntry> {
         if let Ok(id) = name_or_id.parse::<ContentId>() {
-            return self.read_manifest(&id);
+            return self.read_manifest(&id).map_err(|e| match e {
+                Error::Store(sov_store::Error::NotFound(_)) => {
+                    Error::NoModel(format!("no model with id {id} here"))
+                }
+                e => e,
+            });
         }
         let all = self.list()?;
         let mut found: Vec<&ModelEntry> = all
@@ -191,8 +196,9 @@ impl Registry<'_> {
             .filter(|e| e.manifest.name == name_or_id)
             .collect();
         match found.len() {
-            0 => Err(Error::Model(format!(
-                "no model named {name_or_id:?} here{}",
+            0 => Err(Error::NoModel(format!(
+                "no model named {} here{}",
+                sov_core::quote(name_or_id),
                 if all.is_empty() {
                     " (import one with `sov model import FILE.gguf`)".to_string()
                 } else {
@@ -207,8 +213,9 @@ impl Registry<'_> {
             ))),
             1 => Ok(found.remove(0).clone()),
             _ => Err(Error::Model(format!(
-                "{} models are named {name_or_id:?}; name one by id: {}",
+                "{} models are named {}; name one by id: {}",
                 found.len(),
+                sov_core::quote(name_or_id),
                 found
                     .iter()
                     .map(|e| e.id.to_string())

@@ -54,6 +54,8 @@ pub enum Prompt {
     Chat(Vec<Message>),
     /// Plain text.
     Text(String),
+    /// Token ids of the model's vocabulary, taken as they are.
+    Tokens(Vec<u32>),
 }
 
 /// One generation asked of a language model.
@@ -347,6 +349,7 @@ fn run(node: &Node, loaded: &Loaded, job: Job) {
                 let prompt = match &g.prompt {
                     Prompt::Chat(messages) => m.chat_prompt(messages),
                     Prompt::Text(t) => m.text_prompt(t),
+                    Prompt::Tokens(ids) => m.token_prompt(ids),
                 }
                 .map_err(failure)?;
                 let room = m.context_length().saturating_sub(prompt.len());
