@@ -29,6 +29,7 @@
 
 mod error;
 pub mod gateway;
+pub mod http;
 mod models;
 mod objects;
 
@@ -127,16 +128,21 @@ pub fn router(node: Node, token: &str) -> Router {
         .with_state(state)
 }
 
-/// Serve the API on `listener` until `shutdown` completes.
+/// Serve the API on `listener` until `shutdown` completes, under the default
+/// [`http::Limits`] (header timeout, connection cap).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Node,
     token: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node, token))
-        .with_graceful_shutdown(shutdown)
-        .await
+    http::serve_with(
+        listener,
+        router(node, token),
+        http::Limits::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// Compare without an early exit, so the time taken says nothing about the token.
