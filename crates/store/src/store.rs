@@ -35,6 +35,50 @@ pub(crate) const PINS: TableDefinition<&[u8], u64> = TableDefinition::new("pins"
 /// add in progress → its start time; blocks of an add that never finished are collected.
 pub(crate) const PENDING: TableDefinition<u64, u64> = TableDefinition::new("pending");
 
+/// Open and check the redb index at `path`. A damaged file is refused with
+/// [`Error::Corrupt`] (redb's own panics on some damage are caught and said the same way),
+/// so no damaged index is ever used.
+fn open_db(path: &Path) -> Result<Database> {
+    let damaged = |e: String| {
+        Error::Corrupt(format!(
+            "the store index {} is damaged ({e}); move it aside and restore it from a backup, or import your objects again from their CAR files",
+            path.display()
+        ))
+    };
+    let opened = std::panic::catch_unwind(|| {
+        // redb caches pages in memory (1 GiB by default); blocks stream through once, so a
+        // small cache keeps a 1 GiB add or get from holding a gigabyte.
+        let mut db = match Database::builder().set_cache_size(64 << 20).create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(Error::InUse(path.to_owned()));
+            }
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) => {
+                return Err(Error::Io(e));
+            }
+            Err(e) => return Err(damaged(e.to_string())),
+        };
+        // The database holds only the index (block bytes are in packs), so checking all of
+        // it on every open is cheap, and a damaged file is refused here with one clear error
+        // instead of failing somewhere inside redb later. `Ok(false)`: repaired (redb rolled
+        // back to the last durable commit).
+        match db.check_integrity() {
+            Ok(_) => Ok(db),
+            Err(e) => Err(damaged(e.to_string())),
+        }
+    });
+    match opened {
+        Ok(r) => r,
+        Err(panic) => Err(damaged(
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "the database engine failed on it".into()),
+        )),
+    }
+}
+
 /// Context strings for secrets derived from the identity seed.
 const CONVERGENCE_CONTEXT: &str = "sov store 2026-11 convergence secret v1";
 const GEAR_CONTEXT: &str = "sov store 2026-11 chunker gear seed v1";
@@ -118,28 +162,7 @@ impl Store {
         if !path.exists() {
             create_atomically(path)?;
         }
-        // redb caches pages in memory (1 GiB by default); blocks stream through once, so a
-        // small cache keeps a 1 GiB add or get from holding a gigabyte.
-        let mut db = Database::builder()
-            .set_cache_size(64 << 20)
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse(path.to_owned()),
-                e => Error::Db(format!("{}: {e}", path.display())),
-            })?;
-        // The database holds only the index (block bytes are in packs), so checking all of
-        // it on every open is cheap, and a damaged file is refused here with one clear error
-        // instead of failing somewhere inside redb later.
-        match db.check_integrity() {
-            Ok(true) => {}
-            Ok(false) => {} // repaired: redb rolled back to the last durable commit
-            Err(e) => {
-                return Err(Error::Corrupt(format!(
-                    "{} is damaged and cannot be repaired: {e}",
-                    path.display()
-                )));
-            }
-        }
+        let db = open_db(path)?;
         // Only ciphertext is inside, but what the node holds is its own business.
         #[cfg(unix)]
         {
