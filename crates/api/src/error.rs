@@ -47,6 +47,7 @@ impl From<sov_node::StoreError> for ApiError {
             E::NotOwner { .. } => (StatusCode::FORBIDDEN, "not_owner"),
             E::Invalid(_) | E::Car(_) => (StatusCode::BAD_REQUEST, "invalid"),
             E::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            E::Full(_) => (StatusCode::INSUFFICIENT_STORAGE, "full"),
             E::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
         };

@@ -67,18 +67,61 @@ struct Sealed {
 impl Store {
     /// Add the bytes of `input` as a new object owned by this node. `progress` is called with
     /// the number of plaintext bytes processed so far.
+    ///
+    /// An add that fails (bad input, a full disk, a closed reader) keeps nothing: the blocks
+    /// it wrote are removed at once when no other add runs (else at the next open), and the
+    /// space they took is reclaimed.
     pub fn add(
         &self,
-        mut input: impl Read,
+        input: impl Read,
         opts: AddOptions,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Added> {
         let ticket = rand_u64();
-        let mut w = self.db.begin_write()?;
+        let mut w = self.begin_write()?;
         w.open_table(PENDING)?.insert(ticket, opts.created)?;
         w.set_durability(Durability::None)?;
         w.commit()?;
+        self.adds.fetch_add(1, Ordering::SeqCst);
+        let mut stored = HashSet::new();
+        let r = self.add_inner(input, opts, progress, ticket, &mut stored);
+        let alone = self.adds.fetch_sub(1, Ordering::SeqCst) == 1;
+        if r.is_err() && alone {
+            // Only when no other add runs: another one may be about to count a block this
+            // one wrote (the same content added twice at once).
+            // A failed cleanup is not the add's error; the next open collects what is left.
+            let _ = self.abandon(ticket, &stored);
+        }
+        r
+    }
 
+    /// Remove the blocks a failed add wrote (those no committed object uses) and its ticket,
+    /// then reclaim their space.
+    fn abandon(&self, ticket: u64, stored: &HashSet<ContentId>) -> Result<()> {
+        let w = self.begin_write()?;
+        {
+            let refs = w.open_table(REFS)?;
+            let mut blocks = self.block_writer(&w)?;
+            for cid in stored {
+                let key = cid.to_bytes();
+                if refs.get(key.as_slice())?.is_none() {
+                    blocks.remove(&key)?;
+                }
+            }
+            w.open_table(PENDING)?.remove(ticket)?;
+        }
+        self.commit(w)?;
+        self.compact()
+    }
+
+    fn add_inner(
+        &self,
+        mut input: impl Read,
+        opts: AddOptions,
+        progress: &mut dyn FnMut(u64),
+        ticket: u64,
+        stored_here: &mut HashSet<ContentId>,
+    ) -> Result<Added> {
         // Three stages on bounded queues, so reading, sealing and writing overlap:
         // this thread reads, chunks and hashes the plaintext; a sealing stage encrypts and
         // addresses chunks on all cores; a writer stores the blocks (not yet durable).
@@ -87,7 +130,7 @@ impl Store {
             let (plain_tx, plain_rx) = mpsc::sync_channel::<Plain>(PLAIN_QUEUE);
             let (sealed_tx, sealed_rx) = mpsc::sync_channel::<Vec<Sealed>>(SEALED_QUEUE);
             s.spawn(|| self.seal_stage(plain_rx, sealed_tx));
-            let writer = s.spawn(|| self.write_stage(sealed_rx, &written));
+            let writer = s.spawn(|| self.write_stage(sealed_rx, &written, stored_here));
             let read = (|| -> Result<u64> {
                 // Chunk over large read buffers: each buffer goes to the sealers whole, with
                 // the chunk ranges, so no chunk is copied on its way there.
@@ -170,7 +213,7 @@ impl Store {
         let (grant_id, grant) = self.make_grant(&id, &object_key, &self.me.did())?;
         let decoded = decode_manifest(&id, &manifest)?;
 
-        let w = self.db.begin_write()?;
+        let w = self.begin_write()?;
         {
             {
                 let mut blocks = self.block_writer(&w)?;
@@ -221,10 +264,14 @@ impl Store {
 
     /// Writer stage of `add`: stores sealed chunks in non-durable transactions (the object's
     /// final transaction makes them durable); returns the chunk list, keys and new count.
-    fn write_stage(&self, rx: mpsc::Receiver<Vec<Sealed>>, written: &AtomicU64) -> Result<Written> {
+    fn write_stage(
+        &self,
+        rx: mpsc::Receiver<Vec<Sealed>>,
+        written: &AtomicU64,
+        stored_here: &mut HashSet<ContentId>,
+    ) -> Result<Written> {
         let mut chunks = Vec::new();
         let mut plain_hashes = blake3::Hasher::new();
-        let mut stored_here = HashSet::new();
         let mut keys = Vec::new();
         let mut new_chunks = 0;
         while let Ok(first) = rx.recv() {
@@ -239,7 +286,7 @@ impl Store {
                     Err(_) => break,
                 }
             }
-            let mut w = self.db.begin_write()?;
+            let mut w = self.begin_write()?;
             w.set_durability(Durability::None)?;
             {
                 let mut table = self.block_writer(&w)?;

@@ -83,7 +83,7 @@ impl Store {
         if root.codec() != Codec::DagCbor {
             return Err(Error::Invalid(format!("root {root} is not a manifest")));
         }
-        let w = self.db.begin_write()?;
+        let w = self.begin_write()?;
         match self.import_into(&w, root, &mut reader) {
             Ok(()) => {
                 self.commit(w)?;

@@ -54,7 +54,7 @@ impl Store {
         let key = self.object_key(&r, id, &manifest)?;
         drop((blocks, r));
         let (gid, bytes) = self.make_grant(id, &key, reader)?;
-        let w = self.db.begin_write()?;
+        let w = self.begin_write()?;
         {
             self.block_writer(&w)?.put(&gid, &bytes)?;
             w.open_multimap_table(GRANTS)?

@@ -180,7 +180,7 @@ impl Store {
             }
         }
         let ticket = rand_u64();
-        let mut w = self.db().begin_write()?;
+        let mut w = self.begin_write()?;
         w.open_table(PENDING)?.insert(ticket, 0)?;
         w.set_durability(Durability::None)?;
         w.commit()?;
@@ -225,7 +225,7 @@ impl Store {
                 }
             }
         }
-        let mut w = self.db().begin_write()?;
+        let mut w = self.begin_write()?;
         w.set_durability(Durability::None)?;
         {
             let mut table = self.block_writer(&w)?;
@@ -256,7 +256,7 @@ impl Store {
             )));
         }
         let grants = check_grants(&import.root, &import.manifest, grants)?;
-        let w = self.db().begin_write()?;
+        let w = self.begin_write()?;
         {
             // Chunks that were stored when the import began may have been removed since.
             let table = self.block_writer(&w)?;
@@ -284,7 +284,7 @@ impl Store {
 
     /// Give up an import: its blocks that no object uses are removed.
     pub fn abort_import(&self, import: Import) -> Result<()> {
-        let w = self.db().begin_write()?;
+        let w = self.begin_write()?;
         {
             let refs = w.open_table(REFS)?;
             let mut table = self.block_writer(&w)?;
@@ -319,7 +319,7 @@ impl Store {
             .collect();
         let grants = check_grants(id, &manifest, grants)?;
         let before = self.grant_blocks(id)?.len();
-        let w = self.db().begin_write()?;
+        let w = self.begin_write()?;
         commit_object(&w, self.packs(), id, &manifest_bytes, &manifest, &grants)?;
         self.commit(w)?;
         Ok(self.grant_blocks(id)?.len() - before)

@@ -37,10 +37,11 @@ use std::path::PathBuf;
 
 pub use car::CarError;
 pub use import::{Import, ImportReader};
+pub use pack::RESERVE;
 pub use peers::{KnownPeer, PEER_BOOK_SIZE};
 pub use pins::Pin;
 use sov_core::{ContentId, Did};
-pub use store::{AddOptions, Added, ObjectInfo, ObjectMeta, Store};
+pub use store::{AddOptions, Added, ObjectInfo, ObjectMeta, Store, StoreOptions};
 
 pub use sov_core::MAX_BLOCK;
 
@@ -84,6 +85,11 @@ pub enum Error {
     /// The object exceeds what one manifest can describe.
     #[error("object too large: {0}")]
     TooLarge(String),
+    /// Not enough room to store this (the disk, or the store's capacity); nothing was kept.
+    #[error(
+        "not enough space: {0}; remove objects (`sov data rm`) or free disk space, then try again"
+    )]
+    Full(String),
     /// Another process holds the database.
     #[error("the store {0} is in use by another sov process (is a node running?)")]
     InUse(PathBuf),

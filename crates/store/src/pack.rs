@@ -77,9 +77,25 @@ struct Active {
     dir_dirty: bool,
 }
 
+/// Bytes every add leaves free on the file system (for the index's own commits, and so a
+/// full disk never reaches the database engine mid-write).
+pub const RESERVE: u64 = 64 << 20;
+
+/// Whether an append must leave the reserve free (new data), or may use it (compaction,
+/// which moves live blocks to free more than it takes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Room {
+    New,
+    Reclaim,
+}
+
 /// The pack files of one store.
 pub(crate) struct Packs {
     dir: PathBuf,
+    /// Most bytes the pack files may hold together (`None`: the disk is the limit).
+    capacity: Option<u64>,
+    /// Bytes the pack files hold now.
+    used: std::sync::atomic::AtomicU64,
     active: Mutex<Active>,
     /// Open read handles, by pack id.
     readers: RwLock<HashMap<u32, Arc<File>>>,
@@ -99,7 +115,7 @@ fn parse_name(name: &str) -> Option<u32> {
 impl Packs {
     /// Open the pack directory `dir` (created if absent). `recorded` are the packs the
     /// committed index knows; every other pack file is garbage from a crash and is removed.
-    pub(crate) fn open(dir: &Path, recorded: &[u32]) -> Result<Self> {
+    pub(crate) fn open(dir: &Path, recorded: &[u32], capacity: Option<u64>) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         #[cfg(unix)]
         {
@@ -122,8 +138,17 @@ impl Packs {
         let id = highest.unwrap_or(0);
         let (file, dir_dirty) = open_append(&dir.join(file_name(id)))?;
         let len = file.metadata()?.len();
+        let mut used = 0;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_name().to_str().and_then(parse_name).is_some() {
+                used += entry.metadata()?.len();
+            }
+        }
         Ok(Self {
             dir: dir.to_owned(),
+            capacity,
+            used: std::sync::atomic::AtomicU64::new(used),
             active: Mutex::new(Active {
                 id,
                 file,
@@ -144,25 +169,104 @@ impl Packs {
         self.active().id
     }
 
+    /// Close the active pack (synced) and begin a new, empty one (callers hold a redb write
+    /// transaction). The new pack file is only recorded once a block lands in it; a store
+    /// reopened before that removes it as unrecorded, and begins again from the newest
+    /// recorded pack.
+    pub(crate) fn rotate(&self) -> Result<()> {
+        let mut a = self.active();
+        a.file.sync_data()?;
+        let id =
+            a.id.checked_add(1)
+                .ok_or_else(|| Error::TooLarge("pack ids exhausted".into()))?;
+        let (file, _) = open_append(&self.dir.join(file_name(id)))?;
+        *a = Active {
+            id,
+            len: file.metadata()?.len(),
+            file,
+            unsynced: 0,
+            dir_dirty: true,
+        };
+        Ok(())
+    }
+
+    /// Cut the active pack back to `end` bytes, if it is longer (callers hold a redb write
+    /// transaction and know no committed block lies past `end`).
+    pub(crate) fn truncate_active(&self, end: u64) -> Result<()> {
+        let mut a = self.active();
+        if a.len <= end {
+            return Ok(());
+        }
+        a.file.set_len(end)?;
+        use std::io::Seek as _;
+        a.file.seek(std::io::SeekFrom::End(0))?;
+        let cut = a.len - end;
+        a.len = end;
+        a.unsynced = a.unsynced.saturating_sub(cut);
+        let _ = self.used.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |u| Some(u.saturating_sub(cut)),
+        );
+        Ok(())
+    }
+
+    /// The directory of the pack files.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes the pack files hold.
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether `n` more bytes fit: within the capacity, and leaving the file system
+    /// [`RESERVE`] bytes free (for [`Room::New`]) or at least a little (for
+    /// [`Room::Reclaim`]). Checked before a byte is written, so a full disk is a clean
+    /// refusal and never a half-written block.
+    pub(crate) fn check_room(&self, n: u64, room: Room) -> Result<()> {
+        if room == Room::New
+            && let Some(cap) = self.capacity
+            && self.used() + n > cap
+        {
+            return Err(Error::Full(format!(
+                "the store holds {} of its {} bytes and needs {n} more",
+                self.used(),
+                cap
+            )));
+        }
+        let keep = match room {
+            Room::New => RESERVE,
+            Room::Reclaim => 1 << 20,
+        };
+        if let Some(free) = free_space(&self.dir)
+            && free < n + keep
+        {
+            return Err(Error::Full(format!(
+                "{} has {free} bytes free; {n} more would leave less than {keep}",
+                self.dir.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// Append `bytes` (callers hold a redb write transaction); returns where they are.
     pub(crate) fn append(&self, bytes: &[u8]) -> Result<Loc> {
+        self.append_with(bytes, Room::New)
+    }
+
+    /// [`Packs::append`], with the room rule to apply.
+    pub(crate) fn append_with(&self, bytes: &[u8], room: Room) -> Result<Loc> {
         let len = u32::try_from(bytes.len())
             .map_err(|_| Error::TooLarge(format!("a block of {} bytes", bytes.len())))?;
+        self.check_room(bytes.len() as u64, room)?;
         let mut a = self.active();
         if a.len > 0 && a.len + bytes.len() as u64 > PACK_SIZE {
             // Close this pack: sync it now, so only the newest pack is ever unsynced.
-            a.file.sync_data()?;
-            let id =
-                a.id.checked_add(1)
-                    .ok_or_else(|| Error::TooLarge("pack ids exhausted".into()))?;
-            let (file, _) = open_append(&self.dir.join(file_name(id)))?;
-            *a = Active {
-                id,
-                len: file.metadata()?.len(),
-                file,
-                unsynced: 0,
-                dir_dirty: true,
-            };
+            drop(a);
+            self.rotate()?;
+            a = self.active();
         }
         let loc = Loc {
             pack: a.id,
@@ -170,13 +274,21 @@ impl Packs {
             len,
         };
         if let Err(e) = a.file.write_all(bytes) {
-            // A short write leaves the file position unknown: find the end again, so the
-            // next append's recorded offset is where its bytes land.
+            // A short write leaves the file position unknown: cut the file back to where the
+            // block began, so nothing half-written stays and the next append lands where it
+            // is recorded.
+            let _ = a.file.set_len(loc.offset);
             a.len = a.file.metadata()?.len();
             use std::io::Seek as _;
             a.file.seek(std::io::SeekFrom::End(0))?;
-            return Err(e.into());
+            return Err(if e.kind() == std::io::ErrorKind::StorageFull {
+                Error::Full(format!("{}: {e}", self.dir.display()))
+            } else {
+                e.into()
+            });
         }
+        self.used
+            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         a.len += bytes.len() as u64;
         a.unsynced += bytes.len() as u64;
         Ok(loc)
@@ -249,10 +361,34 @@ impl Packs {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+        let len = self.file_len(id)?;
         match std::fs::remove_file(self.dir.join(file_name(id))) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+            _ => {
+                let _ = self.used.fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |u| Some(u.saturating_sub(len)),
+                );
+                Ok(())
+            }
         }
+    }
+}
+
+/// Bytes free for an unprivileged writer on the file system holding `dir` (`None` where it
+/// cannot be told).
+pub(crate) fn free_space(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        rustix::fs::statvfs(dir)
+            .ok()
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
     }
 }
 
@@ -306,7 +442,7 @@ mod tests {
     #[test]
     fn appends_read_back_across_packs_and_unrecorded_packs_are_removed_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let packs = Packs::open(dir.path(), &[]).unwrap();
+        let packs = Packs::open(dir.path(), &[], None).unwrap();
         let big = vec![7u8; (PACK_SIZE / 2 + 1) as usize];
         let a = packs.append(b"hello").unwrap();
         let b = packs.append(&big).unwrap();
@@ -317,7 +453,7 @@ mod tests {
         packs.sync().unwrap();
         drop(packs);
         // Only pack 0 was recorded: pack 1 is garbage.
-        let packs = Packs::open(dir.path(), &[0]).unwrap();
+        let packs = Packs::open(dir.path(), &[0], None).unwrap();
         assert!(!dir.path().join(file_name(1)).exists());
         assert_eq!(packs.active_id(), 0);
         assert!(matches!(packs.read(c), Err(Error::Corrupt(_))));

@@ -65,7 +65,7 @@ impl Store {
         }
         let mut value = seen.to_be_bytes().to_vec();
         value.extend_from_slice(addrs.join("\n").as_bytes());
-        let w = self.db().begin_write()?;
+        let w = self.begin_write()?;
         {
             let mut t = w.open_table(PEERS)?;
             t.insert(peer, value.as_slice())?;

@@ -34,7 +34,7 @@ impl Pin {
 impl Store {
     /// Record why this node keeps object `id` (which must be stored).
     pub fn set_pin(&self, id: &ContentId, pin: Pin) -> Result<()> {
-        let w = self.db().begin_write()?;
+        let w = self.begin_write()?;
         {
             if w.open_table(OBJECTS)?
                 .get(id.to_bytes().as_slice())?

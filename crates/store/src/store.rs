@@ -18,7 +18,7 @@ use crate::{
     blocks::{self, BLOCKS, Blocks, BlocksMut, LIVE},
     crypto::{self},
     manifest::{META_AAD, Manifest, Meta},
-    pack::Packs,
+    pack::{Packs, Room},
 };
 
 /// Read access to the blocks of a read transaction.
@@ -79,6 +79,10 @@ fn open_db(path: &Path) -> Result<Database> {
     }
 }
 
+/// Bytes the file system must have free before the index is written (a transaction's pages
+/// and redb's growth by a region).
+const INDEX_ROOM: u64 = 16 << 20;
+
 /// Context strings for secrets derived from the identity seed.
 const CONVERGENCE_CONTEXT: &str = "sov store 2026-11 convergence secret v1";
 const GEAR_CONTEXT: &str = "sov store 2026-11 chunker gear seed v1";
@@ -92,6 +96,14 @@ pub struct AddOptions {
     pub media_type: String,
     /// Creation time, seconds since the Unix epoch (the store reads no clock).
     pub created: u64,
+}
+
+/// How to open a store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Most bytes the store's block files may hold (`None`: what the disk holds, less
+    /// [`crate::RESERVE`]). Adds, imports and fetches past it fail with [`Error::Full`].
+    pub capacity: Option<u64>,
 }
 
 /// What [`Store::add`] did.
@@ -145,6 +157,8 @@ pub struct Store {
     pub(crate) me: Keypair,
     pub(crate) convergence: Zeroizing<[u8; 32]>,
     pub(crate) gear_seed: u64,
+    /// Adds in progress.
+    pub(crate) adds: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Store {
@@ -159,6 +173,11 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Open (or create) the store at `path` for the node `me`.
     pub fn open(path: &Path, me: Keypair) -> Result<Self> {
+        Self::open_with(path, me, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with options (a capacity).
+    pub fn open_with(path: &Path, me: Keypair, options: StoreOptions) -> Result<Self> {
         if !path.exists() {
             create_atomically(path)?;
         }
@@ -190,7 +209,7 @@ impl Store {
             }
             ids
         };
-        let packs = Packs::open(&packs_dir(path), &recorded)?;
+        let packs = Packs::open(&packs_dir(path), &recorded, options.capacity)?;
         let w = db.begin_write()?;
         if blocks::migrate_pieces(&w, &packs)? > 0 {
             packs.sync()?;
@@ -206,6 +225,7 @@ impl Store {
             me,
             convergence,
             gear_seed,
+            adds: std::sync::atomic::AtomicUsize::new(0),
         };
         store.collect_unfinished()?;
         Ok(store)
@@ -213,6 +233,21 @@ impl Store {
 
     pub(crate) fn db(&self) -> &Database {
         &self.db
+    }
+
+    /// Begin a write transaction, if the disk has room for the index to commit it. redb
+    /// cannot be used again after a failed write (every later call fails until the file is
+    /// reopened), so a full disk must be refused before redb writes, not after.
+    pub(crate) fn begin_write(&self) -> Result<WriteTransaction> {
+        if let Some(free) = crate::pack::free_space(self.packs.dir())
+            && free < INDEX_ROOM
+        {
+            return Err(Error::Full(format!(
+                "{} has {free} bytes free; the index needs {INDEX_ROOM} to write safely",
+                self.packs.dir().display()
+            )));
+        }
+        Ok(self.db.begin_write()?)
     }
 
     pub(crate) fn packs(&self) -> &Packs {
@@ -241,32 +276,62 @@ impl Store {
         Ok(())
     }
 
-    /// Reclaim space: packs (other than the one being appended to) whose live blocks fill
-    /// less than half of them are rewritten, their live blocks appended to the active pack,
-    /// and deleted. A reader still holding a snapshot taken before may then fail to find a
+    /// Reclaim space: packs whose live blocks fill less than half of them are rewritten,
+    /// their live blocks appended to the active pack, and deleted. The pack being appended to
+    /// counts too (its garbage is what killed or failed adds leave): it is closed first, and a
+    /// new one begun. A reader still holding a snapshot taken before may then fail to find a
     /// moved block's old pack (a `Corrupt` error naming the pack); reading again works.
     pub(crate) fn compact(&self) -> Result<()> {
+        // Appends happen only inside write transactions: holding one keeps the active pack
+        // still while it is judged and closed.
+        let w = self.begin_write()?;
         let active = self.packs.active_id();
+        // What failed or killed adds leave is mostly the active pack's tail: cut it off.
+        let end = self
+            .block_writer(&w)?
+            .in_packs(&[active])?
+            .iter()
+            .map(|(_, loc)| loc.offset + u64::from(loc.len))
+            .max()
+            .unwrap_or(0);
+        self.packs.truncate_active(end)?;
         let mut victims = Vec::new();
+        let mut rotate = false;
         {
-            let r = self.db.begin_read()?;
-            for entry in r.open_table(LIVE)?.iter()? {
+            let live_table = w.open_table(LIVE)?;
+            let mut seen_active = false;
+            for entry in live_table.iter()? {
                 let (id, live) = entry?;
                 let (id, live) = (id.value(), live.value());
-                if id != active && live.saturating_mul(2) < self.packs.file_len(id)?.max(1) {
+                let len = self.packs.file_len(id)?;
+                if id == active {
+                    seen_active = true;
+                    // Closing the active pack costs a new file: only for real garbage.
+                    if len.saturating_sub(live) >= (1 << 20).max(len / 2) {
+                        rotate = true;
+                        victims.push(id);
+                    }
+                } else if live.saturating_mul(2) < len.max(1) {
                     victims.push(id);
                 }
+            }
+            if !seen_active && self.packs.file_len(active)? >= 1 << 20 {
+                // No live block at all in the active pack.
+                rotate = true;
+                victims.push(active);
             }
         }
         if victims.is_empty() {
             return Ok(());
         }
-        let w = self.db.begin_write()?;
+        if rotate {
+            self.packs.rotate()?;
+        }
         {
             let mut blocks = self.block_writer(&w)?;
             for (cid, loc) in blocks.in_packs(&victims)? {
                 let bytes = self.packs.read(loc)?;
-                let new = self.packs.append(&bytes)?;
+                let new = self.packs.append_with(&bytes, Room::Reclaim)?;
                 blocks.relocate(&cid, new)?;
             }
             for id in &victims {
@@ -292,7 +357,7 @@ impl Store {
             return Ok(());
         }
         drop(r);
-        let w = self.db.begin_write()?;
+        let w = self.begin_write()?;
         {
             let refs = w.open_table(REFS)?;
             let mut blocks = self.block_writer(&w)?;
@@ -364,7 +429,7 @@ impl Store {
 
     /// Remove object `id` and every block no other object uses.
     pub fn remove(&self, id: &ContentId) -> Result<()> {
-        let w = self.db.begin_write()?;
+        let w = self.begin_write()?;
         {
             let key = id.to_bytes();
             if w.open_table(OBJECTS)?.remove(key.as_slice())?.is_none() {

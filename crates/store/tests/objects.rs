@@ -220,6 +220,16 @@ fn an_interrupted_add_leaves_no_object_and_is_collected() {
     let store = Store::open(&path, key).unwrap();
     assert!(store.list().unwrap().is_empty());
     assert_eq!(store.block_stats().unwrap(), (0, 0));
+    // Finding 6 of issue 14: the blocks' bytes are gone from the pack files too, also from
+    // the pack that was being appended to.
+    let on_disk: u64 = std::fs::read_dir(path.with_extension("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        on_disk < 1 << 20,
+        "{on_disk} bytes of an unfinished add left in packs"
+    );
     let id = add(&store, &data, "whole").id;
     assert_eq!(get(&store, &id).unwrap(), data);
 }
@@ -443,4 +453,133 @@ fn a_damaged_index_never_panics() {
         }
     }
     eprintln!("{refused} of {ROUNDS} damaged indexes refused");
+}
+
+fn pack_bytes(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path.with_extension("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+/// Finding 5 of issue 14, on a store opened with a size limit (the same check guards the
+/// disk's free space): an add that does not fit fails cleanly and keeps nothing; removing
+/// objects frees their space, and adds work again, also after a reopen.
+#[test]
+fn a_full_store_refuses_cleanly_and_recovers_once_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let key = Keypair::generate();
+    let options = sov_store::StoreOptions {
+        capacity: Some(24 << 20),
+    };
+    let store = Store::open_with(&path, key.clone(), options.clone()).unwrap();
+    let small: Vec<Vec<u8>> = (0..3).map(|i| random_bytes(5 << 20, 20 + i)).collect();
+    let ids: Vec<_> = small.iter().map(|d| add(&store, d, "small").id).collect();
+    let before = pack_bytes(&path);
+
+    let big = random_bytes(16 << 20, 30);
+    let err = store.add(&big[..], opts("big"), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, Error::Full(_)), "{err}");
+    assert!(err.to_string().contains("not enough space"), "{err}");
+    assert_eq!(
+        store.list().unwrap().len(),
+        3,
+        "a failed add left an object"
+    );
+    assert!(
+        pack_bytes(&path) <= before + (1 << 20),
+        "a failed add kept {} bytes",
+        pack_bytes(&path) - before
+    );
+    // Still full for the big one, but a small add fits.
+    let tiny = random_bytes(1 << 20, 31);
+    let tiny_id = add(&store, &tiny, "tiny").id;
+
+    // Removing two objects frees their space: the big add works now.
+    store.remove(&ids[0]).unwrap();
+    store.remove(&ids[1]).unwrap();
+    let big_id = add(&store, &big, "big").id;
+    assert_eq!(get(&store, &big_id).unwrap(), big);
+    drop(store);
+    let store = Store::open_with(&path, key, options).unwrap();
+    assert_eq!(get(&store, &big_id).unwrap(), big);
+    assert_eq!(get(&store, &ids[2]).unwrap(), small[2]);
+    assert_eq!(get(&store, &tiny_id).unwrap(), tiny);
+    assert!(pack_bytes(&path) <= 24 << 20);
+}
+
+/// A small tmpfs mounted for one test (where the machine allows mounting), unmounted after.
+struct Tmpfs(TempDir);
+
+impl Tmpfs {
+    fn mount(mib: u64) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Self(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Finding 5 of issue 14 on a real full disk (a 160 MiB tmpfs, where the machine allows
+/// mounting one): an add that would eat the reserve is refused before a byte is written;
+/// with the disk filled to the last byte by someone else, reads still work and the store
+/// works again as soon as space is freed, without a reopen.
+#[test]
+fn a_full_disk_wedges_nothing() {
+    let Some(fs) = Tmpfs::mount(160) else {
+        eprintln!("skipped: this machine does not let the test mount a tmpfs");
+        return;
+    };
+    let path = fs.0.path().join("store.redb");
+    let store = Store::open(&path, Keypair::generate()).unwrap();
+    let a = random_bytes(40 << 20, 40);
+    let a_id = add(&store, &a, "a").id;
+    let b = random_bytes(60 << 20, 41);
+    let err = store.add(&b[..], opts("b"), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, Error::Full(_)), "{err}");
+    assert_eq!(store.list().unwrap().len(), 1);
+
+    // Someone else fills the disk to the last byte.
+    let filler = fs.0.path().join("filler");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+        let mut one = [0u8; 1];
+        while f.write(&one).is_ok_and(|n| n > 0) {
+            one[0] = 1;
+        }
+    }
+    assert!(
+        store
+            .add(&b"x".repeat(1 << 20)[..], opts("c"), &mut |_| {})
+            .is_err()
+    );
+    assert_eq!(
+        get(&store, &a_id).unwrap(),
+        a,
+        "reads must work on a full disk"
+    );
+
+    // Space comes back: everything works again, in the same process.
+    std::fs::remove_file(&filler).unwrap();
+    let small = random_bytes(8 << 20, 42);
+    let small_id = add(&store, &small, "small").id;
+    store.remove(&a_id).unwrap();
+    assert_eq!(get(&store, &small_id).unwrap(), small);
+    assert_eq!(store.list().unwrap().len(), 1);
 }
