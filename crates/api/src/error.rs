@@ -62,6 +62,7 @@ impl From<sov_node::Error> for ApiError {
             E::Store(s) => s.into(),
             E::Unavailable { .. } => Self::new(StatusCode::NOT_FOUND, "unavailable", e.to_string()),
             E::Model(_) => Self::new(StatusCode::BAD_REQUEST, "model", e.to_string()),
+            E::Refused(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", e.to_string()),
             E::NoModel(_) => Self::new(StatusCode::NOT_FOUND, "model_not_found", e.to_string()),
             E::Fetch { .. } | E::Net(_) => {
                 Self::new(StatusCode::BAD_GATEWAY, "network", e.to_string())

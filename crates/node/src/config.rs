@@ -10,6 +10,10 @@
 //! [storage]
 //! replicas = 3            # default copies for `sov data add` (peers that pin the blocks)
 //! repair_interval_secs = 30
+//! accept_pins = true
+//! max_replica_bytes = 10737418240          # replicas kept for others (default: a quarter
+//!                                          # of the free space when the node starts)
+//! max_replica_bytes_per_owner = 2684354560 # of those, for one owner (default: a quarter)
 //!
 //! [api]
 //! address = "127.0.0.1:7878"
@@ -113,6 +117,11 @@ pub struct StorageSection {
     pub repair_interval_secs: u64,
     /// Accept pin requests from peers (keep their encrypted blocks).
     pub accept_pins: bool,
+    /// Most bytes of replicas kept for others (default: a quarter of the free space on the
+    /// home's disk when the node starts).
+    pub max_replica_bytes: Option<u64>,
+    /// Most bytes of replicas kept for any one owner (default: a quarter of the above).
+    pub max_replica_bytes_per_owner: Option<u64>,
 }
 
 impl Default for StorageSection {
@@ -121,6 +130,8 @@ impl Default for StorageSection {
             replicas: 3,
             repair_interval_secs: 30,
             accept_pins: true,
+            max_replica_bytes: None,
+            max_replica_bytes_per_owner: None,
         }
     }
 }
@@ -162,6 +173,10 @@ pub struct Config {
     pub repair_interval: Duration,
     /// Accept pins from peers.
     pub accept_pins: bool,
+    /// Most bytes of replicas kept for others (`None`: a quarter of the free space at start).
+    pub max_replica_bytes: Option<u64>,
+    /// Most bytes of replicas kept for one owner (`None`: a quarter of the above).
+    pub max_replica_bytes_per_owner: Option<u64>,
     /// The API address.
     pub api: SocketAddr,
     /// Gossip heartbeat (shorter in tests).
@@ -202,6 +217,12 @@ impl File {
         if self.models.threads == 0 {
             return Err(Error::Config("models.threads must be at least 1".into()));
         }
+        if self.storage.replicas > crate::quota::MAX_REPLICAS {
+            return Err(Error::Config(format!(
+                "storage.replicas must be at most {}",
+                crate::quota::MAX_REPLICAS
+            )));
+        }
         if self.storage.repair_interval_secs == 0 {
             return Err(Error::Config(
                 "storage.repair_interval_secs must be at least 1".into(),
@@ -217,6 +238,8 @@ impl File {
             replicas: self.storage.replicas,
             repair_interval: Duration::from_secs(self.storage.repair_interval_secs),
             accept_pins: self.storage.accept_pins,
+            max_replica_bytes: self.storage.max_replica_bytes,
+            max_replica_bytes_per_owner: self.storage.max_replica_bytes_per_owner,
             api: self
                 .api
                 .address
@@ -242,6 +265,8 @@ impl Config {
             replicas: 3,
             repair_interval: Duration::from_secs(2),
             accept_pins: true,
+            max_replica_bytes: None,
+            max_replica_bytes_per_owner: None,
             api: "127.0.0.1:0".parse().expect("valid address"),
             gossip_heartbeat: Duration::from_millis(200),
             threads: 1,

@@ -5,9 +5,12 @@ use sov_net::{Channel, Event, PeerId};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use std::time::Instant;
+
 use crate::{
     Node,
     protocol::{self, Request, Response},
+    quota::Kind,
 };
 
 impl Node {
@@ -39,9 +42,17 @@ impl Node {
                     reply,
                 } => {
                     let node = self.clone();
+                    // Answers in flight are bounded: past the bound, a request is refused
+                    // at once instead of queueing.
+                    let Ok(slot) = self.inner.quotas.answers.clone().try_acquire_owned() else {
+                        let refusal = Response::refused("this node is busy; ask again later");
+                        self.spawn(async move { reply.send(refusal.encode()).await });
+                        continue;
+                    };
                     self.spawn(async move {
+                        let _slot = slot;
                         let response = match Request::decode(&data) {
-                            Ok(req) => node.answer(peer, req).await,
+                            Ok(req) => node.admitted(peer, req).await,
                             Err(e) => {
                                 if let Ok(net) = node.net() {
                                     net.ban(peer, format!("malformed node message: {e}")).await;
@@ -83,6 +94,21 @@ impl Node {
     }
 
     /// Answer a peer's node message.
+    /// Answer `req` if `peer` is within its rate for this kind of request.
+    async fn admitted(&self, peer: PeerId, req: Request) -> Response {
+        let kind = match req {
+            Request::Pin { .. } => Kind::Pin,
+            Request::Has { .. } | Request::Grants { .. } => Kind::Query,
+        };
+        if let Err(wait) = self.inner.quotas.admit(peer, kind, Instant::now()) {
+            return Response::refused(format!(
+                "rate limit: ask again in {} ms",
+                wait.as_millis().max(1)
+            ));
+        }
+        self.answer(peer, req).await
+    }
+
     async fn answer(&self, peer: PeerId, req: Request) -> Response {
         match req {
             Request::Has { object: id } => {

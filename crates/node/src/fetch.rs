@@ -62,11 +62,48 @@ pub struct FetchReport {
     pub store_writes: Duration,
 }
 
+/// What a fetch must establish from the manifest and grants before it fetches a chunk.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Gate {
+    /// This node may read the object: a grant for it comes with the object.
+    Readable,
+    /// A replica for a peer: the object fits the replica quota (it is pinned as a replica
+    /// with this count once stored, while its bytes are still reserved).
+    Replica { replicas: u32 },
+}
+
+/// Replica quota held for a fetch in progress; given back when dropped.
+struct Reserved<'a> {
+    node: &'a Node,
+    owner: sov_core::Did,
+    bytes: u64,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.node.inner.quotas.release(&self.owner, self.bytes);
+    }
+}
+
 impl Node {
     /// Make object `id` local: fetch it from the peers that provide it if it is not stored
-    /// here. `hint` is a peer to try first (the one that asked us to pin it).
+    /// here. `hint` is a peer to try first. The object must be readable by this node: a
+    /// grant for it must come with the manifest, else the fetch fails with
+    /// [`sov_store::Error::NoGrant`] before a chunk is fetched.
     pub async fn fetch(&self, id: ContentId, hint: Option<PeerId>) -> Result<FetchReport> {
-        self.fetch_with(id, hint, None).await
+        self.fetch_with(id, hint, None, Gate::Readable).await
+    }
+
+    /// Fetch object `id` to keep as a replica for `peer` (tried first), within the replica
+    /// quota (checked against the manifest before a chunk is fetched).
+    pub(crate) async fn fetch_replica(
+        &self,
+        id: ContentId,
+        peer: PeerId,
+        replicas: u32,
+    ) -> Result<FetchReport> {
+        self.fetch_with(id, Some(peer), None, Gate::Replica { replicas })
+            .await
     }
 
     /// Read object `id` from wherever it is. `Ok(None)`: it is stored here and readable (read
@@ -78,7 +115,7 @@ impl Node {
         let (done_tx, done) = oneshot::channel();
         let node = self.clone();
         let started = self.spawn(async move {
-            let result = node.fetch_with(id, None, Some(tx)).await;
+            let result = node.fetch_with(id, None, Some(tx), Gate::Readable).await;
             if let Err(e) = &result {
                 warn!(%id, "fetch failed: {e}");
             }
@@ -103,6 +140,7 @@ impl Node {
         id: ContentId,
         hint: Option<PeerId>,
         stream: Option<oneshot::Sender<Streaming>>,
+        gate: Gate,
     ) -> Result<FetchReport> {
         let lock = {
             let mut map = self
@@ -116,7 +154,7 @@ impl Node {
         let result = if self.blocking(move |s| s.contains(&id)).await? {
             Ok(FetchReport::default())
         } else {
-            self.fetch_new(id, hint, stream).await
+            self.fetch_new(id, hint, stream, gate).await
         };
         self.inner
             .fetching
@@ -179,6 +217,7 @@ impl Node {
         id: ContentId,
         hint: Option<PeerId>,
         stream: Option<oneshot::Sender<Streaming>>,
+        gate: Gate,
     ) -> Result<FetchReport> {
         let started = Instant::now();
         let net = self.net()?;
@@ -241,6 +280,39 @@ impl Node {
             .collect();
         let grants = self.fetch_grants(id, &holders, &import).await;
         let n_grants = grants.len();
+        // Grants (or quota) before bytes: a fetch this node may not make costs the manifest
+        // and nothing more.
+        let mut _reserved = None;
+        let refusal = match gate {
+            Gate::Readable => {
+                let (reader, offered) = (import.reader(), grants.clone());
+                self.blocking(move |s| s.meta_importing(&reader, &offered))
+                    .await
+                    .err()
+            }
+            Gate::Replica { .. } => {
+                let owner = import.manifest().owner;
+                let bytes: u64 = import.missing().iter().map(|c| c.size).sum();
+                match self.blocking(|s| s.replica_usage()).await {
+                    Ok(usage) => match self.inner.quotas.reserve(&owner, bytes, &usage) {
+                        Ok(()) => {
+                            _reserved = Some(Reserved {
+                                node: self,
+                                owner,
+                                bytes,
+                            });
+                            None
+                        }
+                        Err(m) => Some(Error::Refused(m)),
+                    },
+                    Err(e) => Some(e),
+                }
+            }
+        };
+        if let Some(e) = refusal {
+            let _ = self.blocking(move |s| s.abort_import(import)).await;
+            return Err(e);
+        }
         if let Some(tx) = stream {
             let (reader, offered) = (import.reader(), grants.clone());
             if let Ok(meta) = self
@@ -258,8 +330,20 @@ impl Node {
         let transfer = Instant::now();
         let import = self.fetch_chunks(import, &providers, &mut report).await?;
         report.transfer = transfer.elapsed();
-        self.blocking(move |s| s.finish_import(import, grants))
-            .await?;
+        self.blocking(move |s| {
+            s.finish_import(import, grants)?;
+            if let Gate::Replica { replicas } = gate {
+                s.set_pin(
+                    &id,
+                    sov_store::Pin {
+                        replicas,
+                        replica: true,
+                    },
+                )?;
+            }
+            Ok(())
+        })
+        .await?;
         // Announcing waits for the DHT's closest peers; the caller need not.
         let node = self.clone();
         self.spawn(async move { node.announce(id).await });

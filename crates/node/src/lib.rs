@@ -28,6 +28,7 @@ pub mod models;
 mod node;
 mod objects;
 pub mod protocol;
+pub mod quota;
 mod replicate;
 pub mod serve;
 
@@ -71,6 +72,10 @@ pub enum Error {
     /// A model could not be imported, verified or loaded.
     #[error("{0}")]
     Model(String),
+    /// A peer's request, or one of ours, is past a limit or quota of this node (the reason
+    /// says which).
+    #[error("{0}")]
+    Refused(String),
     /// No model has this name or id here.
     #[error("{0}")]
     NoModel(String),

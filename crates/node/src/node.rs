@@ -59,6 +59,8 @@ pub(crate) struct Inner {
     pub(crate) announced: crate::gossip::Announced,
     /// The loaded models (set once at start).
     pub(crate) serve: std::sync::OnceLock<Serve>,
+    /// What peers may ask of this node.
+    pub(crate) quotas: crate::quota::Quotas,
 }
 
 impl std::fmt::Debug for Node {
@@ -91,7 +93,8 @@ impl Node {
             Vec::new()
         });
         let (net, events) = sov_net::start(net_config).await?;
-        let node = Self::assemble(store, Some(net), config);
+        let free = sov_store::free_space(home);
+        let node = Self::assemble(store, Some(net), config, free);
         node.join_topics().await;
         node.spawn(node.clone().handle_events(events));
         node.spawn(node.clone().announce_loop());
@@ -108,11 +111,22 @@ impl Node {
     /// next runs.
     pub async fn offline(home: &Path, keypair: Keypair, config: Config) -> Result<Self> {
         let store = open_store(home, keypair).await?;
-        Ok(Self::assemble(store, None, config))
+        let free = sov_store::free_space(home);
+        Ok(Self::assemble(store, None, config, free))
     }
 
-    fn assemble(store: Store, net: Option<sov_net::Client>, config: Config) -> Self {
+    fn assemble(
+        store: Store,
+        net: Option<sov_net::Client>,
+        config: Config,
+        free: Option<u64>,
+    ) -> Self {
         let did = store.identity().did();
+        let quota = crate::quota::ReplicaQuota::resolve(
+            config.max_replica_bytes,
+            config.max_replica_bytes_per_owner,
+            free,
+        );
         let (stop, _) = watch::channel(false);
         let node = Self {
             inner: Arc::new(Inner {
@@ -128,6 +142,7 @@ impl Node {
                 manifests: ManifestCache::default(),
                 announced: Default::default(),
                 serve: std::sync::OnceLock::new(),
+                quotas: crate::quota::Quotas::new(quota),
             }),
         };
         let serve = Serve::start(&node);

@@ -66,6 +66,12 @@ impl Node {
         mut progress: impl FnMut(u64) + Send + 'static,
     ) -> Result<(Added, Vec<PeerId>)> {
         let replicas = replicas.unwrap_or(self.inner.config.replicas);
+        if replicas > crate::quota::MAX_REPLICAS {
+            return Err(crate::Error::Refused(format!(
+                "{replicas} replicas asked; at most {} (copies on peers besides this node)",
+                crate::quota::MAX_REPLICAS
+            )));
+        }
         let added = self
             .blocking(move |s| {
                 let added = s.add(input, opts, &mut progress)?;
@@ -117,8 +123,20 @@ impl Node {
     }
 
     /// Remove object `id` here and stop announcing it.
+    ///
+    /// Removing a replica kept for a peer sticks: this node refuses to pin it again, so its
+    /// owner's repair places the copy elsewhere.
     pub async fn remove(&self, id: ContentId) -> Result<()> {
-        self.blocking(move |s| s.remove(&id)).await?;
+        let now = crate::node::unix_now();
+        self.blocking(move |s| {
+            let replica = s.pin(&id)?.is_some_and(|p| p.replica);
+            s.remove(&id)?;
+            if replica {
+                s.mark_dropped(&id, now)?;
+            }
+            Ok(())
+        })
+        .await?;
         self.inner.manifests.forget(&id);
         if let Ok(net) = self.net() {
             let _ = net.unprovide(id).await;

@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use crate::{
     Error, Node, Result,
     protocol::{Request, Response},
+    quota::MAX_REPLICAS,
 };
 
 /// How long a holder may take to say it is alive.
@@ -28,7 +29,17 @@ impl Node {
     /// grants from `peer`, and keep it as a replica.
     pub(crate) async fn pin_for(&self, peer: PeerId, id: ContentId, replicas: u32) -> Result<()> {
         if !self.inner.config.accept_pins {
-            return Err(Error::Config("this node does not accept pins".into()));
+            return Err(Error::Refused("this node does not accept pins".into()));
+        }
+        if replicas > MAX_REPLICAS {
+            return Err(Error::Refused(format!(
+                "{replicas} replicas asked; at most {MAX_REPLICAS}"
+            )));
+        }
+        if self.blocking(move |s| s.is_dropped(&id)).await? {
+            return Err(Error::Refused(format!(
+                "this node removed its replica of {id} and keeps it no more"
+            )));
         }
         let had = self.blocking(move |s| s.contains(&id)).await?;
         if had {
@@ -38,9 +49,10 @@ impl Node {
                 debug!(%id, new, "received new grants");
             }
         } else {
-            // The fetch goes on even if the asker stops waiting.
+            // The fetch goes on even if the asker stops waiting; it is refused before any
+            // chunk if the object does not fit the replica quota.
             let node = self.clone();
-            self.run(async move { node.fetch(id, Some(peer)).await })
+            self.run(async move { node.fetch_replica(id, peer, replicas).await })
                 .await??;
         }
         let mine = self.blocking(move |s| s.pin(&id)).await?;

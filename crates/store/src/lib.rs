@@ -37,9 +37,9 @@ use std::path::PathBuf;
 
 pub use car::CarError;
 pub use import::{Import, ImportReader};
-pub use pack::RESERVE;
+pub use pack::{RESERVE, free_space};
 pub use peers::{KnownPeer, PEER_BOOK_SIZE};
-pub use pins::Pin;
+pub use pins::{Pin, ReplicaUsage};
 use sov_core::{ContentId, Did};
 pub use store::{AddOptions, Added, ObjectInfo, ObjectMeta, Store, StoreOptions};
 

@@ -378,7 +378,7 @@ impl Packs {
 
 /// Bytes free for an unprivileged writer on the file system holding `dir` (`None` where it
 /// cannot be told).
-pub(crate) fn free_space(dir: &Path) -> Option<u64> {
+pub fn free_space(dir: &Path) -> Option<u64> {
     #[cfg(unix)]
     {
         rustix::fs::statvfs(dir)

@@ -32,6 +32,9 @@ pub(crate) const REFS: TableDefinition<&[u8], u64> = TableDefinition::new("refs"
 /// Pinned objects: object id → [`crate::Pin`] (replicas in the low 32 bits, bit 32 =
 /// replica).
 pub(crate) const PINS: TableDefinition<&[u8], u64> = TableDefinition::new("pins");
+/// Replicas this node removed on purpose: object id → when (Unix seconds). A peer asking to
+/// pin one again is refused, so a removal sticks and the owner places the copy elsewhere.
+pub(crate) const DROPPED: TableDefinition<&[u8], u64> = TableDefinition::new("dropped_replicas");
 /// add in progress → its start time; blocks of an add that never finished are collected.
 pub(crate) const PENDING: TableDefinition<u64, u64> = TableDefinition::new("pending");
 
@@ -197,6 +200,7 @@ impl Store {
             w.open_table(REFS)?;
             w.open_table(PENDING)?;
             w.open_table(PINS)?;
+            w.open_table(DROPPED)?;
         }
         w.commit()?;
         // Block bytes live in pack files beside the database; packs no committed

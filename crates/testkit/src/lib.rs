@@ -148,6 +148,11 @@ impl Cluster {
         (0..self.slots.len()).filter(|&i| self.alive(i)).collect()
     }
 
+    /// Node `i`'s home directory.
+    pub fn home(&self, i: usize) -> &std::path::Path {
+        &self.slots[i].home
+    }
+
     /// Node `i`'s listen addresses.
     pub fn addrs(&self, i: usize) -> &[Multiaddr] {
         &self.slots[i].addrs

@@ -250,3 +250,156 @@ async fn malformed_and_oversized_messages_are_refused() {
     assert_eq!(read(cluster.node(1), id).await, data);
     cluster.stop().await;
 }
+
+/// Send one framed node request on `/sov/node/3` and decode the answer (`None`: no answer).
+async fn node_request(
+    control: &mut libp2p_stream::Control,
+    node: PeerId,
+    req: &sov_node::protocol::Request,
+) -> Option<sov_node::protocol::Response> {
+    let mut stream = control
+        .open_stream(node, StreamProtocol::new("/sov/node/3"))
+        .await
+        .ok()?;
+    let body = sov_core::dagcbor::to_vec(req).unwrap();
+    stream.write_all(&wire::frame(&body)).await.ok()?;
+    stream.close().await.ok()?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    sov_node::protocol::Response::decode(&wire::unframe(&answer, 1 << 20).ok()?).ok()
+}
+
+/// Finding 1 of issue 14: a peer that floods a node with pins gets at most the node's replica
+/// quota (for one owner, and in all), then refusals with the reason; it cannot ask for more
+/// than 16 copies; past its rate it is refused at once (and not banned: it broke no
+/// protocol); a replica the node removed stays removed; and all along the node serves its
+/// owner's reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_flood_is_held_to_the_quota_and_rate_while_the_owner_is_served() {
+    init_logging();
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut config = sov_node::Config::loopback();
+    config.repair_interval = Duration::from_secs(3600);
+    config.max_replica_bytes = Some(8 << 20);
+    config.max_replica_bytes_per_owner = Some(4 << 20);
+    let mut cluster = Cluster::start_with(2, seed, config).await;
+    let (victim, flooder) = (cluster.node(0).clone(), cluster.node(1).clone());
+
+    // The victim's owner reads its own object over and over while the flood runs.
+    let mut own = vec![0u8; 4 << 20];
+    rng.fill_bytes(&mut own);
+    let (own_added, _) = victim
+        .add(
+            std::io::Cursor::new(own.clone()),
+            sov_testkit::add_options("own"),
+            Some(0),
+        )
+        .await
+        .unwrap();
+    let own_id = own_added.id;
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let (victim, reading, own) = (victim.clone(), reading.clone(), own.clone());
+        tokio::spawn(async move {
+            let mut reads = 0;
+            while reading.load(std::sync::atomic::Ordering::SeqCst) {
+                assert_eq!(
+                    victim.read(own_id).await.unwrap(),
+                    own,
+                    "owner read wrong bytes"
+                );
+                reads += 1;
+            }
+            reads
+        })
+    };
+
+    // Ten objects of 1.5 MiB, each asking for a copy: the victim is the only candidate.
+    let mut pinned = Vec::new();
+    for i in 0..10 {
+        let mut data = vec![0u8; 3 << 19];
+        rng.fill_bytes(&mut data);
+        let (added, holders) = flooder
+            .add(
+                std::io::Cursor::new(data),
+                sov_testkit::add_options(&format!("f{i}")),
+                Some(1),
+            )
+            .await
+            .unwrap();
+        if holders.contains(&victim.peer_id()) {
+            pinned.push(added.id);
+        }
+    }
+    let replica_bytes: u64 = victim
+        .objects()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|o| o.pin.is_some_and(|p| p.replica))
+        .map(|o| o.info.stored_bytes)
+        .sum();
+    assert!(
+        replica_bytes <= 4 << 20,
+        "{replica_bytes} bytes pinned for one owner"
+    );
+    assert_eq!(
+        pinned.len(),
+        2,
+        "1.5 MiB objects within a 4 MiB per-owner quota"
+    );
+
+    // No more than 16 copies.
+    let too_many = flooder
+        .add(
+            std::io::Cursor::new(vec![1u8; 10]),
+            sov_testkit::add_options("x"),
+            Some(u32::MAX),
+        )
+        .await
+        .unwrap_err();
+    assert!(too_many.to_string().contains("at most 16"), "{too_many}");
+
+    // A raw flooder past its rate: refused at once, with the reason, and not banned.
+    let target = cluster.addrs(0)[0].clone();
+    let (raw, mut control) = raw_peer(&target).await;
+    let ask = sov_node::protocol::Request::Pin {
+        object: pinned[0],
+        replicas: 17,
+    };
+    let mut limited = 0;
+    for _ in 0..(sov_node::quota::PINS_PER_MINUTE + 40) {
+        match node_request(&mut control, victim.peer_id(), &ask).await {
+            Some(sov_node::protocol::Response::Refused { reason })
+                if reason.contains("rate limit") =>
+            {
+                limited += 1
+            }
+            Some(sov_node::protocol::Response::Refused { reason }) => {
+                assert!(reason.contains("at most 16"), "{reason}")
+            }
+            other => panic!("a pin of 17 copies answered with {other:?}"),
+        }
+    }
+    assert!(limited >= 30, "only {limited} requests were rate limited");
+    assert!(!victim.banned().await.unwrap().contains(&raw));
+
+    // A replica the victim removes stays removed: asked again, it refuses.
+    victim.remove(pinned[0]).await.unwrap();
+    let holders = flooder.replicate(pinned[0]).await.unwrap();
+    assert!(
+        !holders.contains(&victim.peer_id()),
+        "the removed replica came back"
+    );
+    assert!(!victim.contains(pinned[0]).await.unwrap());
+
+    reading.store(false, std::sync::atomic::Ordering::SeqCst);
+    let reads = reader.await.unwrap();
+    assert!(reads > 0, "the owner's reads did not run");
+    eprintln!("the owner read its 4 MiB object {reads} times during the flood");
+    cluster.stop().await;
+}

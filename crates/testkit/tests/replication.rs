@@ -186,3 +186,35 @@ async fn a_restarted_node_serves_its_objects_again() {
     assert_eq!(read(cluster.node(2), added.id).await, data);
     cluster.stop().await;
 }
+
+/// Finding 9 of issue 14: a node that may not read an object asks for its grants before its
+/// chunks, so a refused read downloads nothing but the manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_read_downloads_nothing_but_the_manifest() {
+    init_logging();
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cluster = Cluster::start(2, seed, Duration::from_secs(60)).await;
+    let data = random_bytes(&mut rng, 12 << 20);
+    let (added, _) = cluster
+        .node(0)
+        .add(std::io::Cursor::new(data), add_options("secret"), Some(0))
+        .await
+        .unwrap();
+    let packs = |home: &std::path::Path| -> u64 {
+        std::fs::read_dir(home.join("store.packs"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.metadata().map_or(0, |m| m.len()))
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let before = packs(cluster.home(1));
+    let err = cluster.node(1).read(added.id).await.unwrap_err();
+    assert!(err.to_string().contains("grant"), "{err}");
+    assert!(!cluster.node(1).contains(added.id).await.unwrap());
+    let grew = packs(cluster.home(1)) - before;
+    assert!(grew < 1 << 20, "a refused read stored {grew} bytes");
+    cluster.stop().await;
+}
