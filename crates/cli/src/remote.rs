@@ -39,6 +39,14 @@ impl Api {
         })
     }
 
+    /// What to say when the node stops answering mid-command.
+    fn lost(&self) -> String {
+        format!(
+            "the node at {} stopped answering (did `sov node run` exit?)",
+            self.base
+        )
+    }
+
     fn auth(&self) -> String {
         format!("Bearer {}", self.token)
     }
@@ -66,7 +74,7 @@ impl Api {
             .get(format!("{}{path}", self.base))
             .header("Authorization", self.auth())
             .call()
-            .with_context(|| format!("asking the node at {}", self.base))?;
+            .with_context(|| self.lost())?;
         self.check(resp)
     }
 
@@ -110,7 +118,7 @@ impl Api {
         let mut resp = self.send("POST", path, &[], None, Some(body.clone()))?;
         let reader = io::BufReader::new(resp.body_mut().as_reader());
         for line in reader.lines() {
-            let line = line.context("reading the node's answer")?;
+            let line = line.with_context(|| self.lost())?;
             let Some(data) = line.strip_prefix("data:") else {
                 continue;
             };
@@ -158,7 +166,7 @@ impl Api {
                 }
             }
         }
-        .with_context(|| format!("asking the node at {}", self.base))?;
+        .with_context(|| self.lost())?;
         self.check(resp)
     }
 }

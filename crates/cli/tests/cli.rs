@@ -751,3 +751,41 @@ fn fl_simulate_trains_on_real_fashion_mnist_and_mnist() {
         assert_eq!(last["params"], 28 * 28 * 10 + 10);
     }
 }
+
+/// Finding 12 of issue 14: CAR files sov cannot read say why, once, on one line.
+#[test]
+fn cars_from_other_tools_are_refused_with_the_reason() {
+    let n = Node::new();
+    n.init();
+    // A CAR v1 from another tool: its root and block are named by SHA-256 (multihash 0x12).
+    let digest = [7u8; 32];
+    let mut cid = vec![0x01, 0x55, 0x12, 0x20];
+    cid.extend_from_slice(&digest);
+    let mut header = vec![0xa2, 0x65];
+    header.extend_from_slice(b"roots");
+    header.extend_from_slice(&[0x81, 0xd8, 0x2a, 0x58, cid.len() as u8 + 1, 0x00]);
+    header.extend_from_slice(&cid);
+    header.push(0x67);
+    header.extend_from_slice(b"version");
+    header.push(0x01);
+    let mut foreign = vec![header.len() as u8];
+    foreign.extend_from_slice(&header);
+    foreign.push((cid.len() + 5) as u8);
+    foreign.extend_from_slice(&cid);
+    foreign.extend_from_slice(b"hello");
+    let path = n.path().join("foreign.car");
+    fs::write(&path, &foreign).unwrap();
+    let err = n.fails(&["data", "import", path.to_str().unwrap()]);
+    assert!(err.contains("written by another tool"), "{err}");
+    assert_eq!(err.matches("another tool").count(), 1, "said twice: {err}");
+
+    // A CAR v2: its pragma is only {version: 2}.
+    let mut v2 = vec![0x0a, 0xa1, 0x67];
+    v2.extend_from_slice(b"version");
+    v2.push(0x02);
+    v2.extend_from_slice(&[0u8; 40]);
+    fs::write(&path, &v2).unwrap();
+    let err = n.fails(&["data", "import", path.to_str().unwrap()]);
+    assert!(err.contains("CAR v2") && !err.contains("roots"), "{err}");
+    assert!(n.ok(&["data", "ls", "--json"]).trim() == "[]");
+}

@@ -37,6 +37,11 @@ pub enum CarError {
     /// The header is not a CAR v1 header.
     #[error("CAR header: {0}")]
     BadHeader(String),
+    /// The CAR names its blocks with another hash (a CAR written by another tool).
+    #[error(
+        "this CAR was written by another tool: its blocks are named by a hash sov does not use (sov names blocks by BLAKE3 and imports the CARs sov exports)"
+    )]
+    Foreign,
     /// A frame's CID is malformed or not one sov uses.
     #[error("CAR block CID: {0}")]
     BadCid(String),
@@ -91,8 +96,28 @@ impl<R: Read> CarReader<R> {
             });
         }
         let bytes = read_exact(&mut input, len as usize)?;
-        let header: Header =
-            dagcbor::from_slice(&bytes).map_err(|e| CarError::BadHeader(e.to_string()))?;
+        // The version first: a CAR v2 begins with a pragma that is only `{version: 2}`.
+        #[derive(Serialize, Deserialize)]
+        struct Version {
+            version: u64,
+        }
+        match dagcbor::from_slice::<Version>(&bytes) {
+            Ok(v) if v.version == 2 => {
+                return Err(CarError::BadHeader(
+                    "this is a CAR v2 file; sov reads CAR v1 (IPFS writes v1 with `ipfs dag export`)"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        let header: Header = dagcbor::from_slice(&bytes).map_err(|e| {
+            let e = e.to_string();
+            if e.contains("unsupported multihash") || e.contains("only CIDv1") {
+                CarError::Foreign
+            } else {
+                CarError::BadHeader(e)
+            }
+        })?;
         if header.version != 1 {
             return Err(CarError::BadHeader(format!(
                 "version {} (only CAR v1 is supported)",
@@ -126,8 +151,10 @@ impl<R: Read> CarReader<R> {
             });
         }
         let mut frame = read_exact(&mut self.input, len as usize)?;
-        let (cid, used) =
-            ContentId::read_prefix(&frame).map_err(|e| CarError::BadCid(e.to_string()))?;
+        let (cid, used) = ContentId::read_prefix(&frame).map_err(|e| match e {
+            sov_core::CidError::Hash { .. } | sov_core::CidError::Version(_) => CarError::Foreign,
+            e => CarError::BadCid(e.to_string()),
+        })?;
         let data = frame.split_off(used);
         if !cid.matches(&data) {
             return Err(CarError::HashMismatch(cid));

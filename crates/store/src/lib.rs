@@ -81,7 +81,7 @@ pub enum Error {
     Invalid(String),
     /// A CAR file is malformed or fails verification.
     #[error("invalid CAR: {0}")]
-    Car(#[from] CarError),
+    Car(CarError),
     /// The object exceeds what one manifest can describe.
     #[error("object too large: {0}")]
     TooLarge(String),
@@ -99,6 +99,14 @@ pub enum Error {
     /// Reading input or writing output failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+// Not `#[from]`: that would make the CAR error the source too, and a cause chain printed on
+// one line would say it twice.
+impl From<CarError> for Error {
+    fn from(e: CarError) -> Self {
+        Error::Car(e)
+    }
 }
 
 /// The store's result type.

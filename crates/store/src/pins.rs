@@ -11,7 +11,6 @@ use crate::{
     store::{DROPPED, OBJECTS, PINS},
 };
 
-
 /// What the replicas this node keeps for others cost it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplicaUsage {
