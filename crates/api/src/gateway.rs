@@ -92,6 +92,13 @@ impl OaiError {
                 param: None,
                 message: m,
             },
+            Failure::Timeout(m) => OaiError {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                kind: "server_error",
+                code: Some("timeout"),
+                param: None,
+                message: m,
+            },
             other => Self::server(other.to_string()),
         }
     }

@@ -210,6 +210,18 @@ impl LanguageModel {
     /// Generate. `on_text` receives text as it forms; returning `false` stops generation
     /// (finish reason [`Finish::Cancelled`]).
     pub fn generate(&self, req: &Request, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Output> {
+        self.generate_while(req, on_text, &|| true)
+    }
+
+    /// [`Self::generate`], asking `keep_going` between prompt batches and before each new
+    /// token: `false` stops at once (finish reason [`Finish::Cancelled`]), so a long prompt
+    /// whose client has gone, or whose time is up, does not hold the model for minutes.
+    pub fn generate_while(
+        &self,
+        req: &Request,
+        on_text: &mut dyn FnMut(&str) -> bool,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<Output> {
         req.sampling.check().map_err(Error::Input)?;
         if req.prompt.is_empty() {
             return Err(Error::Input("the prompt is empty".into()));
@@ -236,6 +248,18 @@ impl LanguageModel {
         let start = Instant::now();
         let mut logits = Vec::new();
         for batch in req.prompt.chunks(PROMPT_BATCH) {
+            if !keep_going() {
+                return Ok(Output {
+                    text: String::new(),
+                    prompt_tokens: req.prompt.len(),
+                    completion_tokens: 0,
+                    tokens: Vec::new(),
+                    finish: Finish::Cancelled,
+                    prompt_seconds: start.elapsed().as_secs_f64(),
+                    decode_seconds: 0.0,
+                    logprobs: Vec::new(),
+                });
+            }
             logits = self.llama.forward_batch(&mut session, batch)?;
         }
         let prompt_seconds = start.elapsed().as_secs_f64();
@@ -245,6 +269,10 @@ impl LanguageModel {
         let mut logprobs = Vec::new();
         let top_n = req.logprobs.map(|n| n.min(MAX_TOP_LOGPROBS));
         while tokens.len() < budget {
+            if !keep_going() {
+                finish = Finish::Cancelled;
+                break;
+            }
             let log_softmax = top_n.map(|_| log_softmax(&logits));
             let next = sampler.sample(&mut logits, &history);
             tokens.push(next);

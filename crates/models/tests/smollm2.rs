@@ -260,3 +260,48 @@ fn chat_prompts_and_answers_match_llama_cpp() {
         }
     }
 }
+
+/// Finding 3 of issue 14: a long prompt stops between batches once its caller says so (a
+/// client gone, a time budget spent), instead of holding the model for the whole prompt.
+#[test]
+fn a_long_prompt_stops_between_batches_when_asked() {
+    use sov_models::generate::{Finish, LanguageModel, Request};
+    let bytes = std::fs::read(model()).unwrap();
+    let m = LanguageModel::from_bytes(&bytes).unwrap();
+    drop(bytes);
+    let prompt = m
+        .text_prompt(&"the quick brown fox jumps over the lazy dog. ".repeat(300))
+        .unwrap();
+    assert!(prompt.len() > 2000, "{}", prompt.len());
+    let req = Request {
+        prompt,
+        max_tokens: 16,
+        sampling: sov_models::sample::SamplingParams::greedy(),
+        stop: vec![],
+        logprobs: None,
+    };
+    let asked = std::cell::Cell::new(0);
+    let out = m
+        .generate_while(&req, &mut |_| true, &|| {
+            asked.set(asked.get() + 1);
+            asked.get() < 2 // one batch, then stop
+        })
+        .unwrap();
+    assert_eq!(out.finish, Finish::Cancelled);
+    assert_eq!(out.completion_tokens, 0);
+    assert_eq!(asked.get(), 2, "asked after the first batch, then stopped");
+    // Asked again before each new token: stopping after three tokens gives three.
+    let req = Request {
+        prompt: req.prompt[..300].to_vec(),
+        ..req
+    };
+    let asked = std::cell::Cell::new(0);
+    let batches = req.prompt.len().div_ceil(256);
+    let out = m
+        .generate_while(&req, &mut |_| true, &|| {
+            asked.set(asked.get() + 1);
+            asked.get() <= batches + 3
+        })
+        .unwrap();
+    assert_eq!((out.finish, out.completion_tokens), (Finish::Cancelled, 3));
+}

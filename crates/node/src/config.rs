@@ -21,6 +21,8 @@
 //! [models]
 //! threads = 1                      # compute threads per loaded model
 //! max_loaded_bytes = 8589934592    # weights kept loaded at once (least recently used go first)
+//! max_prompt_tokens = 8192          # longest prompt a request may bring
+//! request_timeout_secs = 600        # a generation's time budget, queueing included
 //! ```
 
 use std::{net::SocketAddr, path::Path, time::Duration};
@@ -56,6 +58,10 @@ pub struct ModelsSection {
     /// Bytes of weights kept loaded at once; the least recently used model is unloaded to
     /// make room for another.
     pub max_loaded_bytes: u64,
+    /// Longest prompt, in tokens, a request may bring.
+    pub max_prompt_tokens: usize,
+    /// Seconds a generation may take, from the request to its last token.
+    pub request_timeout_secs: u64,
 }
 
 impl Default for ModelsSection {
@@ -63,9 +69,16 @@ impl Default for ModelsSection {
         Self {
             threads: 1,
             max_loaded_bytes: DEFAULT_MAX_LOADED_BYTES,
+            max_prompt_tokens: DEFAULT_MAX_PROMPT_TOKENS,
+            request_timeout_secs: DEFAULT_REQUEST_TIMEOUT.as_secs(),
         }
     }
 }
+
+/// Default longest prompt: 8,192 tokens.
+pub const DEFAULT_MAX_PROMPT_TOKENS: usize = 8192;
+/// Default time budget of one generation: 10 minutes.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Smallest `max_bulk_message` accepted (1 MiB).
 pub const MIN_BULK_MESSAGE: usize = 1 << 20;
@@ -185,6 +198,10 @@ pub struct Config {
     pub threads: usize,
     /// Bytes of model weights kept loaded at once.
     pub max_loaded_bytes: u64,
+    /// Longest prompt, in tokens.
+    pub max_prompt_tokens: usize,
+    /// Time budget of one generation.
+    pub request_timeout: Duration,
 }
 
 impl File {
@@ -213,6 +230,12 @@ impl File {
             return Err(Error::Config(format!(
                 "network.max_bulk_message must be at least {MIN_BULK_MESSAGE} bytes"
             )));
+        }
+        if self.models.max_prompt_tokens == 0 || self.models.request_timeout_secs == 0 {
+            return Err(Error::Config(
+                "models.max_prompt_tokens and models.request_timeout_secs must be at least 1"
+                    .into(),
+            ));
         }
         if self.models.threads == 0 {
             return Err(Error::Config("models.threads must be at least 1".into()));
@@ -248,6 +271,8 @@ impl File {
             gossip_heartbeat: Duration::from_secs(1),
             threads: self.models.threads,
             max_loaded_bytes: self.models.max_loaded_bytes,
+            max_prompt_tokens: self.models.max_prompt_tokens,
+            request_timeout: Duration::from_secs(self.models.request_timeout_secs),
         })
     }
 }
@@ -271,6 +296,8 @@ impl Config {
             gossip_heartbeat: Duration::from_millis(200),
             threads: 1,
             max_loaded_bytes: DEFAULT_MAX_LOADED_BYTES,
+            max_prompt_tokens: DEFAULT_MAX_PROMPT_TOKENS,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }

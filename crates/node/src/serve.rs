@@ -40,6 +40,10 @@ use crate::{
 /// Requests that may wait for one model; more are refused ([`Failure::Busy`]) until the
 /// queue drains.
 pub const QUEUE: usize = 64;
+/// Tokens of work (prompt, estimated from its length, and tokens to generate) that may wait
+/// for one model; a request that would pass it is refused ([`Failure::Busy`]) unless the
+/// queue is empty.
+pub const QUEUED_TOKENS: usize = 32_768;
 /// Text pieces in flight from a generating model to its reader.
 pub const EVENTS: usize = 256;
 /// Tokens generated when a request names no limit (and the context has room).
@@ -104,6 +108,9 @@ pub enum Failure {
     /// The node failed (loading, a worker that stopped, shutdown).
     #[error("{0}")]
     Server(String),
+    /// The request's time budget ran out before its first token.
+    #[error("{0}")]
+    Timeout(String),
 }
 
 /// Embeddings with the tokens each input took.
@@ -113,6 +120,11 @@ enum Job {
     Generate {
         generation: Generation,
         events: mpsc::Sender<Event>,
+        /// When the request came (its time budget counts from here).
+        since: std::time::Instant,
+        /// Its estimated tokens of work, counted in the queue until it ends (set when it is
+        /// queued).
+        work: Option<Work>,
     },
     Embed {
         inputs: Vec<EmbedInput>,
@@ -143,8 +155,40 @@ pub(crate) struct Serve {
     tx: mpsc::Sender<Command>,
 }
 
+/// A job's share of its worker's queued work; given back when dropped (the job ended).
+struct Work {
+    tokens: usize,
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        self.queued
+            .fetch_sub(self.tokens, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Whether a job of `tokens` may join a queue holding `before` tokens of work: within
+/// [`QUEUED_TOKENS`], or alone (so one large request is never refused for good).
+fn fits(before: usize, tokens: usize) -> bool {
+    before == 0 || before + tokens <= QUEUED_TOKENS
+}
+
+/// Tokens of work a generation will cost: its prompt (estimated at one token per three
+/// bytes, before the worker tokenises it) and the tokens it may generate.
+fn estimate(g: &Generation) -> usize {
+    let prompt = match &g.prompt {
+        Prompt::Chat(m) => m.iter().map(|m| m.content.len() + 8).sum::<usize>() / 3,
+        Prompt::Text(t) => t.len() / 3,
+        Prompt::Tokens(ids) => ids.len(),
+    };
+    prompt + g.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)
+}
+
 struct Worker {
     queue: std_mpsc::SyncSender<Job>,
+    /// Tokens of work queued or running.
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     bytes: u64,
     last_used: u64,
     generation: u64,
@@ -227,6 +271,36 @@ impl Actor {
             return Err(Failure::Server("the model's worker is gone".into()));
         };
         w.last_used = self.clock;
+        let job = match job {
+            Job::Generate {
+                generation,
+                events,
+                since,
+                ..
+            } => {
+                let tokens = estimate(&generation);
+                let before = w
+                    .queued
+                    .fetch_add(tokens, std::sync::atomic::Ordering::SeqCst);
+                let work = Work {
+                    tokens,
+                    queued: w.queued.clone(),
+                };
+                if !fits(before, tokens) {
+                    return Err(Failure::Busy(format!(
+                        "{} has about {before} tokens of work waiting; try again shortly",
+                        entry.manifest.name
+                    )));
+                }
+                Job::Generate {
+                    generation,
+                    events,
+                    since,
+                    work: Some(work),
+                }
+            }
+            job => job,
+        };
         match w.queue.try_send(job) {
             Ok(()) => Ok(()),
             Err(std_mpsc::TrySendError::Full(_)) => Err(Failure::Busy(format!(
@@ -310,6 +384,7 @@ impl Actor {
         }
         Ok(Worker {
             queue,
+            queued: Default::default(),
             bytes,
             last_used: self.clock,
             generation,
@@ -343,8 +418,12 @@ fn run(node: &Node, loaded: &Loaded, job: Job) {
             Job::Generate {
                 generation: g,
                 events,
+                since,
+                work: _work,
             },
         ) => {
+            let budget = node.inner.config.request_timeout;
+            let deadline = since + budget;
             let result = (|| {
                 let prompt = match &g.prompt {
                     Prompt::Chat(messages) => m.chat_prompt(messages),
@@ -352,6 +431,13 @@ fn run(node: &Node, loaded: &Loaded, job: Job) {
                     Prompt::Tokens(ids) => m.token_prompt(ids),
                 }
                 .map_err(failure)?;
+                let max_prompt = node.inner.config.max_prompt_tokens;
+                if prompt.len() > max_prompt {
+                    return Err(Failure::BadRequest(format!(
+                        "the prompt has {} tokens; this node takes at most {max_prompt} ([models] max_prompt_tokens)",
+                        prompt.len()
+                    )));
+                }
                 let room = m.context_length().saturating_sub(prompt.len());
                 let req = Request {
                     max_tokens: g.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS.min(room)),
@@ -360,10 +446,33 @@ fn run(node: &Node, loaded: &Loaded, job: Job) {
                     stop: g.stop.clone(),
                     logprobs: g.logprobs,
                 };
-                m.generate(&req, &mut |t| {
-                    !node.is_stopping() && events.blocking_send(Event::Text(t.to_string())).is_ok()
-                })
-                .map_err(failure)
+                // Checked between prompt batches and before each token: a client that has
+                // gone, a node that stops or a budget that ran out ends the work there.
+                let keep_going = || {
+                    !node.is_stopping()
+                        && !events.is_closed()
+                        && std::time::Instant::now() < deadline
+                };
+                let mut out = m
+                    .generate_while(
+                        &req,
+                        &mut |t| {
+                            !node.is_stopping()
+                                && events.blocking_send(Event::Text(t.to_string())).is_ok()
+                        },
+                        &keep_going,
+                    )
+                    .map_err(failure)?;
+                if std::time::Instant::now() >= deadline && !events.is_closed() {
+                    if out.completion_tokens == 0 {
+                        return Err(Failure::Timeout(format!(
+                            "the request used its time budget of {} s before its first token ([models] request_timeout_secs)",
+                            budget.as_secs()
+                        )));
+                    }
+                    out.finish = sov_models::generate::Finish::Length;
+                }
+                Ok(out)
             })();
             let _ = events.blocking_send(Event::Done(result));
         }
@@ -414,15 +523,22 @@ impl Node {
 
     /// Queue a generation on language model `entry` (loading it if needed); its text and
     /// its end arrive on the returned receiver. Refused at once when the model's queue is
-    /// full. Dropping the receiver stops the generation at its next token.
+    /// full (64 requests, or about [`QUEUED_TOKENS`] tokens of work). Dropping the receiver
+    /// stops the generation at its next prompt batch or token; so does the time budget
+    /// (`[models] request_timeout_secs`, counted from now).
     pub async fn generate(
         &self,
         entry: &ModelEntry,
         generation: Generation,
     ) -> Result<mpsc::Receiver<Event>, Failure> {
         let (events, rx) = mpsc::channel(EVENTS);
-        self.submit(entry, Job::Generate { generation, events })
-            .await?;
+        let job = Job::Generate {
+            generation,
+            events,
+            since: std::time::Instant::now(),
+            work: None,
+        };
+        self.submit(entry, job).await?;
         Ok(rx)
     }
 
@@ -453,5 +569,31 @@ impl Node {
         if serve.tx.send(Command::Evict { id, reply }).await.is_ok() {
             let _ = rx.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_is_bounded_by_tokens_of_work() {
+        let g = |prompt: Prompt, max_tokens| Generation {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams::greedy(),
+            stop: Vec::new(),
+            logprobs: None,
+        };
+        let long = g(Prompt::Text("x".repeat(30_000)), Some(100));
+        assert_eq!(estimate(&long), 10_100);
+        assert_eq!(
+            estimate(&g(Prompt::Tokens(vec![1; 50]), None)),
+            50 + DEFAULT_MAX_TOKENS
+        );
+        // Alone, any request is taken; behind others, only within the bound.
+        assert!(fits(0, 10 * QUEUED_TOKENS));
+        assert!(fits(QUEUED_TOKENS - 100, 100));
+        assert!(!fits(QUEUED_TOKENS - 100, 101));
     }
 }

@@ -170,3 +170,61 @@ async fn loaded_models_stay_within_the_budget_least_recently_used_first() {
     assert!(node.loaded_models().await.is_empty(), "removing unloads");
     node.shutdown().await;
 }
+
+/// The end of a generation asked with `prompt` and `max_tokens`.
+async fn outcome(
+    node: &Node,
+    model: &str,
+    prompt: Prompt,
+    max_tokens: usize,
+) -> Result<sov_models::generate::Output, sov_node::serve::Failure> {
+    let entry = node.model(model).await.unwrap();
+    let generation = Generation {
+        prompt,
+        max_tokens: Some(max_tokens),
+        sampling: SamplingParams::greedy(),
+        stop: Vec::new(),
+        logprobs: None,
+    };
+    let mut events = node.generate(&entry, generation).await?;
+    while let Some(e) = events.recv().await {
+        if let Event::Done(r) = e {
+            return r;
+        }
+    }
+    panic!("the generation ended without Done");
+}
+
+/// Finding 3 of issue 14: the work a request may cause is bounded: its prompt by
+/// `max_prompt_tokens`, its time by `request_timeout` (counted from the request, queueing
+/// included). (The queue's bound by tokens of work is a unit test of `serve.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generations_are_bounded_in_prompt_time_and_queued_work() {
+    use sov_node::serve::Failure;
+    let home = tempfile::tempdir().unwrap();
+    let mut config = Config::loopback();
+    config.max_prompt_tokens = 8;
+    config.request_timeout = Duration::ZERO;
+    let node = Node::offline(home.path(), Keypair::generate(), config)
+        .await
+        .unwrap();
+    let o = ImportOptions {
+        name: Some("llama".into()),
+        ..ImportOptions::default()
+    };
+    node.import_model(&fixture("tiny-llama.gguf"), o)
+        .await
+        .unwrap();
+
+    let long = Prompt::Tokens(vec![1; 9]);
+    match outcome(&node, "llama", long, 2).await {
+        Err(Failure::BadRequest(m)) => assert!(m.contains("max_prompt_tokens"), "{m}"),
+        other => panic!("a 9-token prompt over a limit of 8: {other:?}"),
+    }
+    // A budget spent before the first prompt batch: the request ends without a token.
+    match outcome(&node, "llama", Prompt::Tokens(vec![1; 4]), 2).await {
+        Err(Failure::Timeout(m)) => assert!(m.contains("time budget"), "{m}"),
+        other => panic!("a request past its time budget: {other:?}"),
+    }
+    node.shutdown().await;
+}
