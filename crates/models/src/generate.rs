@@ -151,6 +151,16 @@ impl LanguageModel {
         })
     }
 
+    /// Check what a GGUF table says (architecture, sizes, tokeniser, chat template), without
+    /// its tensors' bytes: what an import checks before it streams the weights in. The
+    /// tensors themselves are checked when the model loads.
+    pub fn check_table(g: &Gguf) -> Result<()> {
+        crate::llama::Config::from_gguf(g)?;
+        let tokenizer = Tokenizer::from_gguf(g)?;
+        ChatTemplate::from_gguf(g, &tokenizer)?;
+        Ok(())
+    }
+
     /// Load a GGUF file's bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let g = Gguf::parse(bytes)?;

@@ -171,31 +171,38 @@ pub struct Gguf {
     pub data_offset: u64,
 }
 
+/// Largest GGUF header (metadata and tensor table) [`Gguf::read_head`] reads.
+pub const MAX_HEAD: usize = 64 << 20;
+
 struct Reader<'a> {
     b: &'a [u8],
     at: usize,
+    /// The whole file's length (`b` may be only its beginning).
+    total: usize,
+    /// A read ran past `b` but not past the file: more of the file is needed.
+    short: bool,
 }
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| {
-                err(format!(
-                    "truncated: {what} needs {n} bytes at offset {}, the file has {}",
-                    self.at,
-                    self.b.len()
-                ))
-            })?;
+        let end = self.at.checked_add(n);
+        if end.is_some_and(|e| e > self.b.len() && e <= self.total) {
+            self.short = true;
+        }
+        let end = end.filter(|&e| e <= self.b.len()).ok_or_else(|| {
+            err(format!(
+                "truncated: {what} needs {n} bytes at offset {}, the file has {}",
+                self.at, self.total
+            ))
+        })?;
         let s = &self.b[self.at..end];
         self.at = end;
         Ok(s)
     }
 
+    /// Bytes left in the file (not only in `b`).
     fn remaining(&self) -> usize {
-        self.b.len() - self.at
+        self.total.saturating_sub(self.at)
     }
 
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
@@ -279,7 +286,64 @@ impl Gguf {
     /// Parse the header, metadata and tensor table of a GGUF file held in `bytes`, checking
     /// that every tensor's data lies inside `bytes`, aligned, without overlapping another.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let mut r = Reader { b: bytes, at: 0 };
+        Self::parse_head(bytes, bytes.len() as u64).map_err(|(e, _)| e)
+    }
+
+    /// Parse the table of a GGUF file of `total` bytes from its first bytes, `head` (checks
+    /// as [`Gguf::parse`] does, against `total`). The error's flag says whether more of the
+    /// file would have been needed.
+    fn parse_head(bytes: &[u8], total: u64) -> std::result::Result<Self, (Error, bool)> {
+        let total = usize::try_from(total)
+            .unwrap_or(usize::MAX)
+            .max(bytes.len());
+        let mut r = Reader {
+            b: bytes,
+            at: 0,
+            total,
+            short: false,
+        };
+        Self::parse_reader(&mut r).map_err(|e| (e, r.short))
+    }
+
+    /// Read only the table of a GGUF file of `total` bytes from `input` (positioned at its
+    /// start): at first 1 MiB, then twice as much while the table runs past what was read, up
+    /// to [`MAX_HEAD`]. Returns the table and the bytes it took, so a large file is refused,
+    /// or described, without being read whole.
+    pub fn read_head(input: &mut impl std::io::Read, total: u64) -> Result<(Self, usize)> {
+        use std::io::Read as _;
+        let mut head = Vec::new();
+        let mut want = 1usize << 20;
+        loop {
+            let have = head.len();
+            if want > have {
+                (&mut *input)
+                    .take((want - have) as u64)
+                    .read_to_end(&mut head)
+                    .map_err(|source| Error::Io {
+                        path: "the model file".into(),
+                        source,
+                    })?;
+            }
+            match Self::parse_head(&head, total) {
+                Ok(g) => {
+                    let used = usize::try_from(g.data_offset).unwrap_or(usize::MAX);
+                    return Ok((g, used));
+                }
+                Err((_, true)) if want < MAX_HEAD && (head.len() as u64) < total => {
+                    want = (want * 2).min(MAX_HEAD);
+                }
+                Err((e, true)) if want >= MAX_HEAD => {
+                    return Err(err(format!(
+                        "its header is larger than {MAX_HEAD} bytes ({e})"
+                    )));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    fn parse_reader(r: &mut Reader<'_>) -> Result<Self> {
+        let bytes_total = r.total;
         if r.take(4, "the magic")? != MAGIC {
             return Err(err("not a GGUF file (the magic is not \"GGUF\")"));
         }
@@ -357,7 +421,7 @@ impl Gguf {
             });
         }
         let data_offset = (r.at as u64).div_ceil(alignment) * alignment;
-        let data_len = (bytes.len() as u64).saturating_sub(data_offset);
+        let data_len = (bytes_total as u64).saturating_sub(data_offset);
         let mut spans: Vec<(u64, u64, &str)> = Vec::with_capacity(tensors.len());
         for t in &tensors {
             let end = t.offset.checked_add(t.size).filter(|&e| e <= data_len);
@@ -487,5 +551,54 @@ mod tests {
         bad[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
         let e = Gguf::parse(&bad).unwrap_err().to_string();
         assert!(e.contains("tensor count"), "{e}");
+    }
+
+    /// Finding 8 of issue 14: a file's table is read from its head; a 2 GiB file that is
+    /// no model costs what its head takes (at most `MAX_HEAD`), not 2 GiB.
+    #[test]
+    fn the_table_is_read_from_the_head_only() {
+        struct Endless {
+            head: Vec<u8>,
+            at: usize,
+            read: usize,
+        }
+        impl std::io::Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(1 << 16);
+                for b in &mut buf[..n] {
+                    *b = self.head.get(self.at).copied().unwrap_or(0);
+                    self.at += 1;
+                }
+                self.read += n;
+                Ok(n)
+            }
+        }
+        let mut bad = Endless {
+            head: b"GGUF\x63\0\0\0".to_vec(),
+            at: 0,
+            read: 0,
+        };
+        let e = Gguf::read_head(&mut bad, 2 << 30).unwrap_err().to_string();
+        assert!(e.contains("version 99"), "{e}");
+        assert!(bad.read <= 1 << 20, "read {} bytes", bad.read);
+        // A table that claims a million tensors: refused once it passes MAX_HEAD.
+        let mut head = b"GGUF".to_vec();
+        head.extend(3u32.to_le_bytes());
+        head.extend(1_000_000u64.to_le_bytes());
+        head.extend(0u64.to_le_bytes());
+        let mut many = Endless {
+            head,
+            at: 0,
+            read: 0,
+        };
+        assert!(Gguf::read_head(&mut many, 2 << 30).is_err());
+        assert!(many.read <= MAX_HEAD, "read {} bytes", many.read);
+        // A real file: the same table as parsing it whole.
+        let bytes = include_bytes!("../fixtures/tiny-llama.gguf");
+        let (g, used) = Gguf::read_head(&mut &bytes[..], bytes.len() as u64).unwrap();
+        let whole = Gguf::parse(bytes).unwrap();
+        assert_eq!(g.data_offset, whole.data_offset);
+        assert_eq!(g.tensors.len(), whole.tensors.len());
+        assert_eq!(used as u64, whole.data_offset);
     }
 }

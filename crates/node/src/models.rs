@@ -69,10 +69,25 @@ fn model_error(e: impl std::fmt::Display) -> Error {
     Error::Model(e.to_string())
 }
 
-fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
+/// Open `path`, which must be a regular file (not a device or a pipe, whose length says
+/// nothing), with its length.
+fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
     let f =
         std::fs::File::open(path).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let meta = f
+        .metadata()
+        .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(Error::Model(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok((f, meta.len()))
+}
+
+fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let (f, len) = open_regular(path)?;
     if len > limit {
         return Err(Error::Model(format!(
             "{} is {len} bytes; at most {limit} are read",
@@ -245,11 +260,19 @@ fn add_bytes(
     Ok(added.id)
 }
 
+/// Where a model's weights come from.
+enum Weights {
+    /// Read already (a safetensors file, whose header describes the model).
+    Bytes(Vec<u8>),
+    /// A GGUF file, streamed into the store (its header read and checked first).
+    File(std::fs::File, u64),
+}
+
 /// A model's files, read and described.
 struct Files {
     desc: Description,
     format: &'static str,
-    weights: Vec<u8>,
+    weights: Weights,
     tokenizer: Option<Vec<u8>>,
     config: Option<Vec<u8>>,
 }
@@ -300,37 +323,61 @@ impl Registry<'_> {
             Files {
                 desc,
                 format: format::SAFETENSORS,
-                weights,
+                weights: Weights::Bytes(weights),
                 tokenizer: Some(tokenizer),
                 config: Some(config),
             }
         } else {
-            let bytes = read_limited(path, u64::MAX)?;
-            let g = sov_models::gguf::Gguf::parse(&bytes).map_err(model_error)?;
+            // The header first (a few MiB at most): a file that is no model is refused
+            // before its weights are read, and the weights then stream into the store.
+            let (mut file, len) = open_regular(path)?;
+            let (g, _) = sov_models::gguf::Gguf::read_head(&mut file, len).map_err(model_error)?;
             let desc = manifest::describe_gguf(&g).map_err(model_error)?;
-            // The tensors must load too, not just the table.
-            LanguageModel::from_gguf(&g, &bytes).map_err(model_error)?;
+            LanguageModel::check_table(&g).map_err(model_error)?;
+            std::io::Seek::rewind(&mut file)
+                .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
             Files {
                 desc,
                 format: format::GGUF,
-                weights: bytes,
+                weights: Weights::File(file, len),
                 tokenizer: None,
                 config: None,
             }
         };
-        let weights_size = weights_bytes.len() as u64;
+        let weights_size = match &weights_bytes {
+            Weights::Bytes(b) => b.len() as u64,
+            Weights::File(_, len) => *len,
+        };
         let weights_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .filter(|_| fmt == format::GGUF)
             .unwrap_or_else(|| "model.safetensors".into());
-        let weights = add_bytes(
-            store,
-            weights_bytes,
-            &weights_name,
-            "application/octet-stream",
-            created,
-        )?;
+        let weights = match weights_bytes {
+            Weights::Bytes(b) => {
+                add_bytes(store, b, &weights_name, "application/octet-stream", created)?
+            }
+            Weights::File(file, len) => {
+                let added = store.add(
+                    std::io::BufReader::new(file).take(len),
+                    AddOptions {
+                        name: weights_name.clone(),
+                        media_type: "application/octet-stream".into(),
+                        created,
+                    },
+                    &mut |_| {},
+                )?;
+                if added.size != len {
+                    let _ = store.remove(&added.id);
+                    return Err(Error::Model(format!(
+                        "{} changed while it was imported ({} bytes read, {len} expected)",
+                        path.display(),
+                        added.size
+                    )));
+                }
+                added.id
+            }
+        };
         let tokenizer = tokenizer
             .map(|t| add_bytes(store, t, "tokenizer.json", "application/json", created))
             .transpose()?;

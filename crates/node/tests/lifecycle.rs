@@ -228,3 +228,36 @@ async fn generations_are_bounded_in_prompt_time_and_queued_work() {
     }
     node.shutdown().await;
 }
+
+/// Finding 8 of issue 14: an import reads a model's header first: a device is refused at
+/// once, and a 2 GiB file that only starts like a GGUF is refused after its head, with
+/// nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_read_the_header_first() {
+    let home = tempfile::tempdir().unwrap();
+    let node = Node::offline(home.path(), Keypair::generate(), Config::loopback())
+        .await
+        .unwrap();
+    let e = node
+        .import_model(Path::new("/dev/zero"), ImportOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    let fake = home.path().join("fake.gguf");
+    {
+        let f = std::fs::File::create(&fake).unwrap();
+        use std::io::Write as _;
+        (&f).write_all(b"GGUF\x03\0\0\0").unwrap();
+        (&f).write_all(&u64::MAX.to_le_bytes()).unwrap();
+        f.set_len(2 << 30).unwrap(); // sparse: no disk used
+    }
+    let e = node
+        .import_model(&fake, ImportOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tensor count"), "{e}");
+    assert!(node.objects().await.unwrap().is_empty());
+    node.shutdown().await;
+}
