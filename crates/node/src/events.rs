@@ -97,7 +97,7 @@ impl Node {
     /// Answer `req` if `peer` is within its rate for this kind of request.
     async fn admitted(&self, peer: PeerId, req: Request) -> Response {
         let kind = match req {
-            Request::Pin { .. } => Kind::Pin,
+            Request::Pin { .. } | Request::Unpin { .. } => Kind::Pin,
             Request::Has { .. } | Request::Grants { .. } => Kind::Query,
         };
         if let Err(wait) = self.inner.quotas.admit(peer, kind, Instant::now()) {
@@ -137,6 +137,10 @@ impl Node {
             }
             Request::Pin { object, replicas } => match self.pin_for(peer, object, replicas).await {
                 Ok(()) => Response::Pinned,
+                Err(e) => Response::refused(e),
+            },
+            Request::Unpin { object } => match self.unpin_for(peer, object).await {
+                Ok(()) => Response::Unpinned,
                 Err(e) => Response::refused(e),
             },
         }

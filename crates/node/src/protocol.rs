@@ -5,7 +5,7 @@
 //! | protocol | limit | messages |
 //! |---|---|---|
 //! | `/sov/blocks/2` | 16 MiB answers | want-lists and blocks (`sov_net::wire`) |
-//! | `/sov/node/3` | 64 KiB | [`Request`] / [`Response`]: objects (has, grants, pin) |
+//! | `/sov/node/3` | 64 KiB | [`Request`] / [`Response`]: objects (has, grants, pin, unpin) |
 //! | `/sov/bulk/2` | 64 MiB (`[network] max_bulk_message`) | large messages: model updates (federations add theirs) |
 //! | gossip `sov/models/1` | 64 KiB | [`ModelAnnouncement`]: a model its signer offers |
 //!
@@ -40,6 +40,12 @@ pub enum Request {
         /// the copies it should have
         replicas: u32,
     },
+    /// Stop keeping `object` as a replica: it has more copies than it asks for. Only its
+    /// owner may ask this.
+    Unpin {
+        /// the object
+        object: ContentId,
+    },
 }
 
 /// The answer on `/sov/node/3`.
@@ -60,6 +66,8 @@ pub enum Response {
     },
     /// To [`Request::Pin`]: pinned.
     Pinned,
+    /// To [`Request::Unpin`]: the replica is gone.
+    Unpinned,
     /// The request was understood but not done, and why.
     Refused {
         /// why

@@ -4,10 +4,16 @@
 //! replicas answer, asks more peers. Candidates are ranked by rendezvous hashing
 //! (BLAKE3 of object id and PeerId), so holders that repair at the same time pick the same
 //! peers instead of over-replicating.
+//!
+//! No slow peer holds repair up: a candidate must answer `has` within [`HAS_TIMEOUT`]
+//! before it is asked to pin (so a paused node is skipped), a pin has a timeout scaled to
+//! the object's size, and a pass works on [`REPAIR_AT_ONCE`] objects at a time. When more
+//! replicas answer than the object asks for, its owner asks the surplus (the worst ranked)
+//! to let go.
 
 use std::{collections::HashSet, time::Duration};
 
-use futures::future::join_all;
+use futures::{StreamExt as _, future::join_all};
 use sov_core::ContentId;
 use sov_net::PeerId;
 use sov_store::Pin;
@@ -21,6 +27,12 @@ use crate::{
 
 /// How long a holder may take to say it is alive.
 const HAS_TIMEOUT: Duration = Duration::from_secs(5);
+/// A pin's time: this, plus a second per [`PIN_BYTES_PER_SEC`] of the object.
+const PIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// The slowest transfer a pin's timeout allows for.
+const PIN_BYTES_PER_SEC: u64 = 1 << 20;
+/// Objects a repair pass works on at once.
+pub const REPAIR_AT_ONCE: usize = 4;
 /// Providers looked up when counting holders.
 const HOLDER_LOOKUP: usize = 64;
 
@@ -110,11 +122,16 @@ impl Node {
             holders.push(me);
         }
         let want = pin.replicas as usize;
+        if holders.len() > want && !pin.replica {
+            return Ok(self.release_surplus(id, holders, want).await);
+        }
         if holders.len() >= want {
             return Ok(holders);
         }
-        let owner = self.blocking(move |s| s.manifest_of(&id)).await?.owner;
-        let owner_peer = sov_net::peer_id_of(&owner);
+        let manifest = self.blocking(move |s| s.manifest_of(&id)).await?;
+        let owner_peer = sov_net::peer_id_of(&manifest.owner);
+        let size: u64 = manifest.chunks.iter().map(|c| c.size).sum();
+        let pin_timeout = PIN_TIMEOUT + Duration::from_secs(size / PIN_BYTES_PER_SEC);
         let net = self.net()?;
         let banned: HashSet<PeerId> = net.banned().await?.into_iter().collect();
         let mut candidates: Vec<PeerId> = net.closest_peers(id).await.unwrap_or_default();
@@ -143,7 +160,19 @@ impl Node {
             .encode();
             let answers = join_all(batch.iter().map(|p| {
                 let msg = msg.clone();
-                async move { (*p, net.request(*p, msg).await) }
+                async move {
+                    // Alive first: a paused or cut-off candidate is skipped in seconds.
+                    let alive = Request::Has { object: id }.encode();
+                    match tokio::time::timeout(HAS_TIMEOUT, net.request(*p, alive)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return (*p, Err(e.to_string())),
+                        Err(_) => return (*p, Err("did not answer `has` in time".into())),
+                    }
+                    match tokio::time::timeout(pin_timeout, net.request(*p, msg)).await {
+                        Ok(r) => (*p, r.map_err(|e| e.to_string())),
+                        Err(_) => (*p, Err(format!("no answer in {pin_timeout:?}"))),
+                    }
+                }
             }))
             .await;
             for (p, answer) in answers {
@@ -167,6 +196,61 @@ impl Node {
         Ok(holders)
     }
 
+    /// Ask the worst-ranked of `holders` (beyond the `want` best) to let go of `id`; returns
+    /// those that keep it. Only an owner does this, so holders never race to drop copies.
+    async fn release_surplus(
+        &self,
+        id: ContentId,
+        mut holders: Vec<PeerId>,
+        want: usize,
+    ) -> Vec<PeerId> {
+        let Ok(net) = self.net() else {
+            return holders;
+        };
+        holders.sort_by_key(|p| rank(&id, p));
+        let surplus = holders.split_off(want);
+        let msg = Request::Unpin { object: id }.encode();
+        let answers = join_all(surplus.iter().map(|p| {
+            let msg = msg.clone();
+            async move {
+                let r = tokio::time::timeout(HAS_TIMEOUT, net.request(*p, msg)).await;
+                (*p, matches!(r, Ok(Ok(ref b)) if matches!(Response::decode(b), Ok(Response::Unpinned))))
+            }
+        }))
+        .await;
+        for (p, released) in answers {
+            if released {
+                info!(%id, peer = %p, "released a surplus replica");
+            } else {
+                holders.push(p);
+            }
+        }
+        holders
+    }
+
+    /// Drop this node's replica of `id` because its owner (`peer`) asked: it has copies
+    /// enough. Not remembered as dropped: the owner may ask again later.
+    pub(crate) async fn unpin_for(&self, peer: PeerId, id: ContentId) -> Result<()> {
+        let pin = self.blocking(move |s| s.pin(&id)).await?;
+        if !pin.is_some_and(|p| p.replica) {
+            return Err(Error::Refused(format!(
+                "this node keeps {id} as no one's replica"
+            )));
+        }
+        let owner = self.blocking(move |s| s.manifest_of(&id)).await?.owner;
+        if sov_net::peer_id_of(&owner) != peer {
+            return Err(Error::Refused(format!(
+                "only the owner of {id} may ask to release it"
+            )));
+        }
+        self.blocking(move |s| s.remove(&id)).await?;
+        self.inner.manifests.forget(&id);
+        if let Ok(net) = self.net() {
+            let _ = net.unprovide(id).await;
+        }
+        Ok(())
+    }
+
     /// Every repair interval, bring each pinned object back to its replica count.
     pub(crate) async fn repair_loop(self) {
         let mut stopped = self.stopped();
@@ -184,14 +268,15 @@ impl Node {
                     continue;
                 }
             };
-            for (id, pin) in pins {
-                if pin.replicas == 0 {
-                    continue;
-                }
-                if let Err(e) = self.replicate(id).await {
-                    debug!(%id, "repair failed: {e}");
-                }
-            }
+            // Several objects at once, so one slow object does not hold up the rest.
+            let node = &self;
+            futures::stream::iter(pins.into_iter().filter(|(_, p)| p.replicas > 0))
+                .for_each_concurrent(REPAIR_AT_ONCE, |(id, _)| async move {
+                    if let Err(e) = node.replicate(id).await {
+                        debug!(%id, "repair failed: {e}");
+                    }
+                })
+                .await;
         }
     }
 }

@@ -218,3 +218,45 @@ async fn a_refused_read_downloads_nothing_but_the_manifest() {
     assert!(grew < 1 << 20, "a refused read stored {grew} bytes");
     cluster.stop().await;
 }
+
+/// Finding 11 of issue 14: a holder that comes back after repair replaced it leaves one copy
+/// too many; the owner releases the surplus, back to the count the object asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn surplus_replicas_are_released_when_holders_return() {
+    init_logging();
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cluster = Cluster::start(5, seed, Duration::from_secs(2)).await;
+    let data = random_bytes(&mut rng, 1 << 20);
+    let (added, holders) = cluster
+        .node(0)
+        .add(std::io::Cursor::new(data), add_options("s.bin"), Some(2))
+        .await
+        .unwrap();
+    let id = added.id;
+    assert_eq!(holders.len(), 2, "{holders:?}");
+    let first = replica_holders(&cluster, id).await;
+    let gone = first[0];
+    cluster.kill(gone).await;
+    let c = &cluster;
+    wait_for(
+        "repair to place a new copy",
+        Duration::from_secs(60),
+        || async move { replica_holders(c, id).await.len() >= 2 },
+    )
+    .await
+    .unwrap();
+    cluster.restart(gone).await;
+    // Three live copies now (the returned holder kept its own); the owner lets one go. (The
+    // owner needs a repair pass, DHT lookups and `has` answers to notice: never this soon.)
+    assert_eq!(replica_holders(&cluster, id).await.len(), 3);
+    let c = &cluster;
+    wait_for(
+        "the surplus copy to be released",
+        Duration::from_secs(60),
+        || async move { replica_holders(c, id).await.len() == 2 },
+    )
+    .await
+    .unwrap();
+    cluster.stop().await;
+}
