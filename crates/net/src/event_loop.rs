@@ -92,6 +92,8 @@ pub async fn start(config: Config) -> Result<(Client, mpsc::Receiver<Event>)> {
         identified: HashMap::new(),
         seen_at: HashMap::new(),
         bans: HashMap::new(),
+        backoff: HashMap::new(),
+        opened: HashMap::new(),
     };
     for addr in &config.bootstrap {
         event_loop.dial(addr.clone(), None);
@@ -134,7 +136,26 @@ struct EventLoop {
     /// Where we see connected peers.
     seen_at: HashMap<PeerId, Vec<Multiaddr>>,
     bans: HashMap<PeerId, Instant>,
+    /// Peers whose connections keep failing (dials refused, connections cut at once): no
+    /// request dials them again before `until`, which doubles with each failure.
+    backoff: HashMap<PeerId, Backoff>,
+    /// When each open connection was established.
+    opened: HashMap<ConnectionId, Instant>,
 }
+
+/// Reconnect backoff of one peer.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    failures: u32,
+    until: Instant,
+}
+
+/// A connection that closes sooner than this after it opened counts as a failure.
+const SHORT_LIVED: Duration = Duration::from_secs(2);
+/// Longest reconnect backoff.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Peers whose backoff is remembered (the oldest are forgotten first).
+const BACKOFF_PEERS: usize = 4096;
 
 fn kad_key(key: &ContentId) -> kad::RecordKey {
     kad::RecordKey::new(&key.to_bytes())
@@ -218,6 +239,45 @@ impl EventLoop {
         self.emit(Event::PeerBanned { peer, reason });
     }
 
+    /// Count a failed connection to `peer`. One failure alone never holds requests back (a
+    /// peer that just restarted, a connection closed as a test ends); from the second in a
+    /// row, requests wait 1 s, then 2 s, 4 s, … up to 5 min.
+    fn connection_failed(&mut self, peer: PeerId) {
+        let now = Instant::now();
+        if self.backoff.len() >= BACKOFF_PEERS && !self.backoff.contains_key(&peer) {
+            self.backoff.retain(|_, b| b.until > now);
+            if self.backoff.len() >= BACKOFF_PEERS {
+                return;
+            }
+        }
+        let b = self.backoff.entry(peer).or_insert(Backoff {
+            failures: 0,
+            until: now,
+        });
+        b.failures = b.failures.saturating_add(1);
+        let wait = match b.failures {
+            1 => Duration::ZERO,
+            n => Duration::from_secs(1u64 << (n - 2).min(9)).min(MAX_BACKOFF),
+        };
+        b.until = now + wait;
+        debug!(%peer, failures = b.failures, ?wait, "backing off reconnects");
+    }
+
+    /// `Some(reason)` when a request to `peer` must not dial it now: it is not connected and
+    /// its connections failed recently.
+    fn backing_off(&self, peer: &PeerId) -> Option<String> {
+        if self.swarm.is_connected(peer) {
+            return None;
+        }
+        let b = self.backoff.get(peer)?;
+        let left = b.until.checked_duration_since(Instant::now())?;
+        Some(format!(
+            "{} failed connections in a row; not dialling again for {} s",
+            b.failures,
+            left.as_secs().max(1)
+        ))
+    }
+
     fn unban_expired(&mut self) {
         let now = Instant::now();
         let expired: Vec<PeerId> = self
@@ -295,6 +355,14 @@ impl EventLoop {
                     .kad
                     .get_closest_peers(key.to_bytes());
                 self.closest.insert(q, reply);
+            }
+            Command::Want(peer, _, reply) if self.backing_off(&peer).is_some() => {
+                let reason = self.backing_off(&peer).unwrap_or_default();
+                let _ = reply.send(Err(Error::Request { peer, reason }));
+            }
+            Command::Request(_, peer, _, reply) if self.backing_off(&peer).is_some() => {
+                let reason = self.backing_off(&peer).unwrap_or_default();
+                let _ = reply.send(Err(Error::Request { peer, reason }));
             }
             Command::Want(peer, cids, reply) => {
                 let id = self
@@ -397,6 +465,7 @@ impl EventLoop {
                 if let Some((_, Some(reply))) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Ok(peer_id));
                 }
+                self.opened.insert(connection_id, Instant::now());
                 let seen = self.seen_at.entry(peer_id).or_default();
                 let addr = endpoint.get_remote_address().clone();
                 if !seen.contains(&addr) {
@@ -409,11 +478,23 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
-                self.seen_at.remove(&peer_id);
-                self.emit(Event::PeerDisconnected { peer: peer_id });
+                let lived = self.opened.remove(&connection_id).map(|t| t.elapsed());
+                match lived {
+                    Some(l) if l < SHORT_LIVED => self.connection_failed(peer_id),
+                    // A connection that held for a while: the peer is healthy again.
+                    Some(_) => {
+                        self.backoff.remove(&peer_id);
+                    }
+                    None => {}
+                }
+                if num_established == 0 {
+                    self.seen_at.remove(&peer_id);
+                    self.emit(Event::PeerDisconnected { peer: peer_id });
+                }
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -438,6 +519,9 @@ impl EventLoop {
                     }
                 } else {
                     debug!(?peer_id, "outgoing connection failed: {error}");
+                }
+                if let Some(peer) = peer_id {
+                    self.connection_failed(peer);
                 }
             }
             SwarmEvent::Behaviour(e) => self.on_behaviour(e),

@@ -239,3 +239,28 @@ async fn bulk_messages_pass_up_to_their_own_limit_and_control_ones_stay_small() 
     );
     assert!(c.request(a.peer_id(), big).await.is_err());
 }
+
+/// Finding 10 of issue 14: a peer whose connections keep failing is not dialled again by
+/// every request (a reconnect storm): after a failure, requests to it fail at once for a
+/// while, the wait doubling with each failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_back_off_from_a_peer_that_cannot_be_reached() {
+    let ((a, _ea), (b, _eb)) = pair().await;
+    let b_id = b.peer_id();
+    b.shutdown().await;
+    drop(b);
+    // Wait until a has seen b go.
+    for _ in 0..200 {
+        if a.peers().await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let first = a.request(b_id, b"hello".to_vec()).await.unwrap_err();
+    assert!(!first.to_string().contains("not dialling"), "{first}");
+    let second = a.request(b_id, b"hello".to_vec()).await.unwrap_err();
+    assert!(
+        second.to_string().contains("not dialling again"),
+        "a second request dialled again: {second}"
+    );
+}
