@@ -51,6 +51,25 @@ pub enum IdCommand {
     },
 }
 
+/// `sov store …`
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Read every block and check it against its CID, and that every object is whole; exits
+    /// 1 if anything is damaged.
+    Check {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the index from the pack files (the old index is kept beside it): every intact
+    /// block is re-indexed, and every object whose blocks are all intact is restored.
+    Repair {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// The top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -108,6 +127,9 @@ pub enum Command {
     /// Talk with a language model in the terminal (streaming; /reset clears, /exit or
     /// Ctrl-D quits).
     Chat(ChatArgs),
+    /// Check the store, or rebuild its index from its pack files (no node may be running).
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// List the peers the running node is connected to.
     Peers {
         /// Print a JSON array of {peer_id, did, addrs}.

@@ -10,6 +10,7 @@ mod home;
 mod model;
 mod node;
 mod remote;
+mod store;
 mod target;
 
 mod output;
@@ -97,6 +98,14 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Model(cmd) => model::run(&home()?, cmd),
         args::Command::Run(args) => model::run_prompt(&home()?, args),
         args::Command::Chat(args) => model::chat(&home()?, args),
+        args::Command::Store(args::StoreCommand::Check { json }) => {
+            if store::check(&home()?, json)? {
+                Ok(())
+            } else {
+                anyhow::bail!("the store is damaged (see above)")
+            }
+        }
+        args::Command::Store(args::StoreCommand::Repair { json }) => store::repair(&home()?, json),
         args::Command::Peers { json } => {
             let home = home()?;
             let running = node::require(&home.dir)?;

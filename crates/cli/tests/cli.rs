@@ -789,3 +789,26 @@ fn cars_from_other_tools_are_refused_with_the_reason() {
     assert!(err.contains("CAR v2") && !err.contains("roots"), "{err}");
     assert!(n.ok(&["data", "ls", "--json"]).trim() == "[]");
 }
+
+/// Finding 7 of issue 14: a destroyed index is refused with the way out, and `sov store
+/// repair` rebuilds it from the pack files with every object readable again.
+#[test]
+fn store_repair_rebuilds_a_destroyed_index() {
+    let n = Node::new();
+    n.init();
+    let (file, data) = random_file(n.path(), "a.bin", 3 << 20, 11);
+    let id = last_line(&n.ok(&["data", "add", file.to_str().unwrap()])).to_owned();
+    let check: serde_json::Value =
+        serde_json::from_str(&n.ok(&["store", "check", "--json"])).unwrap();
+    assert_eq!(check["ok"], true, "{check}");
+    fs::write(n.path().join("store.redb"), vec![0x5au8; 64 << 10]).unwrap();
+    let err = n.fails(&["data", "ls"]);
+    assert!(err.contains("sov store repair"), "{err}");
+    assert!(n.fails(&["store", "check"]).contains("sov store repair"));
+    let report: serde_json::Value =
+        serde_json::from_str(&n.ok(&["store", "repair", "--json"])).unwrap();
+    assert_eq!(report["objects"], 1, "{report}");
+    assert_eq!(report["damaged_blocks"], 0, "{report}");
+    assert!(n.ok_bytes(&["data", "get", &id]) == data);
+    assert!(n.ok(&["data", "ls"]).contains(&id));
+}

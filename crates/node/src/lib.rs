@@ -34,11 +34,14 @@ pub mod serve;
 
 pub use config::{CONFIG_FILE, Config, File as ConfigFile};
 pub use fetch::FetchReport;
-pub use node::Node;
+pub use node::{Node, check_store, repair_store};
 pub use objects::{ObjectEntry, Reading};
 pub use sov_net::{Multiaddr, PeerId, PeerInfo, Providers, peer_id_of, perf::PerfReport};
 /// The store's types that callers of the node see.
-pub use sov_store::{AddOptions, Added, DB_FILE, Error as StoreError, ObjectInfo, ObjectMeta, Pin};
+pub use sov_store::{
+    AddOptions, Added, CheckReport, DB_FILE, Error as StoreError, ObjectInfo, ObjectMeta, Pin,
+    RepairReport,
+};
 
 /// What went wrong in the node.
 #[derive(Debug, thiserror::Error)]

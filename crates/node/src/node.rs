@@ -421,6 +421,26 @@ impl Node {
     }
 }
 
+/// Check the store in `home` (its index, and every block against its CID). The node must not
+/// be running. A store whose index cannot be opened is an error naming `sov store repair`.
+pub async fn check_store(home: &Path, keypair: Keypair) -> Result<sov_store::CheckReport> {
+    let store = open_store(home, keypair).await?;
+    tokio::task::spawn_blocking(move || store.check())
+        .await
+        .map_err(|_| Error::Stopped)?
+        .map_err(Error::from)
+}
+
+/// Rebuild the index of the store in `home` from its pack files (see
+/// [`sov_store::Store::repair`]). The node must not be running.
+pub async fn repair_store(home: &Path, keypair: Keypair) -> Result<sov_store::RepairReport> {
+    let path = home.join(sov_store::DB_FILE);
+    tokio::task::spawn_blocking(move || Store::repair(&path, keypair).map(|(_, r)| r))
+        .await
+        .map_err(|_| Error::Stopped)?
+        .map_err(Error::from)
+}
+
 /// Open the store in `home` on the blocking pool.
 async fn open_store(home: &Path, keypair: Keypair) -> Result<Store> {
     let path = home.join(sov_store::DB_FILE);

@@ -135,7 +135,7 @@ impl<'p, 't> BlocksMut<'p, 't> {
                 len: 0,
             }
         } else {
-            self.blocks.packs.append(bytes)?
+            self.blocks.packs.append(cid, bytes)?
         };
         self.blocks
             .index

@@ -31,6 +31,7 @@ mod pack;
 mod peers;
 mod pins;
 mod read;
+mod repair;
 mod store;
 
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ pub use import::{Import, ImportReader};
 pub use pack::{RESERVE, free_space};
 pub use peers::{KnownPeer, PEER_BOOK_SIZE};
 pub use pins::{Pin, ReplicaUsage};
+pub use repair::{CheckReport, RepairReport};
 use sov_core::{ContentId, Did};
 pub use store::{AddOptions, Added, ObjectInfo, ObjectMeta, Store, StoreOptions};
 

@@ -5,6 +5,11 @@
 //! leaf re-read per insert: the store's write path was the bottleneck of adds and network
 //! fetches, see docs/BENCHMARKS.md).
 //!
+//! Format (so the index can be rebuilt from the packs alone, [`scan`]): a pack begins with
+//! [`PACK_MAGIC`]; each block is a frame, [`FRAME_MAGIC`], its length (`u32` LE) and its CID
+//! (36 bytes), then its bytes. An index entry points at the bytes. Packs written before the
+//! frames (no magic) stay readable through the index but cannot be re-indexed.
+//!
 //! Rules that keep a crash harmless:
 //! - bytes are appended only inside a redb write transaction (so appends are serialised),
 //!   and the index entries that point at them are written in that same transaction;
@@ -64,6 +69,23 @@ impl Loc {
             len: u32::from_le_bytes([l0, l1, l2, l3]),
         })
     }
+}
+
+/// The first bytes of a pack file with framed blocks.
+pub(crate) const PACK_MAGIC: &[u8; 8] = b"sovpack2";
+/// The first bytes of a block's frame.
+pub(crate) const FRAME_MAGIC: &[u8; 4] = b"SOVB";
+/// A block's frame header: magic, length, CID.
+pub(crate) const FRAME_HEADER: usize = 4 + 4 + 36;
+
+/// The frame header of block `cid` of `len` bytes.
+fn frame_header(cid: &sov_core::ContentId, len: u32) -> Vec<u8> {
+    let mut h = Vec::with_capacity(FRAME_HEADER);
+    h.extend_from_slice(FRAME_MAGIC);
+    h.extend_from_slice(&len.to_le_bytes());
+    h.extend_from_slice(&cid.to_bytes());
+    debug_assert_eq!(h.len(), FRAME_HEADER);
+    h
 }
 
 /// The pack being appended to.
@@ -135,9 +157,22 @@ impl Packs {
                 std::fs::remove_file(entry.path())?;
             }
         }
-        let id = highest.unwrap_or(0);
-        let (file, dir_dirty) = open_append(&dir.join(file_name(id)))?;
-        let len = file.metadata()?.len();
+        let mut id = highest.unwrap_or(0);
+        let (mut file, mut dir_dirty) = open_append(&dir.join(file_name(id)))?;
+        let mut len = file.metadata()?.len();
+        if len > 0 && !is_framed(&file)? {
+            // A pack of the unframed format: appends go to a new pack from here on.
+            file.sync_data()?;
+            id = id
+                .checked_add(1)
+                .ok_or_else(|| Error::TooLarge("pack ids exhausted".into()))?;
+            (file, dir_dirty) = open_append(&dir.join(file_name(id)))?;
+            len = file.metadata()?.len();
+        }
+        if len == 0 {
+            file.write_all(PACK_MAGIC)?;
+            len = PACK_MAGIC.len() as u64;
+        }
         let mut used = 0;
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
@@ -179,12 +214,19 @@ impl Packs {
         let id =
             a.id.checked_add(1)
                 .ok_or_else(|| Error::TooLarge("pack ids exhausted".into()))?;
-        let (file, _) = open_append(&self.dir.join(file_name(id)))?;
+        let (mut file, _) = open_append(&self.dir.join(file_name(id)))?;
+        let mut len = file.metadata()?.len();
+        if len == 0 {
+            file.write_all(PACK_MAGIC)?;
+            len = PACK_MAGIC.len() as u64;
+            self.used
+                .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        }
         *a = Active {
             id,
-            len: file.metadata()?.len(),
+            len,
             file,
-            unsynced: 0,
+            unsynced: len,
             dir_dirty: true,
         };
         Ok(())
@@ -193,6 +235,7 @@ impl Packs {
     /// Cut the active pack back to `end` bytes, if it is longer (callers hold a redb write
     /// transaction and know no committed block lies past `end`).
     pub(crate) fn truncate_active(&self, end: u64) -> Result<()> {
+        let end = end.max(PACK_MAGIC.len() as u64);
         let mut a = self.active();
         if a.len <= end {
             return Ok(());
@@ -251,33 +294,46 @@ impl Packs {
         Ok(())
     }
 
-    /// Append `bytes` (callers hold a redb write transaction); returns where they are.
-    pub(crate) fn append(&self, bytes: &[u8]) -> Result<Loc> {
-        self.append_with(bytes, Room::New)
+    /// Append block `cid`'s `bytes` in a frame (callers hold a redb write transaction);
+    /// returns where the bytes are.
+    pub(crate) fn append(&self, cid: &sov_core::ContentId, bytes: &[u8]) -> Result<Loc> {
+        self.append_with(cid, bytes, Room::New)
     }
 
     /// [`Packs::append`], with the room rule to apply.
-    pub(crate) fn append_with(&self, bytes: &[u8], room: Room) -> Result<Loc> {
+    pub(crate) fn append_with(
+        &self,
+        cid: &sov_core::ContentId,
+        bytes: &[u8],
+        room: Room,
+    ) -> Result<Loc> {
         let len = u32::try_from(bytes.len())
             .map_err(|_| Error::TooLarge(format!("a block of {} bytes", bytes.len())))?;
-        self.check_room(bytes.len() as u64, room)?;
+        let framed = (bytes.len() + FRAME_HEADER) as u64;
+        self.check_room(framed, room)?;
         let mut a = self.active();
-        if a.len > 0 && a.len + bytes.len() as u64 > PACK_SIZE {
+        if a.len > PACK_MAGIC.len() as u64 && a.len + framed > PACK_SIZE {
             // Close this pack: sync it now, so only the newest pack is ever unsynced.
             drop(a);
             self.rotate()?;
             a = self.active();
         }
+        let start = a.len;
         let loc = Loc {
             pack: a.id,
-            offset: a.len,
+            offset: start + FRAME_HEADER as u64,
             len,
         };
-        if let Err(e) = a.file.write_all(bytes) {
+        let header = frame_header(cid, len);
+        if let Err(e) = a
+            .file
+            .write_all(&header)
+            .and_then(|()| a.file.write_all(bytes))
+        {
             // A short write leaves the file position unknown: cut the file back to where the
             // block began, so nothing half-written stays and the next append lands where it
             // is recorded.
-            let _ = a.file.set_len(loc.offset);
+            let _ = a.file.set_len(start);
             a.len = a.file.metadata()?.len();
             use std::io::Seek as _;
             a.file.seek(std::io::SeekFrom::End(0))?;
@@ -288,9 +344,9 @@ impl Packs {
             });
         }
         self.used
-            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        a.len += bytes.len() as u64;
-        a.unsynced += bytes.len() as u64;
+            .fetch_add(framed, std::sync::atomic::Ordering::Relaxed);
+        a.len += framed;
+        a.unsynced += framed;
         Ok(loc)
     }
 
@@ -392,6 +448,97 @@ pub fn free_space(dir: &Path) -> Option<u64> {
     }
 }
 
+/// Whether `file` (a pack) begins with [`PACK_MAGIC`].
+fn is_framed(file: &File) -> Result<bool> {
+    let mut head = [0u8; 8];
+    match read_at(file, &mut head, 0) {
+        Ok(()) => Ok(&head == PACK_MAGIC),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What [`scan`] found in one pack.
+#[derive(Debug, Default)]
+pub(crate) struct Scanned {
+    /// Blocks whose bytes match their CID, with where they are.
+    pub(crate) blocks: Vec<(sov_core::ContentId, Loc)>,
+    /// Frames whose bytes do not match their CID (bit rot).
+    pub(crate) damaged: u64,
+    /// Bytes skipped looking for the next frame (a torn write, damage to a header).
+    pub(crate) skipped: u64,
+    /// The pack has no frames (written before them): it cannot be re-indexed.
+    pub(crate) unframed: bool,
+}
+
+/// Read pack `id` in `dir` frame by frame, checking every block against its CID. A damaged
+/// header is passed over by looking for the next frame's magic.
+pub(crate) fn scan(dir: &Path, id: u32) -> Result<Scanned> {
+    use std::io::Read as _;
+    let path = dir.join(file_name(id));
+    let file = File::open(&path)?;
+    let mut out = Scanned::default();
+    if !is_framed(&file)? {
+        out.unframed = file.metadata()?.len() > 0;
+        return Ok(out);
+    }
+    let mut bytes = Vec::new();
+    std::io::BufReader::new(file).read_to_end(&mut bytes)?;
+    let mut at = PACK_MAGIC.len();
+    while at + FRAME_HEADER <= bytes.len() {
+        let header = &bytes[at..at + FRAME_HEADER];
+        let parsed = (&header[..4] == FRAME_MAGIC)
+            .then(|| {
+                let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+                let cid = sov_core::ContentId::from_bytes(&header[8..]).ok()?;
+                Some((len, cid))
+            })
+            .flatten()
+            .filter(|(len, _)| at + FRAME_HEADER + *len as usize <= bytes.len());
+        let Some((len, cid)) = parsed else {
+            // Not a frame here: look for the next one.
+            let next = bytes[at + 1..]
+                .windows(4)
+                .position(|w| w == FRAME_MAGIC)
+                .map_or(bytes.len(), |p| at + 1 + p);
+            out.skipped += (next - at) as u64;
+            at = next;
+            continue;
+        };
+        let start = at + FRAME_HEADER;
+        let data = &bytes[start..start + len as usize];
+        if cid.matches(data) {
+            out.blocks.push((
+                cid,
+                Loc {
+                    pack: id,
+                    offset: start as u64,
+                    len,
+                },
+            ));
+        } else {
+            out.damaged += 1;
+        }
+        at = start + len as usize;
+    }
+    out.skipped += (bytes.len() - at) as u64;
+    Ok(out)
+}
+
+/// The ids of the pack files in `dir`, in order.
+pub(crate) fn pack_ids(dir: &Path) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    if dir.exists() {
+        for entry in std::fs::read_dir(dir)? {
+            if let Some(id) = entry?.file_name().to_str().and_then(parse_name) {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
 /// Open (creating if needed) a pack for appending; returns whether it was created.
 fn open_append(path: &Path) -> Result<(File, bool)> {
     let existed = path.exists();
@@ -444,9 +591,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let packs = Packs::open(dir.path(), &[], None).unwrap();
         let big = vec![7u8; (PACK_SIZE / 2 + 1) as usize];
-        let a = packs.append(b"hello").unwrap();
-        let b = packs.append(&big).unwrap();
-        let c = packs.append(&big).unwrap(); // does not fit: a new pack
+        let cid = |b: &[u8]| sov_core::ContentId::of(sov_core::Codec::Raw, b);
+        let a = packs.append(&cid(b"hello"), b"hello").unwrap();
+        let b = packs.append(&cid(&big), &big).unwrap();
+        let c = packs.append(&cid(&big), &big).unwrap(); // does not fit: a new pack
         assert_eq!((a.pack, b.pack, c.pack), (0, 0, 1));
         assert_eq!(packs.read(a).unwrap(), b"hello");
         assert_eq!(packs.read(c).unwrap(), big);
@@ -457,7 +605,7 @@ mod tests {
         assert!(!dir.path().join(file_name(1)).exists());
         assert_eq!(packs.active_id(), 0);
         assert!(matches!(packs.read(c), Err(Error::Corrupt(_))));
-        let d = packs.append(b"more").unwrap();
-        assert_eq!(d.offset, b.offset + big.len() as u64);
+        let d = packs.append(&cid(b"more"), b"more").unwrap();
+        assert_eq!(d.offset, b.offset + (big.len() + FRAME_HEADER) as u64);
     }
 }

@@ -30,7 +30,7 @@ pub struct Pin {
 }
 
 impl Pin {
-    fn encode(self) -> u64 {
+    pub(crate) fn encode(self) -> u64 {
         u64::from(self.replicas) | (u64::from(self.replica) << 32)
     }
 

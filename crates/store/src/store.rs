@@ -44,7 +44,7 @@ pub(crate) const PENDING: TableDefinition<u64, u64> = TableDefinition::new("pend
 fn open_db(path: &Path) -> Result<Database> {
     let damaged = |e: String| {
         Error::Corrupt(format!(
-            "the store index {} is damaged ({e}); move it aside and restore it from a backup, or import your objects again from their CAR files",
+            "the store index {} is damaged ({e}); `sov store repair` rebuilds it from the pack files",
             path.display()
         ))
     };
@@ -56,7 +56,9 @@ fn open_db(path: &Path) -> Result<Database> {
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(Error::InUse(path.to_owned()));
             }
-            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) => {
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                if e.kind() != std::io::ErrorKind::InvalidData =>
+            {
                 return Err(Error::Io(e));
             }
             Err(e) => return Err(damaged(e.to_string())),
@@ -335,7 +337,9 @@ impl Store {
             let mut blocks = self.block_writer(&w)?;
             for (cid, loc) in blocks.in_packs(&victims)? {
                 let bytes = self.packs.read(loc)?;
-                let new = self.packs.append_with(&bytes, Room::Reclaim)?;
+                let id = ContentId::from_bytes(&cid)
+                    .map_err(|e| Error::Corrupt(format!("block index key: {e}")))?;
+                let new = self.packs.append_with(&id, &bytes, Room::Reclaim)?;
                 blocks.relocate(&cid, new)?;
             }
             for id in &victims {
