@@ -99,3 +99,31 @@ fn three_node_processes_replicate_and_survive_the_owner() {
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("no node is running"));
 }
+
+/// Finding 12 of issue 14: when the local node dies in the middle of a command, the command
+/// says so (not "Peer disconnected"), on one line.
+#[test]
+fn a_command_whose_node_dies_says_so() {
+    use std::io::Write as _;
+    let mut a = Home::new();
+    a.start(&[]);
+    let mut add = a
+        .cmd(&["data", "add", "-", "--name", "slow.bin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = add.stdin.take().unwrap();
+    stdin.write_all(&vec![7u8; 4 << 20]).unwrap();
+    signal(a.pid(), "-KILL");
+    let _ = a.child.take().unwrap().wait();
+    // More input after the node is gone, then the end of it.
+    let _ = stdin.write_all(&vec![8u8; 4 << 20]);
+    drop(stdin);
+    let out = add.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stopped answering"), "{err}");
+    assert!(!err.to_lowercase().contains("panicked"), "{err}");
+}

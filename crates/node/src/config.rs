@@ -75,6 +75,9 @@ impl Default for ModelsSection {
     }
 }
 
+/// How long a pin mandate holds by default: 7 days.
+pub const DEFAULT_PIN_MANDATE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Default longest prompt: 8,192 tokens.
 pub const DEFAULT_MAX_PROMPT_TOKENS: usize = 8192;
 /// Default time budget of one generation: 10 minutes.
@@ -190,6 +193,9 @@ pub struct Config {
     pub max_replica_bytes: Option<u64>,
     /// Most bytes of replicas kept for one owner (`None`: a quarter of the above).
     pub max_replica_bytes_per_owner: Option<u64>,
+    /// How long the pin mandates this node signs for its objects hold (renewed at every
+    /// repair pass while it runs).
+    pub pin_mandate_ttl: Duration,
     /// The API address.
     pub api: SocketAddr,
     /// Gossip heartbeat (shorter in tests).
@@ -263,6 +269,7 @@ impl File {
             accept_pins: self.storage.accept_pins,
             max_replica_bytes: self.storage.max_replica_bytes,
             max_replica_bytes_per_owner: self.storage.max_replica_bytes_per_owner,
+            pin_mandate_ttl: DEFAULT_PIN_MANDATE_TTL,
             api: self
                 .api
                 .address
@@ -292,6 +299,7 @@ impl Config {
             accept_pins: true,
             max_replica_bytes: None,
             max_replica_bytes_per_owner: None,
+            pin_mandate_ttl: DEFAULT_PIN_MANDATE_TTL,
             api: "127.0.0.1:0".parse().expect("valid address"),
             gossip_heartbeat: Duration::from_millis(200),
             threads: 1,

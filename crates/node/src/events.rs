@@ -135,7 +135,14 @@ impl Node {
                     Err(e) => Response::refused(e),
                 }
             }
-            Request::Pin { object, replicas } => match self.pin_for(peer, object, replicas).await {
+            Request::Pin {
+                object,
+                replicas,
+                mandate,
+            } => match self
+                .pin_for(peer, object, replicas, mandate.into_vec())
+                .await
+            {
                 Ok(()) => Response::Pinned,
                 Err(e) => Response::refused(e),
             },

@@ -69,7 +69,11 @@ pub(crate) enum Gate {
     Readable,
     /// A replica for a peer: the object fits the replica quota (it is pinned as a replica
     /// with this count once stored, while its bytes are still reserved).
-    Replica { replicas: u32 },
+    Replica {
+        replicas: u32,
+        /// who signed the pin mandate: the manifest's owner must be the same
+        owner: sov_core::Did,
+    },
 }
 
 /// Replica quota held for a fetch in progress; given back when dropped.
@@ -101,8 +105,9 @@ impl Node {
         id: ContentId,
         peer: PeerId,
         replicas: u32,
+        owner: sov_core::Did,
     ) -> Result<FetchReport> {
-        self.fetch_with(id, Some(peer), None, Gate::Replica { replicas })
+        self.fetch_with(id, Some(peer), None, Gate::Replica { replicas, owner })
             .await
     }
 
@@ -290,6 +295,11 @@ impl Node {
                     .await
                     .err()
             }
+            Gate::Replica { owner: signer, .. } if import.manifest().owner != signer => {
+                Some(Error::Refused(format!(
+                    "the pin mandate for {id} is not signed by its owner"
+                )))
+            }
             Gate::Replica { .. } => {
                 let owner = import.manifest().owner;
                 let bytes: u64 = import.missing().iter().map(|c| c.size).sum();
@@ -332,7 +342,7 @@ impl Node {
         report.transfer = transfer.elapsed();
         self.blocking(move |s| {
             s.finish_import(import, grants)?;
-            if let Gate::Replica { replicas } = gate {
+            if let Gate::Replica { replicas, .. } = gate {
                 s.set_pin(
                     &id,
                     sov_store::Pin {

@@ -109,10 +109,12 @@ impl Node {
             .blocking(move |s| s.pin(&id))
             .await?
             .map_or(0, |p| p.replicas);
+        let mandate = self.mandate_for(id, replicas, self.did()).await?;
         for peer in self.live_holders(id).await? {
             let msg = Request::Pin {
                 object: id,
                 replicas,
+                mandate: serde_bytes::ByteBuf::from(mandate.clone()),
             }
             .encode();
             if let Err(e) = net.request(peer, msg).await {

@@ -33,12 +33,15 @@ pub enum Request {
         object: ContentId,
     },
     /// Keep a copy of `object` (fetching it from the asker), which should have `replicas`
-    /// copies in all.
+    /// copies in all, as its owner's `mandate` says.
     Pin {
         /// the object
         object: ContentId,
         /// the copies it should have
         replicas: u32,
+        /// a [`PinMandate`] signed by the object's owner (encoded `Signed`), naming this
+        /// object and count and not yet expired: without it, no node pins
+        mandate: serde_bytes::ByteBuf,
     },
     /// Stop keeping `object` as a replica: it has more copies than it asks for. Only its
     /// owner may ask this.
@@ -46,6 +49,25 @@ pub enum Request {
         /// the object
         object: ContentId,
     },
+}
+
+/// An owner's word that its object `object` should be kept in `replicas` copies until
+/// `until` (Unix seconds). A pin request carries one, and a holder keeps it: holders re-place
+/// a copy on the owner's behalf only while it holds, so an owner that is gone for good stops
+/// spreading its objects to nodes that join later once its mandates expire. Owners renew
+/// theirs at every repair pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinMandate {
+    /// the object
+    pub object: ContentId,
+    /// the copies it should have
+    pub replicas: u32,
+    /// when the mandate ends (Unix seconds)
+    pub until: u64,
+}
+
+impl sov_core::Message for PinMandate {
+    const TAG: &'static str = "sov/pin/1";
 }
 
 /// The answer on `/sov/node/3`.
@@ -148,7 +170,9 @@ mod tests {
             Request::Pin {
                 object: id,
                 replicas: 3,
+                mandate: serde_bytes::ByteBuf::from(vec![1, 2, 3]),
             },
+            Request::Unpin { object: id },
             Request::Has { object: id },
             Request::Grants { object: id },
         ] {
@@ -161,6 +185,7 @@ mod tests {
                 replica: false,
             },
             Response::Pinned,
+            Response::Unpinned,
             Response::refused("no"),
         ] {
             assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Error, Node, Result,
-    protocol::{Request, Response},
+    protocol::{PinMandate, Request, Response},
     quota::MAX_REPLICAS,
 };
 
@@ -39,7 +39,13 @@ const HOLDER_LOOKUP: usize = 64;
 impl Node {
     /// Pin object `id` for `peer`: fetch it (from `peer` first) if it is not here, refresh its
     /// grants from `peer`, and keep it as a replica.
-    pub(crate) async fn pin_for(&self, peer: PeerId, id: ContentId, replicas: u32) -> Result<()> {
+    pub(crate) async fn pin_for(
+        &self,
+        peer: PeerId,
+        id: ContentId,
+        replicas: u32,
+        mandate: Vec<u8>,
+    ) -> Result<()> {
         if !self.inner.config.accept_pins {
             return Err(Error::Refused("this node does not accept pins".into()));
         }
@@ -53,8 +59,15 @@ impl Node {
                 "this node removed its replica of {id} and keeps it no more"
             )));
         }
+        let owner = check_mandate(&mandate, id, replicas, crate::node::unix_now())?;
         let had = self.blocking(move |s| s.contains(&id)).await?;
         if had {
+            let signer_owns = self.blocking(move |s| s.manifest_of(&id)).await?.owner == owner;
+            if !signer_owns {
+                return Err(Error::Refused(format!(
+                    "the pin mandate for {id} is not signed by its owner"
+                )));
+            }
             let grants = self.grants_from(peer, id).await;
             let new = self.blocking(move |s| s.add_grants(&id, grants)).await?;
             if new > 0 {
@@ -64,7 +77,7 @@ impl Node {
             // The fetch goes on even if the asker stops waiting; it is refused before any
             // chunk if the object does not fit the replica quota.
             let node = self.clone();
-            self.run(async move { node.fetch_replica(id, peer, replicas).await })
+            self.run(async move { node.fetch_replica(id, peer, replicas, owner).await })
                 .await??;
         }
         let mine = self.blocking(move |s| s.pin(&id)).await?;
@@ -76,7 +89,14 @@ impl Node {
                 replica: true,
             },
         };
-        self.blocking(move |s| s.set_pin(&id, pin)).await?;
+        self.blocking(move |s| {
+            s.set_pin(&id, pin)?;
+            if pin.replica {
+                s.set_mandate(&id, &mandate)?;
+            }
+            Ok(())
+        })
+        .await?;
         if !had {
             info!(%id, %peer, "pinned a replica");
         }
@@ -146,6 +166,13 @@ impl Node {
                 && seen.insert(*p)
         });
         candidates.sort_by_key(|p| rank(&id, p));
+        let mandate = match self.mandate_for(id, pin.replicas, manifest.owner).await {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(%id, "not placing copies: {e}");
+                return Ok(holders);
+            }
+        };
         let mut missing = want - holders.len();
         // Ask as many candidates as replicas are missing, best ranked first; on refusals,
         // go on down the list.
@@ -156,6 +183,7 @@ impl Node {
             let msg = Request::Pin {
                 object: id,
                 replicas: pin.replicas,
+                mandate: serde_bytes::ByteBuf::from(mandate.clone()),
             }
             .encode();
             let answers = join_all(batch.iter().map(|p| {
@@ -194,6 +222,39 @@ impl Node {
             warn!(%id, have = holders.len(), want, "not enough peers to hold the wanted replicas");
         }
         Ok(holders)
+    }
+
+    /// The pin mandate to send with pins of `id` (owned by `owner`): a fresh one signed here
+    /// if this node is the owner, else the owner's mandate kept with the replica, while it
+    /// holds.
+    pub(crate) async fn mandate_for(
+        &self,
+        id: ContentId,
+        replicas: u32,
+        owner: sov_core::Did,
+    ) -> Result<Vec<u8>> {
+        let now = crate::node::unix_now();
+        let ttl = self.inner.config.pin_mandate_ttl.as_secs();
+        self.blocking_node(move |s| {
+            if s.identity().did() == owner {
+                let m = PinMandate {
+                    object: id,
+                    replicas,
+                    until: now.saturating_add(ttl),
+                };
+                return sov_core::Signed::sign(m, s.identity())
+                    .and_then(|m| m.encode())
+                    .map_err(|e| Error::Refused(format!("signing a pin mandate: {e}")));
+            }
+            let kept = s
+                .mandate(&id)?
+                .ok_or_else(|| Error::Refused(format!("no pin mandate from the owner of {id}")))?;
+            match check_mandate(&kept, id, replicas, now) {
+                Ok(_) => Ok(kept),
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
     /// Ask the worst-ranked of `holders` (beyond the `want` best) to let go of `id`; returns
@@ -279,6 +340,39 @@ impl Node {
                 .await;
         }
     }
+}
+
+/// Longest a pin mandate may claim to hold (a longer one is refused).
+const MAX_MANDATE: u64 = 30 * 24 * 3600;
+
+/// Check an encoded pin mandate for pinning `id` in `replicas` copies at `now`: its
+/// signature, object, count and time. Returns its signer (who must own the object).
+pub(crate) fn check_mandate(
+    bytes: &[u8],
+    id: ContentId,
+    replicas: u32,
+    now: u64,
+) -> Result<sov_core::Did> {
+    let signed = sov_core::Signed::<PinMandate>::decode(bytes)
+        .map_err(|e| Error::Refused(format!("the pin mandate is not valid: {e}")))?;
+    let m = signed.body();
+    if m.object != id || m.replicas != replicas {
+        return Err(Error::Refused(format!(
+            "the pin mandate is for {} in {} copies, not {id} in {replicas}",
+            m.object, m.replicas
+        )));
+    }
+    if m.until <= now {
+        return Err(Error::Refused(format!(
+            "the pin mandate for {id} expired (its owner has not renewed it)"
+        )));
+    }
+    if m.until > now.saturating_add(MAX_MANDATE) {
+        return Err(Error::Refused(
+            "the pin mandate claims more than 30 days".into(),
+        ));
+    }
+    Ok(signed.signer())
 }
 
 /// Rendezvous rank of `peer` for `id`: lower is preferred.

@@ -8,7 +8,7 @@ use sov_core::{ContentId, Did};
 
 use crate::{
     Error, Result, Store,
-    store::{DROPPED, OBJECTS, PINS},
+    store::{DROPPED, MANDATES, OBJECTS, PINS},
 };
 
 /// What the replicas this node keeps for others cost it.
@@ -126,6 +126,24 @@ impl Store {
         match r.open_table(DROPPED) {
             Ok(t) => Ok(t.get(id.to_bytes().as_slice())?.is_some()),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Keep `mandate` (an encoded, checked pin mandate) for object `id`.
+    pub fn set_mandate(&self, id: &ContentId, mandate: &[u8]) -> Result<()> {
+        let w = self.begin_write()?;
+        w.open_table(MANDATES)?
+            .insert(id.to_bytes().as_slice(), mandate)?;
+        self.commit(w)
+    }
+
+    /// The pin mandate kept for object `id`, if any.
+    pub fn mandate(&self, id: &ContentId) -> Result<Option<Vec<u8>>> {
+        let r = self.db().begin_read()?;
+        match r.open_table(MANDATES) {
+            Ok(t) => Ok(t.get(id.to_bytes().as_slice())?.map(|v| v.value().to_vec())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }

@@ -35,6 +35,8 @@ pub(crate) const PINS: TableDefinition<&[u8], u64> = TableDefinition::new("pins"
 /// Replicas this node removed on purpose: object id → when (Unix seconds). A peer asking to
 /// pin one again is refused, so a removal sticks and the owner places the copy elsewhere.
 pub(crate) const DROPPED: TableDefinition<&[u8], u64> = TableDefinition::new("dropped_replicas");
+/// The owner's pin mandate each replica was pinned with: object id → encoded signed mandate.
+pub(crate) const MANDATES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pin_mandates");
 /// add in progress → its start time; blocks of an add that never finished are collected.
 pub(crate) const PENDING: TableDefinition<u64, u64> = TableDefinition::new("pending");
 
@@ -203,6 +205,7 @@ impl Store {
             w.open_table(PENDING)?;
             w.open_table(PINS)?;
             w.open_table(DROPPED)?;
+            w.open_table(MANDATES)?;
         }
         w.commit()?;
         // Block bytes live in pack files beside the database; packs no committed
@@ -444,6 +447,7 @@ impl Store {
                 return Err(Error::NotFound(*id));
             }
             w.open_table(PINS)?.remove(key.as_slice())?;
+            w.open_table(MANDATES)?.remove(key.as_slice())?;
             let manifest = self.manifest(&*self.block_writer(&w)?, id)?;
             let grant_ids: Vec<Vec<u8>> = {
                 let mut grants = w.open_multimap_table(GRANTS)?;

@@ -370,6 +370,7 @@ async fn a_pin_flood_is_held_to_the_quota_and_rate_while_the_owner_is_served() {
     let ask = sov_node::protocol::Request::Pin {
         object: pinned[0],
         replicas: 17,
+        mandate: Default::default(),
     };
     let mut limited = 0;
     for _ in 0..(sov_node::quota::PINS_PER_MINUTE + 40) {

@@ -260,3 +260,51 @@ async fn surplus_replicas_are_released_when_holders_return() {
     .unwrap();
     cluster.stop().await;
 }
+
+/// Finding 1 of issue 14: holders re-place a copy on the owner's behalf only while the
+/// owner's signed pin mandate holds. With the owner gone, a lost copy is replaced while its
+/// mandate lasts; once it has expired, nobody spreads the object further.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_re_place_copies_only_while_the_owners_mandate_holds() {
+    init_logging();
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut config = sov_node::Config::loopback();
+    config.repair_interval = Duration::from_secs(1);
+    config.pin_mandate_ttl = Duration::from_secs(20);
+    let mut cluster = Cluster::start_with(6, seed, config).await;
+    let data = random_bytes(&mut rng, 300_000);
+    let (added, holders) = cluster
+        .node(0)
+        .add(std::io::Cursor::new(data), add_options("m.bin"), Some(2))
+        .await
+        .unwrap();
+    let signed_at = std::time::Instant::now();
+    let id = added.id;
+    assert_eq!(holders.len(), 2);
+    let first = replica_holders(&cluster, id).await;
+    // The owner and one holder go: the other holder replaces the copy, on the mandate.
+    cluster.kill(0).await;
+    cluster.kill(first[0]).await;
+    let c = &cluster;
+    wait_for(
+        "a holder to replace the lost copy",
+        Duration::from_secs(15),
+        || async move { replica_holders(c, id).await.len() >= 2 },
+    )
+    .await
+    .unwrap();
+    // After the mandate expired, a lost copy stays lost.
+    let left = Duration::from_secs(21).saturating_sub(signed_at.elapsed());
+    tokio::time::sleep(left).await;
+    let now = replica_holders(&cluster, id).await;
+    let placed = *now.iter().find(|&&i| i != first[1]).unwrap();
+    cluster.kill(placed).await;
+    tokio::time::sleep(Duration::from_secs(6)).await; // six repair passes
+    assert_eq!(
+        replica_holders(&cluster, id).await,
+        vec![first[1]],
+        "a copy was placed on an expired mandate"
+    );
+    cluster.stop().await;
+}
