@@ -812,3 +812,53 @@ fn store_repair_rebuilds_a_destroyed_index() {
     assert!(n.ok_bytes(&["data", "get", &id]) == data);
     assert!(n.ok(&["data", "ls"]).contains(&id));
 }
+
+/// Finding 6 of issue 14, with a real kill: `sov data add` killed midway leaves no object,
+/// and the next command that opens the store reclaims the blocks it wrote.
+#[test]
+fn a_killed_add_leaves_nothing_behind() {
+    use std::io::Write as _;
+    let n = Node::new();
+    n.init();
+    let packs = n.path().join("store.packs");
+    let on_disk = || -> u64 {
+        fs::read_dir(&packs)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.metadata().map_or(0, |m| m.len()))
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let mut add = n
+        .cmd(&["data", "add", "-", "--name", "big.bin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = add.stdin.take().unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut chunk = vec![0u8; 1 << 20];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Feed it until tens of MiB are in the packs, then kill it mid-add.
+    while on_disk() < 40 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the add wrote nothing"
+        );
+        rng.fill_bytes(&mut chunk);
+        stdin.write_all(&chunk).unwrap();
+    }
+    add.kill().unwrap();
+    let _ = add.wait();
+    drop(stdin);
+    let left = on_disk();
+    assert!(left >= 40 << 20, "{left}");
+    assert_eq!(n.ok(&["data", "ls", "--json"]).trim(), "[]");
+    let after = on_disk();
+    assert!(
+        after < 1 << 20,
+        "{after} bytes of the killed add are still in the packs"
+    );
+}

@@ -301,11 +301,18 @@ async fn a_pin_flood_is_held_to_the_quota_and_rate_while_the_owner_is_served() {
         .await
         .unwrap();
     let own_id = own_added.id;
+    // Reads before the flood, for comparison (printed, not asserted: a test never asserts
+    // on time).
+    let quiet = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(victim.read(own_id).await.unwrap(), own);
+    }
+    let quiet = quiet.elapsed() / 20;
     let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let reader = {
         let (victim, reading, own) = (victim.clone(), reading.clone(), own.clone());
         tokio::spawn(async move {
-            let mut reads = 0;
+            let (mut reads, started) = (0u32, std::time::Instant::now());
             while reading.load(std::sync::atomic::Ordering::SeqCst) {
                 assert_eq!(
                     victim.read(own_id).await.unwrap(),
@@ -314,7 +321,7 @@ async fn a_pin_flood_is_held_to_the_quota_and_rate_while_the_owner_is_served() {
                 );
                 reads += 1;
             }
-            reads
+            (reads, started.elapsed() / reads.max(1))
         })
     };
 
@@ -399,8 +406,10 @@ async fn a_pin_flood_is_held_to_the_quota_and_rate_while_the_owner_is_served() {
     assert!(!victim.contains(pinned[0]).await.unwrap());
 
     reading.store(false, std::sync::atomic::Ordering::SeqCst);
-    let reads = reader.await.unwrap();
+    let (reads, during) = reader.await.unwrap();
     assert!(reads > 0, "the owner's reads did not run");
-    eprintln!("the owner read its 4 MiB object {reads} times during the flood");
+    eprintln!(
+        "the owner read its 4 MiB object {reads} times during the flood: {during:?} a read, {quiet:?} before it"
+    );
     cluster.stop().await;
 }
