@@ -162,6 +162,13 @@ impl Bert {
         tokenizer: &[u8],
         max_tokens: Option<usize>,
     ) -> Result<Self> {
+        let c = Self::check_config(config)?;
+        let tok = WordPiece::from_json(tokenizer)?;
+        Self::load_checked(c, tok, weights, max_tokens)
+    }
+
+    /// Parse and check `config.json`: a BERT encoder of a size this crate runs.
+    pub fn check_config(config: &[u8]) -> Result<BertConfig> {
         let c: BertConfig =
             serde_json::from_slice(config).map_err(|e| err(format!("config.json: {e}")))?;
         if !c.model_type.is_empty() && c.model_type != "bert" {
@@ -191,7 +198,16 @@ impl Bert {
                 c.num_attention_heads, c.num_hidden_layers
             )));
         }
-        let tok = WordPiece::from_json(tokenizer)?;
+        Ok(c)
+    }
+
+    fn load_checked(
+        c: BertConfig,
+        tok: WordPiece,
+        weights: &[u8],
+        max_tokens: Option<usize>,
+    ) -> Result<Self> {
+        let (h, f) = (c.hidden_size, c.intermediate_size);
         let st = SafeTensors::parse(weights)?;
         // Checkpoints exported from a BertModel name tensors `embeddings.…`; from a
         // pre-training head, `bert.embeddings.…`.

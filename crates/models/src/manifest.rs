@@ -183,8 +183,21 @@ pub fn describe_bert(
     weights: &[u8],
     tokenizer: &[u8],
 ) -> crate::Result<Description> {
-    let bert = crate::bert::Bert::load(config, weights, tokenizer, None)?;
+    crate::bert::Bert::load(config, weights, tokenizer, None)?;
     let st = crate::safetensors::SafeTensors::parse(weights)?;
+    describe_bert_table(config, &st, tokenizer)
+}
+
+/// [`describe_bert`] from the safetensors table alone (its header): the config and the
+/// tokeniser are checked, the tensors are checked when the model loads. What an import uses,
+/// so the weights can stream into the store unread.
+pub fn describe_bert_table(
+    config: &[u8],
+    st: &crate::safetensors::SafeTensors,
+    tokenizer: &[u8],
+) -> crate::Result<Description> {
+    let c = crate::bert::Bert::check_config(config)?;
+    crate::wordpiece::WordPiece::from_json(tokenizer)?;
     let parameters = st
         .tensors
         .values()
@@ -203,8 +216,8 @@ pub fn describe_bert(
         kind: ModelKind::Embedding,
         architecture: "bert".into(),
         parameters,
-        context_length: bert.config.max_position_embeddings as u64,
-        dimensions: bert.dimensions() as u64,
+        context_length: c.max_position_embeddings as u64,
+        dimensions: c.hidden_size as u64,
         quantization: types.join("+"),
     })
 }

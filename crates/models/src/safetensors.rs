@@ -90,6 +90,35 @@ struct Entry {
 impl SafeTensors {
     /// Parse the table of `bytes` (the whole file).
     pub fn parse(bytes: &[u8]) -> Result<Self> {
+        Self::parse_head(bytes, bytes.len() as u64)
+    }
+
+    /// Read only the header of a safetensors file of `total` bytes from `input` (positioned
+    /// at its start; at most 100 MiB), checking every tensor against `total`: an import
+    /// describes the model without reading its weights.
+    pub fn read_head(input: &mut impl std::io::Read, total: u64) -> Result<Self> {
+        use std::io::Read as _;
+        let mut len = [0u8; 8];
+        input
+            .read_exact(&mut len)
+            .map_err(|_| err("safetensors: shorter than its 8-byte header length"))?;
+        let n = u64::from_le_bytes(len);
+        if n > MAX_HEADER || n > total.saturating_sub(8) {
+            return Err(err(format!(
+                "safetensors: header of {n} bytes in a file of {total}"
+            )));
+        }
+        let mut head = len.to_vec();
+        input
+            .take(n)
+            .read_to_end(&mut head)
+            .map_err(|e| err(format!("safetensors header: {e}")))?;
+        Self::parse_head(&head, total)
+    }
+
+    /// Parse a table from `bytes`, the first bytes (at least the header) of a file of
+    /// `total` bytes.
+    fn parse_head(bytes: &[u8], total: u64) -> Result<Self> {
         let len: [u8; 8] = bytes
             .get(..8)
             .and_then(|b| b.try_into().ok())
@@ -98,14 +127,16 @@ impl SafeTensors {
         if n > MAX_HEADER || n > (bytes.len() - 8) as u64 {
             return Err(err(format!(
                 "safetensors: header of {n} bytes in a file of {}",
-                bytes.len()
+                total.max(bytes.len() as u64)
             )));
         }
         let data_start = 8 + n as usize;
         let header: BTreeMap<String, serde_json::Value> =
             serde_json::from_slice(&bytes[8..data_start])
                 .map_err(|e| err(format!("safetensors header: {e}")))?;
-        let data_len = bytes.len() - data_start;
+        let data_len = usize::try_from(total.max(bytes.len() as u64))
+            .unwrap_or(usize::MAX)
+            .saturating_sub(data_start);
         let mut tensors = BTreeMap::new();
         for (name, v) in header {
             if name == "__metadata__" {
@@ -222,5 +253,25 @@ mod tests {
         }
         assert!(SafeTensors::parse(&[1, 2, 3]).is_err());
         assert!(SafeTensors::parse(&u64::MAX.to_le_bytes()).is_err());
+    }
+
+    /// Finding 8 of issue 14: an import reads a safetensors file's header, not its weights;
+    /// a header too large is refused from its 8-byte length alone.
+    #[test]
+    fn the_header_is_read_alone() {
+        let mut file = Vec::new();
+        let header = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+        file.extend((header.len() as u64).to_le_bytes());
+        file.extend_from_slice(header);
+        let total = file.len() as u64 + 8;
+        let mut input = &file[..];
+        let st = SafeTensors::read_head(&mut input, total).unwrap();
+        assert_eq!(st.tensors["w"].shape, vec![2]);
+        assert!(input.is_empty(), "read past the header");
+        // The same header in a file too short for its tensor: refused.
+        assert!(SafeTensors::read_head(&mut &file[..], total - 1).is_err());
+        // A header claiming a terabyte: refused after its length.
+        let mut huge = &(1u64 << 40).to_le_bytes()[..];
+        assert!(SafeTensors::read_head(&mut huge, 2 << 40).is_err());
     }
 }

@@ -260,13 +260,9 @@ fn add_bytes(
     Ok(added.id)
 }
 
-/// Where a model's weights come from.
-enum Weights {
-    /// Read already (a safetensors file, whose header describes the model).
-    Bytes(Vec<u8>),
-    /// A GGUF file, streamed into the store (its header read and checked first).
-    File(std::fs::File, u64),
-}
+/// A model's weights file, open at its start, and its length: its header was read and
+/// checked; the rest streams into the store.
+struct Weights(std::fs::File, u64);
 
 /// A model's files, read and described.
 struct Files {
@@ -310,9 +306,14 @@ impl Registry<'_> {
             }
             let config = read_limited(&file("config.json"), MAX_SIDE_FILE)?;
             let tokenizer = read_limited(&file("tokenizer.json"), MAX_SIDE_FILE)?;
-            let weights = read_limited(&file("model.safetensors"), u64::MAX)?;
+            // The weights' header only; they stream into the store below.
+            let (mut weights, len) = open_regular(&file("model.safetensors"))?;
+            let table = sov_models::safetensors::SafeTensors::read_head(&mut weights, len)
+                .map_err(model_error)?;
+            std::io::Seek::rewind(&mut weights)
+                .map_err(|e| Error::Model(format!("model.safetensors: {e}")))?;
             let mut desc =
-                manifest::describe_bert(&config, &weights, &tokenizer).map_err(model_error)?;
+                manifest::describe_bert_table(&config, &table, &tokenizer).map_err(model_error)?;
             // sentence-transformers serves at most max_seq_length tokens.
             if let Ok(b) = std::fs::read(file("sentence_bert_config.json"))
                 && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b)
@@ -323,7 +324,7 @@ impl Registry<'_> {
             Files {
                 desc,
                 format: format::SAFETENSORS,
-                weights: Weights::Bytes(weights),
+                weights: Weights(weights, len),
                 tokenizer: Some(tokenizer),
                 config: Some(config),
             }
@@ -339,45 +340,36 @@ impl Registry<'_> {
             Files {
                 desc,
                 format: format::GGUF,
-                weights: Weights::File(file, len),
+                weights: Weights(file, len),
                 tokenizer: None,
                 config: None,
             }
         };
-        let weights_size = match &weights_bytes {
-            Weights::Bytes(b) => b.len() as u64,
-            Weights::File(_, len) => *len,
-        };
+        let weights_size = weights_bytes.1;
         let weights_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .filter(|_| fmt == format::GGUF)
             .unwrap_or_else(|| "model.safetensors".into());
-        let weights = match weights_bytes {
-            Weights::Bytes(b) => {
-                add_bytes(store, b, &weights_name, "application/octet-stream", created)?
-            }
-            Weights::File(file, len) => {
-                let added = store.add(
-                    std::io::BufReader::new(file).take(len),
-                    AddOptions {
-                        name: weights_name.clone(),
-                        media_type: "application/octet-stream".into(),
-                        created,
-                    },
-                    &mut |_| {},
-                )?;
-                if added.size != len {
-                    let _ = store.remove(&added.id);
-                    return Err(Error::Model(format!(
-                        "{} changed while it was imported ({} bytes read, {len} expected)",
-                        path.display(),
-                        added.size
-                    )));
-                }
-                added.id
-            }
-        };
+        let Weights(file, len) = weights_bytes;
+        let added = store.add(
+            std::io::BufReader::new(file).take(len),
+            AddOptions {
+                name: weights_name.clone(),
+                media_type: "application/octet-stream".into(),
+                created,
+            },
+            &mut |_| {},
+        )?;
+        if added.size != len {
+            let _ = store.remove(&added.id);
+            return Err(Error::Model(format!(
+                "{} changed while it was imported ({} bytes read, {len} expected)",
+                path.display(),
+                added.size
+            )));
+        }
+        let weights = added.id;
         let tokenizer = tokenizer
             .map(|t| add_bytes(store, t, "tokenizer.json", "application/json", created))
             .transpose()?;
