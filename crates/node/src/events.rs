@@ -97,7 +97,7 @@ impl Node {
     /// Answer `req` if `peer` is within its rate for this kind of request.
     async fn admitted(&self, peer: PeerId, req: Request) -> Response {
         let kind = match req {
-            Request::Pin { .. } | Request::Unpin { .. } => Kind::Pin,
+            Request::Pin { .. } | Request::Unpin { .. } | Request::Dropped { .. } => Kind::Pin,
             Request::Has { .. } | Request::Grants { .. } => Kind::Query,
         };
         if let Err(wait) = self.inner.quotas.admit(peer, kind, Instant::now()) {
@@ -150,6 +150,19 @@ impl Node {
                 Ok(()) => Response::Unpinned,
                 Err(e) => Response::refused(e),
             },
+            Request::Dropped { object } => {
+                // Only an owner acts on it: it checks again who holds its object.
+                let mine = self.blocking(move |s| s.pin(&object)).await;
+                if matches!(mine, Ok(Some(p)) if !p.replica && p.replicas > 0) {
+                    let node = self.clone();
+                    self.spawn(async move {
+                        if let Err(e) = node.replicate(object).await {
+                            debug!(%object, "placing a dropped copy elsewhere failed: {e}");
+                        }
+                    });
+                }
+                Response::Noted
+            }
         }
     }
 }

@@ -130,15 +130,32 @@ impl Node {
     /// owner's repair places the copy elsewhere.
     pub async fn remove(&self, id: ContentId) -> Result<()> {
         let now = crate::node::unix_now();
-        self.blocking(move |s| {
-            let replica = s.pin(&id)?.is_some_and(|p| p.replica);
-            s.remove(&id)?;
-            if replica {
-                s.mark_dropped(&id, now)?;
-            }
-            Ok(())
-        })
-        .await?;
+        let owner = self
+            .blocking(move |s| {
+                let replica = s.pin(&id)?.is_some_and(|p| p.replica);
+                let owner = if replica {
+                    Some(s.manifest_of(&id)?.owner)
+                } else {
+                    None
+                };
+                s.remove(&id)?;
+                if replica {
+                    s.mark_dropped(&id, now)?;
+                }
+                Ok(owner)
+            })
+            .await?;
+        // A replica: tell its owner, so it places the copy elsewhere without waiting.
+        if let (Some(owner), Ok(net)) = (owner, self.net()) {
+            let msg = Request::Dropped { object: id }.encode();
+            let peer = sov_net::peer_id_of(&owner);
+            let net = net.clone();
+            self.spawn(async move {
+                if let Err(e) = net.request(peer, msg).await {
+                    debug!(%peer, "could not tell the owner a replica was dropped: {e}");
+                }
+            });
+        }
         self.inner.manifests.forget(&id);
         if let Ok(net) = self.net() {
             let _ = net.unprovide(id).await;

@@ -5,7 +5,7 @@
 //! | protocol | limit | messages |
 //! |---|---|---|
 //! | `/sov/blocks/2` | 16 MiB answers | want-lists and blocks (`sov_net::wire`) |
-//! | `/sov/node/3` | 64 KiB | [`Request`] / [`Response`]: objects (has, grants, pin, unpin) |
+//! | `/sov/node/3` | 64 KiB | [`Request`] / [`Response`]: objects (has, grants, pin, unpin, dropped) |
 //! | `/sov/bulk/2` | 64 MiB (`[network] max_bulk_message`) | large messages: model updates (federations add theirs) |
 //! | gossip `sov/models/1` | 64 KiB | [`ModelAnnouncement`]: a model its signer offers |
 //!
@@ -46,6 +46,12 @@ pub enum Request {
     /// Stop keeping `object` as a replica: it has more copies than it asks for. Only its
     /// owner may ask this.
     Unpin {
+        /// the object
+        object: ContentId,
+    },
+    /// To an object's owner, from a node that held a copy: it no longer keeps `object`
+    /// (its user removed it), so the owner may place the copy elsewhere now.
+    Dropped {
         /// the object
         object: ContentId,
     },
@@ -90,6 +96,8 @@ pub enum Response {
     Pinned,
     /// To [`Request::Unpin`]: the replica is gone.
     Unpinned,
+    /// To [`Request::Dropped`]: noted.
+    Noted,
     /// The request was understood but not done, and why.
     Refused {
         /// why
@@ -173,6 +181,7 @@ mod tests {
                 mandate: serde_bytes::ByteBuf::from(vec![1, 2, 3]),
             },
             Request::Unpin { object: id },
+            Request::Dropped { object: id },
             Request::Has { object: id },
             Request::Grants { object: id },
         ] {
@@ -186,6 +195,7 @@ mod tests {
             },
             Response::Pinned,
             Response::Unpinned,
+            Response::Noted,
             Response::refused("no"),
         ] {
             assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);

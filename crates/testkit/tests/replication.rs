@@ -308,3 +308,37 @@ async fn holders_re_place_copies_only_while_the_owners_mandate_holds() {
     );
     cluster.stop().await;
 }
+
+/// Finding 1 of issue 14: a holder that removes its replica tells the owner, who places the
+/// copy elsewhere at once (repair here runs only once a minute), and the holder refuses it
+/// from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_replica_is_placed_elsewhere_by_its_owner() {
+    init_logging();
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cluster = Cluster::start(5, seed, Duration::from_secs(60)).await;
+    let data = random_bytes(&mut rng, 400_000);
+    let (added, holders) = cluster
+        .node(0)
+        .add(std::io::Cursor::new(data), add_options("d.bin"), Some(2))
+        .await
+        .unwrap();
+    let id = added.id;
+    assert_eq!(holders.len(), 2);
+    let first = replica_holders(&cluster, id).await;
+    cluster.node(first[0]).remove(id).await.unwrap();
+    let c = &cluster;
+    let dropper = first[0];
+    wait_for(
+        "the owner to place the copy elsewhere",
+        Duration::from_secs(30),
+        || async move {
+            let now = replica_holders(c, id).await;
+            now.len() == 2 && !now.contains(&dropper)
+        },
+    )
+    .await
+    .unwrap();
+    cluster.stop().await;
+}
