@@ -237,6 +237,11 @@ impl Store {
             adds: std::sync::atomic::AtomicUsize::new(0),
         };
         store.collect_unfinished()?;
+        // A process killed mid-write may leave bytes past the last block the (durable) index
+        // knows, even when no unfinished add was recorded (its non-durable commits were
+        // lost): cut them off, and reclaim a mostly dead pack. Cheap when there is nothing
+        // to do. Not fatal: the store works without it.
+        let _ = store.compact();
         Ok(store)
     }
 
