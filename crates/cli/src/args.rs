@@ -405,9 +405,14 @@ pub struct SimulateArgs {
     /// Local optimiser: sgd, sgd:MOMENTUM or adam.
     #[arg(long, default_value = "sgd")]
     pub optimizer: String,
-    /// fedavg, fedprox:MU, fedadam, fedyogi, median, trimmed-mean:BETA or krum:F[,M].
+    /// fedavg, fedprox:MU, fedadam, fedyogi, median, trimmed-mean:BETA, krum:F[,M] or
+    /// centered-clip:TAU[,L].
     #[arg(long, default_value = "fedavg")]
     pub strategy: String,
+    /// A step before the rule that helps robust rules on heterogeneous data: bucket:S
+    /// (average random buckets of S updates) or nnm:F (nearest-neighbour mixing).
+    #[arg(long, value_name = "PRE")]
+    pub pre_aggregate: Option<String>,
     /// Chance that a selected client drops out (with --secagg, at a random stage of the
     /// protocol; the round recovers while enough clients remain).
     #[arg(long, default_value_t = 0.0, value_name = "P")]
@@ -436,7 +441,8 @@ pub struct SimulateArgs {
     /// Share of clients that are malicious.
     #[arg(long, default_value_t = 0.0, value_name = "P", requires = "attack")]
     pub malicious: f64,
-    /// What malicious clients do: sign-flip, scale:S, noise, label-flip or backdoor.
+    /// What malicious clients do: sign-flip, scale:S, noise, label-flip, backdoor, alie or
+    /// ipm:EPS (the last two see the honest updates of the round and collude).
     #[arg(long)]
     pub attack: Option<String>,
     /// Seed of every random choice (partition, initialisation, shuffles, selection).

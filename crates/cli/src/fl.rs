@@ -124,6 +124,7 @@ fn simulate(a: SimulateArgs) -> Result<()> {
             prox_mu: 0.0,
         },
         strategy: a.strategy.parse()?,
+        pre: a.pre_aggregate.as_deref().map(str::parse).transpose()?,
         dropout: a.dropout,
         clip: a.clip,
         malicious: a.malicious,
@@ -155,7 +156,7 @@ fn simulate(a: SimulateArgs) -> Result<()> {
     let mut sim = Simulation::new(cfg, &split, &parts)?;
     if !a.json {
         note!(
-            "simulating {} clients × {} rounds: {} ({} parameters) on {} ({} train / {} test rows), {}{mode}",
+            "simulating {} clients × {} rounds: {} ({} parameters) on {} ({} train / {} test rows), {}{}{mode}",
             parts.len(),
             a.rounds,
             a.model,
@@ -164,6 +165,10 @@ fn simulate(a: SimulateArgs) -> Result<()> {
             split.train.len(),
             split.test.len(),
             a.strategy,
+            a.pre_aggregate
+                .as_deref()
+                .map(|p| format!(" after {p}"))
+                .unwrap_or_default(),
         );
     }
     let (mut up, mut down) = (0u64, 0u64);

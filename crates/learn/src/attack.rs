@@ -1,6 +1,9 @@
 //! Attacks by malicious clients, for tests and benchmarks of the robust rules: they change
 //! what a client trains on (label flipping, a backdoor trigger) or the update it sends
-//! (sign flip, scaling, noise, model replacement).
+//! (sign flip, scaling, noise, model replacement). Two are omniscient and collude, as the
+//! papers define them in their strongest setting: the attackers see every honest update of
+//! the round and all send the same crafted one (`alie`: "A Little Is Enough", Baruch et al.,
+//! NeurIPS 2019; `ipm:EPS`: inner product manipulation, Xie et al., UAI 2020).
 
 use std::{fmt, str::FromStr};
 
@@ -29,6 +32,13 @@ pub enum Attack {
     /// labelled [`BACKDOOR_TARGET`], then boosts its update by the number of clients in the
     /// round so that averaging leaves the backdoored model (model replacement).
     Backdoor,
+    /// `alie`: every attacker sends μ − z·σ, the honest updates' coordinate-wise mean less
+    /// z standard deviations, z as large as still hides among the honest ones (the paper's
+    /// z_max for n clients and f attackers).
+    Alie,
+    /// `ipm:EPS`: every attacker sends −EPS × the honest updates' mean, so the aggregate's
+    /// inner product with the true direction turns negative.
+    Ipm(f32),
 }
 
 impl FromStr for Attack {
@@ -37,7 +47,7 @@ impl FromStr for Attack {
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
             Error::Spec(format!(
-                "attack {s:?}: expected sign-flip, scale:S, noise, label-flip or backdoor"
+                "attack {s:?}: expected sign-flip, scale:S, noise, label-flip, backdoor, alie or ipm:EPS"
             ))
         };
         match s {
@@ -45,6 +55,13 @@ impl FromStr for Attack {
             "noise" => Ok(Attack::Noise),
             "label-flip" => Ok(Attack::LabelFlip),
             "backdoor" => Ok(Attack::Backdoor),
+            "alie" => Ok(Attack::Alie),
+            _ if s.starts_with("ipm:") => s["ipm:".len()..]
+                .parse::<f32>()
+                .ok()
+                .filter(|e| e.is_finite() && *e > 0.0)
+                .map(Attack::Ipm)
+                .ok_or_else(bad),
             _ => {
                 let v: f32 = s
                     .strip_prefix("scale:")
@@ -68,6 +85,8 @@ impl fmt::Display for Attack {
             Attack::Noise => f.write_str("noise"),
             Attack::LabelFlip => f.write_str("label-flip"),
             Attack::Backdoor => f.write_str("backdoor"),
+            Attack::Alie => f.write_str("alie"),
+            Attack::Ipm(e) => write!(f, "ipm:{e}"),
         }
     }
 }
@@ -123,11 +142,113 @@ impl Attack {
                 }
                 return;
             }
-            Attack::LabelFlip => return,
+            Attack::LabelFlip | Attack::Alie | Attack::Ipm(_) => return,
         };
         for d in delta.iter_mut() {
             *d *= scale;
         }
+    }
+}
+
+impl Attack {
+    /// Whether the attackers craft their update from the honest ones ([`Attack::collude`]).
+    pub fn is_omniscient(&self) -> bool {
+        matches!(self, Attack::Alie | Attack::Ipm(_))
+    }
+
+    /// The update the colluding attackers all send, from the round's `honest` updates, with
+    /// `n` clients in the round of which `f` are attackers. `None` for the other attacks, or
+    /// with no honest update to see.
+    pub fn collude(&self, honest: &[&[f32]], n: usize, f: usize) -> Option<Vec<f32>> {
+        let first = honest.first()?;
+        let dim = first.len();
+        let k = honest.len() as f64;
+        let mut mean = vec![0f64; dim];
+        for u in honest {
+            for (m, &x) in mean.iter_mut().zip(u.iter()) {
+                *m += f64::from(x) / k;
+            }
+        }
+        match self {
+            Attack::Ipm(eps) => Some(
+                mean.iter()
+                    .map(|&m| (-f64::from(*eps) * m) as f32)
+                    .collect(),
+            ),
+            Attack::Alie => {
+                let mut var = vec![0f64; dim];
+                for u in honest {
+                    for ((v, &x), m) in var.iter_mut().zip(u.iter()).zip(&mean) {
+                        *v += (f64::from(x) - m).powi(2) / k;
+                    }
+                }
+                let z = alie_z(n, f);
+                Some(
+                    mean.iter()
+                        .zip(&var)
+                        .map(|(m, v)| (m - z * v.sqrt()) as f32)
+                        .collect(),
+                )
+            }
+            _ => None,
+        }
+    }
+}
+
+/// ALIE's z_max (Baruch et al. 2019): with `n` clients and `f` attackers, `s = ⌊n/2 + 1⌋ − f`
+/// honest clients must be "won over", and z is the standard normal quantile of
+/// `(n − s) / n`.
+pub fn alie_z(n: usize, f: usize) -> f64 {
+    let s = (n / 2 + 1).saturating_sub(f) as f64;
+    let p = ((n as f64 - s) / n.max(1) as f64).clamp(1e-6, 1.0 - 1e-6);
+    normal_quantile(p)
+}
+
+/// The standard normal quantile function (Acklam's rational approximation, relative error
+/// below 1.2e-9).
+pub fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969_683_028_665_376e1,
+        2.209_460_984_245_205e2,
+        -2.759_285_104_469_687e2,
+        1.383_577_518_672_69e2,
+        -3.066_479_806_614_716e1,
+        2.506_628_277_459_239,
+    ];
+    const B: [f64; 5] = [
+        -5.447_609_879_822_406e1,
+        1.615_858_368_580_409e2,
+        -1.556_989_798_598_866e2,
+        6.680_131_188_771_972e1,
+        -1.328_068_155_288_572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784_894_002_430_293e-3,
+        -3.223_964_580_411_365e-1,
+        -2.400_758_277_161_838,
+        -2.549_732_539_343_734,
+        4.374_664_141_464_968,
+        2.938_163_982_698_783,
+    ];
+    const D: [f64; 4] = [
+        7.784_695_709_041_462e-3,
+        3.224_671_290_700_398e-1,
+        2.445_134_137_142_996,
+        3.754_408_661_907_416,
+    ];
+    let tail = |q: f64| {
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    };
+    if p < 0.02425 {
+        tail((-2.0 * p.ln()).sqrt())
+    } else if p > 1.0 - 0.02425 {
+        -tail((-2.0 * (1.0 - p).ln()).sqrt())
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
     }
 }
 

@@ -107,7 +107,7 @@ impl Round {
 
     /// Close the round: the combined delta by `aggregator`'s rule, each update first
     /// clipped to `clip` if given. Errors when no update arrived.
-    pub fn close(self, aggregator: &Aggregator, clip: Option<f32>) -> Result<Vec<f32>> {
+    pub fn close(self, aggregator: &mut Aggregator, clip: Option<f32>) -> Result<Vec<f32>> {
         let mut updates: Vec<Update> = self.updates.into_values().collect();
         if let Some(c) = clip {
             for u in &mut updates {
@@ -214,12 +214,14 @@ mod tests {
         assert!(r.receive(7, &update(3, &[0.0, 1.0], 0)).is_err());
         r.receive(7, &update(3, &[0.0, 4.0], 3)).unwrap();
         assert_eq!(r.received(), vec![2, 7]);
-        let mean = r.close(&Aggregator::new(Strategy::FedAvg), None).unwrap();
+        let mean = r
+            .close(&mut Aggregator::new(Strategy::FedAvg), None)
+            .unwrap();
         assert_eq!(mean, vec![0.25, 3.0]);
         let (empty, _) = Round::open(1, &[0.0], &[1]);
         assert!(
             empty
-                .close(&Aggregator::new(Strategy::FedAvg), None)
+                .close(&mut Aggregator::new(Strategy::FedAvg), None)
                 .is_err()
         );
     }

@@ -58,6 +58,8 @@ pub struct SimConfig {
     pub train: TrainConfig,
     /// The aggregation rule.
     pub strategy: Strategy,
+    /// A pre-aggregation before the rule (bucketing, nearest-neighbour mixing).
+    pub pre: Option<crate::strategy::PreAggregation>,
     /// Chance that a selected client drops out (under secure aggregation, at a random stage
     /// of the protocol).
     pub dropout: f64,
@@ -83,6 +85,7 @@ impl Default for SimConfig {
             fraction: 1.0,
             train: TrainConfig::default(),
             strategy: Strategy::FedAvg,
+            pre: None,
             dropout: 0.0,
             clip: None,
             malicious: 0.0,
@@ -153,6 +156,7 @@ impl<'a> Simulation<'a> {
         let plan = Plan {
             fraction: cfg.fraction,
             strategy: cfg.strategy,
+            pre: cfg.pre,
             clip: cfg.clip,
             secagg: cfg.secagg,
             dp: cfg.dp,
@@ -274,6 +278,32 @@ impl<'a> Simulation<'a> {
             .collect()
     }
 
+    /// Under an omniscient attack (ALIE, IPM), the attackers see the round's honest updates
+    /// and all send the update crafted from them.
+    fn collude(&self, mut trained: Vec<Trained>, n: usize) -> Vec<Trained> {
+        let Some(attack) = self.cfg.attack.filter(Attack::is_omniscient) else {
+            return trained;
+        };
+        let f = trained.iter().filter(|t| self.malicious[t.client]).count();
+        if f == 0 {
+            return trained;
+        }
+        let crafted = {
+            let honest: Vec<&[f32]> = trained
+                .iter()
+                .filter(|t| !self.malicious[t.client])
+                .map(|t| t.delta.as_slice())
+                .collect();
+            attack.collude(&honest, n, f)
+        };
+        if let Some(c) = crafted {
+            for t in trained.iter_mut().filter(|t| self.malicious[t.client]) {
+                t.delta.clone_from(&c);
+            }
+        }
+        trained
+    }
+
     /// Run the next round.
     pub fn round(&mut self) -> Result<RoundReport> {
         let round = self.server.round() as usize + 1;
@@ -304,6 +334,7 @@ impl<'a> Simulation<'a> {
             .map(|(&c, _)| c)
             .collect();
         let trained = self.train_clients(&global_msg, &senders, senders.len())?;
+        let trained = self.collude(trained, senders.len());
         let mut report = RoundReport {
             round,
             accuracy: 0.0,

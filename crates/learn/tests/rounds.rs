@@ -20,6 +20,7 @@ fn plan() -> Plan {
     Plan {
         fraction: 1.0,
         strategy: Strategy::FedAvg,
+        pre: None,
         clip: None,
         secagg: Some(SecAggSettings::default()),
         dp: None,
@@ -173,6 +174,10 @@ fn the_server_selects_and_accounts_as_its_plan_says() {
         },
         Plan {
             strategy: Strategy::Median,
+            ..plan()
+        },
+        Plan {
+            pre: Some(sov_learn::strategy::PreAggregation::Bucket(2)),
             ..plan()
         },
     ] {

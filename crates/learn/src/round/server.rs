@@ -24,7 +24,7 @@ use crate::{
         self, EncryptedShares, KeyAdvert, KeyBook, MaskedInput, Outcome, RoundParams,
         ShareDelivery, UnmaskRequest, UnmaskResponse,
     },
-    strategy::{Aggregator, Strategy},
+    strategy::{Aggregator, PreAggregation, Strategy},
     wire::GlobalModel,
 };
 
@@ -63,6 +63,8 @@ pub struct Plan {
     pub fraction: f64,
     /// The aggregation rule.
     pub strategy: Strategy,
+    /// A pre-aggregation before the rule (bucketing or nearest-neighbour mixing).
+    pub pre: Option<PreAggregation>,
     /// Clip every update to this L2 norm.
     pub clip: Option<f32>,
     /// Secure aggregation, if on.
@@ -84,6 +86,13 @@ impl Plan {
             && !(c.is_finite() && c > 0.0)
         {
             return Err(Error::Spec(format!("clipping norm {c} must be > 0")));
+        }
+        if self.pre.is_some() && (self.secagg.is_some() || self.dp.is_some()) {
+            return Err(Error::Spec(
+                "a pre-aggregation needs each client's update: it cannot run with secure \
+                 aggregation or differential privacy"
+                    .into(),
+            ));
         }
         if self.strategy.needs_individual_updates() {
             if self.secagg.is_some() {
@@ -143,7 +152,7 @@ impl Server {
     pub fn new(plan: Plan, global: Vec<f32>, population: usize) -> Result<Self> {
         plan.validate(population)?;
         Ok(Server {
-            aggregator: Aggregator::new(plan.strategy),
+            aggregator: Aggregator::new(plan.strategy).with_pre(plan.pre, 0x5eed_b0c4),
             accountant: Accountant::default(),
             plan,
             global,
@@ -199,11 +208,15 @@ impl Server {
     /// Close a round in the clear: the mean delta by the federation's rule (each update
     /// clipped if the plan clips), or under DP clipped, summed and noised with `noise`.
     /// `None` when no update arrived and there is no DP (nothing to publish).
-    pub fn close<R: Rng + ?Sized>(&self, round: Round, noise: &mut R) -> Result<Option<Vec<f32>>> {
+    pub fn close<R: Rng + ?Sized>(
+        &mut self,
+        round: Round,
+        noise: &mut R,
+    ) -> Result<Option<Vec<f32>>> {
         match self.plan.dp {
             Some(dp) => round.close_private(&dp, self.expected(), noise).map(Some),
             None if round.received().is_empty() => Ok(None),
-            None => round.close(&self.aggregator, self.plan.clip).map(Some),
+            None => round.close(&mut self.aggregator, self.plan.clip).map(Some),
         }
     }
 
