@@ -410,7 +410,8 @@ pub struct SimulateArgs {
     #[arg(long, default_value = "fedavg")]
     pub strategy: String,
     /// A step before the rule that helps robust rules on heterogeneous data: bucket:S
-    /// (average random buckets of S updates) or nnm:F (nearest-neighbour mixing).
+    /// (average random buckets of S updates), nnm:F (nearest-neighbour mixing) or
+    /// median-norm (clip every update to the round's median update norm).
     #[arg(long, value_name = "PRE")]
     pub pre_aggregate: Option<String>,
     /// Chance that a selected client drops out (with --secagg, at a random stage of the

@@ -69,6 +69,9 @@ pub enum PreAggregation {
     Bucket(usize),
     /// `nnm:F`: replace each update by the mean of its n − F nearest (itself included)
     Nnm(usize),
+    /// `median-norm`: clip every update to the median of the round's update norms, so no
+    /// update weighs more than a typical honest one (adaptive norm bounding)
+    MedianNorm,
 }
 
 impl FromStr for PreAggregation {
@@ -77,9 +80,12 @@ impl FromStr for PreAggregation {
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
             Error::Spec(format!(
-                "pre-aggregation {s:?}: expected bucket:S (S ≥ 1) or nnm:F"
+                "pre-aggregation {s:?}: expected bucket:S (S ≥ 1), nnm:F or median-norm"
             ))
         };
+        if s == "median-norm" {
+            return Ok(PreAggregation::MedianNorm);
+        }
         let (name, arg) = s.split_once(':').ok_or_else(bad)?;
         let n: usize = arg.parse().map_err(|_| bad())?;
         match name {
@@ -95,6 +101,7 @@ impl fmt::Display for PreAggregation {
         match self {
             PreAggregation::Bucket(s) => write!(f, "bucket:{s}"),
             PreAggregation::Nnm(n) => write!(f, "nnm:{n}"),
+            PreAggregation::MedianNorm => f.write_str("median-norm"),
         }
     }
 }
@@ -301,6 +308,10 @@ impl Aggregator {
                 mixed = nearest_neighbour_mix(updates, f);
                 &mixed
             }
+            Some(PreAggregation::MedianNorm) => {
+                mixed = clip_to_median_norm(updates);
+                &mixed
+            }
         };
         Ok(match self.strategy {
             Strategy::FedAvg | Strategy::FedProx(_) | Strategy::FedAdam | Strategy::FedYogi => {
@@ -437,6 +448,32 @@ pub fn nearest_neighbour_mix(updates: &[Update], f: usize) -> Vec<Update> {
         .collect()
 }
 
+/// Every update clipped to the median of the updates' L2 norms.
+pub fn clip_to_median_norm(updates: &[Update]) -> Vec<Update> {
+    let mut norms: Vec<f32> = updates
+        .iter()
+        .map(|u| {
+            u.delta
+                .iter()
+                .map(|&x| f64::from(x).powi(2))
+                .sum::<f64>()
+                .sqrt() as f32
+        })
+        .collect();
+    let bound = median(&mut norms);
+    updates
+        .iter()
+        .map(|u| {
+            let mut delta = u.delta.clone();
+            clip_l2(&mut delta, bound);
+            Update {
+                delta,
+                examples: u.examples,
+            }
+        })
+        .collect()
+}
+
 /// Squared L2 distances between every pair of updates.
 fn distances(updates: &[Update]) -> Vec<Vec<f64>> {
     let n = updates.len();
@@ -522,7 +559,7 @@ mod tests {
         ] {
             assert_eq!(s.parse::<Strategy>().unwrap().to_string(), s);
         }
-        for s in ["bucket:2", "nnm:4"] {
+        for s in ["bucket:2", "nnm:4", "median-norm"] {
             assert_eq!(s.parse::<PreAggregation>().unwrap().to_string(), s);
         }
         for s in ["bucket:0", "bucket", "nnm:x", "mix:2"] {
@@ -626,6 +663,12 @@ mod tests {
         );
         let avg = weighted_mean(&ups, 2);
         assert!((avg[1] - 2.0).abs() > 10.0);
+        // Median-norm clipping: the wild updates shrink to a typical honest norm.
+        let clipped = clip_to_median_norm(&ups);
+        let norm = |d: &[f32]| d.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let typical = norm(&ups[0].delta);
+        assert!(clipped.iter().all(|u| norm(&u.delta) <= typical * 1.1));
+        assert_eq!(clipped[0], ups[0]);
     }
 
     #[test]
