@@ -121,6 +121,9 @@ fn a_command_whose_node_dies_says_so() {
     // More input after the node is gone, then the end of it.
     let _ = stdin.write_all(&vec![8u8; 4 << 20]);
     drop(stdin);
+    wait("the command to end after its node died", || {
+        add.try_wait().unwrap().is_some()
+    });
     let out = add.wait_with_output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

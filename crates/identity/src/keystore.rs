@@ -328,26 +328,10 @@ pub fn reseal(
     save(home, &keypair, new, true)
 }
 
-/// `secs` since the Unix epoch as `YYYYMMDDTHHMMSSZ` (UTC; the civil-from-days algorithm of
-/// Howard Hinnant's date library).
+/// `secs` since the Unix epoch as `YYYYMMDDTHHMMSSZ` (UTC): RFC 3339 without separators,
+/// safe in a file name.
 fn utc_stamp(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    sov_core::rfc3339(secs).replace(['-', ':'], "")
 }
 
 fn parse_did(file: &KeyFile) -> Result<Did, Error> {

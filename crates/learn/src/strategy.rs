@@ -450,16 +450,7 @@ pub fn nearest_neighbour_mix(updates: &[Update], f: usize) -> Vec<Update> {
 
 /// Every update clipped to the median of the updates' L2 norms.
 pub fn clip_to_median_norm(updates: &[Update]) -> Vec<Update> {
-    let mut norms: Vec<f32> = updates
-        .iter()
-        .map(|u| {
-            u.delta
-                .iter()
-                .map(|&x| f64::from(x).powi(2))
-                .sum::<f64>()
-                .sqrt() as f32
-        })
-        .collect();
+    let mut norms: Vec<f32> = updates.iter().map(|u| l2_norm(&u.delta)).collect();
     let bound = median(&mut norms);
     updates
         .iter()
@@ -514,13 +505,14 @@ pub fn centered_clip(updates: &[Update], center: &[f32], tau: f32, iters: usize)
     v
 }
 
+/// The L2 norm of `v` (summed in f64).
+fn l2_norm(v: &[f32]) -> f32 {
+    v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt() as f32
+}
+
 /// Scale `delta` down to L2 norm `c` if it is longer; returns the norm before.
 pub fn clip_l2(delta: &mut [f32], c: f32) -> f32 {
-    let norm = delta
-        .iter()
-        .map(|&x| f64::from(x).powi(2))
-        .sum::<f64>()
-        .sqrt() as f32;
+    let norm = l2_norm(delta);
     if norm > c && norm > 0.0 {
         let s = c / norm;
         for x in delta.iter_mut() {
@@ -541,6 +533,21 @@ mod tests {
             delta: delta.to_vec(),
             examples,
         }
+    }
+
+    /// Five honest updates near (1, 2) and two wild ones.
+    fn wild_minority() -> Vec<Update> {
+        let honest = [
+            [1.0f32, 2.0],
+            [1.1, 2.1],
+            [0.9, 1.9],
+            [1.0, 2.05],
+            [1.05, 1.95],
+        ];
+        let mut ups: Vec<Update> = honest.iter().map(|d| up(d, 10)).collect();
+        ups.push(up(&[-100.0, 500.0], 10));
+        ups.push(up(&[80.0, -300.0], 10));
+        ups
     }
 
     #[test]
@@ -592,16 +599,7 @@ mod tests {
 
     #[test]
     fn robust_rules_ignore_a_wild_minority() {
-        let honest = [
-            [1.0f32, 2.0],
-            [1.1, 2.1],
-            [0.9, 1.9],
-            [1.0, 2.05],
-            [1.05, 1.95],
-        ];
-        let mut ups: Vec<Update> = honest.iter().map(|d| up(d, 10)).collect();
-        ups.push(up(&[-100.0, 500.0], 10));
-        ups.push(up(&[80.0, -300.0], 10));
+        let ups = wild_minority();
         for s in ["median", "trimmed-mean:0.3", "krum:2", "krum:2,3"] {
             let d = Aggregator::new(s.parse().unwrap())
                 .combine(&ups, 2)
@@ -617,16 +615,7 @@ mod tests {
 
     #[test]
     fn pre_aggregation_and_centered_clipping_hold_against_a_wild_minority() {
-        let honest = [
-            [1.0f32, 2.0],
-            [1.1, 2.1],
-            [0.9, 1.9],
-            [1.0, 2.05],
-            [1.05, 1.95],
-        ];
-        let mut ups: Vec<Update> = honest.iter().map(|d| up(d, 10)).collect();
-        ups.push(up(&[-100.0, 500.0], 10));
-        ups.push(up(&[80.0, -300.0], 10));
+        let ups = wild_minority();
         // Mixing with the n − f nearest: every honest update stays among honest ones.
         for rule in ["median", "krum:2", "trimmed-mean:0.3"] {
             let d = Aggregator::new(rule.parse().unwrap())

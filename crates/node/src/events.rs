@@ -153,12 +153,15 @@ impl Node {
             Request::Dropped { object } => {
                 // Only an owner acts on it: it checks again who holds its object.
                 let mine = self.blocking(move |s| s.pin(&object)).await;
-                if matches!(mine, Ok(Some(p)) if !p.replica && p.replicas > 0) {
+                if matches!(mine, Ok(Some(p)) if !p.replica && p.replicas > 0)
+                    && self.inner.quotas.begin_placing(object)
+                {
                     let node = self.clone();
                     self.spawn(async move {
                         if let Err(e) = node.replicate(object).await {
                             debug!(%object, "placing a dropped copy elsewhere failed: {e}");
                         }
+                        node.inner.quotas.end_placing(&object);
                     });
                 }
                 Response::Noted

@@ -80,6 +80,9 @@ pub(crate) struct Quotas {
     reserved: Mutex<HashMap<Did, u64>>,
     rates: Mutex<HashMap<(PeerId, Kind), Bucket>>,
     pub(crate) answers: std::sync::Arc<Semaphore>,
+    /// Objects whose copies are being placed because a holder dropped one (one placement
+    /// per object at a time, however many peers report it).
+    placing: Mutex<std::collections::HashSet<sov_core::ContentId>>,
 }
 
 impl Quotas {
@@ -89,7 +92,24 @@ impl Quotas {
             reserved: Mutex::new(HashMap::new()),
             rates: Mutex::new(HashMap::new()),
             answers: std::sync::Arc::new(Semaphore::new(MAX_ANSWERS)),
+            placing: Mutex::new(std::collections::HashSet::new()),
         }
+    }
+
+    /// Start placing copies of `id`: `false` if a placement of it already runs.
+    pub(crate) fn begin_placing(&self, id: sov_core::ContentId) -> bool {
+        self.placing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id)
+    }
+
+    /// A placement started by [`Self::begin_placing`] ended.
+    pub(crate) fn end_placing(&self, id: &sov_core::ContentId) {
+        self.placing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     /// Take one request of `kind` from `peer`'s bucket, or say how long to wait.

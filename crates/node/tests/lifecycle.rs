@@ -187,12 +187,17 @@ async fn outcome(
         logprobs: None,
     };
     let mut events = node.generate(&entry, generation).await?;
-    while let Some(e) = events.recv().await {
-        if let Event::Done(r) = e {
-            return r;
+    let done = async {
+        while let Some(e) = events.recv().await {
+            if let Event::Done(r) = e {
+                return r;
+            }
         }
-    }
-    panic!("the generation ended without Done");
+        panic!("the generation ended without Done");
+    };
+    tokio::time::timeout(Duration::from_secs(60), done)
+        .await
+        .expect("the generation did not end within 60 s")
 }
 
 /// Finding 3 of issue 14: the work a request may cause is bounded: its prompt by

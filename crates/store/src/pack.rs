@@ -482,8 +482,15 @@ pub(crate) fn scan(dir: &Path, id: u32) -> Result<Scanned> {
         out.unframed = file.metadata()?.len() > 0;
         return Ok(out);
     }
+    // A pack is at most PACK_SIZE plus the one frame that closed it: read no more than
+    // that (a larger file is damage; what lies past the bound is counted as skipped).
+    let file_len = file.metadata()?.len();
+    let bound = PACK_SIZE + crate::MAX_BLOCK as u64 + FRAME_HEADER as u64 + PACK_MAGIC.len() as u64;
     let mut bytes = Vec::new();
-    std::io::BufReader::new(file).read_to_end(&mut bytes)?;
+    std::io::BufReader::new(file)
+        .take(bound)
+        .read_to_end(&mut bytes)?;
+    out.skipped += file_len.saturating_sub(bytes.len() as u64);
     let mut at = PACK_MAGIC.len();
     while at + FRAME_HEADER <= bytes.len() {
         let header = &bytes[at..at + FRAME_HEADER];
