@@ -405,10 +405,17 @@ pub struct SimulateArgs {
     /// Local optimiser: sgd, sgd:MOMENTUM or adam.
     #[arg(long, default_value = "sgd")]
     pub optimizer: String,
-    /// fedavg, fedprox:MU, fedadam, fedyogi, median, trimmed-mean:BETA, krum:F[,M] or
-    /// centered-clip:TAU[,L].
+    /// fedavg, fedprox:MU, fedadam, fedyogi, median, trimmed-mean:BETA, krum:F[,M],
+    /// centered-clip:TAU[,L] or screened-mean:F.
     #[arg(long, default_value = "fedavg")]
     pub strategy: String,
+    /// The recommended robust recipe (docs/ROBUSTNESS.md): the screened mean, set for the
+    /// number of clients and the attackers assumed (--robust-f, else --malicious, else 20 %).
+    #[arg(long, conflicts_with = "pre_aggregate")]
+    pub robust: bool,
+    /// With --robust: how many of the clients may be attackers.
+    #[arg(long, value_name = "F", requires = "robust")]
+    pub robust_f: Option<usize>,
     /// A step before the rule that helps robust rules on heterogeneous data: bucket:S
     /// (average random buckets of S updates), nnm:F (nearest-neighbour mixing) or
     /// median-norm (clip every update to the round's median update norm).
@@ -442,8 +449,9 @@ pub struct SimulateArgs {
     /// Share of clients that are malicious.
     #[arg(long, default_value_t = 0.0, value_name = "P", requires = "attack")]
     pub malicious: f64,
-    /// What malicious clients do: sign-flip, scale:S, noise, label-flip, backdoor, alie or
-    /// ipm:EPS (the last two see the honest updates of the round and collude).
+    /// What malicious clients do: sign-flip, scale:S, noise, label-flip, backdoor, alie,
+    /// ipm:EPS (these two see the honest updates of the round and collude) or absent (they
+    /// send nothing: what the honest clients learn alone, the baseline for defences).
     #[arg(long)]
     pub attack: Option<String>,
     /// Seed of every random choice (partition, initialisation, shuffles, selection).

@@ -9,6 +9,7 @@ use sov_learn::{
     dp::DpConfig,
     partition::{Partition, SplitFile},
     sim::{SecAggSettings, SimConfig, Simulation},
+    strategy::Strategy,
     train::TrainConfig,
 };
 
@@ -90,6 +91,28 @@ fn load(a: &SimulateArgs) -> Result<(Split, Vec<Vec<usize>>)> {
     Ok((split, parts))
 }
 
+/// The rule `--robust` picks for `clients` clients, `fraction` of them selected per round,
+/// assuming `assumed` of them attack, else the `malicious` share, else a fifth.
+fn robust_rule(
+    clients: usize,
+    fraction: f64,
+    assumed: Option<usize>,
+    malicious: f64,
+) -> Result<Strategy> {
+    let share = match assumed {
+        Some(f) if 2 * f >= clients => bail!(
+            "--robust-f {f}: robust aggregation needs a majority of honest clients (fewer \
+             than {} of {clients})",
+            clients.div_ceil(2)
+        ),
+        Some(f) => f as f64 / clients as f64,
+        None if malicious > 0.0 => malicious,
+        None => 0.2,
+    };
+    let selected = ((fraction * clients as f64).round() as usize).clamp(1, clients);
+    Ok(sov_learn::strategy::robust(selected, share)?)
+}
+
 /// CPU seconds this process has used (user + system), from /proc; `None` elsewhere.
 fn cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
@@ -112,6 +135,17 @@ fn simulate(a: SimulateArgs) -> Result<()> {
     let started = Instant::now();
     let cpu0 = cpu_seconds();
     let (split, parts) = load(&a)?;
+    let strategy = if a.robust {
+        if a.strategy != "fedavg" {
+            bail!(
+                "--robust picks the rule itself: drop --strategy {}",
+                a.strategy
+            );
+        }
+        robust_rule(parts.len(), a.fraction, a.robust_f, a.malicious)?
+    } else {
+        a.strategy.parse()?
+    };
     let cfg = SimConfig {
         model: a.model.parse()?,
         rounds: a.rounds,
@@ -123,7 +157,7 @@ fn simulate(a: SimulateArgs) -> Result<()> {
             optimizer: a.optimizer.parse()?,
             prox_mu: 0.0,
         },
-        strategy: a.strategy.parse()?,
+        strategy,
         pre: a.pre_aggregate.as_deref().map(str::parse).transpose()?,
         dropout: a.dropout,
         clip: a.clip,
@@ -164,7 +198,11 @@ fn simulate(a: SimulateArgs) -> Result<()> {
             a.dataset,
             split.train.len(),
             split.test.len(),
-            a.strategy,
+            if a.robust {
+                format!("{strategy} (--robust)")
+            } else {
+                a.strategy.clone()
+            },
             a.pre_aggregate
                 .as_deref()
                 .map(|p| format!(" after {p}"))
@@ -191,13 +229,20 @@ fn simulate(a: SimulateArgs) -> Result<()> {
                 .map(|b| format!("  backdoor {:.1}%", b * 100.0))
                 .unwrap_or_default();
             let eps = r.epsilon.map(|e| format!("  ε {e:.2}")).unwrap_or_default();
+            let screened = match r.screened.as_deref() {
+                Some([]) | None => String::new(),
+                Some(ids) => format!(
+                    "  screened out {}",
+                    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+                ),
+            };
             let aborted = r
                 .aborted
                 .as_deref()
                 .map(|e| format!("  (no update: {e})"))
                 .unwrap_or_default();
             say!(
-                "round {:>3}/{}  accuracy {:6.2}%  loss {:.4}{eps}  clients {} (dropped {})  {:.3} s{backdoor}{aborted}",
+                "round {:>3}/{}  accuracy {:6.2}%  loss {:.4}{eps}  clients {} (dropped {})  {:.3} s{backdoor}{screened}{aborted}",
                 r.round,
                 a.rounds,
                 r.accuracy * 100.0,

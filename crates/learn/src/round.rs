@@ -108,13 +108,13 @@ impl Round {
     /// Close the round: the combined delta by `aggregator`'s rule, each update first
     /// clipped to `clip` if given. Errors when no update arrived.
     pub fn close(self, aggregator: &mut Aggregator, clip: Option<f32>) -> Result<Vec<f32>> {
-        let mut updates: Vec<Update> = self.updates.into_values().collect();
+        let (members, mut updates): (Vec<u32>, Vec<Update>) = self.updates.into_iter().unzip();
         if let Some(c) = clip {
             for u in &mut updates {
                 clip_l2(&mut u.delta, c);
             }
         }
-        aggregator.combine(&updates, self.dim)
+        aggregator.combine_members(&members, &updates, self.dim)
     }
 
     /// Close the round under central DP: every update clipped to `dp.clip`, summed, rounded

@@ -124,6 +124,9 @@ pub struct RoundReport {
     /// With the backdoor attack: the share of triggered test inputs sent to the target.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backdoor: Option<f32>,
+    /// Under the screened mean: the clients it excluded this round.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub screened: Option<Vec<u32>>,
 }
 
 /// A running simulation.
@@ -327,10 +330,11 @@ impl<'a> Simulation<'a> {
         let down = wire::encode(&global_msg)?;
         // Clients whose input reaches the aggregator: plain ones that stay, secure ones that
         // send their masked input (stage 3 drops only skip the unmasking answer).
+        let absent = self.cfg.attack == Some(Attack::Absent);
         let senders: Vec<usize> = selected
             .iter()
             .zip(&drop_at)
-            .filter(|(_, d)| d.is_none_or(|s| s >= 3))
+            .filter(|(c, d)| d.is_none_or(|s| s >= 3) && !(absent && self.malicious[**c]))
             .map(|(&c, _)| c)
             .collect();
         let trained = self.train_clients(&global_msg, &senders, senders.len())?;
@@ -347,6 +351,7 @@ impl<'a> Simulation<'a> {
             delta: None,
             aborted: None,
             backdoor: None,
+            screened: None,
         };
         // Under secure aggregation, how many noise shares made it into the sum.
         let mut survivors = None;
@@ -384,6 +389,9 @@ impl<'a> Simulation<'a> {
         };
         if let Some(mean) = mean {
             self.server.apply(&mean);
+        }
+        if matches!(self.cfg.strategy, Strategy::ScreenedMean { .. }) {
+            report.screened = Some(self.server.screened().to_vec());
         }
         if let Some((epsilon, delta)) = self.server.account(survivors)? {
             report.epsilon = Some(epsilon);

@@ -14,8 +14,21 @@
 //! the mean of its `n − f` nearest). Centered clipping (Karimireddy, He, Jaggi, ICML 2021) is
 //! a rule of its own: starting from the last round's aggregate (the server's momentum), it
 //! moves towards each update by at most `τ`, a few times over.
+//!
+//! The screened mean (`screened-mean:F`, what `--robust` picks, chosen by the grid in
+//! docs/ROBUSTNESS.md) is sov's own composition of known screens, built for heterogeneous
+//! data, where a single round's geometry cannot tell an honest outlier from an attacker but
+//! a member's record over rounds can. Each round it excludes at most `F` updates, in this
+//! order: those longer than twice the round's median norm (norm screening, as FLAME, Nguyen
+//! et al., USENIX Security 2022, bounds norms by the median); those pointing against the
+//! last aggregate (cosine < −0.5); and those of members whose record, a moving average of
+//! their updates' cosine to the last aggregate, has fallen below 0.03 (a trust score in the
+//! manner of FLTrust, Cao et al., NDSS 2021, with the federation's own last step as the
+//! reference instead of a root data set). The rest, each clipped to twice the median norm,
+//! are averaged without weights: example counts are claims, and an attacker would claim
+//! many.
 
-use std::{fmt, str::FromStr};
+use std::{collections::BTreeMap, fmt, str::FromStr};
 
 use crate::{Error, Result};
 
@@ -58,6 +71,12 @@ pub enum Strategy {
         tau: f32,
         /// the iterations
         iters: usize,
+    },
+    /// `screened-mean:F`: the unweighted mean of the updates left after excluding at most F
+    /// by their norm, their direction and their member's record (see the module docs)
+    ScreenedMean {
+        /// updates excluded at most per round
+        f: usize,
     },
 }
 
@@ -113,7 +132,8 @@ impl FromStr for Strategy {
         let bad = || {
             Error::Spec(format!(
                 "strategy {s:?}: expected fedavg, fedprox:MU, fedadam, fedyogi, median, \
-                 trimmed-mean:BETA (0 ≤ BETA < 0.5), krum:F[,M] or centered-clip:TAU[,L]"
+                 trimmed-mean:BETA (0 ≤ BETA < 0.5), krum:F[,M], centered-clip:TAU[,L] or \
+                 screened-mean:F"
             ))
         };
         let (name, arg) = s.split_once(':').unwrap_or((s, ""));
@@ -140,6 +160,9 @@ impl FromStr for Strategy {
                 }
                 Ok(Strategy::Krum { f, m })
             }
+            ("screened-mean", a) => Ok(Strategy::ScreenedMean {
+                f: a.parse().map_err(|_| bad())?,
+            }),
             ("centered-clip", a) => {
                 let (tau, iters) = a.split_once(',').unwrap_or((a, "3"));
                 let tau = num(tau).filter(|t| *t > 0.0).ok_or_else(bad)?;
@@ -167,6 +190,7 @@ impl fmt::Display for Strategy {
             Strategy::Krum { f: n, m } => write!(f, "krum:{n},{m}"),
             Strategy::CenteredClip { tau, iters: 3 } => write!(f, "centered-clip:{tau}"),
             Strategy::CenteredClip { tau, iters } => write!(f, "centered-clip:{tau},{iters}"),
+            Strategy::ScreenedMean { f: n } => write!(f, "screened-mean:{n}"),
         }
     }
 }
@@ -181,6 +205,7 @@ impl Strategy {
                 | Strategy::TrimmedMean(_)
                 | Strategy::Krum { .. }
                 | Strategy::CenteredClip { .. }
+                | Strategy::ScreenedMean { .. }
         )
     }
 
@@ -206,8 +231,12 @@ pub struct Aggregator {
     /// Seeds bucketing's shuffles (one per aggregation).
     seed: u64,
     rounds: u64,
-    /// Centered clipping's starting point: the last aggregate.
-    center: Vec<f32>,
+    /// The last aggregate: centered clipping's starting point, the screened mean's reference.
+    last: Vec<f32>,
+    /// The screened mean's record of each member (by client id).
+    records: BTreeMap<u32, Record>,
+    /// The client ids the screened mean excluded in the last round.
+    screened: Vec<u32>,
     m: Vec<f32>,
     v: Vec<f32>,
 }
@@ -220,7 +249,9 @@ impl Aggregator {
             pre: None,
             seed: 0,
             rounds: 0,
-            center: Vec::new(),
+            last: Vec::new(),
+            records: BTreeMap::new(),
+            screened: Vec::new(),
             m: Vec::new(),
             v: Vec::new(),
         }
@@ -242,6 +273,12 @@ impl Aggregator {
     /// The rule.
     pub fn strategy(&self) -> Strategy {
         self.strategy
+    }
+
+    /// The client ids whose updates the screened mean excluded in the last round (empty
+    /// for every other rule).
+    pub fn screened(&self) -> &[u32] {
+        &self.screened
     }
 
     /// Apply this round's `updates` to `global`.
@@ -281,8 +318,27 @@ impl Aggregator {
         }
     }
 
-    /// The combined delta of `updates` (each of `len` values).
+    /// The combined delta of `updates` (each of `len` values), client `i` being member `i`.
     pub fn combine(&mut self, updates: &[Update], len: usize) -> Result<Vec<f32>> {
+        let members: Vec<u32> = (0..updates.len() as u32).collect();
+        self.combine_members(&members, updates, len)
+    }
+
+    /// The combined delta of `updates` (each of `len` values) from clients `members` (the
+    /// screened mean keeps a record of each).
+    pub fn combine_members(
+        &mut self,
+        members: &[u32],
+        updates: &[Update],
+        len: usize,
+    ) -> Result<Vec<f32>> {
+        if members.len() != updates.len() {
+            return Err(Error::Spec(format!(
+                "{} updates from {} members",
+                updates.len(),
+                members.len()
+            )));
+        }
         if updates.is_empty() {
             return Err(Error::Spec("no updates to aggregate".into()));
         }
@@ -293,6 +349,13 @@ impl Aggregator {
             )));
         }
         self.rounds += 1;
+        self.screened.clear();
+        // A pre-aggregation mixes updates: members' records only follow their own.
+        let members = if self.pre.is_none() {
+            Some(members)
+        } else {
+            None
+        };
         let mixed;
         let updates = match self.pre {
             None => updates,
@@ -318,11 +381,17 @@ impl Aggregator {
                 weighted_mean(updates, len)
             }
             Strategy::CenteredClip { tau, iters } => {
-                if self.center.len() != len {
-                    self.center = vec![0.0; len];
+                if self.last.len() != len {
+                    self.last = vec![0.0; len];
                 }
-                let v = centered_clip(updates, &self.center, tau, iters);
-                self.center.clone_from(&v);
+                let v = centered_clip(updates, &self.last, tau, iters);
+                self.last.clone_from(&v);
+                v
+            }
+            Strategy::ScreenedMean { f } => {
+                let (v, out) = screened_mean(updates, members, &self.last, &mut self.records, f);
+                self.screened = out;
+                self.last.clone_from(&v);
                 v
             }
             Strategy::Median => coordinate_wise(updates, len, median),
@@ -333,6 +402,21 @@ impl Aggregator {
             Strategy::Krum { f, m } => krum(updates, f, m),
         })
     }
+}
+
+/// The recommended robust rule (`--robust`; docs/ROBUSTNESS.md shows the measurements that
+/// chose it): the screened mean, excluding per round at most the attackers a round of
+/// `selected` clients holds when a `share` of all clients attack, rounded up. Refused
+/// without an honest majority.
+pub fn robust(selected: usize, share: f64) -> Result<Strategy> {
+    if !(0.0..0.5).contains(&share) {
+        return Err(Error::Spec(format!(
+            "robust aggregation needs a majority of honest clients; {share} are assumed to attack"
+        )));
+    }
+    Ok(Strategy::ScreenedMean {
+        f: (share * selected as f64 - 1e-9).ceil().max(0.0) as usize,
+    })
 }
 
 /// Example-weighted mean (plain mean when no update reports examples).
@@ -505,9 +589,101 @@ pub fn centered_clip(updates: &[Update], center: &[f32], tau: f32, iters: usize)
     v
 }
 
+/// An update longer than this many times the round's median norm is screened out.
+const SCREEN_NORM: f32 = 2.0;
+/// An update whose cosine to the last aggregate is below this is screened out.
+const SCREEN_OPPOSED: f64 = -0.5;
+/// A member whose record (moving average of cosines to the last aggregate) is below this is
+/// screened out.
+const SCREEN_TRUST: f64 = 0.03;
+/// The record's memory: each round's cosine enters with weight 1 − this.
+const SCREEN_MEMORY: f64 = 0.8;
+
+/// A member's record under the screened mean: a bias-corrected exponential moving average
+/// of its updates' cosines to the last aggregate.
+#[derive(Debug, Clone, Copy, Default)]
+struct Record {
+    sum: f64,
+    weight: f64,
+}
+
+impl Record {
+    fn add(&mut self, cosine: f64) -> f64 {
+        self.sum = SCREEN_MEMORY * self.sum + (1.0 - SCREEN_MEMORY) * cosine;
+        self.weight = SCREEN_MEMORY * self.weight + (1.0 - SCREEN_MEMORY);
+        self.sum / self.weight
+    }
+}
+
+/// The screened mean (module docs): the aggregate and the members excluded (or, with no
+/// `members`, the excluded updates' positions). At most `f` (and fewer than half) are
+/// excluded: first updates longer than twice the median norm (longest first), then those
+/// opposed to `last` (most opposed first), then those whose member's record fell below
+/// the trust bar (lowest first). Without a `last` aggregate (the first round), only norms
+/// screen.
+fn screened_mean(
+    updates: &[Update],
+    members: Option<&[u32]>,
+    last: &[f32],
+    records: &mut BTreeMap<u32, Record>,
+    f: usize,
+) -> (Vec<f32>, Vec<u32>) {
+    let n = updates.len();
+    let len = updates.first().map_or(0, |u| u.delta.len());
+    let f = f.min(n.saturating_sub(1) / 2);
+    let norms: Vec<f32> = updates.iter().map(|u| l2_norm(&u.delta)).collect();
+    let bound = SCREEN_NORM * median(&mut norms.clone());
+    let last_norm = l2_norm(last);
+    let reference = (last.len() == len && last_norm > 0.0).then_some(last);
+    // (screen, severity, position): lower screens go first, then higher severity.
+    let mut suspects: Vec<(u8, f64, usize)> = Vec::new();
+    for (i, u) in updates.iter().enumerate() {
+        let cosine = reference.map(|r| {
+            dot(&u.delta, r) / (f64::from(norms[i]) * f64::from(last_norm)).max(f64::MIN_POSITIVE)
+        });
+        let record = match (cosine, members) {
+            (Some(c), Some(m)) => Some(records.entry(m[i]).or_default().add(c)),
+            _ => None,
+        };
+        if norms[i] > bound {
+            suspects.push((0, f64::from(norms[i]), i));
+        } else if let Some(c) = cosine.filter(|&c| c < SCREEN_OPPOSED) {
+            suspects.push((1, -c, i));
+        } else if let Some(r) = record.filter(|&r| r < SCREEN_TRUST) {
+            suspects.push((2, -r, i));
+        }
+    }
+    suspects.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2)));
+    let mut out: Vec<usize> = suspects.iter().take(f).map(|s| s.2).collect();
+    out.sort_unstable();
+    let kept: Vec<Update> = updates
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| out.binary_search(i).is_err())
+        .map(|(_, u)| {
+            let mut delta = u.delta.clone();
+            clip_l2(&mut delta, bound);
+            Update { delta, examples: 1 }
+        })
+        .collect();
+    let ids = out
+        .iter()
+        .map(|&i| members.map_or(i as u32, |m| m[i]))
+        .collect();
+    (weighted_mean(&kept, len), ids)
+}
+
+/// The dot product of `a` and `b` (summed in f64).
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum()
+}
+
 /// The L2 norm of `v` (summed in f64).
 fn l2_norm(v: &[f32]) -> f32 {
-    v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt() as f32
+    dot(v, v).sqrt() as f32
 }
 
 /// Scale `delta` down to L2 norm `c` if it is longer; returns the norm before.
@@ -563,6 +739,7 @@ mod tests {
             "krum:2,3",
             "centered-clip:0.5",
             "centered-clip:0.5,1",
+            "screened-mean:4",
         ] {
             assert_eq!(s.parse::<Strategy>().unwrap().to_string(), s);
         }
@@ -581,9 +758,77 @@ mod tests {
             "avg",
             "centered-clip:0",
             "centered-clip:1,0",
+            "screened-mean:",
+            "screened-mean:-1",
         ] {
             assert!(s.parse::<Strategy>().is_err(), "{s}");
         }
+    }
+
+    #[test]
+    fn the_screened_mean_excludes_long_opposed_and_distrusted_updates() {
+        let norm = |d: &[f32]| d.iter().map(|x| x * x).sum::<f32>().sqrt();
+        // First round, no last aggregate: only norms screen. The two wild updates go, the
+        // rest are averaged without weights.
+        let ups = wild_minority();
+        let mut a = Aggregator::new("screened-mean:2".parse().unwrap());
+        let d = a.combine(&ups, 2).unwrap();
+        assert_eq!(a.screened(), &[5, 6]);
+        assert!(
+            (d[0] - 1.01).abs() < 1e-4 && (d[1] - 2.0).abs() < 1e-4,
+            "{d:?}"
+        );
+        // Allowed to exclude one, it excludes the longest and clips the other to twice the
+        // median norm, so the aggregate moves by at most that over n.
+        let mut one = Aggregator::new("screened-mean:1".parse().unwrap());
+        let d = one.combine(&ups, 2).unwrap();
+        assert_eq!(one.screened(), &[5]);
+        let honest = norm(&ups[0].delta);
+        assert!(
+            norm(&[d[0] - 1.0, d[1] - 2.0]) < 2.2 * honest * 2.0 / 6.0,
+            "{d:?}"
+        );
+        // Never half or more, whatever F says.
+        let mut greedy = Aggregator::new("screened-mean:10".parse().unwrap());
+        greedy.combine(&ups, 2).unwrap();
+        assert!(greedy.screened().len() <= 3);
+
+        // Later rounds, by member id (positions shuffle): member 7 points against the last
+        // aggregate; member 8 at a slight angle against it, of honest length and far from
+        // opposed, which only its record catches; member 9 is an honest outlier (another
+        // direction, still agreeing) and stays.
+        let mut a = Aggregator::new("screened-mean:3".parse().unwrap());
+        let round = |a: &mut Aggregator, r: usize| {
+            let mut ups: Vec<(u32, Update)> = vec![
+                (1, up(&[1.0, 2.0, 0.0], 1)),
+                (2, up(&[1.1, 2.1, 0.1], 1)),
+                (3, up(&[0.9, 1.9, -0.1], 1)),
+                (4, up(&[1.0, 2.05, 0.0], 1)),
+                (5, up(&[1.05, 1.95, 0.05], 1)),
+                (6, up(&[0.95, 2.0, 0.0], 1)),
+                (9, up(&[1.0, 0.0, 2.0], 1)),
+            ];
+            if r > 0 {
+                ups.push((7, up(&[-1.0, -2.0, 0.0], 1)));
+                ups.push((8, up(&[-0.6, 0.0, 1.6], 1)));
+            }
+            let n = ups.len();
+            ups.rotate_left(r % n);
+            let (ids, ups): (Vec<u32>, Vec<Update>) = ups.into_iter().unzip();
+            let d = a.combine_members(&ids, &ups, 3).unwrap();
+            let mut out = a.screened().to_vec();
+            out.sort_unstable();
+            (d, out)
+        };
+        round(&mut a, 0);
+        let (d, out) = round(&mut a, 1);
+        assert_eq!(out, vec![7, 8], "{d:?}");
+        for r in 2..6 {
+            let (d, out) = round(&mut a, r);
+            assert_eq!(out, vec![7, 8], "round {r}: {d:?}");
+            assert!(d[0] > 0.8 && d[1] > 1.5 && d[2] < 0.4, "round {r}: {d:?}");
+        }
+        assert!(a.combine_members(&[1], &[], 3).is_err());
     }
 
     #[test]

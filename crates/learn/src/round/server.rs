@@ -166,6 +166,12 @@ impl Server {
         &self.plan
     }
 
+    /// The clients the rule excluded in the last round (the screened mean's; empty for
+    /// other rules).
+    pub fn screened(&self) -> &[u32] {
+        self.aggregator.screened()
+    }
+
     /// The current global parameters.
     pub fn global(&self) -> &[f32] {
         &self.global
