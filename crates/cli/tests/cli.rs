@@ -493,6 +493,45 @@ fn the_demo_runs_every_step() {
     );
     assert!(out.contains("unreadable (no grant)"), "{out}");
     assert!(out.contains("after repair"), "{out}");
+    // Step 9: the robust rule screens out exactly the attackers, and keeps its accuracy
+    // where FedAvg collapses.
+    let screened = out
+        .lines()
+        .find(|l| l.contains("--robust (screened-mean:4)"))
+        .expect("step 9 reports the robust run");
+    let ids = |s: &str| -> Vec<u32> {
+        let mut v: Vec<u32> = s
+            .split(", ")
+            .map(|x| x.trim_end_matches(')').parse().unwrap())
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let (out_part, bad_part) = screened
+        .split_once("screened out clients ")
+        .unwrap()
+        .1
+        .split_once(" (the attackers: ")
+        .unwrap();
+    assert_eq!(ids(out_part), ids(bad_part), "{screened}");
+    let pct = |l: &str| -> f64 {
+        l.split("accuracy ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let fedavg = out
+        .lines()
+        .find(|l| l.contains("FedAvg: accuracy"))
+        .unwrap();
+    assert!(
+        pct(fedavg) < 30.0 && pct(screened) > 80.0,
+        "{fedavg}\n{screened}"
+    );
     // The gear seed is per node (random here), so an edit may re-chunk one or two chunks,
     // and only those travel.
     let fetched: u32 = out

@@ -599,19 +599,17 @@ const SCREEN_TRUST: f64 = 0.03;
 /// The record's memory: each round's cosine enters with weight 1 − this.
 const SCREEN_MEMORY: f64 = 0.8;
 
-/// A member's record under the screened mean: a bias-corrected exponential moving average
-/// of its updates' cosines to the last aggregate.
+/// A member's record under the screened mean: an exponential moving average of its
+/// updates' cosines to the last aggregate, starting from zero, so that trust is earned: a
+/// newcomer must agree for a round or two before it clears the bar (and while it has not,
+/// it is only excluded within the round's allowance of `F`).
 #[derive(Debug, Clone, Copy, Default)]
-struct Record {
-    sum: f64,
-    weight: f64,
-}
+struct Record(f64);
 
 impl Record {
     fn add(&mut self, cosine: f64) -> f64 {
-        self.sum = SCREEN_MEMORY * self.sum + (1.0 - SCREEN_MEMORY) * cosine;
-        self.weight = SCREEN_MEMORY * self.weight + (1.0 - SCREEN_MEMORY);
-        self.sum / self.weight
+        self.0 = SCREEN_MEMORY * self.0 + (1.0 - SCREEN_MEMORY) * cosine;
+        self.0
     }
 }
 
