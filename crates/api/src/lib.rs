@@ -26,6 +26,11 @@
 //!
 //! Errors are JSON `{"error": {"message", "code"}}` with a fitting status (on `/v1`, OpenAI's
 //! shape `{"error": {"message", "type", "param", "code"}}`).
+//!
+//! Every route, `/health` included, answers only requests whose `Host` is a loopback name
+//! (`localhost`, `127.0.0.1`, `[::1]`, any port) or one the node's `[api] hosts` lists: a web
+//! page that a browser reaches through DNS rebinding carries its own name and is refused
+//! (403 `host_not_allowed`).
 
 mod error;
 pub mod gateway;
@@ -64,13 +69,22 @@ pub const MAX_V1_BODY: usize = 16 << 20;
 pub(crate) struct AppState {
     pub(crate) node: Node,
     token: Arc<str>,
+    /// Host names answered besides loopback ones (lowercase; `"*"`: any).
+    hosts: Arc<[String]>,
 }
 
-/// The API's router for `node`, guarded by `token`.
+/// The API's router for `node`, guarded by `token`, answering loopback Host names only.
 pub fn router(node: Node, token: &str) -> Router {
+    router_for_hosts(node, token, &[])
+}
+
+/// The API's router for `node`, guarded by `token`, answering loopback Host names and
+/// `hosts` (`"*"`: any).
+pub fn router_for_hosts(node: Node, token: &str, hosts: &[String]) -> Router {
     let state = AppState {
         node,
         token: token.into(),
+        hosts: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
     };
     // Uploads stream into the store and may be large; every other route takes small JSON.
     let small = axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY);
@@ -125,7 +139,55 @@ pub fn router(node: Node, token: &str) -> Router {
         .merge(api)
         .merge(v1)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .with_state(state)
+}
+
+/// The host name of a `Host` header value, without its port, lowercase.
+fn host_name(value: &str) -> String {
+    let value = value.trim();
+    let name = if let Some(rest) = value.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        match value.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => value,
+        }
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether `name` (from [`host_name`]) is loopback: `localhost`, a name under it, or a
+/// loopback address.
+fn is_loopback(name: &str) -> bool {
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuse requests whose `Host` names neither a loopback host nor one of the node's. A
+/// request without `Host` (HTTP/1.0, or a test calling the router directly) did not come
+/// from a browser and passes.
+async fn check_host(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(value) = req.headers().get(header::HOST) else {
+        return next.run(req).await;
+    };
+    let name = value.to_str().map(host_name).unwrap_or_default();
+    let allowed = is_loopback(&name) || state.hosts.iter().any(|h| h == "*" || *h == name);
+    if allowed {
+        return next.run(req).await;
+    }
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "host_not_allowed",
+        format!(
+            "this node answers loopback host names and those its [api] hosts lists, not {}",
+            sov_core::quote(&String::from_utf8_lossy(value.as_bytes()))
+        ),
+    )
+    .into_response()
 }
 
 /// Serve the API on `listener` until `shutdown` completes, under the default
@@ -136,9 +198,10 @@ pub async fn serve(
     token: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let hosts = node.config().api_hosts.clone();
     http::serve_with(
         listener,
-        router(node, token),
+        router_for_hosts(node, token, &hosts),
         http::Limits::default(),
         shutdown,
     )

@@ -17,7 +17,7 @@ use tokio::{
 /// `GET /health` on a new connection; the answer's first line.
 async fn health(addr: std::net::SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    s.write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut out = Vec::new();
@@ -65,7 +65,7 @@ async fn slow_headers_are_cut_and_idle_floods_cannot_lock_out_health() {
 
     // A slow-headers client: half a request head, then nothing. It is cut off.
     let mut slow = TcpStream::connect(addr).await.unwrap();
-    slow.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+    slow.write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\n")
         .await
         .unwrap();
     assert!(

@@ -491,3 +491,73 @@ async fn bodies_are_limited_per_route_and_errors_never_echo_input() {
     api_error(&a, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     node.shutdown().await;
 }
+
+/// DNS rebinding: a page on another name, resolved to 127.0.0.1, reaches the API with its
+/// own name in `Host`. Every route, `/health` included, refuses it; loopback names (any
+/// port) and the names the node lists pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_host_name_is_refused_on_every_route() {
+    let home = tempfile::tempdir().unwrap();
+    let node = Node::start(home.path(), Keypair::generate(), Config::loopback())
+        .await
+        .unwrap();
+    let with_host = |app: &Router, path: &str, host: &str| {
+        let req = Request::builder()
+            .uri(path)
+            .header("host", host)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
+        let app = app.clone();
+        async move {
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap()
+                .to_vec();
+            Answer { status, body }
+        }
+    };
+    let app = sov_api::router(node.clone(), TOKEN);
+    for path in ["/health", "/api/v1/identity", "/v1/models", "/nope"] {
+        for host in [
+            "evil.example",
+            "evil.example:7878",
+            "127.0.0.1.evil.example",
+            "node.lan",
+        ] {
+            let a = with_host(&app, path, host).await;
+            api_error(&a, StatusCode::FORBIDDEN, "host_not_allowed");
+        }
+        for host in [
+            "localhost",
+            "localhost:7878",
+            "LOCALHOST.",
+            "127.0.0.1:39999",
+            "127.1.2.3",
+            "[::1]:7878",
+            "app.localhost",
+        ] {
+            let a = with_host(&app, path, host).await;
+            assert_ne!(a.status, StatusCode::FORBIDDEN, "{path} with {host}");
+        }
+    }
+    // A node that serves others lists its names.
+    let app = sov_api::router_for_hosts(node.clone(), TOKEN, &["Node.LAN".into()]);
+    assert_eq!(
+        with_host(&app, "/health", "node.lan:7878").await.status,
+        StatusCode::OK
+    );
+    api_error(
+        &with_host(&app, "/health", "evil.example").await,
+        StatusCode::FORBIDDEN,
+        "host_not_allowed",
+    );
+    let any = sov_api::router_for_hosts(node.clone(), TOKEN, &["*".into()]);
+    assert_eq!(
+        with_host(&any, "/health", "evil.example").await.status,
+        StatusCode::OK
+    );
+    node.shutdown().await;
+}

@@ -80,7 +80,15 @@ pub fn run(home: &Home, args: NodeRunArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.api)
             .await
             .with_context(|| format!("binding the API to {}", config.api))?;
-        let api: SocketAddr = listener.local_addr()?;
+        let mut api: SocketAddr = listener.local_addr()?;
+        // Bound to every interface, local commands still come in through loopback (the API
+        // answers loopback host names without configuration).
+        if api.ip().is_unspecified() {
+            api.set_ip(match api {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
         let node = Node::start(&dir, keypair, config)
             .await
             .map_err(|e| match e {

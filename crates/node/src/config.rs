@@ -17,6 +17,8 @@
 //!
 //! [api]
 //! address = "127.0.0.1:7878"
+//! hosts = []              # Host names accepted besides loopback ones (a node serving
+//!                         # others lists its names; "*" turns the check off)
 //!
 //! [models]
 //! threads = 1                      # compute threads per loaded model
@@ -158,12 +160,16 @@ impl Default for StorageSection {
 pub struct ApiSection {
     /// Where the HTTP API listens.
     pub address: String,
+    /// Host names (without port) the API answers besides loopback ones: a page on another
+    /// name that a browser reaches through DNS rebinding is refused. `"*"`: any.
+    pub hosts: Vec<String>,
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
         Self {
             address: "127.0.0.1:7878".into(),
+            hosts: Vec::new(),
         }
     }
 }
@@ -198,6 +204,8 @@ pub struct Config {
     pub pin_mandate_ttl: Duration,
     /// The API address.
     pub api: SocketAddr,
+    /// Host names the API answers besides loopback ones (`"*"`: any).
+    pub api_hosts: Vec<String>,
     /// Gossip heartbeat (shorter in tests).
     pub gossip_heartbeat: Duration,
     /// Compute threads per loaded model.
@@ -275,6 +283,12 @@ impl File {
                 .address
                 .parse()
                 .map_err(|e| Error::Config(format!("api address {:?}: {e}", self.api.address)))?,
+            api_hosts: self
+                .api
+                .hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
             gossip_heartbeat: Duration::from_secs(1),
             threads: self.models.threads,
             max_loaded_bytes: self.models.max_loaded_bytes,
@@ -301,6 +315,7 @@ impl Config {
             max_replica_bytes_per_owner: None,
             pin_mandate_ttl: DEFAULT_PIN_MANDATE_TTL,
             api: "127.0.0.1:0".parse().expect("valid address"),
+            api_hosts: Vec::new(),
             gossip_heartbeat: Duration::from_millis(200),
             threads: 1,
             max_loaded_bytes: DEFAULT_MAX_LOADED_BYTES,
