@@ -13,11 +13,11 @@ pub const TOKEN_FILE: &str = "admin.token";
 /// The admin token of the home `dir`, created if it has none (or an empty one).
 pub fn ensure(dir: &Path) -> io::Result<String> {
     let path = dir.join(TOKEN_FILE);
-    match std::fs::read_to_string(&path) {
+    match read_private(&path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(with_path(e, "reading", &path)),
+        Err(e) => return Err(e),
     }
     let mut bytes = [0u8; 32];
     rand::Rng::fill_bytes(&mut rand::rng(), &mut bytes);
@@ -29,9 +29,37 @@ pub fn ensure(dir: &Path) -> io::Result<String> {
 /// Read the admin token of the home `dir`.
 pub fn read(dir: &Path) -> io::Result<String> {
     let path = dir.join(TOKEN_FILE);
-    std::fs::read_to_string(&path)
-        .map(|t| t.trim().to_owned())
-        .map_err(|e| with_path(e, "reading the admin token", &path))
+    read_private(&path).map(|t| t.trim().to_owned())
+}
+
+/// Read the token file at `path`, refusing one that others can read (as the identity key
+/// is refused): a token others could read is a token others may have.
+fn read_private(path: &Path) -> io::Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| with_path(e, "reading", path))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = f
+            .metadata()
+            .map_err(|e| with_path(e, "reading", path))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "refusing to use {p}: its mode is {mode:03o}, readable by others (delete it \
+                     and a new token is made, or run `chmod 600 {p}` if no one else could have \
+                     read it)",
+                    p = path.display()
+                ),
+            ));
+        }
+    }
+    let mut text = String::new();
+    io::Read::read_to_string(&mut f, &mut text).map_err(|e| with_path(e, "reading", path))?;
+    Ok(text)
 }
 
 /// Write `contents` to `path` through a temporary file readable only by its owner, renamed
@@ -78,6 +106,18 @@ mod tests {
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
+            // Made readable by others, it is refused, by both readers, and left as it is.
+            let path = dir.path().join(TOKEN_FILE);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            for e in [
+                ensure(dir.path()).unwrap_err(),
+                read(dir.path()).unwrap_err(),
+            ] {
+                assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+                assert!(e.to_string().contains("mode is 644"), "{e}");
+            }
+            assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), t);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
         std::fs::write(dir.path().join(TOKEN_FILE), "\n").unwrap();
         assert_ne!(
