@@ -241,7 +241,9 @@ impl EventLoop {
 
     /// Count a failed connection to `peer`. One failure alone never holds requests back (a
     /// peer that just restarted, a connection closed as a test ends); from the second in a
-    /// row, requests wait 1 s, then 2 s, 4 s, … up to 5 min.
+    /// row, requests wait 1 s, then 2 s, 4 s, … up to 5 min. Failures inside a wait do not
+    /// count: the wait grows once per window, so it stays within about the time the peer
+    /// has been gone.
     fn connection_failed(&mut self, peer: PeerId) {
         let now = Instant::now();
         if self.backoff.len() >= BACKOFF_PEERS && !self.backoff.contains_key(&peer) {
@@ -254,6 +256,13 @@ impl EventLoop {
             failures: 0,
             until: now,
         });
+        if b.until > now {
+            // A dial the backoff does not gate (the DHT's, identify's) failed inside the
+            // window: the peer is no more gone than we knew. Escalating here would grow the
+            // wait with every such dial, and keep a peer that came back unreachable for
+            // minutes.
+            return;
+        }
         b.failures = b.failures.saturating_add(1);
         let wait = match b.failures {
             1 => Duration::ZERO,
