@@ -34,7 +34,22 @@ impl Answer {
 }
 
 async fn call(app: &Router, method: Method, path: &str, token: Option<&str>, body: Body) -> Answer {
+    call_at(app, None, method, path, token, body).await
+}
+
+/// [`call`], with a `Host` header when `host` is given.
+async fn call_at(
+    app: &Router,
+    host: Option<&str>,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Body,
+) -> Answer {
     let mut req = Request::builder().method(method).uri(path);
+    if let Some(h) = host {
+        req = req.header("host", h);
+    }
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
@@ -502,21 +517,17 @@ async fn a_foreign_host_name_is_refused_on_every_route() {
         .await
         .unwrap();
     let with_host = |app: &Router, path: &str, host: &str| {
-        let req = Request::builder()
-            .uri(path)
-            .header("host", host)
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .body(Body::empty())
-            .unwrap();
-        let app = app.clone();
+        let (app, path, host) = (app.clone(), path.to_owned(), host.to_owned());
         async move {
-            let resp = app.oneshot(req).await.unwrap();
-            let status = resp.status();
-            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
-                .await
-                .unwrap()
-                .to_vec();
-            Answer { status, body }
+            call_at(
+                &app,
+                Some(&host),
+                Method::GET,
+                &path,
+                Some(TOKEN),
+                Body::empty(),
+            )
+            .await
         }
     };
     let app = sov_api::router(node.clone(), TOKEN);
