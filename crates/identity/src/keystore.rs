@@ -114,8 +114,8 @@ struct KeyFile {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "protection", rename_all = "kebab-case")]
 enum Secret {
-    /// The seed in hex.
-    None { seed: String },
+    /// The seed in hex (wiped from memory when dropped).
+    None { seed: Zeroizing<String> },
     /// Argon2id-stretched passphrase, XChaCha20-Poly1305.
     Argon2idXchacha20poly1305 {
         kdf: KdfParams,
@@ -163,7 +163,7 @@ pub fn save_with(
     let did = keypair.did().to_string();
     let secret = match passphrase {
         None => Secret::None {
-            seed: hex::encode(keypair.seed().as_ref()),
+            seed: Zeroizing::new(hex::encode(keypair.seed().as_ref())),
         },
         Some(pass) => {
             kdf.check()?;
@@ -195,7 +195,9 @@ pub fn save_with(
         did,
         secret,
     };
-    let mut text = serde_json::to_string_pretty(&file).expect("key file serialises");
+    // The text holds the seed in hex when there is no passphrase: wiped after writing.
+    let mut text =
+        Zeroizing::new(serde_json::to_string_pretty(&file).expect("key file serialises"));
     text.push('\n');
     install(home, text.as_bytes())
 }

@@ -7,6 +7,8 @@ use std::{
     path::Path,
 };
 
+use zeroize::{Zeroize as _, Zeroizing};
+
 /// The admin token's file name in the home.
 pub const TOKEN_FILE: &str = "admin.token";
 
@@ -22,7 +24,8 @@ pub fn ensure(dir: &Path) -> io::Result<String> {
     let mut bytes = [0u8; 32];
     rand::Rng::fill_bytes(&mut rand::rng(), &mut bytes);
     let token = hex::encode(bytes);
-    write_private(&path, format!("{token}\n").as_bytes())?;
+    bytes.zeroize();
+    write_private(&path, Zeroizing::new(format!("{token}\n")).as_bytes())?;
     Ok(token)
 }
 
@@ -34,7 +37,7 @@ pub fn read(dir: &Path) -> io::Result<String> {
 
 /// Read the token file at `path`, refusing one that others can read (as the identity key
 /// is refused): a token others could read is a token others may have.
-fn read_private(path: &Path) -> io::Result<String> {
+fn read_private(path: &Path) -> io::Result<Zeroizing<String>> {
     let mut f = std::fs::File::open(path).map_err(|e| with_path(e, "reading", path))?;
     #[cfg(unix)]
     {
@@ -57,7 +60,8 @@ fn read_private(path: &Path) -> io::Result<String> {
             ));
         }
     }
-    let mut text = String::new();
+    // Sized up front: growing would leave copies behind in freed memory.
+    let mut text = Zeroizing::new(String::with_capacity(256));
     io::Read::read_to_string(&mut f, &mut text).map_err(|e| with_path(e, "reading", path))?;
     Ok(text)
 }
