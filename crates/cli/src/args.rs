@@ -454,9 +454,14 @@ pub struct SimulateArgs {
     /// send nothing: what the honest clients learn alone, the baseline for defences).
     #[arg(long)]
     pub attack: Option<String>,
-    /// Seed of every random choice (partition, initialisation, shuffles, selection).
+    /// Seed of every random choice (partition, initialisation, shuffles, selection), but
+    /// DP noise and the Poisson sample, which come from the operating system.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Draw DP noise and the Poisson sample from --seed too, to repeat a run exactly. The
+    /// ε reported then does not hold: anyone who knows the seed removes the noise.
+    #[arg(long, requires = "dp_noise")]
+    pub reproducible_noise: bool,
     /// One JSON object per round and a final one, instead of text.
     #[arg(long)]
     pub json: bool,

@@ -174,6 +174,7 @@ fn simulate(a: SimulateArgs) -> Result<()> {
             delta: a.dp_delta,
         }),
         seed: a.seed,
+        reproducible_noise: a.reproducible_noise,
     };
     let mode = match (&cfg.secagg, &cfg.dp) {
         (None, None) => String::new(),
@@ -207,6 +208,12 @@ fn simulate(a: SimulateArgs) -> Result<()> {
                 .as_deref()
                 .map(|p| format!(" after {p}"))
                 .unwrap_or_default(),
+        );
+    }
+    if sim.noise_is_reproducible() {
+        note!(
+            "warning: --reproducible-noise draws the DP noise from --seed: anyone who knows \
+             it removes the noise, so the ε below does not hold"
         );
     }
     let (mut up, mut down) = (0u64, 0u64);
@@ -274,6 +281,7 @@ fn simulate(a: SimulateArgs) -> Result<()> {
                 "loss": loss,
                 "epsilon": privacy.map(|p| p.0),
                 "delta": privacy.map(|p| p.1),
+                "epsilon_holds": privacy.map(|_| !sim.noise_is_reproducible()),
                 "clients": parts.len(),
                 "dropped": null,
                 "bytes_up": up,
@@ -290,7 +298,14 @@ fn simulate(a: SimulateArgs) -> Result<()> {
             accuracy * 100.0,
             loss,
             privacy
-                .map(|(e, d)| format!("  (ε = {e:.2}, δ = {d:e})"))
+                .map(|(e, d)| format!(
+                    "  (ε = {e:.2}, δ = {d:e}{})",
+                    if sim.noise_is_reproducible() {
+                        ", not holding: reproducible noise"
+                    } else {
+                        ""
+                    }
+                ))
                 .unwrap_or_default(),
             crate::output::bytes(up),
             crate::output::bytes(down),

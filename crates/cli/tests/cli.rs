@@ -735,6 +735,50 @@ fn fl_simulate_with_secure_aggregation_and_dp_reports_epsilon() {
     assert!(e.contains("even"), "{e}");
 }
 
+/// DP noise comes from the operating system: the same command twice gives two models (the
+/// noise is not a function of --seed, which anyone may know); --reproducible-noise repeats a
+/// run exactly and says that its ε does not hold.
+#[test]
+fn fl_simulate_dp_noise_is_fresh_unless_asked_to_be_reproducible() {
+    let n = Node::new();
+    let base = [
+        "fl",
+        "simulate",
+        "--rounds",
+        "2",
+        "--local-epochs",
+        "1",
+        "--dp-noise",
+        "1",
+        "--dp-clip",
+        "0.5",
+        "--seed",
+        "3",
+        "--json",
+    ];
+    let last = |out: String| -> serde_json::Value {
+        serde_json::from_str(out.lines().last().unwrap()).unwrap()
+    };
+    let (a, b) = (last(n.ok(&base)), last(n.ok(&base)));
+    assert_ne!(a["loss"], b["loss"], "{a}\n{b}");
+    assert_eq!(
+        a["epsilon"], b["epsilon"],
+        "ε depends on the plan, not the draws"
+    );
+    assert_eq!(a["epsilon_holds"], true);
+    let fixed = [&base[..], &["--reproducible-noise"]].concat();
+    let (c, d) = (last(n.ok(&fixed)), last(n.ok(&fixed)));
+    assert_eq!(c["loss"], d["loss"], "{c}\n{d}");
+    assert_eq!(c["epsilon_holds"], false);
+    let text_mode = [&base[..base.len() - 1], &["--reproducible-noise"]].concat();
+    let out = n.run(&text_mode);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("does not hold"), "{text}");
+    let e = n.fails(&["fl", "simulate", "--reproducible-noise"]);
+    assert!(e.contains("--dp-noise"), "{e}");
+}
+
 /// `sov fl simulate --robust`: the screened mean, set for the clients and the attackers
 /// assumed; each round reports whom it excluded (under sign flipping, the attackers); settings
 /// that cannot be robust are refused.

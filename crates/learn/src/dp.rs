@@ -14,10 +14,84 @@
 //! The accountant is the RDP analysis of the Poisson-subsampled Gaussian mechanism
 //! (Mironov, Talwar and Zhang 2019), as in Opacus and Google's dp-accounting, with the
 //! conversion to (ε, δ) of Balle et al. 2020.
+//!
+//! The noise and the Poisson sample are only as private as their randomness: both are drawn
+//! from a [`NoiseRng`], a ChaCha generator seeded by the operating system. A seeded one
+//! exists for reproducible experiments, and says of itself that ε does not hold.
 
-use rand::Rng;
+use std::convert::Infallible;
+
+use rand::{CryptoRng, Rng, SeedableRng, TryCryptoRng, TryRng, rngs::StdRng};
 
 use crate::{Error, Result};
+
+/// The randomness differential privacy rests on: the noise and the Poisson sample of
+/// clients. From the operating system, nobody can regenerate the noise and subtract it, or
+/// tell who was sampled. [`NoiseRng::reproducible`] gives the same draws for the same
+/// seed, for experiments and pinned tests, and with it the reported ε does not hold.
+///
+/// The sampling functions take this type (or at least a [`CryptoRng`]), so a simulation's
+/// seeded generator cannot be passed where privacy needs the operating system's.
+pub struct NoiseRng {
+    inner: StdRng,
+    reproducible: bool,
+}
+
+impl NoiseRng {
+    /// A generator seeded by the operating system.
+    pub fn from_os() -> Result<Self> {
+        let inner = StdRng::try_from_rng(&mut rand::rngs::SysRng).map_err(|e| {
+            Error::Spec(format!(
+                "the operating system gave no randomness for DP noise: {e}"
+            ))
+        })?;
+        Ok(NoiseRng {
+            inner,
+            reproducible: false,
+        })
+    }
+
+    /// A generator that draws the same noise for the same `seed`. Anyone who knows the seed
+    /// regenerates the noise and removes it: ε does not hold.
+    pub fn reproducible(seed: u64) -> Self {
+        NoiseRng {
+            inner: StdRng::seed_from_u64(seed),
+            reproducible: true,
+        }
+    }
+
+    /// Whether the draws follow from a seed (so ε does not hold).
+    pub fn is_reproducible(&self) -> bool {
+        self.reproducible
+    }
+}
+
+impl std::fmt::Debug for NoiseRng {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the state: it predicts the noise.
+        f.debug_struct("NoiseRng")
+            .field("reproducible", &self.reproducible)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TryRng for NoiseRng {
+    type Error = Infallible;
+
+    fn try_next_u32(&mut self) -> std::result::Result<u32, Infallible> {
+        self.inner.try_next_u32()
+    }
+
+    fn try_next_u64(&mut self) -> std::result::Result<u64, Infallible> {
+        self.inner.try_next_u64()
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> std::result::Result<(), Infallible> {
+        self.inner.try_fill_bytes(dst)
+    }
+}
+
+impl TryCryptoRng for NoiseRng {}
 
 /// The RDP orders dp-accounting 0.6.0 uses by default: 1.1 to 11 by tenths, 12 to 63, and
 /// 128, 256, 512, 1024.
@@ -299,8 +373,13 @@ impl DiscreteGaussian {
         })
     }
 
+    /// The σ² it samples with (the asked σ², rounded up).
+    pub fn sigma2(&self) -> u128 {
+        self.sigma2
+    }
+
     /// Discrete Laplace with scale `t` (CKS20 Algorithm 2).
-    fn laplace<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<i128> {
+    fn laplace<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Option<i128> {
         let t = self.t;
         loop {
             let u = uniform_below(rng, t);
@@ -323,7 +402,7 @@ impl DiscreteGaussian {
 
     /// One sample (CKS20 Algorithm 3). A candidate so far out that the acceptance test
     /// would overflow is rejected (its acceptance probability is below e^-1000).
-    pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> i64 {
+    pub fn sample<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> i64 {
         loop {
             let Some(y) = self.laplace(rng) else {
                 continue;
@@ -346,12 +425,17 @@ impl DiscreteGaussian {
     }
 
     /// Add a sample to every coordinate of `v` (words of `Z_2^32`).
-    pub fn add_to<R: Rng + ?Sized>(&self, v: &mut [u32], rng: &mut R) {
+    pub fn add_to<R: CryptoRng + ?Sized>(&self, v: &mut [u32], rng: &mut R) {
         for x in v {
             *x = x.wrapping_add(self.sample(rng) as i32 as u32);
         }
     }
 }
+
+/// The smallest σ (grid units) noise is drawn with: a sum of discrete Gaussians this wide
+/// is a discrete Gaussian but for a divergence below e^−150 (see [`DpConfig::multiplier`]).
+/// Raising σ to it only adds noise.
+pub const MIN_SHARE_SIGMA: f64 = 4.0;
 
 /// How differential privacy is applied to a round.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -402,9 +486,37 @@ impl DpConfig {
         if self.noise == 0.0 {
             return Ok(None);
         }
-        let sensitivity = self.clip * scale + (dim as f64).sqrt();
-        let sigma = self.noise * sensitivity / (shares.max(1) as f64).sqrt();
-        DiscreteGaussian::new(sigma.max(1.0)).map(Some)
+        let sigma = self.noise * self.sensitivity(dim, scale) / (shares.max(1) as f64).sqrt();
+        DiscreteGaussian::new(sigma.max(MIN_SHARE_SIGMA)).map(Some)
+    }
+
+    /// The L2 sensitivity (grid units) of a sum of clipped updates over `dim` coordinates
+    /// rounded to a grid of `scale`: `C·s + √d`.
+    pub fn sensitivity(&self, dim: usize, scale: f64) -> f64 {
+        self.clip * scale + (dim as f64).sqrt()
+    }
+
+    /// The noise multiplier a release really carries when `shares` draws of `noise` (one
+    /// for central noise; under distributed DP, one per client whose masked input is in
+    /// the sum) are added to a sum over `dim` coordinates on a grid of `scale`:
+    /// `√(shares·σ²) / (C·s + √d)`, with the σ² the sampler rounded up. This, not the
+    /// asked `z`, is what the accountant is charged.
+    ///
+    /// A sum of `n` discrete Gaussians of parameter σ² is within τ of the discrete
+    /// Gaussian of parameter nσ² in Rényi divergence, τ ≤ 10·Σₖ exp(−2π²σ²·k/(k+1))
+    /// (Kairouz, Liu and Steinke 2021, Theorem 3). The sampler never draws with σ below
+    /// [`MIN_SHARE_SIGMA`], where τ < e^−150: not charged.
+    pub fn multiplier(
+        &self,
+        noise: Option<&DiscreteGaussian>,
+        shares: usize,
+        dim: usize,
+        scale: f64,
+    ) -> f64 {
+        match noise {
+            None => 0.0,
+            Some(g) => (shares as f64 * g.sigma2() as f64).sqrt() / self.sensitivity(dim, scale),
+        }
     }
 }
 

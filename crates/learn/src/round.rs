@@ -18,12 +18,10 @@ pub mod server;
 
 use std::collections::BTreeMap;
 
-use rand::Rng;
-
 use crate::{
     Error, Result,
     data::Dataset,
-    dp::DpConfig,
+    dp::{DpConfig, NoiseRng},
     model::ModelSpec,
     strategy::{Aggregator, Update, clip_l2},
     train::{self, TrainConfig},
@@ -122,11 +120,11 @@ impl Round {
     /// σ = z·(C·s + √d) grid units, and divided by `expected`, the expected number of
     /// clients (a constant, so one client's presence moves the result by at most C/expected).
     /// With no update the result is noise alone, as DP requires.
-    pub fn close_private<R: Rng + ?Sized>(
+    pub fn close_private(
         self,
         dp: &DpConfig,
         expected: f64,
-        rng: &mut R,
+        rng: &mut NoiseRng,
     ) -> Result<Vec<f32>> {
         dp.validate()?;
         if !(expected.is_finite() && expected > 0.0) {
@@ -187,8 +185,6 @@ pub fn client_update(
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use rand::{SeedableRng, rngs::StdRng};
-
     use super::*;
     use crate::strategy::Strategy;
 
@@ -240,7 +236,7 @@ mod tests {
         r.receive(1, &update(1, &big, 10)).unwrap();
         r.receive(2, &update(1, &big, 10)).unwrap();
         let out = r
-            .close_private(&dp, 2.0, &mut StdRng::seed_from_u64(1))
+            .close_private(&dp, 2.0, &mut NoiseRng::reproducible(1))
             .unwrap();
         // Clipped to 1 each: the mean of coordinate 0 is 1; noise std z·C/2 = 0.5 on the mean.
         assert!((out[0] - 1.0).abs() < 2.5, "{}", out[0]);

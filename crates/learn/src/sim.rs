@@ -1,6 +1,8 @@
 //! Simulation: N clients in one process, through the same round code a federation runs.
 //! Clients train in parallel on the rayon pool the caller installs; every random choice
-//! (selection, dropouts, malicious clients, shuffles, keys, noise) comes from the seed.
+//! (selection, dropouts, malicious clients, shuffles, keys) comes from the seed, except
+//! what privacy rests on: DP noise and the Poisson sample come from the operating system
+//! unless [`SimConfig::reproducible_noise`] asks otherwise (and then ε does not hold).
 //!
 //! A round: the aggregator sends the global model to the selected clients; each trains,
 //! and (unless it drops out) sends its update; malicious clients tamper with theirs.
@@ -26,7 +28,7 @@ use crate::{
     Error, Result,
     attack::{self, Attack},
     data::Split,
-    dp::DpConfig,
+    dp::{DpConfig, NoiseRng},
     model::{Arch, ModelSpec},
     round::{
         self,
@@ -73,8 +75,11 @@ pub struct SimConfig {
     pub secagg: Option<SecAggSettings>,
     /// Differential privacy, if on.
     pub dp: Option<DpConfig>,
-    /// Seed of every random choice.
+    /// Seed of every random choice but DP noise and the Poisson sample.
     pub seed: u64,
+    /// Draw DP noise and the Poisson sample from the seed too: the same run twice gives the
+    /// same model, and the ε reported does not hold (anyone with the seed removes the noise).
+    pub reproducible_noise: bool,
 }
 
 impl Default for SimConfig {
@@ -93,6 +98,7 @@ impl Default for SimConfig {
             secagg: None,
             dp: None,
             seed: 0,
+            reproducible_noise: false,
         }
     }
 }
@@ -163,6 +169,9 @@ impl<'a> Simulation<'a> {
             clip: cfg.clip,
             secagg: cfg.secagg,
             dp: cfg.dp,
+            noise_seed: cfg
+                .reproducible_noise
+                .then_some(cfg.seed ^ 0x006e_6f69_7365),
         };
         plan.validate(parts.len())?;
         for (what, p) in [("dropout", cfg.dropout), ("malicious", cfg.malicious)] {
@@ -229,6 +238,11 @@ impl<'a> Simulation<'a> {
     /// Privacy spent so far, `(ε, δ)`, with DP.
     pub fn privacy(&self) -> Option<(f64, f64)> {
         self.server.privacy()
+    }
+
+    /// Whether DP noise and sampling follow from the seed (then ε does not hold).
+    pub fn noise_is_reproducible(&self) -> bool {
+        self.server.noise_is_reproducible()
     }
 
     /// Train the given clients in parallel; malicious ones tamper with their deltas.
@@ -354,15 +368,19 @@ impl<'a> Simulation<'a> {
             screened: None,
         };
         // Under secure aggregation, how many noise shares made it into the sum.
-        let mut survivors = None;
+        // The noise multiplier the published mean carries (under DP), none if nothing is
+        // published.
+        let mut released = None;
         let mean: Option<Vec<f32>> = if secure {
             let result = self.secure_round(&selected, &drop_at, trained, secagg_seed)?;
             report.bytes_up += result.bytes_up;
             report.bytes_down += result.bytes_down;
             report.dropped = selected.len() - result.survivors;
-            survivors = Some(result.survivors);
             match result.mean {
-                Ok(m) => Some(m),
+                Ok(m) => {
+                    released = Some(result.multiplier);
+                    Some(m)
+                }
                 Err(e) => {
                     report.aborted = Some(e.to_string());
                     None
@@ -380,8 +398,8 @@ impl<'a> Simulation<'a> {
                     report.dropped += 1;
                 }
             }
-            let mut noise = StdRng::from_seed(secagg_seed);
-            let mean = self.server.close(plain, &mut noise)?;
+            let mean = self.server.close(plain)?;
+            released = self.server.central_multiplier()?;
             if mean.is_none() {
                 report.aborted = Some("no update arrived".into());
             }
@@ -393,7 +411,7 @@ impl<'a> Simulation<'a> {
         if matches!(self.cfg.strategy, Strategy::ScreenedMean { .. }) {
             report.screened = Some(self.server.screened().to_vec());
         }
-        if let Some((epsilon, delta)) = self.server.account(survivors)? {
+        if let Some((epsilon, delta)) = self.server.account(released)? {
             report.epsilon = Some(epsilon);
             report.delta = Some(delta);
         }
@@ -422,6 +440,7 @@ impl<'a> Simulation<'a> {
     ) -> Result<SecureResult> {
         let fail = |e: Error| SecureResult {
             mean: Err(e),
+            multiplier: 0.0,
             survivors: 0,
             bytes_up: 0,
             bytes_down: 0,
@@ -434,6 +453,7 @@ impl<'a> Simulation<'a> {
             Err(e) => return Ok(fail(e)),
         };
         let clip = self.cfg.clip;
+        let reproducible = self.cfg.reproducible_noise;
         let inputs: Vec<(u32, Vec<u32>)> = trained
             .into_par_iter()
             .zip(
@@ -445,10 +465,15 @@ impl<'a> Simulation<'a> {
                     .collect::<Vec<_>>(),
             )
             .map(|(t, c)| {
-                let mut noise = StdRng::seed_from_u64(t.seed ^ 0xd1ff);
-                (c, encoding.encode(t.delta, t.examples, clip, &mut noise))
+                // Each client's own noise share, from its own operating system.
+                let mut noise = if reproducible {
+                    NoiseRng::reproducible(t.seed ^ 0xd1ff)
+                } else {
+                    NoiseRng::from_os()?
+                };
+                Ok((c, encoding.encode(t.delta, t.examples, clip, &mut noise)))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let inputs: std::collections::BTreeMap<u32, Vec<u32>> = inputs.into_iter().collect();
         let drops: std::collections::BTreeMap<u32, usize> = selected
             .iter()
@@ -462,6 +487,7 @@ impl<'a> Simulation<'a> {
             .outcome
             .and_then(|out| encoding.mean(&out.sum, expected));
         Ok(SecureResult {
+            multiplier: encoding.multiplier(run.survivors),
             survivors: run.survivors,
             mean,
             bytes_up: run.bytes_up,
@@ -472,6 +498,8 @@ impl<'a> Simulation<'a> {
 
 struct SecureResult {
     mean: Result<Vec<f32>>,
+    /// The noise multiplier the shares in the sum add up to (under DP).
+    multiplier: f64,
     survivors: usize,
     bytes_up: u64,
     bytes_down: u64,
@@ -652,11 +680,13 @@ mod tests {
             let want = expect.epsilon(1e-5).0;
             let c = central.round().unwrap();
             let d = distributed.round().unwrap();
-            assert_eq!(c.epsilon, Some(want));
-            assert_eq!(
-                d.epsilon,
-                Some(want),
-                "no dropouts: every noise share is in"
+            // The sampler rounds σ² up: a hair more noise than z = 1, a hair less ε.
+            let near = |e: Option<f64>| e.is_some_and(|e| e <= want && e > want * (1.0 - 1e-6));
+            assert!(near(c.epsilon), "{:?} vs {want}", c.epsilon);
+            assert!(
+                near(d.epsilon),
+                "no dropouts: every noise share is in: {:?} vs {want}",
+                d.epsilon
             );
             assert_eq!(c.delta, Some(1e-5));
             assert!(want > last);

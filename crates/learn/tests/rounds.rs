@@ -7,7 +7,7 @@
 
 use rand::{SeedableRng, rngs::StdRng};
 use sov_learn::{
-    dp::{Accountant, DpConfig},
+    dp::{Accountant, DpConfig, NoiseRng},
     round::{
         client::SecureEncoding,
         server::{Broadcast, Deadlines, Plan, SecAggSettings, SecureRound, Server, Stage},
@@ -24,6 +24,7 @@ fn plan() -> Plan {
         clip: None,
         secagg: Some(SecAggSettings::default()),
         dp: None,
+        noise_seed: None,
     }
 }
 
@@ -111,7 +112,7 @@ fn a_secure_round_with_too_few_answers_aborts_at_the_deadline() {
 fn the_weighted_encoding_decodes_to_the_example_weighted_mean() {
     let enc = SecureEncoding::new(SecAggSettings::default().range, None, 3, 2, 100.0, 2.0).unwrap();
     assert_eq!(enc.len(), 4);
-    let mut rng = StdRng::seed_from_u64(0);
+    let mut rng = NoiseRng::reproducible(0);
     let a = enc.encode(vec![1.0, -2.0, 0.5], 30, None, &mut rng);
     let b = enc.encode(vec![-1.0, 4.0, 0.25], 10, None, &mut rng);
     let sum: Vec<u32> = a.iter().zip(&b).map(|(x, y)| x.wrapping_add(*y)).collect();
@@ -150,7 +151,7 @@ fn the_server_selects_and_accounts_as_its_plan_says() {
         sizes.iter().any(|&n| n != 30),
         "Poisson: sizes vary {sizes:?}"
     );
-    let uniform = Server::new(
+    let mut uniform = Server::new(
         Plan {
             fraction: 0.3,
             ..plan()
@@ -160,12 +161,21 @@ fn the_server_selects_and_accounts_as_its_plan_says() {
     )
     .unwrap();
     assert!((0..5).all(|_| uniform.select(&mut rng).len() == 30));
-    // Half the noise shares missing: σ shrinks by √(15/30).
-    let (eps, delta) = sampled.account(Some(15)).unwrap().unwrap();
+    // The accountant is charged the multiplier the noise really has: the plan's z, but for
+    // the sampler rounding σ² up.
+    let z = sampled.central_multiplier().unwrap().unwrap();
+    assert!((1.0..1.0 + 1e-9).contains(&z), "{z}");
+    let (eps, delta) = sampled.account(Some(z)).unwrap().unwrap();
     let mut want = Accountant::default();
-    want.step(0.3, (0.5f64).sqrt(), 1).unwrap();
+    want.step(0.3, z, 1).unwrap();
     assert_eq!(eps, want.epsilon(1e-5).0);
     assert_eq!(delta, 1e-5);
+    // A round that published nothing (an aborted secure round) costs nothing.
+    assert_eq!(sampled.account(None).unwrap().unwrap().0, eps);
+    assert!(
+        !sampled.noise_is_reproducible(),
+        "noise from the OS by default"
+    );
     // Plans the server cannot run are refused.
     for bad in [
         Plan {

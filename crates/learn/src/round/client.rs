@@ -3,13 +3,11 @@
 //! aggregation it is a fixed-point vector for [`crate::secagg::Client::mask_input`],
 //! clipped, weighted and noised as the round's [`SecureEncoding`] says. Every participant
 //! derives the same encoding from public values, and the aggregator decodes the sum with
-//! it. Randomness (the noise share) is an input.
-
-use rand::Rng;
+//! it. Randomness (the noise share) is an input: the client's [`NoiseRng`].
 
 use crate::{
     Error, Result,
-    dp::{DiscreteGaussian, DpConfig},
+    dp::{DiscreteGaussian, DpConfig, NoiseRng},
     secagg::Quantizer,
     strategy::clip_l2,
     wire::{self, ClientUpdate},
@@ -41,6 +39,8 @@ pub struct SecureEncoding {
     dp_clip: Option<f32>,
     /// With DP: each client's noise share.
     noise: Option<DiscreteGaussian>,
+    /// With DP: the federation's settings (for the multiplier the shares add up to).
+    dp: Option<DpConfig>,
     dim: usize,
 }
 
@@ -70,6 +70,7 @@ impl SecureEncoding {
                     weighted_range: None,
                     dp_clip: Some(dp.clip as f32),
                     noise: dp.sampler(dim, scale, expected.ceil().max(1.0) as usize)?,
+                    dp: Some(*dp),
                     dim,
                 }
             }
@@ -78,6 +79,7 @@ impl SecureEncoding {
                 weighted_range: Some(range),
                 dp_clip: None,
                 noise: None,
+                dp: None,
                 dim,
             },
         })
@@ -93,14 +95,23 @@ impl SecureEncoding {
         self.dim == 0
     }
 
+    /// The noise multiplier of a sum holding `shares` clients' noise shares (under DP; 0
+    /// without): what the accountant is charged, whatever the expected count was.
+    pub fn multiplier(&self, shares: usize) -> f64 {
+        match &self.dp {
+            Some(dp) => dp.multiplier(self.noise.as_ref(), shares, self.dim, self.quant.scale),
+            None => 0.0,
+        }
+    }
+
     /// Encode one client's `delta` (trained on `examples` examples), first clipped to
     /// `clip` if the federation clips; `noise` draws the client's noise share under DP.
-    pub fn encode<R: Rng + ?Sized>(
+    pub fn encode(
         &self,
         mut delta: Vec<f32>,
         examples: usize,
         clip: Option<f32>,
-        noise: &mut R,
+        noise: &mut NoiseRng,
     ) -> Vec<u32> {
         if let Some(c) = clip {
             clip_l2(&mut delta, c);

@@ -6,11 +6,15 @@
 //!
 //! ```text
 //!   Server::select(rng) ─▶ Server::open(selected) ─▶ GlobalModel to each client
-//!     clear:  Round::receive(update)… ─▶ Server::close(round, noise rng) ─▶ mean
+//!     clear:  Round::receive(update)… ─▶ Server::close(round) ─▶ mean
 //!     secure: SecureRound::receive_*(…) / tick(now) per stage ─▶ Outcome
 //!             ─▶ SecureEncoding::mean ─▶ mean
-//!   Server::apply(mean) ─▶ Server::account(survivors) ─▶ (ε, δ)
+//!   Server::apply(mean) ─▶ Server::account(noise multiplier released, if any) ─▶ (ε, δ)
 //! ```
+//!
+//! Under DP the Poisson sample and the central noise come from the server's own
+//! [`NoiseRng`] (the operating system's, unless the plan asks for reproducible noise), never
+//! from the generator passed to [`Server::select`].
 
 use std::collections::BTreeSet;
 
@@ -19,7 +23,7 @@ use rand::{Rng, RngExt as _};
 use super::{Round, client::SecureEncoding};
 use crate::{
     Error, Result,
-    dp::{Accountant, DpConfig},
+    dp::{Accountant, DpConfig, NoiseRng},
     secagg::{
         self, EncryptedShares, KeyAdvert, KeyBook, MaskedInput, Outcome, RoundParams,
         ShareDelivery, UnmaskRequest, UnmaskResponse,
@@ -71,6 +75,9 @@ pub struct Plan {
     pub secagg: Option<SecAggSettings>,
     /// Differential privacy, if on.
     pub dp: Option<DpConfig>,
+    /// Draw the DP noise and the Poisson sample from this seed rather than the operating
+    /// system: reproducible runs, for experiments and pinned tests, whose ε does not hold.
+    pub noise_seed: Option<u64>,
 }
 
 impl Plan {
@@ -145,13 +152,20 @@ pub struct Server {
     global: Vec<f32>,
     round: u32,
     population: usize,
+    /// The randomness of the Poisson sample and the central noise.
+    noise: NoiseRng,
 }
 
 impl Server {
     /// A federation of `population` clients starting from `global`.
     pub fn new(plan: Plan, global: Vec<f32>, population: usize) -> Result<Self> {
         plan.validate(population)?;
+        let noise = match plan.noise_seed {
+            Some(seed) => NoiseRng::reproducible(seed),
+            None => NoiseRng::from_os()?,
+        };
         Ok(Server {
+            noise,
             aggregator: Aggregator::new(plan.strategy).with_pre(plan.pre, 0x5eed_b0c4),
             accountant: Accountant::default(),
             plan,
@@ -188,14 +202,21 @@ impl Server {
         self.plan.fraction * self.population as f64
     }
 
+    /// Whether DP noise and sampling follow from a seed (then ε does not hold).
+    pub fn noise_is_reproducible(&self) -> bool {
+        self.noise.is_reproducible()
+    }
+
     /// Choose the next round's clients (indices into the population, ascending): a Poisson
     /// sample under DP with a fraction below 1 (what the accountant's amplification
-    /// assumes), else a uniform sample of the usual size.
-    pub fn select<R: Rng + ?Sized>(&self, rng: &mut R) -> Vec<usize> {
+    /// assumes), drawn from the server's noise generator so that who took part stays
+    /// secret; else a uniform sample of the usual size drawn from `rng`.
+    pub fn select<R: Rng + ?Sized>(&mut self, rng: &mut R) -> Vec<usize> {
         let n = self.population;
         if self.plan.dp.is_some() && self.plan.fraction < 1.0 {
+            let noise = &mut self.noise;
             (0..n)
-                .filter(|_| rng.random_bool(self.plan.fraction))
+                .filter(|_| noise.random_bool(self.plan.fraction))
                 .collect()
         } else {
             let k = self.plan.usual_selection(n);
@@ -212,15 +233,14 @@ impl Server {
     }
 
     /// Close a round in the clear: the mean delta by the federation's rule (each update
-    /// clipped if the plan clips), or under DP clipped, summed and noised with `noise`.
-    /// `None` when no update arrived and there is no DP (nothing to publish).
-    pub fn close<R: Rng + ?Sized>(
-        &mut self,
-        round: Round,
-        noise: &mut R,
-    ) -> Result<Option<Vec<f32>>> {
+    /// clipped if the plan clips), or under DP clipped, summed and noised (see
+    /// [`Server::central_multiplier`] for what to charge). `None` when no update arrived and
+    /// there is no DP (nothing to publish).
+    pub fn close(&mut self, round: Round) -> Result<Option<Vec<f32>>> {
         match self.plan.dp {
-            Some(dp) => round.close_private(&dp, self.expected(), noise).map(Some),
+            Some(dp) => round
+                .close_private(&dp, self.expected(), &mut self.noise)
+                .map(Some),
             None if round.received().is_empty() => Ok(None),
             None => round.close(&mut self.aggregator, self.plan.clip).map(Some),
         }
@@ -264,25 +284,35 @@ impl Server {
         self.aggregator.apply_delta(&mut self.global, mean);
     }
 
-    /// Charge the round to the privacy accountant (with DP); returns `(ε, δ)` so far.
-    /// Under secure aggregation, `survivors` is how many noise shares are in the sum: the
-    /// noise multiplier shrinks with the missing ones.
-    pub fn account(&mut self, survivors: Option<usize>) -> Result<Option<(f64, f64)>> {
+    /// The noise multiplier a round closed in the clear under DP really carries (the
+    /// sampler's σ over the sum's sensitivity: at least the plan's `z`).
+    pub fn central_multiplier(&self) -> Result<Option<f64>> {
         let Some(dp) = self.plan.dp else {
             return Ok(None);
         };
-        let expected = self.expected();
-        let mut z = dp.noise;
-        if let Some(s) = survivors {
-            let share = (s as f64).min(expected) / expected;
-            z *= share.sqrt();
-        }
-        let q = if self.plan.fraction < 1.0 {
-            self.plan.fraction
-        } else {
-            1.0
+        let (dim, scale) = (self.global.len(), dp.grid_scale());
+        let g = dp.sampler(dim, scale, 1)?;
+        Ok(Some(dp.multiplier(g.as_ref(), 1, dim, scale)))
+    }
+
+    /// Charge the round to the privacy accountant (with DP); returns `(ε, δ)` so far.
+    /// `released` is the noise multiplier the published result really carried
+    /// ([`Server::central_multiplier`], or under secure aggregation
+    /// [`SecureEncoding::multiplier`] of the shares in the sum), or `None` when the round
+    /// published nothing (an aborted secure round: nothing is charged, since whether a
+    /// round aborts depends on dropouts, not on anyone's data).
+    pub fn account(&mut self, released: Option<f64>) -> Result<Option<(f64, f64)>> {
+        let Some(dp) = self.plan.dp else {
+            return Ok(None);
         };
-        self.accountant.step(q, z, 1)?;
+        if let Some(z) = released {
+            let q = if self.plan.fraction < 1.0 {
+                self.plan.fraction
+            } else {
+                1.0
+            };
+            self.accountant.step(q, z, 1)?;
+        }
         Ok(Some((self.accountant.epsilon(dp.delta).0, dp.delta)))
     }
 
