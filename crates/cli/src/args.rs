@@ -428,7 +428,8 @@ pub struct SimulateArgs {
     /// Secure aggregation: the aggregator learns only the sum of the updates.
     #[arg(long)]
     pub secagg: bool,
-    /// Shares needed to rebuild a client's secrets (default: two thirds of its holders).
+    /// Shares needed to rebuild a client's secrets: more than two thirds of its holders
+    /// (the default is the least allowed).
     #[arg(long, value_name = "T", requires = "secagg")]
     pub secagg_threshold: Option<u32>,
     /// Neighbours per client, even (SecAgg+); default: every other selected client.

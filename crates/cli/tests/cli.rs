@@ -700,7 +700,7 @@ fn fl_simulate_with_secure_aggregation_and_dp_reports_epsilon() {
         "--secagg-neighbours",
         "6",
         "--secagg-threshold",
-        "4",
+        "5",
         "--dp-noise",
         "0.5",
         "--dp-clip",

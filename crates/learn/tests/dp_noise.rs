@@ -148,7 +148,7 @@ fn a_simulation_with_dropouts_reports_the_epsilon_of_its_surviving_shares() {
         dp: Some(dp()),
         secagg: Some(SecAggSettings {
             neighbours: Some(6),
-            threshold: Some(4),
+            threshold: Some(5),
             ..SecAggSettings::default()
         }),
         dropout: 0.3,

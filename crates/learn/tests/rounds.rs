@@ -12,7 +12,7 @@ use sov_learn::{
         client::SecureEncoding,
         server::{Broadcast, Deadlines, Plan, SecAggSettings, SecureRound, Server, Stage},
     },
-    secagg::{Client, RoundParams},
+    secagg::{Client, RoundParams, seeded_identities},
     strategy::Strategy,
 };
 
@@ -31,19 +31,22 @@ fn plan() -> Plan {
 #[test]
 fn secure_stages_close_at_their_deadline_without_the_missing_and_the_sum_is_exact() {
     let ids: Vec<u32> = (0..5).collect();
-    let params = RoundParams::new(1, &ids, None, Some(3), 4, [7; 32]).unwrap();
+    let params = RoundParams::new(1, &ids, None, Some(4), 4, [7; 32]).unwrap();
     let deadlines = Deadlines {
         adverts: 100,
         shares: 200,
         masked: 300,
+        confirm: 350,
         unmask: 400,
     };
-    let mut round = SecureRound::open(params.clone(), 1_000, deadlines).unwrap();
+    let (keys, dir) = seeded_identities(&ids, 1);
+    let mut round = SecureRound::open(params.clone(), dir.clone(), 1_000, deadlines).unwrap();
     let mut rng = StdRng::seed_from_u64(1);
     let mut clients = Vec::new();
     // Client 4 never answers.
     for &c in &ids[..4] {
-        let (client, advert) = Client::new(params.clone(), c, &mut rng).unwrap();
+        let (client, advert) =
+            Client::new(params.clone(), c, &keys[&c], dir.clone(), &mut rng).unwrap();
         round.receive_advert(advert).unwrap();
         clients.push(client);
     }
@@ -56,7 +59,7 @@ fn secure_stages_close_at_their_deadline_without_the_missing_and_the_sum_is_exac
     assert_eq!(books.len(), 4);
     assert_eq!(round.stage(), Stage::Shares);
     // An advert now is for a closed stage: refused.
-    let (_, late) = Client::new(params.clone(), 4, &mut rng).unwrap();
+    let (_, late) = Client::new(params.clone(), 4, &keys[&4], dir.clone(), &mut rng).unwrap();
     assert!(round.receive_advert(late).is_err());
     for (client, (_, book)) in clients.iter_mut().zip(&books) {
         round
@@ -72,6 +75,14 @@ fn secure_stages_close_at_their_deadline_without_the_missing_and_the_sum_is_exac
         round
             .receive_masked(client.mask_input(d, x).unwrap())
             .unwrap();
+    }
+    let Some(Broadcast::SurvivorLists(lists)) = round.tick(1_101) else {
+        panic!("survivor lists")
+    };
+    assert_eq!(round.stage(), Stage::Confirm);
+    assert_eq!(round.deadline(), Some(1_350));
+    for (client, (_, l)) in clients.iter_mut().zip(&lists) {
+        round.receive_signature(client.confirm(l).unwrap()).unwrap();
     }
     let Some(Broadcast::UnmaskRequests(requests)) = round.tick(1_101) else {
         panic!("unmask requests")
@@ -95,10 +106,12 @@ fn secure_stages_close_at_their_deadline_without_the_missing_and_the_sum_is_exac
 fn a_secure_round_with_too_few_answers_aborts_at_the_deadline() {
     let ids: Vec<u32> = (0..5).collect();
     let params = RoundParams::new(1, &ids, None, Some(4), 2, [1; 32]).unwrap();
-    let mut round = SecureRound::open(params.clone(), 0, Deadlines::default()).unwrap();
+    let (keys, dir) = seeded_identities(&ids, 2);
+    let mut round =
+        SecureRound::open(params.clone(), dir.clone(), 0, Deadlines::default()).unwrap();
     let mut rng = StdRng::seed_from_u64(2);
     for c in 0..2 {
-        let (_, advert) = Client::new(params.clone(), c, &mut rng).unwrap();
+        let (_, advert) = Client::new(params.clone(), c, &keys[&c], dir.clone(), &mut rng).unwrap();
         round.receive_advert(advert).unwrap();
     }
     match round.tick(Deadlines::default().adverts) {

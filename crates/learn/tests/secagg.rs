@@ -1,20 +1,48 @@
 //! Secure aggregation, end to end through the client and aggregator state machines: exact
-//! sums under dropouts at every stage, aborts that reveal nothing, and the aggregator never
-//! rebuilding both secrets of one client.
+//! sums under dropouts at every stage, aborts that reveal nothing, the aggregator never
+//! rebuilding both secrets of one client, and a malicious aggregator (forged adverts,
+//! shares withheld from a target, a different survivor list for each holder) failing.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use sov_learn::secagg::{
-    Aggregator, Client, KeyBook, MaskedInput, Outcome, Quantizer, RoundParams, ShareDelivery,
-    UnmaskRequest, UnmaskResponse,
+    Aggregator, Client, Directory, KeyAdvert, KeyBook, MaskedInput, Outcome, Quantizer,
+    RoundParams, ShareDelivery, SurvivorList, SurvivorSignature, UnmaskRequest, UnmaskResponse,
+    seeded_identities,
 };
 
+/// The members' long-term signing keys and the directory every member knows them by.
+struct Members {
+    keys: BTreeMap<u32, ed25519_dalek::SigningKey>,
+    dir: Arc<Directory>,
+}
+
+fn members(p: &RoundParams) -> Members {
+    let (keys, dir) = seeded_identities(&p.participants, 0x5157);
+    Members { keys, dir }
+}
+
+/// Client `c` joins the round.
+fn join(
+    p: &RoundParams,
+    m: &Members,
+    c: u32,
+    rng: &mut StdRng,
+) -> sov_learn::Result<(Client, KeyAdvert)> {
+    let key = m.keys.get(&c).unwrap_or(&m.keys[&p.participants[0]]);
+    Client::new(p.clone(), c, key, m.dir.clone(), rng)
+}
+
 /// When a client stops answering: before stage `s` (0 advert, 1 shares, 2 masked input,
-/// 3 unmasking); clients not listed answer everything.
+/// 3 its signature on the survivors and its unmasking answer); clients not listed answer
+/// everything.
 type Drops = BTreeMap<u32, usize>;
 
 struct Run {
@@ -36,12 +64,13 @@ fn inputs_for(params: &RoundParams, seed: u64) -> BTreeMap<u32, Vec<u32>> {
 fn run(params: &RoundParams, inputs: &BTreeMap<u32, Vec<u32>>, drops: &Drops, seed: u64) -> Run {
     let mut rng = StdRng::seed_from_u64(seed);
     let alive = |c: u32, stage: usize| drops.get(&c).is_none_or(|&s| s > stage);
-    let mut agg = Aggregator::new(params.clone()).unwrap();
+    let m = members(params);
+    let mut agg = Aggregator::new(params.clone(), m.dir.clone()).unwrap();
     let mut clients = BTreeMap::new();
     let mut responses = Vec::new();
     let outcome = (|| {
         for &c in &params.participants {
-            let (client, advert) = Client::new(params.clone(), c, &mut rng)?;
+            let (client, advert) = join(params, &m, c, &mut rng)?;
             if alive(c, 0) {
                 agg.receive_advert(advert)?;
                 clients.insert(c, client);
@@ -62,12 +91,16 @@ fn run(params: &RoundParams, inputs: &BTreeMap<u32, Vec<u32>>, drops: &Drops, se
                 agg.receive_masked(masked)?;
             }
         }
+        for (c, list) in agg.survivor_lists()? {
+            if alive(c, 3) {
+                let sig = clients.get_mut(&c).unwrap().confirm(&list)?;
+                agg.receive_signature(sig)?;
+            }
+        }
         for (c, req) in agg.unmask_requests()? {
             let resp = clients.get_mut(&c).unwrap().unmask(&req)?;
-            if alive(c, 3) {
-                responses.push(resp.clone());
-                agg.receive_unmask(resp)?;
-            }
+            responses.push(resp.clone());
+            agg.receive_unmask(resp)?;
         }
         Ok(())
     })();
@@ -109,12 +142,13 @@ fn never_both(held: &BTreeMap<u32, (bool, bool)>) {
 
 #[test]
 fn the_sum_is_exact_with_up_to_n_minus_t_dropouts_at_each_stage() {
-    // Complete graph, n = 7, t = 4: any 3 may drop at any one stage.
-    let p = params(7, None, Some(4), 33);
+    // Complete graph, n = 7, t = 5 (more than two thirds): any 2 may drop at any one stage.
+    let p = params(7, None, None, 33);
+    assert_eq!(p.threshold, 5);
     let inputs = inputs_for(&p, 1);
     let ids = p.participants.clone();
     for stage in 0..4 {
-        for d in 0..=3usize {
+        for d in 0..=2usize {
             let mut rng = StdRng::seed_from_u64(100 * stage as u64 + d as u64);
             let mut order = ids.clone();
             rand::seq::SliceRandom::shuffle(&mut order[..], &mut rng);
@@ -136,35 +170,23 @@ fn the_sum_is_exact_with_up_to_n_minus_t_dropouts_at_each_stage() {
             );
             never_both(&r.held);
         }
-        // One more and the round aborts.
-        let drops: Drops = ids[..4].iter().map(|&c| (c, stage)).collect();
+        // One more and the round aborts before anyone reveals a share (after the masked
+        // inputs: too few survivors sign the list, and no one reveals without t signers).
+        let drops: Drops = ids[..3].iter().map(|&c| (c, stage)).collect();
         let r = run(&p, &inputs, &drops, 77);
         let e = r.outcome.unwrap_err().to_string();
         assert!(e.contains("aborted"), "stage {stage}: {e}");
-        if stage < 3 {
-            assert!(
-                r.responses.is_empty(),
-                "stage {stage}: shares were revealed"
-            );
-        } else {
-            // Three survivors answered: fewer than t shares of any secret.
-            for resp in &r.responses {
-                assert!(resp.seed_shares.len() + resp.key_shares.len() <= 7);
-            }
-            let mut per_owner: BTreeMap<u32, usize> = BTreeMap::new();
-            for resp in &r.responses {
-                for s in resp.seed_shares.iter().chain(&resp.key_shares) {
-                    *per_owner.entry(s.owner).or_default() += 1;
-                }
-            }
-            assert!(per_owner.values().all(|&n| n < 4), "{per_owner:?}");
-        }
+        assert!(
+            r.responses.is_empty(),
+            "stage {stage}: shares were revealed"
+        );
     }
 }
 
 #[test]
 fn dropouts_spread_over_all_stages_are_recovered() {
-    let p = params(9, None, Some(5), 16);
+    let p = params(13, None, None, 16);
+    assert_eq!(p.threshold, 9);
     let inputs = inputs_for(&p, 2);
     let ids = p.participants.clone();
     // One drop at each stage: 4 = n − t in all.
@@ -185,8 +207,9 @@ fn dropouts_spread_over_all_stages_are_recovered() {
 
 #[test]
 fn secagg_plus_on_a_ring_sums_exactly_with_dropouts() {
-    // 30 clients, 6 neighbours, threshold 4 of 7 holders.
-    let p = params(30, Some(6), Some(4), 50);
+    // 30 clients, 6 neighbours, threshold 5 of 7 holders.
+    let p = params(30, Some(6), None, 50);
+    assert_eq!(p.threshold, 5);
     let inputs = inputs_for(&p, 4);
     let g = p.graph();
     for &c in &p.participants {
@@ -214,7 +237,7 @@ fn secagg_plus_on_a_ring_sums_exactly_with_dropouts() {
 
 #[test]
 fn a_client_declared_dropped_that_comes_back_is_never_unmasked() {
-    let p = params(6, None, Some(4), 8);
+    let p = params(6, None, None, 8);
     let inputs = inputs_for(&p, 6);
     let (mut agg, mut clients, deliveries) = to_masking(&p, 6);
     let late = p.participants[2];
@@ -231,10 +254,22 @@ fn a_client_declared_dropped_that_comes_back_is_never_unmasked() {
             agg.receive_masked(m).unwrap();
         }
     }
-    let requests = agg.unmask_requests().unwrap();
+    let lists = agg.survivor_lists().unwrap();
     // The straggler's masked input arrives now: refused, it counts as dropped.
     assert!(agg.receive_masked(late_input.unwrap()).is_err());
-    assert!(requests.iter().all(|(c, _)| *c != late));
+    assert!(lists.iter().all(|(c, _)| *c != late));
+    for (c, list) in &lists {
+        let sig = clients.get_mut(c).unwrap().confirm(list).unwrap();
+        agg.receive_signature(sig).unwrap();
+    }
+    // The straggler will not confirm a list without itself.
+    let e = clients
+        .get_mut(&late)
+        .unwrap()
+        .confirm(&lists[0].1)
+        .unwrap_err();
+    assert!(e.to_string().contains("not among the survivors"), "{e}");
+    let requests = agg.unmask_requests().unwrap();
     for (c, req) in requests {
         let resp = clients.get_mut(&c).unwrap().unmask(&req).unwrap();
         // Nobody reveals the straggler's self-mask seed.
@@ -251,10 +286,11 @@ fn a_client_declared_dropped_that_comes_back_is_never_unmasked() {
         .collect();
     let out = agg.finish().unwrap();
     assert_eq!(out.sum, sum_of(&inputs, &survivors, p.dim));
-    // The straggler itself, asked now, reveals nothing: it is not among the survivors.
+    // The straggler itself, asked now, reveals nothing: it confirmed no list.
     let req = UnmaskRequest {
         round: p.round,
         survivors: survivors.clone(),
+        signatures: Vec::new(),
     };
     assert!(clients.get_mut(&late).unwrap().unmask(&req).is_err());
 }
@@ -267,10 +303,11 @@ fn to_masking(
     seed: u64,
 ) -> (Aggregator, BTreeMap<u32, Client>, Vec<(u32, ShareDelivery)>) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut agg = Aggregator::new(p.clone()).unwrap();
+    let m = members(p);
+    let mut agg = Aggregator::new(p.clone(), m.dir.clone()).unwrap();
     let mut clients = BTreeMap::new();
     for &c in &p.participants {
-        let (client, advert) = Client::new(p.clone(), c, &mut rng).unwrap();
+        let (client, advert) = join(p, &m, c, &mut rng).unwrap();
         agg.receive_advert(advert).unwrap();
         clients.insert(c, client);
     }
@@ -301,75 +338,214 @@ fn to_unmasking(p: &RoundParams, seed: u64) -> (Aggregator, BTreeMap<u32, Client
     (agg, clients)
 }
 
+/// What a malicious aggregator collected from honest clients: who revealed a share of each
+/// owner's self-mask seed, and of its mask key.
+#[derive(Default)]
+struct Loot {
+    seed: BTreeMap<u32, BTreeSet<u32>>,
+    key: BTreeMap<u32, BTreeSet<u32>>,
+    refused: BTreeSet<u32>,
+}
+
+impl Loot {
+    fn take(&mut self, c: u32, r: sov_learn::Result<UnmaskResponse>) {
+        match r {
+            Ok(resp) => {
+                for s in &resp.seed_shares {
+                    self.seed.entry(s.owner).or_default().insert(c);
+                }
+                for s in &resp.key_shares {
+                    self.key.entry(s.owner).or_default().insert(c);
+                }
+            }
+            Err(_) => {
+                self.refused.insert(c);
+            }
+        }
+    }
+
+    fn seeds_of(&self, v: u32) -> usize {
+        self.seed.get(&v).map_or(0, BTreeSet::len)
+    }
+
+    fn keys_of(&self, v: u32) -> usize {
+        self.key.get(&v).map_or(0, BTreeSet::len)
+    }
+}
+
+/// Show each client its own survivor list, have it sign, and hand it every signature made
+/// on that same list (all the aggregator has); then ask again with the other list.
+fn per_holder_lists(
+    p: &RoundParams,
+    clients: &mut BTreeMap<u32, Client>,
+    list_of: impl Fn(u32) -> Vec<u32>,
+) -> Loot {
+    let mut signed: BTreeMap<Vec<u32>, Vec<SurvivorSignature>> = BTreeMap::new();
+    for (&c, client) in clients.iter_mut() {
+        let survivors = list_of(c);
+        let list = SurvivorList {
+            round: p.round,
+            survivors: survivors.clone(),
+        };
+        if let Ok(sig) = client.confirm(&list) {
+            signed.entry(survivors.clone()).or_default().push(sig);
+            // A second list is never signed.
+            let other = SurvivorList {
+                round: p.round,
+                survivors: p.participants.clone(),
+            };
+            assert!(client.confirm(&other).is_err(), "client {c} signed twice");
+        }
+    }
+    let mut loot = Loot::default();
+    for (&c, client) in clients.iter_mut() {
+        let survivors = list_of(c);
+        let req = UnmaskRequest {
+            round: p.round,
+            signatures: signed.get(&survivors).cloned().unwrap_or_default(),
+            survivors,
+        };
+        loot.take(c, client.unmask(&req));
+    }
+    loot
+}
+
 #[test]
 fn a_lying_aggregator_cannot_collect_both_secrets_of_a_client() {
-    // t = 4 of 7 holders. The aggregator tells some holders that client v survived and the
-    // others that it dropped, then asks again: each honest client answers once, so at most
-    // one kind of share reaches the threshold.
-    let p = params(7, None, Some(4), 4);
+    // t = 5 of 7 holders. The aggregator tells four clients that v survived and three that
+    // it dropped: neither list gets t signatures, so no one reveals anything.
+    let p = params(7, None, None, 4);
     let (_, mut clients) = to_unmasking(&p, 8);
     let v = p.participants[0];
     let all = p.participants.clone();
     let without_v: Vec<u32> = all.iter().copied().filter(|&c| c != v).collect();
-    let mut seed_shares = BTreeSet::new();
-    let mut key_shares = BTreeSet::new();
-    for (i, (&c, client)) in clients.iter_mut().enumerate() {
-        let survivors = if i % 2 == 0 {
+    let loot = per_holder_lists(&p, &mut clients, |c| {
+        if all.iter().position(|&x| x == c).unwrap() % 2 == 0 {
             all.clone()
         } else {
             without_v.clone()
-        };
-        for attempt in 0..2 {
-            let flipped = if attempt == 0 {
-                survivors.clone()
-            } else if survivors.len() == all.len() {
-                without_v.clone()
-            } else {
-                all.clone()
-            };
-            let req = UnmaskRequest {
-                round: p.round,
-                survivors: flipped,
-            };
-            match client.unmask(&req) {
-                Ok(resp) => {
-                    assert_eq!(attempt, 0, "client {c} answered twice");
-                    for s in &resp.seed_shares {
-                        if s.owner == v {
-                            seed_shares.insert(c);
-                        }
-                    }
-                    for s in &resp.key_shares {
-                        if s.owner == v {
-                            key_shares.insert(c);
-                        }
-                    }
-                }
-                Err(e) => {
-                    // v itself refuses a list without itself; the second attempt is refused.
-                    assert!(attempt == 1 || c == v, "{c}: {e}");
-                }
-            }
         }
+    });
+    assert_eq!(loot.refused.len(), 7, "every client refuses");
+    assert_eq!((loot.seeds_of(v), loot.keys_of(v)), (0, 0));
+}
+
+/// The attack of the review (issue 16): on a ring of 24 clients with 8 neighbours, the
+/// aggregator delivers to client 0 the shares of only t − 1 neighbours (as if the others
+/// had dropped), so 0 masks with those alone; then it tells 0's holders that 0 survived
+/// and those neighbours' holders that they dropped, to get 0's self-mask seed and the
+/// neighbours' mask keys: everything that hides 0's input. With the consistency round,
+/// every holder of 0's secrets refuses, and neither 0's seed nor its key can be rebuilt.
+#[test]
+fn a_malicious_aggregator_withholding_shares_and_splitting_survivor_lists_learns_no_input() {
+    let p = params(24, Some(8), None, 4);
+    let t = p.threshold as usize;
+    assert_eq!(t, 7, "more than two thirds of 9 holders");
+    let g = p.graph();
+    let target = p.participants[0];
+    let inputs = inputs_for(&p, 11);
+    // Only t − 1 of the target's neighbours' shares will reach it.
+    let kept: Vec<u32> = g.neighbours(target)[..t - 1].to_vec();
+    let holders_of_target: BTreeSet<u32> = g.holders(target).into_iter().collect();
+    // The threshold the review's attack succeeded at (6 of 9) is no longer accepted.
+    assert!(RoundParams::new(7, &p.participants, Some(8), Some(6), 4, [9; 32]).is_err());
+    let everyone = p.participants.clone();
+    let without_kept: Vec<u32> = everyone
+        .iter()
+        .copied()
+        .filter(|c| !kept.contains(c))
+        .collect();
+    // A list per holder, as the review's search built them: the target alive for everyone;
+    // each holder told that as many kept neighbours dropped as it will believe (its list
+    // must still hold t of its own holders), those that need more key shares first; the
+    // target told only of the neighbours it heard from.
+    let mut per_holder: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    let mut still_needed: BTreeMap<u32, usize> = kept.iter().map(|&v| (v, t)).collect();
+    for &h in &everyone {
+        let mine: Vec<u32> = g.holders(h);
+        let dropped: BTreeSet<u32> = if h == target {
+            mine.iter()
+                .copied()
+                .filter(|&v| v != target && !kept.contains(&v))
+                .collect()
+        } else {
+            let mut candidates: Vec<u32> = mine
+                .iter()
+                .copied()
+                .filter(|v| *v != h && kept.contains(v))
+                .collect();
+            candidates.sort_by_key(|v| std::cmp::Reverse(still_needed[v]));
+            candidates.truncate(mine.len() - t);
+            for v in &candidates {
+                *still_needed.get_mut(v).unwrap() = still_needed[v].saturating_sub(1);
+            }
+            candidates.into_iter().collect()
+        };
+        per_holder.insert(
+            h,
+            everyone
+                .iter()
+                .copied()
+                .filter(|c| !dropped.contains(c))
+                .collect(),
+        );
     }
-    assert!(seed_shares.is_disjoint(&key_shares));
-    assert!(
-        seed_shares.len() < 4 || key_shares.len() < 4,
-        "seed shares from {seed_shares:?}, key shares from {key_shares:?}"
-    );
+    // Two ways to split: one list for all (the kept neighbours dropped), or a list for each
+    // holder.
+    for attempt in ["one list for all", "a list per holder"] {
+        let (_, mut clients, deliveries) = to_masking(&p, 11);
+        for (c, mut d) in deliveries {
+            if c == target {
+                d.shares.retain(|s| kept.contains(&s.from));
+            }
+            clients
+                .get_mut(&c)
+                .unwrap()
+                .mask_input(&d, &inputs[&c])
+                .unwrap();
+        }
+        let loot = per_holder_lists(&p, &mut clients, |c| {
+            if attempt == "one list for all" {
+                without_kept.clone()
+            } else {
+                per_holder[&c].clone()
+            }
+        });
+        // Whatever else was revealed, the target's input stays hidden: rebuilding it needs
+        // its seed and the mask key of every kept neighbour.
+        let exposed = loot.seeds_of(target) >= t && kept.iter().all(|&v| loot.keys_of(v) >= t);
+        assert!(!exposed, "{attempt}: the target's input can be rebuilt");
+        // Every holder of the target's secrets refuses.
+        for h in &holders_of_target {
+            assert!(loot.refused.contains(h), "{attempt}: holder {h} revealed");
+        }
+        assert!(
+            loot.seeds_of(target) < t && loot.keys_of(target) < t,
+            "{attempt}: {} seed and {} key shares of the target",
+            loot.seeds_of(target),
+            loot.keys_of(target)
+        );
+        assert_eq!(loot.seeds_of(target) + loot.keys_of(target), 0, "{attempt}");
+    }
 }
 
 #[test]
 fn clients_refuse_bad_requests_and_the_aggregator_refuses_bad_messages() {
-    let p = params(5, None, Some(3), 4);
+    let p = params(5, None, None, 4);
     let mut rng = StdRng::seed_from_u64(9);
-    // A stranger cannot join; parameters that are unsafe are refused.
-    assert!(Client::new(p.clone(), 999, &mut rng).is_err());
+    let m = members(&p);
+    // A stranger cannot join, nor a member with another's key; parameters that are unsafe
+    // are refused.
+    assert!(join(&p, &m, 999, &mut rng).is_err());
     let ids = p.participants.clone();
+    let e = Client::new(p.clone(), ids[1], &m.keys[&ids[0]], m.dir.clone(), &mut rng);
+    assert!(e.unwrap_err().to_string().contains("directory"));
     for (k, t) in [
         (Some(3), Some(3)),
         (Some(2), Some(1)),
         (Some(4), Some(2)),
+        // Three of five holders: a majority, not more than two thirds.
+        (Some(4), Some(3)),
         (Some(4), Some(6)),
     ] {
         assert!(
@@ -379,15 +555,24 @@ fn clients_refuse_bad_requests_and_the_aggregator_refuses_bad_messages() {
     }
     assert!(RoundParams::new(1, &ids[..1], None, None, 4, [0; 32]).is_err());
 
-    let mut agg = Aggregator::new(p.clone()).unwrap();
+    let mut agg = Aggregator::new(p.clone(), m.dir.clone()).unwrap();
     let mut clients = BTreeMap::new();
     let mut adverts = Vec::new();
     for &c in &ids {
-        let (client, advert) = Client::new(p.clone(), c, &mut rng).unwrap();
+        let (client, advert) = join(&p, &m, c, &mut rng).unwrap();
         adverts.push(advert.clone());
         agg.receive_advert(advert).unwrap();
         clients.insert(c, client);
     }
+    // An advert whose keys were swapped (the aggregator's own, say) is not signed by the
+    // member: the aggregator and every client refuse it.
+    let mut forged = adverts[1].clone();
+    forged.mask_pk = adverts[2].mask_pk.clone();
+    let e = Aggregator::new(p.clone(), m.dir.clone())
+        .unwrap()
+        .receive_advert(forged.clone())
+        .unwrap_err();
+    assert!(e.to_string().contains("not signed"), "{e}");
     // Twice, or from a stranger, or with a short key: refused.
     assert!(agg.receive_advert(adverts[0].clone()).is_err());
     let mut stranger = adverts[1].clone();
@@ -396,7 +581,7 @@ fn clients_refuse_bad_requests_and_the_aggregator_refuses_bad_messages() {
     let mut short = adverts[1].clone();
     short.mask_pk.truncate(5);
     assert!(
-        Aggregator::new(p.clone())
+        Aggregator::new(p.clone(), m.dir.clone())
             .unwrap()
             .receive_advert(short)
             .is_err()
@@ -406,21 +591,32 @@ fn clients_refuse_bad_requests_and_the_aggregator_refuses_bad_messages() {
     let (c0, book0) = books[0].clone();
     let mut dup = book0.clone();
     dup.adverts[1].mask_pk = dup.adverts[0].mask_pk.clone();
-    let (mut fresh, _) = Client::new(p.clone(), c0, &mut rng).unwrap();
+    let (mut fresh, _) = join(&p, &m, c0, &mut rng).unwrap();
     assert!(fresh.share_keys(&dup, &mut rng).is_err());
+    let mut with_forged = book0.clone();
+    let i = with_forged
+        .adverts
+        .iter()
+        .position(|a| a.client == forged.client)
+        .unwrap();
+    with_forged.adverts[i] = forged;
+    let (mut fresh, _) = join(&p, &m, c0, &mut rng).unwrap();
+    let e = fresh.share_keys(&with_forged, &mut rng).unwrap_err();
+    assert!(e.to_string().contains("not signed"), "{e}");
     let wrong_round = KeyBook {
         round: 8,
         ..book0.clone()
     };
-    let (mut fresh, _) = Client::new(p.clone(), c0, &mut rng).unwrap();
+    let (mut fresh, _) = join(&p, &m, c0, &mut rng).unwrap();
     assert!(fresh.share_keys(&wrong_round, &mut rng).is_err());
-    // Out of order: a masked input before any key book.
-    let (mut fresh, _) = Client::new(p.clone(), c0, &mut rng).unwrap();
+    // Out of order: an unmasking request before any key book.
+    let (mut fresh, _) = join(&p, &m, c0, &mut rng).unwrap();
     assert!(
         fresh
             .unmask(&UnmaskRequest {
                 round: 7,
-                survivors: ids.clone()
+                survivors: ids.clone(),
+                signatures: Vec::new(),
             })
             .is_err()
     );
@@ -438,7 +634,7 @@ fn clients_refuse_bad_requests_and_the_aggregator_refuses_bad_messages() {
     let mut bad = all_shares[&ids[1]].clone();
     bad.shares[0].ciphertext[3] ^= 1;
     let target = bad.shares[0].to;
-    let mut agg2 = Aggregator::new(p.clone()).unwrap();
+    let mut agg2 = Aggregator::new(p.clone(), m.dir.clone()).unwrap();
     for a in &adverts {
         agg2.receive_advert(a.clone()).unwrap();
     }
@@ -466,6 +662,66 @@ fn clients_refuse_bad_requests_and_the_aggregator_refuses_bad_messages() {
             assert!(agg2.receive_masked(m).is_err());
         }
     }
+}
+
+#[test]
+fn survivor_signatures_are_checked_by_the_aggregator_and_by_each_client() {
+    let p = params(5, None, None, 4);
+    let (mut agg, mut clients) = to_unmasking(&p, 12);
+    let lists = agg.survivor_lists().unwrap();
+    let mut sigs = BTreeMap::new();
+    for (c, list) in &lists {
+        sigs.insert(*c, clients.get_mut(c).unwrap().confirm(list).unwrap());
+    }
+    let ids = p.participants.clone();
+    // A signature with a flipped bit, or one member's signature sent as another's: refused.
+    let mut flipped = sigs[&ids[0]].clone();
+    flipped.signature[5] ^= 1;
+    assert!(agg.receive_signature(flipped).is_err());
+    let mut borrowed = sigs[&ids[0]].clone();
+    borrowed.client = ids[1];
+    assert!(agg.receive_signature(borrowed).is_err());
+    for s in sigs.values() {
+        agg.receive_signature(s.clone()).unwrap();
+    }
+    assert!(
+        agg.receive_signature(sigs[&ids[0]].clone()).is_err(),
+        "twice"
+    );
+    let requests: BTreeMap<u32, UnmaskRequest> =
+        agg.unmask_requests().unwrap().into_iter().collect();
+    // A client refuses a request whose list is not the one it signed, or whose signatures
+    // do not verify; it answers once, so each refusal is on a fresh round.
+    let (mut agg2, mut clients2) = to_unmasking(&p, 13);
+    for (c, list) in agg2.survivor_lists().unwrap() {
+        clients2.get_mut(&c).unwrap().confirm(&list).unwrap();
+    }
+    let mut other_list = requests[&ids[0]].clone();
+    other_list.survivors.pop();
+    let e = clients2
+        .get_mut(&ids[0])
+        .unwrap()
+        .unmask(&other_list)
+        .unwrap_err();
+    assert!(e.to_string().contains("not the one"), "{e}");
+    // Signatures from round 12's keys do not verify on round 13's adverts' list? They do
+    // (same members, same list): the long-term keys sign the parameters and the list.
+    // A tampered one does not.
+    let mut tampered = requests[&ids[1]].clone();
+    tampered.signatures[0].signature[0] ^= 1;
+    let e = clients2
+        .get_mut(&ids[1])
+        .unwrap()
+        .unmask(&tampered)
+        .unwrap_err();
+    assert!(e.to_string().contains("not signed"), "{e}");
+    // Honest requests are answered and the sum comes out.
+    for (c, req) in requests {
+        let resp = clients.get_mut(&c).unwrap().unmask(&req).unwrap();
+        agg.receive_unmask(resp).unwrap();
+    }
+    let inputs = inputs_for(&p, 12);
+    assert_eq!(agg.finish().unwrap().sum, sum_of(&inputs, &ids, p.dim));
 }
 
 #[test]

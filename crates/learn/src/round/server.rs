@@ -25,8 +25,8 @@ use crate::{
     Error, Result,
     dp::{Accountant, DpConfig, NoiseRng},
     secagg::{
-        self, EncryptedShares, KeyAdvert, KeyBook, MaskedInput, Outcome, RoundParams,
-        ShareDelivery, UnmaskRequest, UnmaskResponse,
+        self, Directory, EncryptedShares, KeyAdvert, KeyBook, MaskedInput, Outcome, RoundParams,
+        ShareDelivery, SurvivorList, SurvivorSignature, UnmaskRequest, UnmaskResponse,
     },
     strategy::{Aggregator, PreAggregation, Strategy},
     wire::GlobalModel,
@@ -334,6 +334,8 @@ pub struct Deadlines {
     pub shares: u64,
     /// Masked inputs.
     pub masked: u64,
+    /// Signatures on the survivor list.
+    pub confirm: u64,
     /// Unmasking answers.
     pub unmask: u64,
 }
@@ -344,6 +346,7 @@ impl Default for Deadlines {
             adverts: 10_000,
             shares: 20_000,
             masked: 120_000,
+            confirm: 130_000,
             unmask: 140_000,
         }
     }
@@ -358,6 +361,8 @@ pub enum Stage {
     Shares,
     /// Waiting for masked inputs.
     Masked,
+    /// Waiting for signatures on the survivor list.
+    Confirm,
     /// Waiting for unmasking answers.
     Unmask,
     /// Finished or aborted.
@@ -371,7 +376,10 @@ pub enum Broadcast {
     KeyBooks(Vec<(u32, KeyBook)>),
     /// The shares addressed to each client (after the shares).
     Deliveries(Vec<(u32, ShareDelivery)>),
-    /// What each client must reveal (after the masked inputs).
+    /// The survivor list each survivor is to sign (after the masked inputs).
+    SurvivorLists(Vec<(u32, SurvivorList)>),
+    /// What each client must reveal, with the signatures confirming the list (after the
+    /// signatures).
     UnmaskRequests(Vec<(u32, UnmaskRequest)>),
     /// The unmasked sum, or why the round aborted.
     Finished(Result<Outcome>),
@@ -390,11 +398,17 @@ pub struct SecureRound {
 }
 
 impl SecureRound {
-    /// Open a secure round with `params` at time `now` (milliseconds, any epoch).
-    pub fn open(params: RoundParams, now: u64, deadlines: Deadlines) -> Result<Self> {
+    /// Open a secure round with `params` at time `now` (milliseconds, any epoch), among
+    /// members whose signing keys `directory` holds.
+    pub fn open(
+        params: RoundParams,
+        directory: std::sync::Arc<Directory>,
+        now: u64,
+        deadlines: Deadlines,
+    ) -> Result<Self> {
         let waiting = params.participants.iter().copied().collect();
         Ok(SecureRound {
-            agg: Some(secagg::Aggregator::new(params)?),
+            agg: Some(secagg::Aggregator::new(params, directory)?),
             stage: Stage::Adverts,
             opened: now,
             deadlines,
@@ -419,6 +433,7 @@ impl SecureRound {
             Stage::Adverts => d.adverts,
             Stage::Shares => d.shares,
             Stage::Masked => d.masked,
+            Stage::Confirm => d.confirm,
             Stage::Unmask => d.unmask,
             Stage::Done => return None,
         };
@@ -461,6 +476,14 @@ impl SecureRound {
         Ok(())
     }
 
+    /// A client's signature on the survivor list.
+    pub fn receive_signature(&mut self, s: SurvivorSignature) -> Result<()> {
+        let c = s.client;
+        self.at(Stage::Confirm, c)?.receive_signature(s)?;
+        self.waiting.remove(&c);
+        Ok(())
+    }
+
     /// A client's unmasking answer.
     pub fn receive_unmask(&mut self, r: UnmaskResponse) -> Result<()> {
         let c = r.client;
@@ -493,7 +516,11 @@ impl SecureRound {
                 self.waiting = ids(&d);
                 (Stage::Masked, Broadcast::Deliveries(d))
             }),
-            Stage::Masked => agg.unmask_requests().map(|r| {
+            Stage::Masked => agg.survivor_lists().map(|r| {
+                self.waiting = ids(&r);
+                (Stage::Confirm, Broadcast::SurvivorLists(r))
+            }),
+            Stage::Confirm => agg.unmask_requests().map(|r| {
                 self.waiting = ids(&r);
                 (Stage::Unmask, Broadcast::UnmaskRequests(r))
             }),

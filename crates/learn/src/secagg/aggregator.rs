@@ -1,6 +1,9 @@
 //! The aggregator's side of a round.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use vsss_rs::Gf256;
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -8,11 +11,12 @@ use zeroize::Zeroizing;
 
 use super::{
     crypto::{
-        SEALED_PLAIN_LEN, SHARE_LEN, add_prg, agree, err, key32, pair_seed, self_seed_commitment,
+        Directory, SEALED_PLAIN_LEN, SHARE_LEN, add_prg, advert_transcript, agree, err, key32,
+        pair_seed, params_digest, self_seed_commitment, survivors_transcript,
     },
     messages::{
-        EncryptedShares, KeyAdvert, KeyBook, MaskedInput, SealedShare, ShareDelivery,
-        UnmaskRequest, UnmaskResponse,
+        EncryptedShares, KeyAdvert, KeyBook, MaskedInput, SealedShare, ShareDelivery, SurvivorList,
+        SurvivorSignature, UnmaskRequest, UnmaskResponse,
     },
     params::{Graph, RoundParams},
 };
@@ -24,6 +28,7 @@ pub(super) enum AggStage {
     Adverts,
     Shares,
     Masked,
+    Confirming,
     Unmasking,
 }
 
@@ -41,6 +46,8 @@ pub struct Outcome {
 pub struct Aggregator {
     params: RoundParams,
     graph: Graph,
+    directory: Arc<Directory>,
+    digest: [u8; 32],
     stage: AggStage,
     adverts: BTreeMap<u32, KeyAdvert>,
     /// U1: advertised and alive when the key books went out.
@@ -51,6 +58,8 @@ pub struct Aggregator {
     u2: BTreeSet<u32>,
     /// U3: masked input arrived.
     u3: BTreeSet<u32>,
+    /// Survivors' signatures on U3.
+    signatures: BTreeMap<u32, SurvivorSignature>,
     sum: Vec<u32>,
     /// Revealed shares: owner → (holder → share).
     seed_shares: BTreeMap<u32, BTreeMap<u32, Vec<u8>>>,
@@ -59,11 +68,14 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    /// Open a round.
-    pub fn new(params: RoundParams) -> Result<Self> {
+    /// Open a round among members whose keys `directory` holds.
+    pub fn new(params: RoundParams, directory: Arc<Directory>) -> Result<Self> {
         params.validate()?;
         Ok(Aggregator {
             graph: params.graph(),
+            digest: params_digest(&params),
+            directory,
+            signatures: BTreeMap::new(),
             sum: vec![0; params.dim as usize],
             params,
             stage: AggStage::Adverts,
@@ -113,6 +125,12 @@ impl Aggregator {
         key32(&a.cipher_pk, "a cipher key")?;
         key32(&a.mask_pk, "a mask key")?;
         key32(&a.seed_commitment, "a seed commitment")?;
+        self.directory.verify(
+            a.client,
+            &advert_transcript(&self.digest, &a),
+            &a.signature,
+            "the key advert",
+        )?;
         if self.adverts.contains_key(&a.client) {
             return Err(err(format!("client {} advertised twice", a.client)));
         }
@@ -271,44 +289,91 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Close stage 3: the unmasking request for each survivor. From here on a late masked
-    /// input is refused: its sender counts as dropped.
-    pub fn unmask_requests(&mut self) -> Result<Vec<(u32, UnmaskRequest)>> {
+    /// Close stage 3: the survivor list U3, for each survivor to confirm by signing. From
+    /// here on a late masked input is refused: its sender counts as dropped.
+    pub fn survivor_lists(&mut self) -> Result<Vec<(u32, SurvivorList)>> {
         self.expect(AggStage::Masked, "closing the masked inputs", 0)?;
         self.need(&self.u3, "masked input")?;
         // Every client in U2 must be rebuildable from the survivors: its self-mask if it
         // survived, its key if it dropped.
+        self.rebuildable(&self.u3, "masked input")?;
+        self.stage = AggStage::Confirming;
+        let list = SurvivorList {
+            round: self.params.round,
+            survivors: self.u3.iter().copied().collect(),
+        };
+        Ok(self.u3.iter().map(|&c| (c, list.clone())).collect())
+    }
+
+    /// Abort unless every client in U2 has `t` holders in `live`.
+    fn rebuildable(&self, live: &BTreeSet<u32>, stage: &str) -> Result<()> {
         for &v in &self.u2 {
-            let live = self
+            let n = self
                 .graph
                 .holders(v)
                 .iter()
-                .filter(|h| self.u3.contains(h))
+                .filter(|h| live.contains(h))
                 .count();
-            if live < self.params.threshold as usize {
+            if n < self.params.threshold as usize {
                 return Err(err(format!(
-                    "round aborted at masked input: only {live} of client {v}'s holders \
-                     survived, {} needed",
+                    "round aborted at {stage}: only {n} of client {v}'s holders are left, {} \
+                     needed",
                     self.params.threshold
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Consistency check: take a survivor's signature on U3.
+    pub fn receive_signature(&mut self, s: SurvivorSignature) -> Result<()> {
+        self.expect(AggStage::Confirming, "a survivor signature", s.client)?;
+        if !self.u3.contains(&s.client) {
+            return Err(err(format!(
+                "client {} is not a survivor; its signature is not wanted",
+                s.client
+            )));
+        }
+        if self.signatures.contains_key(&s.client) {
+            return Err(err(format!("client {} signed twice", s.client)));
+        }
+        let list: Vec<u32> = self.u3.iter().copied().collect();
+        self.directory.verify(
+            s.client,
+            &survivors_transcript(&self.digest, &list),
+            &s.signature,
+            "the survivor list",
+        )?;
+        self.signatures.insert(s.client, s);
+        Ok(())
+    }
+
+    /// Close the consistency check: the unmasking request for each survivor that signed,
+    /// with the signatures of the signers among the holders of every client whose shares
+    /// it holds (what it needs to see before revealing them).
+    pub fn unmask_requests(&mut self) -> Result<Vec<(u32, UnmaskRequest)>> {
+        self.expect(AggStage::Confirming, "closing the consistency check", 0)?;
+        let signers: BTreeSet<u32> = self.signatures.keys().copied().collect();
+        self.need(&signers, "the consistency check")?;
+        self.rebuildable(&signers, "the consistency check")?;
         self.stage = AggStage::Unmasking;
-        Ok(self
-            .u3
+        let survivors: Vec<u32> = self.u3.iter().copied().collect();
+        Ok(signers
             .iter()
             .map(|&c| {
-                let survivors = self
+                let wanted: BTreeSet<u32> = self
                     .graph
                     .holders(c)
                     .into_iter()
-                    .filter(|v| self.u3.contains(v))
+                    .flat_map(|v| self.graph.holders(v))
+                    .filter(|h| signers.contains(h))
                     .collect();
                 (
                     c,
                     UnmaskRequest {
                         round: self.params.round,
-                        survivors,
+                        survivors: survivors.clone(),
+                        signatures: wanted.iter().map(|h| self.signatures[h].clone()).collect(),
                     },
                 )
             })
@@ -319,9 +384,9 @@ impl Aggregator {
     /// wrong kind for a client, or a share it cannot hold, is refused whole.
     pub fn receive_unmask(&mut self, r: UnmaskResponse) -> Result<()> {
         self.expect(AggStage::Unmasking, "an unmasking response", r.client)?;
-        if !self.u3.contains(&r.client) {
+        if !self.signatures.contains_key(&r.client) {
             return Err(err(format!(
-                "client {} is not a survivor; its shares are not wanted",
+                "client {} did not confirm the survivors; its shares are not wanted",
                 r.client
             )));
         }

@@ -1,11 +1,15 @@
 //! The client's side of a round.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use chacha20poly1305::{
     ChaCha20Poly1305, KeyInit,
     aead::{Aead, Payload},
 };
+use ed25519_dalek::SigningKey;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_bytes::ByteBuf;
 use vsss_rs::Gf256;
@@ -14,12 +18,12 @@ use zeroize::Zeroizing;
 
 use super::{
     crypto::{
-        SEALED_PLAIN_LEN, SHARE_LEN, add_prg, agree, err, key32, pair_seed, self_seed_commitment,
-        share_key,
+        Directory, SEALED_PLAIN_LEN, SHARE_LEN, add_prg, advert_transcript, agree, err, key32,
+        pair_seed, params_digest, self_seed_commitment, share_key, sign, survivors_transcript,
     },
     messages::{
         EncryptedShares, KeyAdvert, KeyBook, MaskedInput, RevealedShare, SealedShare,
-        ShareDelivery, UnmaskRequest, UnmaskResponse,
+        ShareDelivery, SurvivorList, SurvivorSignature, UnmaskRequest, UnmaskResponse,
     },
     params::{Graph, RoundParams},
 };
@@ -34,6 +38,7 @@ pub(super) enum ClientStage {
     Advertised,
     Shared,
     Masked,
+    Confirmed,
     Done,
 }
 
@@ -43,6 +48,13 @@ pub struct Client {
     graph: Graph,
     id: u32,
     stage: ClientStage,
+    /// The client's long-term signing key, and everyone's verifying keys.
+    signer: SigningKey,
+    directory: Arc<Directory>,
+    /// Digest of `params`, in everything signed.
+    digest: [u8; 32],
+    /// The one survivor list this client signed.
+    confirmed: Vec<u32>,
     cipher_sk: StaticSecret,
     mask_sk: StaticSecret,
     self_seed: Zeroizing<[u8; 32]>,
@@ -65,11 +77,15 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Join the round as `id`, drawing keys and the self-mask seed from `rng` (a CSPRNG in
-    /// a real node; a seeded one in the simulation). Returns the advert to send.
+    /// Join the round as `id`, signing with its long-term key `signer` (whose verifying key
+    /// `directory` must list for `id`), drawing round keys and the self-mask seed from `rng`
+    /// (a CSPRNG in a real node; a seeded one in the simulation). Returns the signed advert
+    /// to send.
     pub fn new<R: Rng + ?Sized>(
         params: RoundParams,
         id: u32,
+        signer: &SigningKey,
+        directory: Arc<Directory>,
         rng: &mut R,
     ) -> Result<(Self, KeyAdvert)> {
         params.validate()?;
@@ -79,25 +95,37 @@ impl Client {
                 "client {id} is not a participant of the round"
             )));
         }
+        if directory.key(id) != Some(&signer.verifying_key()) {
+            return Err(err(format!(
+                "the directory does not list this signing key for client {id}"
+            )));
+        }
+        let digest = params_digest(&params);
         let mut bytes = Zeroizing::new([0u8; 96]);
         rng.fill_bytes(&mut bytes[..]);
         let cipher_sk = StaticSecret::from(key32(&bytes[..32], "key")?);
         let mask_sk = StaticSecret::from(key32(&bytes[32..64], "key")?);
         let self_seed = Zeroizing::new(key32(&bytes[64..], "seed")?);
-        let advert = KeyAdvert {
+        let mut advert = KeyAdvert {
             client: id,
             cipher_pk: ByteBuf::from(PublicKey::from(&cipher_sk).as_bytes().to_vec()),
             mask_pk: ByteBuf::from(PublicKey::from(&mask_sk).as_bytes().to_vec()),
             seed_commitment: ByteBuf::from(
                 self_seed_commitment(&self_seed, params.round, id).to_vec(),
             ),
+            signature: ByteBuf::new(),
         };
+        advert.signature = ByteBuf::from(sign(signer, &advert_transcript(&digest, &advert)));
         Ok((
             Client {
                 params,
                 graph,
                 id,
                 stage: ClientStage::Advertised,
+                signer: signer.clone(),
+                directory,
+                digest,
+                confirmed: Vec::new(),
                 cipher_sk,
                 mask_sk,
                 self_seed,
@@ -147,6 +175,13 @@ impl Client {
                     a.client, self.id
                 )));
             }
+            // Signed by the neighbour's own key: the aggregator cannot put its keys in.
+            self.directory.verify(
+                a.client,
+                &advert_transcript(&self.digest, a),
+                &a.signature,
+                "the key advert",
+            )?;
             let c = key32(&a.cipher_pk, "a cipher key")?;
             let s = key32(&a.mask_pk, "a mask key")?;
             key32(&a.seed_commitment, "a seed commitment")?;
@@ -313,11 +348,73 @@ impl Client {
         })
     }
 
+    /// Consistency check (Bonawitz et al. 2017, §4): sign the round's survivor list. A
+    /// client signs one list per round, and only one that names itself and names no
+    /// neighbour whose shares it lacks; it will reveal shares only for this list.
+    pub fn confirm(&mut self, list: &SurvivorList) -> Result<SurvivorSignature> {
+        self.expect(ClientStage::Masked, "a survivor list")?;
+        // Whatever happens, this client never signs a second list.
+        self.stage = ClientStage::Confirmed;
+        if list.round != self.params.round {
+            return Err(err(format!(
+                "a survivor list for round {} in round {}",
+                list.round, self.params.round
+            )));
+        }
+        if list.survivors.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(err("the survivor list is not ascending and distinct"));
+        }
+        if let Some(v) = list.survivors.iter().find(|&&v| !self.graph.contains(v)) {
+            return Err(err(format!(
+                "the survivor list names client {v}, which is not in the round"
+            )));
+        }
+        if list.survivors.binary_search(&self.id).is_err() {
+            return Err(err(format!(
+                "client {} is not among the survivors, so it confirms nothing",
+                self.id
+            )));
+        }
+        let holders = self.graph.holders(self.id);
+        if let Some(v) = holders
+            .iter()
+            .find(|v| list.survivors.binary_search(v).is_ok() && !self.held.contains_key(v))
+        {
+            return Err(err(format!(
+                "the survivor list names client {v}, whose shares client {} never got",
+                self.id
+            )));
+        }
+        let t = self.params.threshold as usize;
+        let live = holders
+            .iter()
+            .filter(|v| list.survivors.binary_search(v).is_ok())
+            .count();
+        if live < t {
+            return Err(err(format!(
+                "only {live} of client {}'s holders survived; {t} are needed, so it reveals \
+                 nothing",
+                self.id
+            )));
+        }
+        self.confirmed = list.survivors.clone();
+        Ok(SurvivorSignature {
+            client: self.id,
+            signature: ByteBuf::from(sign(
+                &self.signer,
+                &survivors_transcript(&self.digest, &self.confirmed),
+            )),
+        })
+    }
+
     /// Stage 4: reveal, for each client whose shares this one holds, the self-mask share if
-    /// it survived and the key share if it dropped. Answers once; refuses a survivor list
-    /// that names a client whose shares never arrived, or too few survivors.
+    /// it survived and the key share if it dropped. Only for the list this client signed,
+    /// and only once at least `t` of that client's holders have signed the same list: two
+    /// different lists cannot both have `t` signers among one client's holders unless more
+    /// than a third of them collude, so every honest holder of a client reveals the same
+    /// kind of share for it. Answers once.
     pub fn unmask(&mut self, req: &UnmaskRequest) -> Result<UnmaskResponse> {
-        self.expect(ClientStage::Masked, "an unmasking request")?;
+        self.expect(ClientStage::Confirmed, "an unmasking request")?;
         // From here on this client never answers again, whatever happens.
         self.stage = ClientStage::Done;
         if req.round != self.params.round {
@@ -326,30 +423,44 @@ impl Client {
                 req.round, self.params.round
             )));
         }
-        let survivors: BTreeSet<u32> = req.survivors.iter().copied().collect();
-        if survivors.len() != req.survivors.len() {
-            return Err(err("the survivor list repeats a client"));
-        }
-        if !survivors.contains(&self.id) {
+        if req.survivors != self.confirmed {
             return Err(err(format!(
-                "client {} is not among the survivors, so it reveals nothing",
+                "the unmasking request's survivor list is not the one client {} signed",
                 self.id
             )));
         }
-        if let Some(v) = survivors.iter().find(|v| !self.held.contains_key(v)) {
-            return Err(err(format!(
-                "the survivor list names client {v}, whose shares client {} never got",
-                self.id
-            )));
+        let transcript = survivors_transcript(&self.digest, &self.confirmed);
+        let mut signers = BTreeSet::new();
+        for s in &req.signatures {
+            if self.confirmed.binary_search(&s.client).is_err() {
+                return Err(err(format!(
+                    "a signature from client {}, which is not a survivor",
+                    s.client
+                )));
+            }
+            self.directory
+                .verify(s.client, &transcript, &s.signature, "the survivor list")?;
+            if !signers.insert(s.client) {
+                return Err(err(format!("two signatures from client {}", s.client)));
+            }
         }
         let t = self.params.threshold as usize;
-        if survivors.len() < t {
-            return Err(err(format!(
-                "only {} of client {}'s holders survived; {t} are needed, so it reveals nothing",
-                survivors.len(),
-                self.id
-            )));
+        for &owner in self.held.keys() {
+            let confirmed = self
+                .graph
+                .holders(owner)
+                .iter()
+                .filter(|h| signers.contains(h))
+                .count();
+            if confirmed < t {
+                return Err(err(format!(
+                    "the survivor list is confirmed by {confirmed} of client {owner}'s holders; \
+                     {t} are needed before client {} reveals anything",
+                    self.id
+                )));
+            }
         }
+        let survivors: BTreeSet<u32> = self.confirmed.iter().copied().collect();
         let mut resp = UnmaskResponse {
             client: self.id,
             seed_shares: Vec::new(),

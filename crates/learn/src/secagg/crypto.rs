@@ -1,14 +1,103 @@
 //! The round's key derivations and the ChaCha20 mask stream: pairwise seeds from X25519,
-//! self-mask commitments, share-sealing keys.
+//! self-mask commitments, share-sealing keys; and what clients sign with their long-term
+//! Ed25519 keys (adverts, survivor lists), checked against the [`Directory`].
 
 use chacha20::{
     ChaCha20,
     cipher::{KeyIvInit, StreamCipher},
 };
+use std::collections::BTreeMap;
+
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
+use super::{messages::KeyAdvert, params::RoundParams};
 use crate::Result;
+
+/// Each participant's long-term Ed25519 verifying key, as every member knows it from the
+/// federation's membership (the members' DIDs), never from the aggregator: with it a
+/// client tells a neighbour's real key advert and survivor signature from ones the
+/// aggregator forged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Directory {
+    keys: BTreeMap<u32, VerifyingKey>,
+}
+
+impl Directory {
+    /// The directory of these participants' keys.
+    pub fn new(keys: BTreeMap<u32, VerifyingKey>) -> Self {
+        Directory { keys }
+    }
+
+    /// The key of `client`, if it is a member.
+    pub fn key(&self, client: u32) -> Option<&VerifyingKey> {
+        self.keys.get(&client)
+    }
+
+    /// Check `client`'s signature on `message` (strict: no malleable signatures).
+    pub(super) fn verify(&self, client: u32, message: &[u8], sig: &[u8], what: &str) -> Result<()> {
+        let key = self
+            .keys
+            .get(&client)
+            .ok_or_else(|| err(format!("client {client} is not in the directory")))?;
+        let sig = Signature::from_slice(sig).map_err(|_| {
+            err(format!(
+                "{what} of client {client}: a signature is 64 bytes"
+            ))
+        })?;
+        key.verify_strict(message, &sig).map_err(|_| {
+            err(format!(
+                "{what} of client {client} is not signed by its key: refused"
+            ))
+        })
+    }
+}
+
+/// A digest of everything in the round's parameters: signed into adverts and survivor
+/// lists, so an aggregator that shows different clients different parameters (another
+/// graph, another threshold) is caught.
+pub(super) fn params_digest(p: &RoundParams) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("sov secagg round params v1");
+    h.update(&p.round.to_le_bytes());
+    h.update(&(p.participants.len() as u64).to_le_bytes());
+    for c in &p.participants {
+        h.update(&c.to_le_bytes());
+    }
+    h.update(&p.neighbours.to_le_bytes());
+    h.update(&p.threshold.to_le_bytes());
+    h.update(&p.dim.to_le_bytes());
+    h.update(&p.graph_seed);
+    *h.finalize().as_bytes()
+}
+
+/// What a client signs to advertise its round keys.
+pub(super) fn advert_transcript(params: &[u8; 32], a: &KeyAdvert) -> Vec<u8> {
+    let mut m = b"sov secagg advert v1".to_vec();
+    m.extend_from_slice(params);
+    m.extend_from_slice(&a.client.to_le_bytes());
+    for part in [&a.cipher_pk, &a.mask_pk, &a.seed_commitment] {
+        m.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        m.extend_from_slice(part);
+    }
+    m
+}
+
+/// What a client signs to confirm the round's survivor list (it signs one list per round).
+pub(super) fn survivors_transcript(params: &[u8; 32], survivors: &[u32]) -> Vec<u8> {
+    let mut m = b"sov secagg survivors v1".to_vec();
+    m.extend_from_slice(params);
+    m.extend_from_slice(&(survivors.len() as u32).to_le_bytes());
+    for c in survivors {
+        m.extend_from_slice(&c.to_le_bytes());
+    }
+    m
+}
+
+/// Sign `message` with `key`.
+pub(super) fn sign(key: &SigningKey, message: &[u8]) -> Vec<u8> {
+    key.sign(message).to_bytes().to_vec()
+}
 
 /// Bytes of one Shamir share of a 32-byte secret: its number, then 32 bytes.
 pub(super) const SHARE_LEN: usize = 33;

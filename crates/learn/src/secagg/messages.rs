@@ -14,6 +14,8 @@ pub struct KeyAdvert {
     pub mask_pk: ByteBuf,
     /// Commitment to the self-mask seed (lets the aggregator check its reconstruction).
     pub seed_commitment: ByteBuf,
+    /// The client's Ed25519 signature over the round's parameters and the three above.
+    pub signature: ByteBuf,
 }
 
 /// Aggregator → client: its neighbours' adverts.
@@ -63,13 +65,36 @@ pub struct MaskedInput {
     pub masked: ByteBuf,
 }
 
-/// Aggregator → client, stage 4: who survived among the client's holders' owners.
+/// Aggregator → client, after the masked inputs: the round's survivors (every client whose
+/// masked input arrived), for the client to confirm by signing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SurvivorList {
+    /// The round.
+    pub round: u64,
+    /// The survivors, ascending.
+    pub survivors: Vec<u32>,
+}
+
+/// Client → aggregator: its signature on the one survivor list it confirms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SurvivorSignature {
+    /// The client.
+    pub client: u32,
+    /// Ed25519 signature over the round's parameters and the list.
+    pub signature: ByteBuf,
+}
+
+/// Aggregator → client, stage 4: the confirmed survivor list, with the signatures that
+/// confirm it (those of the signers among the holders of every client whose shares the
+/// recipient holds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UnmaskRequest {
     /// The round.
     pub round: u64,
-    /// Those of the client's neighbours (and itself) whose masked input arrived.
+    /// The survivors, exactly the list the recipient signed.
     pub survivors: Vec<u32>,
+    /// Survivors' signatures on that list.
+    pub signatures: Vec<SurvivorSignature>,
 }
 
 /// A share a holder reveals.

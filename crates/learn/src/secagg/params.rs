@@ -13,6 +13,14 @@ use crate::Result;
 /// shares 1..=255).
 pub const MAX_HOLDERS: usize = 255;
 
+/// The least threshold for `holders` holders: more than two thirds of them (and at least
+/// 2). Then two survivor lists confirmed by `t` holders each share more than `h/3` signers,
+/// so an aggregator with fewer than that many colluding holders cannot get both of a
+/// client's secrets revealed (Bonawitz et al. 2017, §4 and Appendix C).
+pub fn min_threshold(holders: usize) -> usize {
+    (2 * holders / 3 + 1).max(2)
+}
+
 /// Settings every participant of a round agrees on (the aggregator announces them with the
 /// round; clients check them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,7 +31,7 @@ pub struct RoundParams {
     pub participants: Vec<u32>,
     /// Neighbours per client (even; `≥ n − 1` means every other client).
     pub neighbours: u32,
-    /// Shares needed to rebuild a secret; more than half of a client's holders.
+    /// Shares needed to rebuild a secret; more than two thirds of a client's holders.
     pub threshold: u32,
     /// Length of the input vectors.
     pub dim: u32,
@@ -34,8 +42,8 @@ pub struct RoundParams {
 
 impl RoundParams {
     /// Parameters for `participants` (any order), with `neighbours` per client (`None`: the
-    /// complete graph) and threshold `threshold` (`None`: the default, two thirds of the
-    /// holders rounded up, as Bonawitz et al. advise against an active aggregator).
+    /// complete graph) and threshold `threshold` (`None`: the least allowed, just over two
+    /// thirds of the holders, as Bonawitz et al. require against an active aggregator).
     pub fn new(
         round: u64,
         participants: &[u32],
@@ -52,7 +60,7 @@ impl RoundParams {
             .unwrap_or(n.saturating_sub(1))
             .min(n.saturating_sub(1));
         let holders = k + 1;
-        let t = threshold.unwrap_or((2 * holders).div_ceil(3).max(2));
+        let t = threshold.unwrap_or(min_threshold(holders as usize) as u32);
         let params = RoundParams {
             round,
             participants: p,
@@ -96,11 +104,11 @@ impl RoundParams {
             )));
         }
         let t = self.threshold as usize;
-        if t < 2 || t > holders || 2 * t <= holders {
+        if t < min_threshold(holders) || t > holders {
             return Err(err(format!(
-                "threshold {t}: must be more than half of the {holders} holders of each \
+                "threshold {t}: must be more than two thirds of the {holders} holders of each \
                  client's secrets ({}..={holders})",
-                holders / 2 + 1
+                min_threshold(holders)
             )));
         }
         if self.dim == 0 || self.dim as usize > crate::wire::MAX_PARAMS {

@@ -50,8 +50,9 @@ fn unexpected<T>(b: &Broadcast) -> Result<T> {
 
 /// Run one round of secure aggregation in process: every participant of `params` with an
 /// input in `inputs` takes part; `drops[c] = s` makes client `c` stop before stage `s`
-/// (0 advert, 1 shares, 2 masked input, 3 unmasking answer). Client work runs in parallel.
-/// Keys come from `seed`. An abort is an `Err` in `outcome`; other errors are bugs.
+/// (0 advert, 1 shares, 2 masked input, 3 its signature on the survivors and its unmasking
+/// answer). Client work runs in parallel. Keys, the clients' long-term signing keys
+/// included, come from `seed`. An abort is an `Err` in `outcome`; other errors are bugs.
 pub fn run_secagg(
     params: &RoundParams,
     mut inputs: BTreeMap<u32, Vec<u32>>,
@@ -59,7 +60,8 @@ pub fn run_secagg(
     seed: u64,
 ) -> Result<SecAggRun> {
     let alive = |c: u32, stage: usize| drops.get(&c).is_none_or(|&s| s > stage);
-    let mut agg = SecureRound::open(params.clone(), 0, Deadlines::default())?;
+    let (identities, directory) = secagg::seeded_identities(&params.participants, seed);
+    let mut agg = SecureRound::open(params.clone(), directory.clone(), 0, Deadlines::default())?;
     let (mut up, mut down) = (0u64, 0u64);
     let params_len = wire::encode(params)?.len() as u64;
     down += params_len * params.participants.len() as u64;
@@ -70,7 +72,13 @@ pub fn run_secagg(
         .map(|&c| {
             let mut rng =
                 StdRng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
-            let (client, advert) = Client::new(params.clone(), c, &mut rng)?;
+            let (client, advert) = Client::new(
+                params.clone(),
+                c,
+                &identities[&c],
+                directory.clone(),
+                &mut rng,
+            )?;
             Ok((client, rng, advert))
         })
         .collect::<Result<Vec<_>>>()?
@@ -129,6 +137,21 @@ pub fn run_secagg(
                 agg.receive_masked(m)?;
             }
         }
+        let lists: BTreeMap<u32, secagg::SurvivorList> = match close(&mut agg) {
+            Ok(Broadcast::SurvivorLists(l)) => l.into_iter().collect(),
+            Ok(other) => return unexpected(&other),
+            Err(end) => return end,
+        };
+        clients.retain(|(c, _)| lists.contains_key(&c.id()) && alive(c.id(), 3));
+        down += lists.values().map(size).sum::<u64>();
+        let signatures: Vec<_> = clients
+            .par_iter_mut()
+            .map(|(c, _)| c.confirm(&lists[&c.id()]))
+            .collect::<Result<_>>()?;
+        for s in signatures {
+            up += size(&s);
+            agg.receive_signature(s)?;
+        }
         let requests: BTreeMap<u32, secagg::UnmaskRequest> = match close(&mut agg) {
             Ok(Broadcast::UnmaskRequests(r)) => r.into_iter().collect(),
             Ok(other) => return unexpected(&other),
@@ -141,10 +164,8 @@ pub fn run_secagg(
             .map(|(c, _)| c.unmask(&requests[&c.id()]))
             .collect::<Result<_>>()?;
         for a in answers {
-            if alive(a.client, 3) {
-                up += size(&a);
-                agg.receive_unmask(a)?;
-            }
+            up += size(&a);
+            agg.receive_unmask(a)?;
         }
         match close(&mut agg) {
             Ok(other) => unexpected(&other),
