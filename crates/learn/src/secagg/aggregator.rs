@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use super::{
     crypto::{
         Directory, SEALED_PLAIN_LEN, SHARE_LEN, add_prg, advert_transcript, agree, err, key32,
-        pair_seed, params_digest, self_seed_commitment, survivors_transcript,
+        pair_seed, self_seed_commitment, survivors_transcript,
     },
     messages::{
         EncryptedShares, KeyAdvert, KeyBook, MaskedInput, SealedShare, ShareDelivery, SurvivorList,
@@ -73,7 +73,7 @@ impl Aggregator {
         params.validate()?;
         Ok(Aggregator {
             graph: params.graph(),
-            digest: params_digest(&params),
+            digest: params.digest(),
             directory,
             signatures: BTreeMap::new(),
             sum: vec![0; params.dim as usize],

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 use super::{
     crypto::{
         Directory, SEALED_PLAIN_LEN, SHARE_LEN, add_prg, advert_transcript, agree, err, key32,
-        pair_seed, params_digest, self_seed_commitment, share_key, sign, survivors_transcript,
+        pair_seed, self_seed_commitment, share_key, sign, survivors_transcript,
     },
     messages::{
         EncryptedShares, KeyAdvert, KeyBook, MaskedInput, RevealedShare, SealedShare,
@@ -100,7 +100,7 @@ impl Client {
                 "the directory does not list this signing key for client {id}"
             )));
         }
-        let digest = params_digest(&params);
+        let digest = params.digest();
         let mut bytes = Zeroizing::new([0u8; 96]);
         rng.fill_bytes(&mut bytes[..]);
         let cipher_sk = StaticSecret::from(key32(&bytes[..32], "key")?);

@@ -12,7 +12,7 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use super::{messages::KeyAdvert, params::RoundParams};
+use super::messages::KeyAdvert;
 use crate::Result;
 
 /// Each participant's long-term Ed25519 verifying key, as every member knows it from the
@@ -52,23 +52,6 @@ impl Directory {
             ))
         })
     }
-}
-
-/// A digest of everything in the round's parameters: signed into adverts and survivor
-/// lists, so an aggregator that shows different clients different parameters (another
-/// graph, another threshold) is caught.
-pub(super) fn params_digest(p: &RoundParams) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key("sov secagg round params v1");
-    h.update(&p.round.to_le_bytes());
-    h.update(&(p.participants.len() as u64).to_le_bytes());
-    for c in &p.participants {
-        h.update(&c.to_le_bytes());
-    }
-    h.update(&p.neighbours.to_le_bytes());
-    h.update(&p.threshold.to_le_bytes());
-    h.update(&p.dim.to_le_bytes());
-    h.update(&p.graph_seed);
-    *h.finalize().as_bytes()
 }
 
 /// What a client signs to advertise its round keys.

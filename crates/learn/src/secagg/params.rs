@@ -117,6 +117,24 @@ impl RoundParams {
         Ok(())
     }
 
+    /// A digest of everything in the round's parameters: signed into adverts and survivor
+    /// lists, so an aggregator that shows different clients different parameters (another
+    /// graph, another threshold) is caught.
+    pub(super) fn digest(&self) -> [u8; 32] {
+        let p = self;
+        let mut h = blake3::Hasher::new_derive_key("sov secagg round params v1");
+        h.update(&p.round.to_le_bytes());
+        h.update(&(p.participants.len() as u64).to_le_bytes());
+        for c in &p.participants {
+            h.update(&c.to_le_bytes());
+        }
+        h.update(&p.neighbours.to_le_bytes());
+        h.update(&p.threshold.to_le_bytes());
+        h.update(&p.dim.to_le_bytes());
+        h.update(&p.graph_seed);
+        *h.finalize().as_bytes()
+    }
+
     /// The neighbour graph.
     pub fn graph(&self) -> Graph {
         Graph::new(
