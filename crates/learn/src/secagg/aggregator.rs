@@ -365,6 +365,7 @@ impl Aggregator {
                     .graph
                     .holders(c)
                     .into_iter()
+                    .filter(|v| self.u2.contains(v))
                     .flat_map(|v| self.graph.holders(v))
                     .filter(|h| signers.contains(h))
                     .collect();
