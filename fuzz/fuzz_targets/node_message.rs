@@ -1,4 +1,4 @@
-//! The `/sov/node/3` message decoders, the pin mandate a pin carries, and the model-offer
+//! The `/sov/node/4` message decoders, the pin mandate a pin carries, and the model-offer
 //! decoder (gossip `sov/models/1`) never panic on a peer's bytes.
 #![no_main]
 

@@ -98,7 +98,7 @@ impl Node {
     async fn admitted(&self, peer: PeerId, req: Request) -> Response {
         let kind = match req {
             Request::Pin { .. } | Request::Unpin { .. } | Request::Dropped { .. } => Kind::Pin,
-            Request::Has { .. } | Request::Grants { .. } => Kind::Query,
+            Request::Has { .. } | Request::Grants { .. } | Request::Prove { .. } => Kind::Query,
         };
         if let Err(wait) = self.inner.quotas.admit(peer, kind, Instant::now()) {
             return Response::refused(format!(
@@ -148,6 +148,21 @@ impl Node {
             },
             Request::Unpin { object } => match self.unpin_for(peer, object).await {
                 Ok(()) => Response::Unpinned,
+                Err(e) => Response::refused(e),
+            },
+            Request::Prove {
+                object,
+                chunk,
+                offset,
+                len,
+                nonce,
+            } => match self
+                .prove_for(object, chunk, offset, len, nonce.into_vec())
+                .await
+            {
+                Ok(digest) => Response::Proof {
+                    digest: serde_bytes::ByteBuf::from(digest.to_vec()),
+                },
                 Err(e) => Response::refused(e),
             },
             Request::Dropped { object } => {

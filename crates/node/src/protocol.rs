@@ -5,7 +5,7 @@
 //! | protocol | limit | messages |
 //! |---|---|---|
 //! | `/sov/blocks/2` | 16 MiB answers | want-lists and blocks (`sov_net::wire`) |
-//! | `/sov/node/3` | 64 KiB | [`Request`] / [`Response`]: objects (has, grants, pin, unpin, dropped) |
+//! | `/sov/node/4` | 64 KiB | [`Request`] / [`Response`]: objects (has, grants, pin, unpin, dropped, prove) |
 //! | `/sov/bulk/2` | 64 MiB (`[network] max_bulk_message`) | large messages: model updates (federations add theirs) |
 //! | gossip `sov/models/1` | 64 KiB | [`ModelAnnouncement`]: a model its signer offers |
 //!
@@ -18,7 +18,10 @@ use sov_core::{ContentId, dagcbor};
 /// Most grant CIDs in one answer (keeps it under the 64 KiB message limit).
 pub const MAX_GRANTS: usize = 1024;
 
-/// What a peer asks on `/sov/node/3`.
+/// Largest piece of a block a storage challenge asks about.
+pub const MAX_PROOF_LEN: u32 = 4096;
+
+/// What a peer asks on `/sov/node/4`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
@@ -55,6 +58,41 @@ pub enum Request {
         /// the object
         object: ContentId,
     },
+    /// A storage challenge: prove that `object` is stored here by answering
+    /// [`proof_digest`] of bytes `offset..offset + len` of the block of its chunk number
+    /// `chunk`, keyed with the fresh `nonce`. Asked of a holder before it counts as one.
+    Prove {
+        /// the object
+        object: ContentId,
+        /// which chunk (an index into the manifest's chunks)
+        chunk: u32,
+        /// where the piece starts in the chunk's block
+        offset: u32,
+        /// the piece's length (1 to [`MAX_PROOF_LEN`])
+        len: u32,
+        /// 32 fresh random bytes
+        nonce: serde_bytes::ByteBuf,
+    },
+}
+
+/// The answer to a storage challenge: a BLAKE3 hash keyed with the challenge's nonce over
+/// the object, the chunk, the piece's place, and the piece itself. Only a node with the
+/// bytes at hand (or one that fetches them in time) can compute it.
+pub fn proof_digest(
+    nonce: &[u8; 32],
+    object: &ContentId,
+    chunk: u32,
+    offset: u32,
+    piece: &[u8],
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(nonce);
+    h.update(b"sov storage proof v1");
+    h.update(&object.to_bytes());
+    h.update(&chunk.to_le_bytes());
+    h.update(&offset.to_le_bytes());
+    h.update(&(piece.len() as u32).to_le_bytes());
+    h.update(piece);
+    *h.finalize().as_bytes()
 }
 
 /// An owner's word that its object `object` should be kept in `replicas` copies until
@@ -76,7 +114,7 @@ impl sov_core::Message for PinMandate {
     const TAG: &'static str = "sov/pin/1";
 }
 
-/// The answer on `/sov/node/3`.
+/// The answer on `/sov/node/4`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
@@ -98,6 +136,11 @@ pub enum Response {
     Unpinned,
     /// To [`Request::Dropped`]: noted.
     Noted,
+    /// To [`Request::Prove`]: the [`proof_digest`].
+    Proof {
+        /// 32 bytes
+        digest: serde_bytes::ByteBuf,
+    },
     /// The request was understood but not done, and why.
     Refused {
         /// why
@@ -184,6 +227,13 @@ mod tests {
             Request::Dropped { object: id },
             Request::Has { object: id },
             Request::Grants { object: id },
+            Request::Prove {
+                object: id,
+                chunk: 2,
+                offset: 100,
+                len: 64,
+                nonce: serde_bytes::ByteBuf::from(vec![7; 32]),
+            },
         ] {
             assert_eq!(Request::decode(&req.encode()).unwrap(), req);
         }
@@ -196,6 +246,9 @@ mod tests {
             Response::Pinned,
             Response::Unpinned,
             Response::Noted,
+            Response::Proof {
+                digest: serde_bytes::ByteBuf::from(vec![1; 32]),
+            },
             Response::refused("no"),
         ] {
             assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);

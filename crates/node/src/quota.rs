@@ -24,7 +24,7 @@ pub const MAX_REPLICAS: u32 = 16;
 pub const MAX_ANSWERS: usize = 64;
 /// Pin requests a peer may make per minute (burst as large).
 pub const PINS_PER_MINUTE: u32 = 60;
-/// `has` and `grants` requests a peer may make per minute (burst as large).
+/// `has`, `grants` and `prove` requests a peer may make per minute (burst as large).
 pub const QUERIES_PER_MINUTE: u32 = 1200;
 /// Peers whose rates are remembered (the least recently seen are forgotten first).
 const RATE_PEERS: usize = 4096;

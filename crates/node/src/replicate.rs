@@ -10,6 +10,12 @@
 //! the object's size, and a pass works on [`REPAIR_AT_ONCE`] objects at a time. When more
 //! replicas answer than the object asks for, its owner asks the surplus (the worst ranked)
 //! to let go.
+//!
+//! A peer's word that it holds a replica is not taken: before it counts as a holder, at
+//! every pass, it answers a storage challenge on a random piece of a random chunk of the
+//! object ([`Request::Prove`]), which this node checks against its own copy. A holder that
+//! fails is not counted (so the object is placed elsewhere), is not asked again this pass,
+//! and, if this node is the owner, is told to let its copy go.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -21,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Error, Node, Result,
-    protocol::{PinMandate, Request, Response},
+    protocol::{MAX_PROOF_LEN, PinMandate, Request, Response, proof_digest},
     quota::MAX_REPLICAS,
 };
 
@@ -103,8 +109,15 @@ impl Node {
         Ok(())
     }
 
-    /// The live peers that keep `id` as a replica (they answer `has` with replica = true).
+    /// The live peers that keep `id` as a replica: they answer `has` with replica = true,
+    /// and then a storage challenge, checked against this node's copy.
     pub async fn live_holders(&self, id: ContentId) -> Result<Vec<PeerId>> {
+        Ok(self.checked_holders(id).await?.0)
+    }
+
+    /// The peers that claim to keep `id` as a replica, split into those that proved it and
+    /// those that failed the storage challenge.
+    async fn checked_holders(&self, id: ContentId) -> Result<(Vec<PeerId>, Vec<PeerId>)> {
         let me = self.peer_id();
         let net = self.net()?;
         let providers = net.providers(id, HOLDER_LOOKUP).await?;
@@ -115,19 +128,130 @@ impl Node {
             .map(|p| async move {
                 let msg = Request::Has { object: id }.encode();
                 let answer = tokio::time::timeout(HAS_TIMEOUT, net.request(p, msg)).await;
-                match answer {
+                let claims = match answer {
                     Ok(Ok(bytes)) => matches!(
                         Response::decode(&bytes),
                         Ok(Response::Has {
                             has: true,
                             replica: true
                         })
-                    )
-                    .then_some(p),
-                    _ => None,
+                    ),
+                    _ => false,
+                };
+                if !claims {
+                    return None;
                 }
+                Some((p, self.challenge(p, id).await))
             });
-        Ok(join_all(asks).await.into_iter().flatten().collect())
+        let (mut good, mut failed) = (Vec::new(), Vec::new());
+        for (p, proved) in join_all(asks).await.into_iter().flatten() {
+            match proved {
+                Ok(()) => good.push(p),
+                Err(e) => {
+                    warn!(%id, peer = %p, "a holder failed its storage challenge: {e}");
+                    failed.push(p);
+                }
+            }
+        }
+        Ok((good, failed))
+    }
+
+    /// Challenge `peer` to prove it stores `id`: a random piece of a random chunk's block,
+    /// keyed with a fresh nonce, checked against this node's copy.
+    pub(crate) async fn challenge(&self, peer: PeerId, id: ContentId) -> Result<()> {
+        use rand::RngExt as _;
+        let manifest = self.blocking(move |s| s.manifest_of(&id)).await?;
+        if manifest.chunks.is_empty() {
+            return Ok(());
+        }
+        let (chunk, nonce) = {
+            let mut rng = rand::rng();
+            let mut nonce = [0u8; 32];
+            rand::Rng::fill_bytes(&mut rng, &mut nonce);
+            (rng.random_range(0..manifest.chunks.len()), nonce)
+        };
+        let cid = manifest.chunks[chunk].cid;
+        let block = self
+            .blocking(move |s| s.blocks(&[cid], usize::MAX))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Refused(format!("this node lacks a chunk of {id}")))?;
+        let data = block.data();
+        if data.is_empty() {
+            return Ok(());
+        }
+        let (offset, len) = {
+            let mut rng = rand::rng();
+            let len = (data.len() as u32).min(MAX_PROOF_LEN);
+            (rng.random_range(0..=data.len() as u32 - len), len)
+        };
+        let want = proof_digest(
+            &nonce,
+            &id,
+            chunk as u32,
+            offset,
+            &data[offset as usize..(offset + len) as usize],
+        );
+        let msg = Request::Prove {
+            object: id,
+            chunk: chunk as u32,
+            offset,
+            len,
+            nonce: serde_bytes::ByteBuf::from(nonce.to_vec()),
+        }
+        .encode();
+        let net = self.net()?;
+        let answer = tokio::time::timeout(HAS_TIMEOUT, net.request(peer, msg))
+            .await
+            .map_err(|_| Error::Refused("no answer to the storage challenge in time".into()))?
+            .map_err(|e| Error::Refused(format!("storage challenge: {e}")))?;
+        match Response::decode(&answer) {
+            Ok(Response::Proof { digest }) if digest.as_slice() == want => Ok(()),
+            Ok(Response::Proof { .. }) => Err(Error::Refused("a wrong storage proof".into())),
+            Ok(Response::Refused { reason }) => Err(Error::Refused(format!(
+                "refused the storage challenge: {reason}"
+            ))),
+            Ok(other) => Err(Error::Refused(format!(
+                "answered the storage challenge with {other:?}"
+            ))),
+            Err(e) => Err(Error::Refused(format!("a malformed storage proof: {e}"))),
+        }
+    }
+
+    /// Answer a storage challenge for `id` from this node's copy.
+    pub(crate) async fn prove_for(
+        &self,
+        id: ContentId,
+        chunk: u32,
+        offset: u32,
+        len: u32,
+        nonce: Vec<u8>,
+    ) -> Result<[u8; 32]> {
+        let nonce: [u8; 32] = nonce
+            .try_into()
+            .map_err(|_| Error::Refused("a challenge nonce is 32 bytes".into()))?;
+        if len == 0 || len > MAX_PROOF_LEN {
+            return Err(Error::Refused(format!(
+                "a challenged piece is 1 to {MAX_PROOF_LEN} bytes"
+            )));
+        }
+        let block = self
+            .blocking(move |s| {
+                let manifest = s.manifest_of(&id)?;
+                let Some(c) = manifest.chunks.get(chunk as usize) else {
+                    return Ok(None);
+                };
+                Ok(s.blocks(&[c.cid], usize::MAX)?.into_iter().next())
+            })
+            .await?
+            .ok_or_else(|| Error::Refused(format!("chunk {chunk} of {id} is not here")))?;
+        let end = offset as usize + len as usize;
+        let piece = block
+            .data()
+            .get(offset as usize..end)
+            .ok_or_else(|| Error::Refused("the challenged piece is outside the block".into()))?;
+        Ok(proof_digest(&nonce, &id, chunk, offset, piece))
     }
 
     /// Bring object `id` up to its pinned replica count now; returns the live replica
@@ -137,7 +261,11 @@ impl Node {
             return Ok(Vec::new());
         };
         let me = self.peer_id();
-        let mut holders: Vec<PeerId> = self.live_holders(id).await?;
+        let (mut holders, failed) = self.checked_holders(id).await?;
+        if !pin.replica && !failed.is_empty() {
+            // The owner tells a holder whose copy is broken (or absent) to let it go.
+            self.release(id, &failed).await;
+        }
         if pin.replica {
             holders.push(me);
         }
@@ -158,10 +286,12 @@ impl Node {
         candidates.extend(net.peers().await?.into_iter().map(|p| p.peer_id));
         let taken: HashSet<PeerId> = holders.iter().copied().collect();
         let mut seen = HashSet::new();
+        let failed: HashSet<PeerId> = failed.into_iter().collect();
         candidates.retain(|p| {
             *p != me
                 && *p != owner_peer
                 && !taken.contains(p)
+                && !failed.contains(p)
                 && !banned.contains(p)
                 && seen.insert(*p)
         });
@@ -205,10 +335,14 @@ impl Node {
             .await;
             for (p, answer) in answers {
                 match answer.map(|b| Response::decode(&b)) {
-                    Ok(Ok(Response::Pinned)) => {
-                        holders.push(p);
-                        missing -= 1;
-                    }
+                    // Pinned is a claim too: it counts once the copy is proved.
+                    Ok(Ok(Response::Pinned)) => match self.challenge(p, id).await {
+                        Ok(()) => {
+                            holders.push(p);
+                            missing -= 1;
+                        }
+                        Err(e) => warn!(%p, %id, "a new holder failed its storage challenge: {e}"),
+                    },
                     Ok(Ok(Response::Refused { reason })) => {
                         debug!(%p, %id, "peer refused to pin: {reason}")
                     }
@@ -255,6 +389,21 @@ impl Node {
             }
         })
         .await
+    }
+
+    /// Ask `peers` to let go of `id` (best effort; only its owner may ask).
+    async fn release(&self, id: ContentId, peers: &[PeerId]) {
+        let Ok(net) = self.net() else {
+            return;
+        };
+        let msg = Request::Unpin { object: id }.encode();
+        join_all(peers.iter().map(|p| {
+            let msg = msg.clone();
+            async move {
+                let _ = tokio::time::timeout(HAS_TIMEOUT, net.request(*p, msg)).await;
+            }
+        }))
+        .await;
     }
 
     /// Ask the worst-ranked of `holders` (beyond the `want` best) to let go of `id`; returns

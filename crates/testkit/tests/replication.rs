@@ -342,3 +342,73 @@ async fn a_removed_replica_is_placed_elsewhere_by_its_owner() {
     .unwrap();
     cluster.stop().await;
 }
+
+/// Issue 16: a holder is not taken at its word. One whose copy is gone (its block packs
+/// wiped while it was down) still says it keeps the object; it fails the storage challenge,
+/// is not counted, and the owner places the copy on another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_lost_its_copy_fails_the_challenge_and_the_object_is_placed_elsewhere() {
+    init_logging();
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x9f0f);
+    // Repair only when the test asks.
+    let mut cluster = Cluster::start(5, seed, Duration::from_secs(3600)).await;
+    let data = random_bytes(&mut rng, 600_000);
+    let (added, holders) = cluster
+        .node(0)
+        .add(std::io::Cursor::new(data), add_options("p.bin"), Some(2))
+        .await
+        .unwrap();
+    let id = added.id;
+    assert_eq!(holders.len(), 2);
+    let first = replica_holders(&cluster, id).await;
+    assert_eq!(first.len(), 2, "{first:?}");
+    // Both holders prove their copies.
+    let mut proved = cluster.node(0).live_holders(id).await.unwrap();
+    proved.sort();
+    let mut want: Vec<_> = first.iter().map(|&i| cluster.node(i).peer_id()).collect();
+    want.sort();
+    assert_eq!(proved, want);
+
+    let victim = first[0];
+    let victim_peer = cluster.node(victim).peer_id();
+    cluster.kill(victim).await;
+    let mut wiped = 0;
+    for entry in std::fs::read_dir(cluster.home(victim)).unwrap() {
+        let dir = entry.unwrap().path();
+        if dir.extension().is_some_and(|e| e == "packs") {
+            for pack in std::fs::read_dir(&dir).unwrap() {
+                let pack = pack.unwrap().path();
+                let len = std::fs::metadata(&pack).unwrap().len();
+                std::fs::write(&pack, vec![0u8; len as usize]).unwrap();
+                wiped += 1;
+            }
+        }
+    }
+    assert!(wiped > 0, "the victim's packs were found");
+    cluster.restart(victim).await;
+    // It still claims the object: what `has` answers is its pin and manifest.
+    let node = cluster.node(victim).clone();
+    assert!(node.contains(id).await.unwrap());
+    assert!(node.pin(id).await.unwrap().is_some_and(|p| p.replica));
+
+    let c = &cluster;
+    wait_for(
+        "the owner to count only proved copies and place one elsewhere",
+        Duration::from_secs(60),
+        || async move {
+            let Ok(now) = c.node(0).replicate(id).await else {
+                return false;
+            };
+            now.len() == 2 && !now.contains(&victim_peer)
+        },
+    )
+    .await
+    .unwrap();
+    let now = replica_holders(&cluster, id).await;
+    assert!(
+        now.iter().any(|i| !first.contains(i)),
+        "a new node holds a copy: {now:?} (first {first:?})"
+    );
+    cluster.stop().await;
+}
