@@ -143,16 +143,7 @@ impl Store {
                     (&mut input).take(want).read_to_end(&mut buf)?;
                     let eof = buf.len() < READ_BUFFER;
                     let mut ranges: Vec<Range<usize>> =
-                        fastcdc::v2020::FastCDC::with_level_and_seed(
-                            &buf,
-                            CHUNK_MIN,
-                            CHUNK_AVG,
-                            CHUNK_MAX,
-                            fastcdc::v2020::Normalization::Level1,
-                            self.gear_seed,
-                        )
-                        .map(|c| c.offset..c.offset + c.length)
-                        .collect();
+                        self.gear.ranges(&buf, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
                     // The last chunk was cut by the end of the buffer, not by the content:
                     // chunk it again together with what follows.
                     if !eof && let Some(last) = ranges.pop() {

@@ -23,6 +23,7 @@ mod add;
 mod blocks;
 pub mod car;
 mod car_io;
+mod chunker;
 mod crypto;
 mod grants;
 mod import;

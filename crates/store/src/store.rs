@@ -163,7 +163,7 @@ pub struct Store {
     pub(crate) path: PathBuf,
     pub(crate) me: Keypair,
     pub(crate) convergence: Zeroizing<[u8; 32]>,
-    pub(crate) gear_seed: u64,
+    pub(crate) gear: crate::chunker::Gear,
     /// Adds in progress.
     pub(crate) adds: std::sync::atomic::AtomicUsize,
 }
@@ -225,15 +225,14 @@ impl Store {
         }
         w.commit()?;
         let convergence = me.derive_secret(CONVERGENCE_CONTEXT);
-        let gear = me.derive_secret(GEAR_CONTEXT);
-        let gear_seed = u64::from_le_bytes(gear[..8].try_into().expect("8 bytes"));
+        let gear = crate::chunker::Gear::new(&me.derive_secret(GEAR_CONTEXT));
         let store = Self {
             db,
             packs,
             path: path.to_owned(),
             me,
             convergence,
-            gear_seed,
+            gear,
             adds: std::sync::atomic::AtomicUsize::new(0),
         };
         store.collect_unfinished()?;
