@@ -346,6 +346,28 @@ async fn walk(root: &Path, size_mib: usize, models: Option<&Path>) -> anyhow::Re
         started.elapsed().as_secs_f64(),
         after.join(", ")
     )?;
+    // Holders are not taken at their word: each counts only after a storage challenge.
+    if let Some(checker) = members
+        .iter()
+        .find(|m| m.node.is_some() && after.contains(&m.name))
+    {
+        let proved: Vec<&str> = checker
+            .node()
+            .live_holders(id)
+            .await?
+            .iter()
+            .filter_map(|p| names.get(p).copied())
+            .collect();
+        say!(
+            "    {} challenged the other holders on a random piece of a random chunk; copies proved by: {}",
+            checker.name,
+            if proved.is_empty() {
+                "none".to_string()
+            } else {
+                proved.join(", ")
+            }
+        )?;
+    }
 
     let entry = members[1..4]
         .iter()

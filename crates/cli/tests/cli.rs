@@ -493,6 +493,12 @@ fn the_demo_runs_every_step() {
     );
     assert!(out.contains("unreadable (no grant)"), "{out}");
     assert!(out.contains("after repair"), "{out}");
+    // Holders count only once they prove their copies (issue 16).
+    let proved = out
+        .lines()
+        .find(|l| l.contains("copies proved by: "))
+        .expect("step 6 challenges the holders");
+    assert!(!proved.ends_with("copies proved by: none"), "{proved}");
     // Step 9: the robust rule screens out exactly the attackers, and keeps its accuracy
     // where FedAvg collapses.
     let screened = out
@@ -532,7 +538,7 @@ fn the_demo_runs_every_step() {
         pct(fedavg) < 30.0 && pct(screened) > 80.0,
         "{fedavg}\n{screened}"
     );
-    // The gear seed is per node (random here), so an edit may re-chunk one or two chunks,
+    // The gear table is per node (random here), so an edit may re-chunk one or two chunks,
     // and only those travel.
     let fetched: u32 = out
         .lines()
