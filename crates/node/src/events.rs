@@ -29,7 +29,15 @@ impl Node {
                             return;
                         };
                         let limit = sov_net::wire::MAX_RESPONSE_DATA;
-                        match node.blocking(move |s| s.blocks(&cids, limit)).await {
+                        // Manifests and grants only to those who may see them.
+                        let listed = node.inner.access.objects_for(&peer);
+                        let served = node
+                            .blocking(move |s| {
+                                let cids = crate::access::visible(s, &peer, cids, &listed)?;
+                                s.blocks(&cids, limit)
+                            })
+                            .await;
+                        match served {
                             Ok(blocks) => reply.send(blocks).await,
                             Err(e) => warn!(%peer, "could not serve blocks: {e}"),
                         }
@@ -124,7 +132,17 @@ impl Node {
                 }
             }
             Request::Grants { object: id } => {
-                match self.blocking(move |s| s.grant_blocks(&id)).await {
+                let listed = self.inner.access.objects_for(&peer);
+                let grants = self
+                    .blocking(move |s| {
+                        // A peer that may not see the object hears of no grants.
+                        if !s.contains(&id)? || !crate::access::may_see(s, &peer, &id, &listed)? {
+                            return Ok(Vec::new());
+                        }
+                        s.grant_blocks(&id)
+                    })
+                    .await;
+                match grants {
                     Ok(grants) => Response::Grants {
                         grants: grants
                             .iter()

@@ -274,7 +274,11 @@ impl Node {
         let Some(import) = import else {
             return Err(Error::Unavailable {
                 id,
-                detail: format!(" (asked {})", tried.join("; ")),
+                detail: format!(
+                    " (asked {}); holders give an object's manifest only to its owner, its \
+                     readers and its holders: without a grant for this node, ask the owner for one",
+                    tried.join("; ")
+                ),
             });
         };
         providers.retain(|p| !report.liars.contains(p));
@@ -411,6 +415,23 @@ impl Node {
             }
         }
         found.into_values().collect()
+    }
+
+    /// Ask `peer` for the blocks `cids` directly (each checked against its CID): what it
+    /// gives this node, for diagnostics and tests.
+    pub async fn want_blocks(&self, peer: PeerId, cids: Vec<ContentId>) -> Result<Vec<Block>> {
+        Ok(self.net()?.want(peer, cids).await?)
+    }
+
+    /// Ask `peer` for the CIDs of object `id`'s grant blocks directly.
+    pub async fn grant_list(&self, peer: PeerId, id: ContentId) -> Result<Vec<ContentId>> {
+        let msg = Request::Grants { object: id }.encode();
+        let bytes = self.net()?.request(peer, msg).await?;
+        match Response::decode(&bytes) {
+            Ok(Response::Grants { grants }) => Ok(grants),
+            Ok(other) => Err(Error::Refused(format!("answered with {other:?}"))),
+            Err(e) => Err(Error::Refused(format!("a malformed answer: {e}"))),
+        }
     }
 
     /// The grant blocks `peer` has for object `id` (not yet checked against the manifest).

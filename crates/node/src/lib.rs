@@ -20,6 +20,7 @@
 //! without a network (the CLI's local mode). `docs/ARCHITECTURE.md` walks a read and a chat
 //! completion through the code.
 
+mod access;
 mod config;
 mod events;
 mod fetch;

@@ -61,6 +61,8 @@ pub(crate) struct Inner {
     pub(crate) serve: std::sync::OnceLock<Serve>,
     /// What peers may ask of this node.
     pub(crate) quotas: crate::quota::Quotas,
+    /// Peers asked to pin an object, or that proved a copy: they may see its metadata.
+    pub(crate) access: crate::access::Access,
 }
 
 impl std::fmt::Debug for Node {
@@ -143,6 +145,7 @@ impl Node {
                 announced: Default::default(),
                 serve: std::sync::OnceLock::new(),
                 quotas: crate::quota::Quotas::new(quota),
+                access: Default::default(),
             }),
         };
         let serve = Serve::start(&node);

@@ -66,6 +66,8 @@ impl Node {
             )));
         }
         let owner = check_mandate(&mandate, id, replicas, crate::node::unix_now())?;
+        // The asker keeps a copy (owner or holder): it may see the metadata from here.
+        self.inner.access.allow(id, peer);
         let had = self.blocking(move |s| s.contains(&id)).await?;
         if had {
             let signer_owns = self.blocking(move |s| s.manifest_of(&id)).await?.owner == owner;
@@ -146,7 +148,10 @@ impl Node {
         let (mut good, mut failed) = (Vec::new(), Vec::new());
         for (p, proved) in join_all(asks).await.into_iter().flatten() {
             match proved {
-                Ok(()) => good.push(p),
+                Ok(()) => {
+                    self.inner.access.allow(id, p);
+                    good.push(p)
+                }
                 Err(e) => {
                     warn!(%id, peer = %p, "a holder failed its storage challenge: {e}");
                     failed.push(p);
@@ -310,6 +315,10 @@ impl Node {
         while missing > 0 && next < candidates.len() {
             let batch: Vec<PeerId> = candidates[next..].iter().take(missing).copied().collect();
             next += batch.len();
+            // Those asked to pin fetch the manifest and grants from here.
+            for p in &batch {
+                self.inner.access.allow(id, *p);
+            }
             let msg = Request::Pin {
                 object: id,
                 replicas: pin.replicas,

@@ -187,8 +187,10 @@ async fn a_restarted_node_serves_its_objects_again() {
     cluster.stop().await;
 }
 
-/// Finding 9 of issue 14: a node that may not read an object asks for its grants before its
-/// chunks, so a refused read downloads nothing but the manifest.
+/// Finding 9 of issue 14, and issue 16: a node that may not read an object gets not even
+/// its manifest or grants from a holder (it is not the owner, a reader or a holder), so a
+/// refused read downloads nothing; raw requests for the manifest and grant blocks, and for
+/// the grant list, come back empty, while a reader gets them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_read_downloads_nothing_but_the_manifest() {
     init_logging();
@@ -216,6 +218,47 @@ async fn a_refused_read_downloads_nothing_but_the_manifest() {
     assert!(!cluster.node(1).contains(added.id).await.unwrap());
     let grew = packs(cluster.home(1)) - before;
     assert!(grew < 1 << 20, "a refused read stored {grew} bytes");
+    // Asked directly, node 0 gives node 1 neither the manifest nor any grant block.
+    let grant = cluster
+        .node(0)
+        .grant(added.id, cluster.node(0).did())
+        .await
+        .unwrap();
+    let stranger = cluster.node(1).clone();
+    let owner = cluster.node(0).peer_id();
+    assert!(
+        stranger
+            .want_blocks(owner, vec![added.id, grant])
+            .await
+            .unwrap()
+            .is_empty(),
+        "a stranger got metadata"
+    );
+    assert!(
+        stranger
+            .grant_list(owner, added.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Once granted, the same requests are answered.
+    let reader_grant = cluster
+        .node(0)
+        .grant(added.id, stranger.did())
+        .await
+        .unwrap();
+    let got = stranger
+        .want_blocks(owner, vec![added.id, reader_grant])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2, "the reader gets the manifest and its grant");
+    assert!(
+        !stranger
+            .grant_list(owner, added.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     cluster.stop().await;
 }
 
