@@ -4,7 +4,11 @@
 //!   BLAKE3 hash, hashed again keyed with the node's secret convergence key. The same chunk added twice by
 //!   this node gives the same block, so an edited file re-uses its unchanged chunks; another
 //!   node (with another convergence secret) cannot confirm guesses about the content (the
-//!   Tahoe-LAFS "convergence secret"). A block is `nonce (24) ‖ ciphertext ‖ tag (16)`.
+//!   Tahoe-LAFS "convergence secret"). A block is `nonce (24) ‖ ciphertext ‖ tag (16)`. The
+//!   plaintext is padded first (`0x80` then zeros) to a Padmé length ([`padme`]), so a
+//!   block's size tells a holder the chunk's length only to within its bucket (at most 12 %
+//!   more, about 1.5 % for full-size chunks). Blocks sealed before padding (`sov/chunk/1`)
+//!   still open.
 //! - The **object key** is random per object; it seals the object's metadata, which carries
 //!   the chunk keys. Whoever holds the object key can read the object, nobody else.
 //! - A **grant** wraps the object key for one reader's X25519 key: ephemeral X25519 →
@@ -44,17 +48,51 @@ pub fn chunk_key(secret: &[u8; 32], chunk_hash: &[u8; 32]) -> Key {
     Zeroizing::new(*blake3::keyed_hash(secret, chunk_hash).as_bytes())
 }
 
-/// Seal one chunk into a block. The nonce is derived from the key: a convergent key is
-/// already unique to its content, so the same chunk always gives the same block.
+/// Padmé (Nikitin et al., PETS 2019): `len` rounded up so that only its top
+/// ⌊log₂ E⌋ + 1 bits may be set, E = ⌊log₂ len⌋. At most 12 % more; a length leaks
+/// O(log log len) bits instead of all of them.
+pub fn padme(len: usize) -> usize {
+    if len < 2 {
+        return len;
+    }
+    let e = usize::BITS - 1 - len.leading_zeros();
+    let s = u32::BITS - e.leading_zeros();
+    let mask = (1usize << (e - s)) - 1;
+    (len + mask) & !mask
+}
+
+/// The size of the block a chunk of `len` bytes seals into.
+#[cfg(test)]
+pub fn sealed_len(len: usize) -> usize {
+    padme(len + 1) + SEAL_OVERHEAD
+}
+
+/// Seal one chunk into a block, padded (see [`padme`]). The nonce is derived from the key: a
+/// convergent key is already unique to its content, so the same chunk always gives the same
+/// block.
 pub fn seal_chunk(key: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&blake3::keyed_hash(key, b"sov/chunk-nonce/1").as_bytes()[..NONCE_LEN]);
-    seal_with_nonce(key, nonce, plaintext, b"sov/chunk/1")
+    let mut padded = Vec::with_capacity(padme(plaintext.len() + 1));
+    padded.extend_from_slice(plaintext);
+    padded.push(0x80);
+    padded.resize(padme(plaintext.len() + 1), 0);
+    seal_with_nonce(key, nonce, &padded, b"sov/chunk/2")
 }
 
-/// Open a block sealed by [`seal_chunk`].
+/// Open a block sealed by [`seal_chunk`] (or, unpadded, before padding existed).
 pub fn open_chunk(key: &[u8; 32], block: &[u8]) -> Result<Vec<u8>, Unauthentic> {
-    open(key, block, b"sov/chunk/1")
+    match open(key, block, b"sov/chunk/2") {
+        Ok(mut padded) => {
+            let end = padded.iter().rposition(|&b| b != 0).ok_or(Unauthentic)?;
+            if padded[end] != 0x80 {
+                return Err(Unauthentic);
+            }
+            padded.truncate(end);
+            Ok(padded)
+        }
+        Err(Unauthentic) => open(key, block, b"sov/chunk/1"),
+    }
 }
 
 /// Seal small data (metadata) under a random nonce.
@@ -195,10 +233,24 @@ mod tests {
             let h = *blake3::hash(&data).as_bytes();
             let k = chunk_key(&secret, &h);
             let block = seal_chunk(&k, &data);
-            prop_assert_eq!(block.len(), data.len() + SEAL_OVERHEAD);
+            prop_assert_eq!(block.len(), sealed_len(data.len()));
             prop_assert_eq!(&seal_chunk(&chunk_key(&secret, &h), &data), &block);
             prop_assert_eq!(open_chunk(&k, &block).unwrap(), data.clone());
-            prop_assert_eq!(open_simple(&k, &block, b"sov/chunk/1").unwrap(), data);
+            let padded = open_simple(&k, &block, b"sov/chunk/2").unwrap();
+            prop_assert_eq!(&padded[..data.len()], &data[..]);
+            // A block sealed before padding (sov/chunk/1) still opens.
+            let mut nonce = [0u8; NONCE_LEN];
+            nonce.copy_from_slice(&blake3::keyed_hash(&k, b"sov/chunk-nonce/1").as_bytes()[..NONCE_LEN]);
+            let legacy = seal_with_nonce(&k, nonce, &data, b"sov/chunk/1");
+            prop_assert_eq!(open_chunk(&k, &legacy).unwrap(), data);
+        }
+
+        #[test]
+        fn padme_overhead_is_bounded_and_buckets_are_shared(len in 2usize..(1 << 21)) {
+            let p = padme(len);
+            prop_assert!(p >= len);
+            prop_assert!((p - len) as f64 <= 0.12 * len as f64, "{} → {}", len, p);
+            prop_assert_eq!(padme(p), p, "a bucket boundary is its own bucket");
         }
 
         #[test]
