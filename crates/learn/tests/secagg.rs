@@ -690,6 +690,10 @@ fn survivor_signatures_are_checked_by_the_aggregator_and_by_each_client() {
     );
     let requests: BTreeMap<u32, UnmaskRequest> =
         agg.unmask_requests().unwrap().into_iter().collect();
+    // In the complete graph t signatures confirm every owner: no more are sent.
+    for r in requests.values() {
+        assert_eq!(r.signatures.len(), p.threshold as usize);
+    }
     // A client refuses a request whose list is not the one it signed, or whose signatures
     // do not verify; it answers once, so each refusal is on a fresh round.
     let (mut agg2, mut clients2) = to_unmasking(&p, 13);

@@ -349,8 +349,8 @@ impl Aggregator {
     }
 
     /// Close the consistency check: the unmasking request for each survivor that signed,
-    /// with the signatures of the signers among the holders of every client whose shares
-    /// it holds (what it needs to see before revealing them).
+    /// with, for every client whose shares it holds, the signatures of `t` of that client's
+    /// signing holders (what it needs to see before revealing them).
     pub fn unmask_requests(&mut self) -> Result<Vec<(u32, UnmaskRequest)>> {
         self.expect(AggStage::Confirming, "closing the consistency check", 0)?;
         let signers: BTreeSet<u32> = self.signatures.keys().copied().collect();
@@ -361,13 +361,22 @@ impl Aggregator {
         Ok(signers
             .iter()
             .map(|&c| {
+                // For each owner, its first t signing holders are enough; holders come in
+                // ascending order, so owners that share holders share these (in the complete
+                // graph every client gets the same t signatures, not all n).
+                let t = self.params.threshold as usize;
                 let wanted: BTreeSet<u32> = self
                     .graph
                     .holders(c)
                     .into_iter()
                     .filter(|v| self.u2.contains(v))
-                    .flat_map(|v| self.graph.holders(v))
-                    .filter(|h| signers.contains(h))
+                    .flat_map(|v| {
+                        self.graph
+                            .holders(v)
+                            .into_iter()
+                            .filter(|h| signers.contains(h))
+                            .take(t)
+                    })
                     .collect();
                 (
                     c,
