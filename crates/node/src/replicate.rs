@@ -66,8 +66,6 @@ impl Node {
             )));
         }
         let owner = check_mandate(&mandate, id, replicas, crate::node::unix_now())?;
-        // The asker keeps a copy (owner or holder): it may see the metadata from here.
-        self.inner.access.allow(id, peer);
         let had = self.blocking(move |s| s.contains(&id)).await?;
         if had {
             let signer_owns = self.blocking(move |s| s.manifest_of(&id)).await?.owner == owner;
@@ -108,6 +106,10 @@ impl Node {
         if !had {
             info!(%id, %peer, "pinned a replica");
         }
+        // The asker keeps a copy (owner or holder) under the owner's mandate: it may see the
+        // metadata from here. Only now: a self-signed mandate for another's object is
+        // refused above and must not open the metadata.
+        self.inner.access.allow(id, peer);
         Ok(())
     }
 
