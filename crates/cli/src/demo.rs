@@ -281,6 +281,30 @@ async fn walk(root: &Path, size_mib: usize, models: Option<&Path>) -> anyhow::Re
         len as f64 / secs / 1e6
     )?;
     say!("    {} read {} identical bytes", bob.name, bytes.len())?;
+    let named = |readers: Vec<sov_core::Did>| -> Vec<&str> {
+        let mut v: Vec<&str> = readers
+            .iter()
+            .map(|d| names.get(&sov_node::peer_id_of(d)).copied().unwrap_or("?"))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let by_owner = named(members[0].node().readers(id).await?);
+    let others: Vec<&str> = named(holder.node().readers(id).await?)
+        .into_iter()
+        .filter(|n| *n != holder.name)
+        .collect();
+    say!(
+        "    grants hide their readers: alice names all {} ({}); {}, holding the grants, names no one but alice and itself",
+        by_owner.len(),
+        by_owner.join(", "),
+        holder.name,
+    )?;
+    if others != ["alice"] || by_owner.len() != NAMES.len() {
+        bail!(
+            "readers named wrongly (owner: {by_owner:?}, holder: {others:?}): the demo found a bug"
+        );
+    }
 
     step(
         5,

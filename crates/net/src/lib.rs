@@ -6,7 +6,7 @@
 //!   Client (cloneable) ──Command + oneshot──▶ event loop (owns the Swarm) ──Event──▶ node
 //!        │                                      │ TCP/QUIC, Noise, Yamux, identify, ping,
 //!        │                                      │ Kademlia /sov/kad/1.0.0, gossipsub, mDNS,
-//!        └── perf streams (libp2p-stream)       │ /sov/blocks/2, /sov/node/4, relay client,
+//!        └── perf streams (libp2p-stream)       │ /sov/blocks/2, /sov/node/5, relay client,
 //!                                               │ DCUtR, AutoNAT, connection limits, bans
 //! ```
 //!

@@ -1,9 +1,11 @@
 //! Who may see an object's metadata. A manifest names its owner, creation time and chunk
-//! sizes, and a grant its reader: this node gives them (blocks on `/sov/blocks/2`, grant
-//! lists on `/sov/node/4`) only to the object's owner, its readers, and the peers it asked
-//! to pin the object or that proved a copy to it (for an hour, remembered in memory). Any
-//! other peer gets what it would get if the object were not here: nothing. Chunks are
-//! ciphertext and go to anyone who names them.
+//! sizes, and its grants how many readers it has: this node gives them (blocks on
+//! `/sov/blocks/2`, grant lists on `/sov/node/5`) only to the object's owner, its readers,
+//! and the peers it asked to pin the object or that proved a copy to it. A grant names its
+//! reader only inside the encryption, so a reader proves itself with a claim signed by its
+//! grant's access key (`Request::Claim`); claims, pins and proofs let a peer see the object
+//! for an hour (remembered in memory). Any other peer gets what it would get if the object
+//! were not here: nothing. Chunks are ciphertext and go to anyone who names them.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -13,7 +15,7 @@ use std::{
 
 use sov_core::{Codec, ContentId};
 use sov_net::PeerId;
-use sov_store::{Store, manifest::Grant};
+use sov_store::Store;
 
 /// How long a peer asked to pin, or proved a copy, may see the object's metadata.
 const ACCESS_TTL: Duration = Duration::from_secs(3600);
@@ -53,7 +55,8 @@ impl Access {
         peers.insert(peer, now);
     }
 
-    /// The objects `peer` may see through this list (not counting owners and readers).
+    /// The objects `peer` may see through this list (not counting the readers this node can
+    /// name).
     pub(crate) fn objects_for(&self, peer: &PeerId) -> HashSet<ContentId> {
         let now = Instant::now();
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -80,13 +83,14 @@ fn metadata_of(s: &Store, cid: &ContentId) -> sov_store::Result<Option<ContentId
     let Some(block) = s.blocks(&[*cid], usize::MAX)?.into_iter().next() else {
         return Ok(None);
     };
-    Ok(sov_core::Signed::<Grant>::decode(block.data())
+    Ok(sov_store::decode_grant(block.data())
         .ok()
-        .map(|g| g.body().object))
+        .map(|(_, g)| g.object()))
 }
 
-/// Whether `peer` may see object `id`'s metadata: it owns or may read the object, or is in
-/// `listed` (asked to pin it or proved a copy).
+/// Whether `peer` may see object `id`'s metadata: this node can name it as a reader (the
+/// owner, any reader if this node is the owner, a reader a legacy grant names), or it is in
+/// `listed` (claimed a grant, was asked to pin it, or proved a copy).
 pub(crate) fn may_see(
     s: &Store,
     peer: &PeerId,
@@ -96,7 +100,6 @@ pub(crate) fn may_see(
     if listed.contains(id) {
         return Ok(true);
     }
-    // The readers include the owner.
     Ok(s.readers(id)?
         .iter()
         .any(|d| sov_net::peer_id_of(d) == *peer))

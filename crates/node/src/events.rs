@@ -106,7 +106,11 @@ impl Node {
     async fn admitted(&self, peer: PeerId, req: Request) -> Response {
         let kind = match req {
             Request::Pin { .. } | Request::Unpin { .. } | Request::Dropped { .. } => Kind::Pin,
-            Request::Has { .. } | Request::Grants { .. } | Request::Prove { .. } => Kind::Query,
+            Request::Has { .. }
+            | Request::Grants { .. }
+            | Request::GrantKeys { .. }
+            | Request::Claim { .. }
+            | Request::Prove { .. } => Kind::Query,
         };
         if let Err(wait) = self.inner.quotas.admit(peer, kind, Instant::now()) {
             return Response::refused(format!(
@@ -150,6 +154,57 @@ impl Node {
                             .map(|g| *g.cid())
                             .collect(),
                     },
+                    Err(e) => Response::refused(e),
+                }
+            }
+            Request::GrantKeys { object: id, skip } => {
+                let keys = self
+                    .blocking(move |s| {
+                        if !s.contains(&id)? {
+                            return Ok(Vec::new());
+                        }
+                        s.grant_keys(&id)
+                    })
+                    .await;
+                match keys {
+                    Ok(keys) => {
+                        let rest = keys.len().saturating_sub(skip as usize);
+                        Response::GrantKeys {
+                            keys: keys
+                                .iter()
+                                .skip(skip as usize)
+                                .take(protocol::MAX_GRANT_KEYS)
+                                .map(|(eph, access)| {
+                                    serde_bytes::ByteBuf::from([&eph[..], &access[..]].concat())
+                                })
+                                .collect(),
+                            more: rest > protocol::MAX_GRANT_KEYS,
+                        }
+                    }
+                    Err(e) => Response::refused(e),
+                }
+            }
+            Request::Claim {
+                object: id,
+                ephemeral,
+                signature,
+            } => {
+                let Ok(ephemeral) = <[u8; 32]>::try_from(ephemeral.as_slice()) else {
+                    return Response::refused("a grant's ephemeral key is 32 bytes");
+                };
+                let (me, asker) = (self.peer_id().to_bytes(), peer.to_bytes());
+                let ok = self
+                    .blocking(move |s| {
+                        Ok(s.contains(&id)?
+                            && s.check_claim(&id, &ephemeral, &signature, &me, &asker)?)
+                    })
+                    .await;
+                match ok {
+                    Ok(true) => {
+                        self.inner.access.allow(id, peer);
+                        Response::Claimed
+                    }
+                    Ok(false) => Response::refused("no grant here is claimed by that signature"),
                     Err(e) => Response::refused(e),
                 }
             }

@@ -244,7 +244,15 @@ impl Node {
         let mut tried = Vec::new();
         let mut manifest_from = None;
         for p in providers.clone() {
-            match net.want(p, vec![id]).await {
+            let mut answer = net.want(p, vec![id]).await;
+            // A holder shows a reader the manifest once it claimed its grant there.
+            if matches!(&answer, Ok(b) if b.is_empty())
+                && matches!(gate, Gate::Readable)
+                && self.claim_at(p, id).await
+            {
+                answer = net.want(p, vec![id]).await;
+            }
+            match answer {
                 Ok(mut blocks) if !blocks.is_empty() => {
                     let manifest = blocks.swap_remove(0);
                     match self.blocking(move |s| s.begin_import(manifest)).await {
@@ -287,7 +295,8 @@ impl Node {
             .into_iter()
             .chain(providers.iter().copied())
             .collect();
-        let grants = self.fetch_grants(id, &holders, &import).await;
+        let readable = matches!(gate, Gate::Readable);
+        let grants = self.fetch_grants(id, &holders, &import, readable).await;
         let n_grants = grants.len();
         // Grants (or quota) before bytes: a fetch this node may not make costs the manifest
         // and nothing more.
@@ -385,7 +394,10 @@ impl Node {
             .await?;
         if !readable {
             for peer in self.find_providers(id, None).await.into_iter().take(8) {
-                let grants = self.grants_from(peer, id).await;
+                let mut grants = self.grants_from(peer, id).await;
+                if grants.is_empty() && self.claim_at(peer, id).await {
+                    grants = self.grants_from(peer, id).await;
+                }
                 if self.blocking(move |s| s.add_grants(&id, grants)).await? > 0
                     && self
                         .blocking(move |s| Ok(s.info(&id)?.meta.is_some()))
@@ -398,17 +410,87 @@ impl Node {
         Ok(())
     }
 
-    /// The object's grants, gathered from up to four holders (each checked).
+    /// Claim this node's grant of object `id` at holder `peer`, so that it shows this node the
+    /// object's metadata: find the grant among the keys it lists (trial key derivation, one
+    /// X25519 per grant), and sign the claim with the grant's access key. Whether `peer`
+    /// accepted one.
+    pub async fn claim_at(&self, peer: PeerId, id: ContentId) -> bool {
+        let Ok(net) = self.net() else {
+            return false;
+        };
+        let (holder, me) = (peer.to_bytes(), self.peer_id().to_bytes());
+        // Pages of keys, as many as the store keeps grants at most.
+        let mut skip = 0u32;
+        for _ in 0..8 {
+            let msg = Request::GrantKeys { object: id, skip }.encode();
+            let (keys, more) = match net.request(peer, msg).await.map(|b| Response::decode(&b)) {
+                Ok(Ok(Response::GrantKeys { keys, more })) => (keys, more),
+                Ok(Ok(other)) => {
+                    debug!(%peer, "grant keys request answered with {other:?}");
+                    return false;
+                }
+                Ok(Err(e)) => {
+                    net.ban(peer, format!("malformed grant keys answer: {e}"))
+                        .await;
+                    return false;
+                }
+                Err(e) => {
+                    debug!(%peer, "grant keys request failed: {e}");
+                    return false;
+                }
+            };
+            skip = skip.saturating_add(keys.len() as u32);
+            let offered: Vec<([u8; 32], [u8; 32])> = keys
+                .iter()
+                .filter_map(|k| {
+                    Some((k.get(..32)?.try_into().ok()?, k.get(32..)?.try_into().ok()?))
+                })
+                .collect();
+            let (h, m) = (holder.clone(), me.clone());
+            let found = self
+                .blocking(move |s| Ok(s.claim(&id, &offered, &h, &m)))
+                .await
+                .ok()
+                .flatten();
+            if let Some((ephemeral, signature)) = found {
+                let msg = Request::Claim {
+                    object: id,
+                    ephemeral: serde_bytes::ByteBuf::from(ephemeral.to_vec()),
+                    signature: serde_bytes::ByteBuf::from(signature.to_bytes().to_vec()),
+                }
+                .encode();
+                return match net.request(peer, msg).await.map(|b| Response::decode(&b)) {
+                    Ok(Ok(Response::Claimed)) => true,
+                    other => {
+                        debug!(%peer, "grant claim answered with {other:?}");
+                        false
+                    }
+                };
+            }
+            if !more || keys.is_empty() {
+                return false;
+            }
+        }
+        false
+    }
+
+    /// The object's grants, gathered from up to four holders (each checked). A `reader`
+    /// claims its grant at a holder that shows it none.
     pub(crate) async fn fetch_grants(
         &self,
         id: ContentId,
         providers: &[PeerId],
         import: &Import,
+        reader: bool,
     ) -> Vec<Block> {
         let mut found: HashMap<ContentId, Block> = HashMap::new();
         let mut seen = HashSet::new();
         for p in providers.iter().filter(|p| seen.insert(**p)).take(4) {
-            for g in self.grants_from(*p, id).await {
+            let mut grants = self.grants_from(*p, id).await;
+            if grants.is_empty() && reader && self.claim_at(*p, id).await {
+                grants = self.grants_from(*p, id).await;
+            }
+            for g in grants {
                 if import.accepts_grant(&g) {
                     found.insert(*g.cid(), g);
                 }

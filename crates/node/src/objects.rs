@@ -188,6 +188,13 @@ impl Node {
         .await
     }
 
+    /// The readers of stored object `id` this node can name: every one if it is the owner
+    /// (from the notes only the owner can open); otherwise the owner, itself if it may read,
+    /// and readers that version-1 grants name. A grant hides its reader from everyone else.
+    pub async fn readers(&self, id: ContentId) -> Result<Vec<sov_core::Did>> {
+        self.blocking(move |s| s.readers(&id)).await
+    }
+
     /// This node's pin on object `id` (`None`: it does not pin it, or does not hold it).
     pub async fn pin(&self, id: ContentId) -> Result<Option<Pin>> {
         self.blocking(move |s| s.pin(&id)).await

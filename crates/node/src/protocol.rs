@@ -5,7 +5,7 @@
 //! | protocol | limit | messages |
 //! |---|---|---|
 //! | `/sov/blocks/2` | 16 MiB answers | want-lists and blocks (`sov_net::wire`) |
-//! | `/sov/node/4` | 64 KiB | [`Request`] / [`Response`]: objects (has, grants, pin, unpin, dropped, prove) |
+//! | `/sov/node/5` | 64 KiB | [`Request`] / [`Response`]: objects (has, grants, grant keys, claim, pin, unpin, dropped, prove) |
 //! | `/sov/bulk/2` | 64 MiB (`[network] max_bulk_message`) | large messages: model updates (federations add theirs) |
 //! | gossip `sov/models/1` | 64 KiB | [`ModelAnnouncement`]: a model its signer offers |
 //!
@@ -18,10 +18,13 @@ use sov_core::{ContentId, dagcbor};
 /// Most grant CIDs in one answer (keeps it under the 64 KiB message limit).
 pub const MAX_GRANTS: usize = 1024;
 
+/// Most grant keys in one answer (64 bytes each: under the 64 KiB message limit).
+pub const MAX_GRANT_KEYS: usize = 768;
+
 /// Largest piece of a block a storage challenge asks about.
 pub const MAX_PROOF_LEN: u32 = 4096;
 
-/// What a peer asks on `/sov/node/4`.
+/// What a peer asks on `/sov/node/5`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
@@ -34,6 +37,25 @@ pub enum Request {
     Grants {
         /// the object
         object: ContentId,
+    },
+    /// The ephemeral and access keys of `object`'s grants, from number `skip` on: what a
+    /// reader needs to find its grant and [`Request::Claim`] it. Random keys to anyone else.
+    GrantKeys {
+        /// the object
+        object: ContentId,
+        /// keys to pass over (the answer is paged)
+        skip: u32,
+    },
+    /// A reader's proof that one of `object`'s grants (the one with `ephemeral`) is its own:
+    /// a signature by the grant's access key of [`sov_store::claim_message`] for this node
+    /// and the asker. Once accepted, the asker may see the object's metadata for an hour.
+    Claim {
+        /// the object
+        object: ContentId,
+        /// the grant's ephemeral key (32 bytes)
+        ephemeral: serde_bytes::ByteBuf,
+        /// the Ed25519 signature (64 bytes)
+        signature: serde_bytes::ByteBuf,
     },
     /// Keep a copy of `object` (fetching it from the asker), which should have `replicas`
     /// copies in all, as its owner's `mandate` says.
@@ -114,7 +136,7 @@ impl sov_core::Message for PinMandate {
     const TAG: &'static str = "sov/pin/1";
 }
 
-/// The answer on `/sov/node/4`.
+/// The answer on `/sov/node/5`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
@@ -130,6 +152,16 @@ pub enum Response {
         /// the grant blocks' CIDs (at most [`MAX_GRANTS`])
         grants: Vec<ContentId>,
     },
+    /// To [`Request::GrantKeys`].
+    GrantKeys {
+        /// each `ephemeral ‖ access` (64 bytes), at most [`MAX_GRANT_KEYS`]; none if the
+        /// object is not here
+        keys: Vec<serde_bytes::ByteBuf>,
+        /// more keys follow past these
+        more: bool,
+    },
+    /// To [`Request::Claim`]: accepted.
+    Claimed,
     /// To [`Request::Pin`]: pinned.
     Pinned,
     /// To [`Request::Unpin`]: the replica is gone.
@@ -173,12 +205,19 @@ impl Response {
     /// Decode a response from a peer.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         let r: Self = dagcbor::from_slice(bytes).map_err(|e| e.to_string())?;
-        if let Response::Grants { grants } = &r
-            && grants.len() > MAX_GRANTS
-        {
-            return Err(format!("{} grants, at most {MAX_GRANTS}", grants.len()));
+        match &r {
+            Response::Grants { grants } if grants.len() > MAX_GRANTS => {
+                Err(format!("{} grants, at most {MAX_GRANTS}", grants.len()))
+            }
+            Response::GrantKeys { keys, .. } if keys.len() > MAX_GRANT_KEYS => Err(format!(
+                "{} grant keys, at most {MAX_GRANT_KEYS}",
+                keys.len()
+            )),
+            Response::GrantKeys { keys, .. } if keys.iter().any(|k| k.len() != 64) => {
+                Err("a grant key pair that is not 64 bytes".into())
+            }
+            _ => Ok(r),
         }
-        Ok(r)
     }
 }
 

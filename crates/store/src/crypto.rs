@@ -12,7 +12,10 @@
 //! - The **object key** is random per object; it seals the object's metadata, which carries
 //!   the chunk keys. Whoever holds the object key can read the object, nobody else.
 //! - A **grant** wraps the object key for one reader's X25519 key: ephemeral X25519 →
-//!   HKDF-SHA256 → XChaCha20-Poly1305, bound to the object id and the reader's DID.
+//!   HKDF-SHA256 → XChaCha20-Poly1305, bound to the object id and the reader's DID. The same
+//!   exchange gives the reader an Ed25519 *access key* whose public half the grant carries,
+//!   so the reader can prove to a holder that a grant is its own without the grant naming
+//!   it; the owner seals the reader's DID for itself under a key only it derives.
 
 use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce, aead::AeadInOut};
 use hkdf::Hkdf;
@@ -134,69 +137,172 @@ pub fn open(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, Unauth
     Ok(out)
 }
 
+/// The grant format a wrapped key belongs to: the labels its keys are derived under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantVersion {
+    /// `sov/grant/1`: the reader named in the clear.
+    Named,
+    /// `sov/grant/2`: the reader named only inside the encryption.
+    Hidden,
+}
+
 /// The object key wrapped for one reader.
 pub struct Wrapped {
     /// The ephemeral X25519 public key.
     pub ephemeral: [u8; 32],
     /// `nonce ‖ AEAD(object key) ‖ tag`.
     pub sealed: Vec<u8>,
+    /// The public key of the reader's access key for this grant ([`access_key`]).
+    pub access: [u8; 32],
 }
 
-/// Wrap `object_key` for `reader`, bound to `object`.
+/// Wrap `object_key` for `reader`, bound to `object` (a [`GrantVersion::Hidden`] grant).
 pub fn wrap_key(object_key: &[u8; 32], object: &ContentId, reader: &Did) -> Wrapped {
     let reader_pub = key_agreement_public(reader);
     let eph = x25519_dalek::StaticSecret::random_from_rng(&mut rand::rng());
     let eph_pub = x25519_dalek::PublicKey::from(&eph);
-    let shared = eph.diffie_hellman(&reader_pub);
-    let kek = derive_wrap_key(
-        shared.as_bytes(),
+    let shared = Zeroizing::new(eph.diffie_hellman(&reader_pub).to_bytes());
+    let keys = GrantKeys::derive(
+        &shared,
         eph_pub.as_bytes(),
         reader_pub.as_bytes(),
         object,
+        GrantVersion::Hidden,
     );
     Wrapped {
         ephemeral: eph_pub.to_bytes(),
-        sealed: seal(&kek, object_key, &wrap_aad(object, reader)),
+        sealed: seal(&keys.wrap, object_key, &wrap_aad(object, reader)),
+        access: *keys.access().did().public_bytes(),
     }
 }
 
-/// Unwrap an object key wrapped for `me`.
+/// Wrap `object_key` for `reader` the first way (tests of the upgrade from it).
+#[cfg(test)]
+pub(crate) fn wrap_key_named(object_key: &[u8; 32], object: &ContentId, reader: &Did) -> Wrapped {
+    let reader_pub = key_agreement_public(reader);
+    let eph = x25519_dalek::StaticSecret::random_from_rng(&mut rand::rng());
+    let eph_pub = x25519_dalek::PublicKey::from(&eph);
+    let shared = Zeroizing::new(eph.diffie_hellman(&reader_pub).to_bytes());
+    let keys = GrantKeys::derive(
+        &shared,
+        eph_pub.as_bytes(),
+        reader_pub.as_bytes(),
+        object,
+        GrantVersion::Named,
+    );
+    Wrapped {
+        ephemeral: eph_pub.to_bytes(),
+        sealed: seal(&keys.wrap, object_key, &wrap_aad(object, reader)),
+        access: [0; 32],
+    }
+}
+
+/// Unwrap an object key wrapped for `me`. For a hidden grant, failing is how a reader learns
+/// that the grant is someone else's.
 pub fn unwrap_key(
     me: &Keypair,
     object: &ContentId,
     ephemeral: &[u8; 32],
     sealed: &[u8],
+    version: GrantVersion,
 ) -> Result<Key, Unauthentic> {
-    let my_pub = key_agreement_public(&me.did());
-    let shared = me
-        .x25519_secret()
-        .diffie_hellman(&x25519_dalek::PublicKey::from(*ephemeral));
-    // A low-order ephemeral key would make the shared secret predictable.
-    if !shared.was_contributory() {
-        return Err(Unauthentic);
-    }
-    let kek = derive_wrap_key(shared.as_bytes(), ephemeral, my_pub.as_bytes(), object);
-    let key = Zeroizing::new(open(&kek, sealed, &wrap_aad(object, &me.did()))?);
+    let keys = GrantKeys::for_reader(me, object, ephemeral, version)?;
+    let key = Zeroizing::new(open(&keys.wrap, sealed, &wrap_aad(object, &me.did()))?);
     let key: [u8; 32] = key.as_slice().try_into().map_err(|_| Unauthentic)?;
     Ok(Zeroizing::new(key))
 }
 
-fn derive_wrap_key(
-    shared: &[u8; 32],
-    eph: &[u8; 32],
-    reader: &[u8; 32],
+/// The access key `me` derives from a hidden grant with ephemeral key `ephemeral`: its
+/// public half is the grant's `access` if (and only if, but for a 2⁻²⁵⁶ chance) the grant
+/// is for `me`. Signing with it proves to a holder that this peer is the grant's reader.
+pub fn access_key(
+    me: &Keypair,
     object: &ContentId,
-) -> Key {
-    let mut salt = [0u8; 64];
-    salt[..32].copy_from_slice(eph);
-    salt[32..].copy_from_slice(reader);
-    let mut info = b"sov/grant/1\0".to_vec();
-    info.extend_from_slice(&object.to_bytes());
-    let mut kek = Zeroizing::new([0u8; 32]);
-    Hkdf::<Sha256>::new(Some(&salt), shared)
-        .expand(&info, kek.as_mut())
-        .expect("32 bytes is a valid HKDF-SHA256 output length");
-    kek
+    ephemeral: &[u8; 32],
+) -> Result<Keypair, Unauthentic> {
+    Ok(GrantKeys::for_reader(me, object, ephemeral, GrantVersion::Hidden)?.access())
+}
+
+/// The key the owner seals a hidden grant's reader DID under: `BLAKE3-keyed(secret, object)`
+/// for the owner's grant-note secret.
+pub fn note_key(secret: &[u8; 32], object: &ContentId) -> Key {
+    Zeroizing::new(*blake3::keyed_hash(secret, &object.to_bytes()).as_bytes())
+}
+
+/// Associated data of a grant's sealed reader DID.
+pub fn note_aad(object: &ContentId) -> Vec<u8> {
+    let mut aad = b"sov/grant-note/2\0".to_vec();
+    aad.extend_from_slice(&object.to_bytes());
+    aad
+}
+
+/// What one grant's key exchange gives: the key wrapping the object key, and the seed of
+/// the reader's access key (hidden grants).
+struct GrantKeys {
+    wrap: Key,
+    access_seed: Key,
+}
+
+impl GrantKeys {
+    /// HKDF-SHA256 of the X25519 secret, salted with both public keys, one label per key
+    /// and grant version, each bound to the object id.
+    fn derive(
+        shared: &[u8; 32],
+        eph: &[u8; 32],
+        reader: &[u8; 32],
+        object: &ContentId,
+        version: GrantVersion,
+    ) -> Self {
+        let mut salt = [0u8; 64];
+        salt[..32].copy_from_slice(eph);
+        salt[32..].copy_from_slice(reader);
+        let hk = Hkdf::<Sha256>::new(Some(&salt), shared);
+        let expand = |label: &[u8]| {
+            let mut info = label.to_vec();
+            info.extend_from_slice(&object.to_bytes());
+            let mut k = Zeroizing::new([0u8; 32]);
+            hk.expand(&info, k.as_mut())
+                .expect("32 bytes is a valid HKDF-SHA256 output length");
+            k
+        };
+        let wrap = match version {
+            GrantVersion::Named => expand(b"sov/grant/1\0"),
+            GrantVersion::Hidden => expand(b"sov/grant/2\0"),
+        };
+        Self {
+            wrap,
+            access_seed: expand(b"sov/grant-access/2\0"),
+        }
+    }
+
+    /// The keys `me` derives from a grant's ephemeral key.
+    fn for_reader(
+        me: &Keypair,
+        object: &ContentId,
+        ephemeral: &[u8; 32],
+        version: GrantVersion,
+    ) -> Result<Self, Unauthentic> {
+        let my_pub = key_agreement_public(&me.did());
+        let shared = me
+            .x25519_secret()
+            .diffie_hellman(&x25519_dalek::PublicKey::from(*ephemeral));
+        // A low-order ephemeral key would make the shared secret predictable.
+        if !shared.was_contributory() {
+            return Err(Unauthentic);
+        }
+        let shared = Zeroizing::new(shared.to_bytes());
+        Ok(Self::derive(
+            &shared,
+            ephemeral,
+            my_pub.as_bytes(),
+            object,
+            version,
+        ))
+    }
+
+    fn access(&self) -> Keypair {
+        Keypair::from_seed(&self.access_seed)
+    }
 }
 
 fn wrap_aad(object: &ContentId, reader: &Did) -> Vec<u8> {
@@ -265,17 +371,36 @@ mod tests {
 
     #[test]
     fn wrapped_key_opens_only_for_its_reader_and_object() {
+        use GrantVersion::{Hidden, Named};
         let (alice, bob) = (Keypair::generate(), Keypair::generate());
         let object = ContentId::of(sov_core::Codec::DagCbor, b"manifest");
         let other = ContentId::of(sov_core::Codec::DagCbor, b"another");
         let key = random_key();
         let w = wrap_key(&key, &object, &bob.did());
         assert_eq!(
-            *unwrap_key(&bob, &object, &w.ephemeral, &w.sealed).unwrap(),
+            *unwrap_key(&bob, &object, &w.ephemeral, &w.sealed, Hidden).unwrap(),
             *key
         );
-        assert!(unwrap_key(&alice, &object, &w.ephemeral, &w.sealed).is_err());
-        assert!(unwrap_key(&bob, &other, &w.ephemeral, &w.sealed).is_err());
-        assert!(unwrap_key(&bob, &object, &[0u8; 32], &w.sealed).is_err());
+        assert!(unwrap_key(&alice, &object, &w.ephemeral, &w.sealed, Hidden).is_err());
+        assert!(unwrap_key(&bob, &other, &w.ephemeral, &w.sealed, Hidden).is_err());
+        assert!(unwrap_key(&bob, &object, &[0u8; 32], &w.sealed, Hidden).is_err());
+        // The versions' keys differ: a hidden grant is not opened as a named one.
+        assert!(unwrap_key(&bob, &object, &w.ephemeral, &w.sealed, Named).is_err());
+        let legacy = wrap_key_named(&key, &object, &bob.did());
+        assert_eq!(
+            *unwrap_key(&bob, &object, &legacy.ephemeral, &legacy.sealed, Named).unwrap(),
+            *key
+        );
+        // Only the reader derives the access key the grant names.
+        let access = |me: &Keypair, object| {
+            *access_key(me, object, &w.ephemeral)
+                .unwrap()
+                .did()
+                .public_bytes()
+        };
+        assert_eq!(access(&bob, &object), w.access);
+        assert_ne!(access(&alice, &object), w.access);
+        assert_ne!(access(&bob, &other), w.access);
+        assert_ne!(w.access, wrap_key(&key, &object, &bob.did()).access);
     }
 }

@@ -93,6 +93,11 @@ impl Arrivals {
         });
     }
 
+    /// Why the import stopped, if it did.
+    pub(crate) fn stopped(&self) -> Option<String> {
+        self.state().failed.clone()
+    }
+
     /// Block until chunk `cid` is stored; an error if the import stopped first.
     pub(crate) fn wait(&self, cid: &ContentId) -> Result<()> {
         let (state, changed) = &*self.0;
@@ -284,6 +289,11 @@ impl Store {
 
     /// Give up an import: its blocks that no object uses are removed.
     pub fn abort_import(&self, import: Import) -> Result<()> {
+        // Readers learn it stopped before its chunks go, so a chunk they find missing is
+        // explained.
+        import
+            .arrivals
+            .fail("the import stopped before every chunk arrived");
         let w = self.begin_write()?;
         {
             let refs = w.open_table(REFS)?;

@@ -38,7 +38,9 @@ mod store;
 use std::path::PathBuf;
 
 pub use car::CarError;
+pub use grants::claim_message;
 pub use import::{Import, ImportReader};
+pub use manifest::{AnyGrant, decode_grant};
 pub use pack::{RESERVE, free_space};
 pub use peers::{KnownPeer, PEER_BOOK_SIZE};
 pub use pins::{Pin, ReplicaUsage};

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use sov_core::{ContentId, Did, Message};
+use sov_core::{ContentId, Did, Message, SignError, Signed};
 
 /// One encrypted chunk of an object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,9 +55,32 @@ pub struct Meta {
 /// Associated data of the sealed [`Meta`].
 pub const META_AAD: &[u8] = b"sov/meta/1";
 
-/// A read grant: the object key wrapped for one reader, signed by the object's owner.
+/// A read grant: the object key wrapped for one reader, signed by the object's owner. The
+/// reader is named only inside the encryption: a reader finds its grant by trial decryption,
+/// the owner reads who it is for from `note`, and a holder sees random keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
+    /// The object id (the manifest's CID).
+    pub object: ContentId,
+    /// Ephemeral X25519 public key.
+    pub ephemeral: ByteBuf,
+    /// `nonce ‖ AEAD(object key) ‖ tag`, under a key only the reader can derive.
+    pub wrapped: ByteBuf,
+    /// The Ed25519 public key (32 bytes) the reader derives from the same exchange, to prove
+    /// to a holder that it may see the object's metadata without saying who it is.
+    pub access: ByteBuf,
+    /// `nonce ‖ AEAD(reader DID) ‖ tag`, under a key only the owner can derive.
+    pub note: ByteBuf,
+}
+
+impl Message for Grant {
+    const TAG: &'static str = "sov/grant/2";
+}
+
+/// A grant of the first version, naming its reader in the clear: still read (and upgraded by
+/// its owner), no longer made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyGrant {
     /// The object id (the manifest's CID).
     pub object: ContentId,
     /// Who may read.
@@ -68,6 +91,57 @@ pub struct Grant {
     pub wrapped: ByteBuf,
 }
 
-impl Message for Grant {
+impl Message for LegacyGrant {
     const TAG: &'static str = "sov/grant/1";
+}
+
+/// A grant of either version, its signature checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyGrant {
+    /// The reader named only inside the encryption.
+    Hidden(Grant),
+    /// The reader named in the clear (the first version).
+    Named(LegacyGrant),
+}
+
+impl AnyGrant {
+    /// The object the grant is for.
+    pub fn object(&self) -> ContentId {
+        match self {
+            Self::Hidden(g) => g.object,
+            Self::Named(g) => g.object,
+        }
+    }
+
+    /// The reader, if the grant names it in the clear.
+    pub fn named_reader(&self) -> Option<Did> {
+        match self {
+            Self::Hidden(_) => None,
+            Self::Named(g) => Some(g.reader),
+        }
+    }
+
+    /// The ephemeral X25519 key and the access key of a hidden grant.
+    pub fn access(&self) -> Option<([u8; 32], [u8; 32])> {
+        match self {
+            Self::Hidden(g) => Some((
+                g.ephemeral.as_slice().try_into().ok()?,
+                g.access.as_slice().try_into().ok()?,
+            )),
+            Self::Named(_) => None,
+        }
+    }
+}
+
+/// Decode a grant block of either version and check its signature: its signer and the grant.
+pub fn decode_grant(bytes: &[u8]) -> std::result::Result<(Did, AnyGrant), SignError> {
+    match Signed::<Grant>::decode(bytes) {
+        Ok(s) => Ok((s.signer(), AnyGrant::Hidden(s.into_body()))),
+        Err(hidden) => match Signed::<LegacyGrant>::decode(bytes) {
+            Ok(s) => Ok((s.signer(), AnyGrant::Named(s.into_body()))),
+            // Not a legacy grant either: say why it is not a grant.
+            Err(SignError::Encoding(_) | SignError::WrongTag { .. }) => Err(hidden),
+            Err(legacy) => Err(legacy),
+        },
+    }
 }

@@ -117,7 +117,13 @@ impl Store {
                                 }
                             }
                             let block = table.get_unverified(&c.cid)?.ok_or_else(|| {
-                                Error::Corrupt(format!("block {} is missing", c.cid))
+                                // An import that stopped takes its chunks away with it.
+                                match arrivals.and_then(Arrivals::stopped) {
+                                    Some(reason) => {
+                                        Error::Invalid(format!("chunk {}: {reason}", c.cid))
+                                    }
+                                    None => Error::Corrupt(format!("block {} is missing", c.cid)),
+                                }
                             })?;
                             bytes += block.len() as u64;
                             batch.push((block, check));

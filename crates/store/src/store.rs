@@ -39,6 +39,9 @@ pub(crate) const DROPPED: TableDefinition<&[u8], u64> = TableDefinition::new("dr
 pub(crate) const MANDATES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pin_mandates");
 /// add in progress → its start time; blocks of an add that never finished are collected.
 pub(crate) const PENDING: TableDefinition<u64, u64> = TableDefinition::new("pending");
+/// Facts about the store itself: name → value (`grants`: the grant version the owner's own
+/// objects were last upgraded to).
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Open and check the redb index at `path`. A damaged file is refused with
 /// [`Error::Corrupt`] (redb's own panics on some damage are caught and said the same way),
@@ -206,6 +209,7 @@ impl Store {
             w.open_table(PINS)?;
             w.open_table(DROPPED)?;
             w.open_table(MANDATES)?;
+            w.open_table(META)?;
         }
         w.commit()?;
         // Block bytes live in pack files beside the database; packs no committed
@@ -236,6 +240,7 @@ impl Store {
             adds: std::sync::atomic::AtomicUsize::new(0),
         };
         store.collect_unfinished()?;
+        store.upgrade_grants_once()?;
         // A process killed mid-write may leave bytes past the last block the (durable) index
         // knows, even when no unfinished add was recorded (its non-durable commits were
         // lost): cut them off, and reclaim a mostly dead pack. Cheap when there is nothing
@@ -624,7 +629,9 @@ pub(crate) fn rand_u64() -> u64 {
 }
 
 /// Record object `root` (its manifest and chunks already checked, every chunk stored) with
-/// the checked `grants`, or add the grants it lacks if the object is already here.
+/// the checked `grants`, or add the grants it lacks if the object is already here. Once the
+/// object has a grant that hides its reader, grants that name theirs are dropped (its owner
+/// replaced them) and not taken again.
 pub(crate) fn commit_object(
     w: &WriteTransaction,
     packs: &Packs,
@@ -634,34 +641,78 @@ pub(crate) fn commit_object(
     grants: &[(ContentId, Vec<u8>)],
 ) -> Result<()> {
     let root = *root;
-    let is_new = w
-        .open_table(OBJECTS)?
-        .get(root.to_bytes().as_slice())?
-        .is_none();
+    let key = root.to_bytes();
+    let is_new = w.open_table(OBJECTS)?.get(key.as_slice())?.is_none();
+    let hidden = |bytes: &[u8]| {
+        matches!(
+            crate::manifest::decode_grant(bytes),
+            Ok((_, crate::manifest::AnyGrant::Hidden(_)))
+        )
+    };
+    // The grants already here, and whether each hides its reader.
+    let mut existing = Vec::new();
+    if !is_new {
+        use redb::ReadableMultimapTable as _;
+        let blocks = BlocksMut::open(w, packs)?;
+        let table = w.open_multimap_table(GRANTS)?;
+        for gid in table.get(key.as_slice())? {
+            let gid = ContentId::from_bytes(gid?.value())
+                .map_err(|e| Error::Corrupt(format!("grant id: {e}")))?;
+            let bytes = blocks.read(&gid)?;
+            existing.push((gid, hidden(&bytes), bytes.len() as u64));
+        }
+    }
+    let incoming: Vec<bool> = grants.iter().map(|(_, b)| hidden(b)).collect();
+    let any_hidden = existing.iter().any(|e| e.1) || incoming.contains(&true);
     let mut new_grants = Vec::new();
+    let mut added = 0u64;
     {
         let mut blocks = BlocksMut::open(w, packs)?;
         let mut grant_table = w.open_multimap_table(GRANTS)?;
         if is_new {
             blocks.put(&root, manifest_bytes)?;
         }
-        for (gid, bytes) in grants {
-            if grant_table.insert(root.to_bytes().as_slice(), gid.to_bytes().as_slice())? {
+        for ((gid, bytes), is_hidden) in grants.iter().zip(incoming) {
+            if any_hidden && !is_hidden {
+                continue;
+            }
+            if grant_table.insert(key.as_slice(), gid.to_bytes().as_slice())? {
                 continue; // already had it
             }
             blocks.put(gid, bytes)?;
             new_grants.push(*gid);
+            added += bytes.len() as u64;
         }
     }
     if is_new {
         let stored = add_refs(w, packs, &root, manifest, &new_grants)?;
-        w.open_table(OBJECTS)?
-            .insert(root.to_bytes().as_slice(), stored)?;
-    } else {
-        for g in &new_grants {
-            bump_ref(w, g, 1)?;
+        w.open_table(OBJECTS)?.insert(key.as_slice(), stored)?;
+        return Ok(());
+    }
+    for g in &new_grants {
+        bump_ref(w, g, 1)?;
+    }
+    let mut removed = 0u64;
+    if any_hidden {
+        let mut grant_table = w.open_multimap_table(GRANTS)?;
+        let mut refs = w.open_table(REFS)?;
+        let mut blocks = BlocksMut::open(w, packs)?;
+        for (gid, _, len) in existing.iter().filter(|e| !e.1) {
+            let g = gid.to_bytes();
+            grant_table.remove(key.as_slice(), g.as_slice())?;
+            let n = refs.get(g.as_slice())?.map(|v| v.value()).unwrap_or(0);
+            if n <= 1 {
+                refs.remove(g.as_slice())?;
+                blocks.remove(&g)?;
+            } else {
+                refs.insert(g.as_slice(), n - 1)?;
+            }
+            removed += len;
         }
     }
+    let mut objects = w.open_table(OBJECTS)?;
+    let stored = objects.get(key.as_slice())?.map_or(0, |v| v.value());
+    objects.insert(key.as_slice(), (stored + added).saturating_sub(removed))?;
     Ok(())
 }
 

@@ -168,7 +168,7 @@ async fn malformed_and_oversized_messages_are_refused() {
     // A fault is not an attack: a request cut short (its frame announces more than arrives,
     // as when a stall or a cut connection ends the stream) is dropped, and its sender stays
     // connected and unbanned.
-    for protocol in ["/sov/blocks/2", "/sov/node/4", "/sov/bulk/2"] {
+    for protocol in ["/sov/blocks/2", "/sov/node/5", "/sov/bulk/2"] {
         let (raw, mut control) = raw_peer(&target).await;
         send_raw(&mut control, node, protocol, &junk_framed[..100]).await;
         // A good request afterwards on the same connection is still served.
@@ -199,8 +199,8 @@ async fn malformed_and_oversized_messages_are_refused() {
             "want-list over the count limit",
         ),
         ("/sov/blocks/2", &huge, "24 MiB want-list"),
-        ("/sov/node/4", &junk_framed, "garbage node message"),
-        ("/sov/node/4", &huge, "24 MiB node message"),
+        ("/sov/node/5", &junk_framed, "garbage node message"),
+        ("/sov/node/5", &huge, "24 MiB node message"),
         ("/sov/bulk/2", &huge, "24 MiB bulk message (limit 8 MiB)"),
     ];
     for (protocol, bytes, what) in cases {
@@ -251,14 +251,14 @@ async fn malformed_and_oversized_messages_are_refused() {
     cluster.stop().await;
 }
 
-/// Send one framed node request on `/sov/node/4` and decode the answer (`None`: no answer).
+/// Send one framed node request on `/sov/node/5` and decode the answer (`None`: no answer).
 async fn node_request(
     control: &mut libp2p_stream::Control,
     node: PeerId,
     req: &sov_node::protocol::Request,
 ) -> Option<sov_node::protocol::Response> {
     let mut stream = control
-        .open_stream(node, StreamProtocol::new("/sov/node/4"))
+        .open_stream(node, StreamProtocol::new("/sov/node/5"))
         .await
         .ok()?;
     let body = sov_core::dagcbor::to_vec(req).unwrap();

@@ -196,13 +196,17 @@ async fn a_refused_read_downloads_nothing_but_the_manifest() {
     init_logging();
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut cluster = Cluster::start(2, seed, Duration::from_secs(60)).await;
+    let mut cluster = Cluster::start(3, seed, Duration::from_secs(60)).await;
     let data = random_bytes(&mut rng, 12 << 20);
     let (added, _) = cluster
         .node(0)
-        .add(std::io::Cursor::new(data), add_options("secret"), Some(0))
+        .add(std::io::Cursor::new(data), add_options("secret"), Some(1))
         .await
         .unwrap();
+    let id = added.id;
+    let holders = replica_holders(&cluster, id).await;
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    let (h, s) = (holders[0], 3 - holders[0]);
     let packs = |home: &std::path::Path| -> u64 {
         std::fs::read_dir(home.join("store.packs"))
             .map(|d| {
@@ -212,53 +216,80 @@ async fn a_refused_read_downloads_nothing_but_the_manifest() {
             })
             .unwrap_or(0)
     };
-    let before = packs(cluster.home(1));
-    let err = cluster.node(1).read(added.id).await.unwrap_err();
+    let before = packs(cluster.home(s));
+    let err = cluster.node(s).read(id).await.unwrap_err();
     assert!(err.to_string().contains("grant"), "{err}");
-    assert!(!cluster.node(1).contains(added.id).await.unwrap());
-    let grew = packs(cluster.home(1)) - before;
+    assert!(!cluster.node(s).contains(id).await.unwrap());
+    let grew = packs(cluster.home(s)) - before;
     assert!(grew < 1 << 20, "a refused read stored {grew} bytes");
-    // Asked directly, node 0 gives node 1 neither the manifest nor any grant block.
-    let grant = cluster
+    // Asked directly, neither the owner nor the holder gives the stranger the manifest or a
+    // grant block, and it has no grant to claim.
+    let own_grant = cluster
         .node(0)
-        .grant(added.id, cluster.node(0).did())
+        .grant(id, cluster.node(0).did())
         .await
         .unwrap();
-    let stranger = cluster.node(1).clone();
-    let owner = cluster.node(0).peer_id();
+    let stranger = cluster.node(s).clone();
+    let (owner, holder) = (cluster.node(0).peer_id(), cluster.node(h).peer_id());
+    for peer in [owner, holder] {
+        assert!(
+            stranger
+                .want_blocks(peer, vec![id, own_grant])
+                .await
+                .unwrap()
+                .is_empty(),
+            "a stranger got metadata"
+        );
+        assert!(stranger.grant_list(peer, id).await.unwrap().is_empty());
+        assert!(!stranger.claim_at(peer, id).await, "a stranger's claim");
+    }
+    // Granted: the owner knows its reader and answers; the holder cannot tell a reader from
+    // anyone else (the grant hides it) until the reader claims its grant there.
+    let reader_grant = cluster.node(0).grant(id, stranger.did()).await.unwrap();
+    let reader = stranger;
+    let got = reader
+        .want_blocks(owner, vec![id, reader_grant])
+        .await
+        .unwrap();
+    assert_eq!(
+        got.len(),
+        2,
+        "the owner gives its reader the manifest and grant"
+    );
+    let c = &cluster;
+    wait_for(
+        "the holder to have the new grant",
+        Duration::from_secs(30),
+        || async move {
+            c.node(0)
+                .grant_list(holder, id)
+                .await
+                .is_ok_and(|g| g.contains(&reader_grant))
+        },
+    )
+    .await
+    .unwrap();
     assert!(
-        stranger
-            .want_blocks(owner, vec![added.id, grant])
+        reader
+            .want_blocks(holder, vec![id, reader_grant])
             .await
             .unwrap()
             .is_empty(),
-        "a stranger got metadata"
+        "the holder told a reader from a stranger without a claim"
     );
-    assert!(
-        stranger
-            .grant_list(owner, added.id)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    // Once granted, the same requests are answered.
-    let reader_grant = cluster
-        .node(0)
-        .grant(added.id, stranger.did())
+    assert!(reader.claim_at(holder, id).await, "the reader's claim");
+    let got = reader
+        .want_blocks(holder, vec![id, reader_grant])
         .await
         .unwrap();
-    let got = stranger
-        .want_blocks(owner, vec![added.id, reader_grant])
-        .await
-        .unwrap();
-    assert_eq!(got.len(), 2, "the reader gets the manifest and its grant");
-    assert!(
-        !stranger
-            .grant_list(owner, added.id)
-            .await
-            .unwrap()
-            .is_empty()
+    assert_eq!(
+        got.len(),
+        2,
+        "the holder gives a claimed reader the manifest and grant"
     );
+    assert!(!reader.grant_list(holder, id).await.unwrap().is_empty());
+    // And the read goes through, whichever holder answers first.
+    reader.read(id).await.unwrap();
     cluster.stop().await;
 }
 
