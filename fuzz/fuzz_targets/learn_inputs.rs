@@ -1,15 +1,16 @@
-//! What sov-learn reads from outside (round messages, split files, data set files) never
+//! What sov-learn reads from outside (round messages, split files, data set files, members'
+//! CSV tables) never
 //! panics: malformed bytes are errors, and a decoded message encodes back to the same bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sov_learn::{data, partition::SplitFile, wire};
+use sov_learn::{data, partition::SplitFile, table, wire};
 
 fuzz_target!(|input: &[u8]| {
     let Some((&which, bytes)) = input.split_first() else {
         return;
     };
-    match which % 6 {
+    match which % 7 {
         0 => {
             if let Ok(m) = wire::decode::<wire::ClientUpdate>(bytes) {
                 assert_eq!(wire::encode(&m).ok().as_deref(), Some(bytes));
@@ -30,6 +31,14 @@ fuzz_target!(|input: &[u8]| {
         }
         3 => {
             let _ = data::parse_digits_csv(bytes);
+        }
+        5 => {
+            if let Ok(t) = table::parse_csv(bytes, None) {
+                assert_eq!(t.data.features.len(), t.data.len() * t.columns.len());
+                let mut d = t.data.clone();
+                table::Standardizer::fit(&d).apply(&mut d);
+                let _ = t.for_task(3, 10);
+            }
         }
         4 => {
             let mid = bytes.len() / 2;

@@ -371,6 +371,17 @@ pub struct SimulateArgs {
     /// digits (built in), fashion-mnist or mnist.
     #[arg(long, default_value = "digits")]
     pub dataset: String,
+    /// Train on your own table instead: a CSV file with a header row, numeric feature
+    /// columns and an integer class label (column `label`, or --label-column); a quarter of
+    /// each class is held out for testing.
+    #[arg(long, value_name = "FILE.csv", conflicts_with_all = ["split_file", "data_dir"])]
+    pub data: Option<PathBuf>,
+    /// The label column of --data.
+    #[arg(long, value_name = "NAME", requires = "data")]
+    pub label_column: Option<String>,
+    /// Standardise --data's features (mean 0, deviation 1, from the training rows).
+    #[arg(long, requires = "data")]
+    pub standardize: bool,
     /// Where fashion-mnist/ and mnist/ are looked for (default ~/.cache/sov/data;
     /// Fashion-MNIST also in /usr/share/datasets).
     #[arg(long, env = "SOV_DATA_DIR", value_name = "DIR")]

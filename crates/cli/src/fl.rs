@@ -47,6 +47,20 @@ fn first_existing(candidates: &[PathBuf], what: &str, hint: &str) -> Result<Path
 
 /// Load the data set and spread it over clients.
 fn load(a: &SimulateArgs) -> Result<(Split, Vec<Vec<usize>>)> {
+    if let Some(file) = &a.data {
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let table = sov_learn::table::parse_csv(&bytes, a.label_column.as_deref())
+            .with_context(|| format!("{} is not a usable table", file.display()))?;
+        let mut split = table.data.stratified_split(0.25, a.seed)?;
+        if a.standardize {
+            let s = sov_learn::table::Standardizer::fit(&split.train);
+            s.apply(&mut split.train);
+            s.apply(&mut split.test);
+        }
+        let partition: Partition = a.partition.parse()?;
+        let parts = partition.apply(&split.train, a.clients.unwrap_or(10), a.seed)?;
+        return Ok((split, parts));
+    }
     if let Some(file) = &a.split_file {
         if a.dataset != "digits" {
             bail!("--split-file applies to the digits data set only");

@@ -785,6 +785,65 @@ fn fl_simulate_dp_noise_is_fresh_unless_asked_to_be_reproducible() {
     assert!(e.contains("--dp-noise"), "{e}");
 }
 
+/// Issue 17, a member's own data: `sov fl simulate --data FILE.csv` trains on a CSV table
+/// (header, numeric features, a label column), standardised on request, and says where a
+/// table is wrong.
+#[test]
+fn fl_simulate_trains_on_a_csv_table() {
+    let n = Node::new();
+    let dir = tempfile::tempdir().unwrap();
+    // Three classes, separable in the first two columns (on a scale of hundreds), a noise
+    // column, the label in a column named "kind", a quoted header with a comma.
+    let mut csv = String::from("\"width, mm\",height,noise,kind\r\n");
+    let mut state = 7u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as f64 / (1u64 << 31) as f64
+    };
+    for i in 0..450 {
+        let c = i % 3;
+        let (w, h) = (c as f64 * 300.0, (2 - c) as f64 * 200.0);
+        csv.push_str(&format!(
+            "{:.2},{:.2},{:.4},{c}\r\n",
+            w + next() * 150.0,
+            h + next() * 100.0,
+            next()
+        ));
+    }
+    let file = dir.path().join("t.csv");
+    std::fs::write(&file, csv).unwrap();
+    let f = file.to_str().unwrap();
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let args = [
+            &[
+                "fl",
+                "simulate",
+                "--data",
+                f,
+                "--label-column",
+                "kind",
+                "--model",
+                "logreg",
+            ][..],
+            &["--rounds", "8", "--clients", "4", "--json"],
+            extra,
+        ]
+        .concat();
+        serde_json::from_str(n.ok(&args).lines().last().unwrap()).unwrap()
+    };
+    let out = run(&["--standardize"]);
+    let acc = out["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.9, "{out}");
+    let e = n.fails(&["fl", "simulate", "--data", f]);
+    assert!(e.contains("no column is named \"label\""), "{e}");
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "a,label\n1,0\n2,one\n").unwrap();
+    let e = n.fails(&["fl", "simulate", "--data", bad.to_str().unwrap()]);
+    assert!(e.contains("row 2, column \"label\""), "{e}");
+}
+
 /// `sov fl simulate --robust`: the screened mean, set for the clients and the attackers
 /// assumed; each round reports whom it excluded (under sign flipping, the attackers); settings
 /// that cannot be robust are refused.

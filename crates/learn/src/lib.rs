@@ -20,6 +20,7 @@ pub mod round;
 pub mod secagg;
 pub mod sim;
 pub mod strategy;
+pub mod table;
 pub mod train;
 pub mod wire;
 
