@@ -296,6 +296,8 @@ fn simulate(a: SimulateArgs) -> Result<()> {
                 "epsilon": privacy.map(|p| p.0),
                 "delta": privacy.map(|p| p.1),
                 "epsilon_holds": privacy.map(|_| !sim.noise_is_reproducible()),
+                // null without DP, and where the aggregator sees updates in the clear.
+                "epsilon_against_aggregator": sim.privacy_against_aggregator().filter(|e| e.is_finite()),
                 "clients": parts.len(),
                 "dropped": null,
                 "bytes_up": up,
@@ -326,6 +328,17 @@ fn simulate(a: SimulateArgs) -> Result<()> {
             wall,
             cpu.map(|c| format!(", {c:.2} CPU-s")).unwrap_or_default()
         )?;
+        match sim.privacy_against_aggregator() {
+            Some(e) if e.is_finite() => say!(
+                "against the aggregator, which knows who was sampled: ε = {e:.2} (no sampling \
+                 amplification)"
+            )?,
+            Some(_) => say!(
+                "against the aggregator: no bound, it sees each update before the noise (add \
+                 --secagg)"
+            )?,
+            None => {}
+        }
     }
     Ok(())
 }

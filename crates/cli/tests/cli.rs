@@ -772,6 +772,11 @@ fn fl_simulate_dp_noise_is_fresh_unless_asked_to_be_reproducible() {
         "ε depends on the plan, not the draws"
     );
     assert_eq!(a["epsilon_holds"], true);
+    assert_eq!(
+        a["epsilon_against_aggregator"],
+        serde_json::Value::Null,
+        "no SecAgg"
+    );
     let fixed = [&base[..], &["--reproducible-noise"]].concat();
     let (c, d) = (last(n.ok(&fixed)), last(n.ok(&fixed)));
     assert_eq!(c["loss"], d["loss"], "{c}\n{d}");

@@ -240,6 +240,11 @@ impl<'a> Simulation<'a> {
         self.server.privacy()
     }
 
+    /// ε against the aggregator (see [`Server::privacy_against_aggregator`]).
+    pub fn privacy_against_aggregator(&self) -> Option<f64> {
+        self.server.privacy_against_aggregator()
+    }
+
     /// Whether DP noise and sampling follow from the seed (then ε does not hold).
     pub fn noise_is_reproducible(&self) -> bool {
         self.server.noise_is_reproducible()

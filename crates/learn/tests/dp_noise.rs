@@ -139,6 +139,13 @@ fn the_epsilon_reported_is_the_one_of_the_noise_really_added() {
     assert!((16.4..17.0).contains(&reported), "{reported}");
     // Rounds that publish nothing charge nothing.
     assert_eq!(server.account(None).unwrap().unwrap().0, reported);
+    // Against the aggregator, which knows who was sampled, the same noise without the
+    // sampling amplification: far more.
+    let mut insider = Accountant::default();
+    insider.step(1.0, enc.multiplier(1), 50).unwrap();
+    let against = server.privacy_against_aggregator().unwrap();
+    assert!((against / insider.epsilon(1e-5).0 - 1.0).abs() < 1e-9);
+    assert!(against > 3.0 * reported, "{against} vs {reported}");
 }
 
 #[test]

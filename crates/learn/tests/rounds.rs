@@ -185,6 +185,9 @@ fn the_server_selects_and_accounts_as_its_plan_says() {
     assert_eq!(delta, 1e-5);
     // A round that published nothing (an aborted secure round) costs nothing.
     assert_eq!(sampled.account(None).unwrap().unwrap().0, eps);
+    // Without secure aggregation the aggregator sees every update: no bound against it.
+    assert_eq!(sampled.privacy_against_aggregator(), Some(f64::INFINITY));
+    assert_eq!(uniform.privacy_against_aggregator(), None, "no DP");
     assert!(
         !sampled.noise_is_reproducible(),
         "noise from the OS by default"

@@ -149,6 +149,10 @@ pub struct Server {
     plan: Plan,
     aggregator: Aggregator,
     accountant: Accountant,
+    /// The same rounds without sampling amplification: what holds against the aggregator,
+    /// which knows who was selected (secure aggregation only; without it the aggregator sees
+    /// every update).
+    insider: Accountant,
     global: Vec<f32>,
     round: u32,
     population: usize,
@@ -168,6 +172,7 @@ impl Server {
             noise,
             aggregator: Aggregator::new(plan.strategy).with_pre(plan.pre, 0x5eed_b0c4),
             accountant: Accountant::default(),
+            insider: Accountant::default(),
             plan,
             global,
             round: 0,
@@ -312,8 +317,22 @@ impl Server {
                 1.0
             };
             self.accountant.step(q, z, 1)?;
+            self.insider.step(1.0, z, 1)?;
         }
         Ok(Some((self.accountant.epsilon(dp.delta).0, dp.delta)))
+    }
+
+    /// Privacy spent so far against the aggregator itself: it knows which clients were
+    /// sampled, so the sampling amplification [`Server::privacy`] counts does not hold
+    /// against it (ε of the same rounds at q = 1). Under secure aggregation it sees only the
+    /// noisy sum; without it, every client's update in the clear (`Some(∞)`). `None` without
+    /// DP.
+    pub fn privacy_against_aggregator(&self) -> Option<f64> {
+        let dp = self.plan.dp?;
+        Some(match self.plan.secagg {
+            Some(_) => self.insider.epsilon(dp.delta).0,
+            None => f64::INFINITY,
+        })
     }
 
     /// Privacy spent so far, `(ε, δ)`, with DP.
