@@ -1,5 +1,5 @@
 //! What sov-learn reads from outside (round messages, split files, data set files, members'
-//! CSV tables) never
+//! CSV tables, federation records) never
 //! panics: malformed bytes are errors, and a decoded message encodes back to the same bytes.
 #![no_main]
 
@@ -10,7 +10,7 @@ fuzz_target!(|input: &[u8]| {
     let Some((&which, bytes)) = input.split_first() else {
         return;
     };
-    match which % 7 {
+    match which % 8 {
         0 => {
             if let Ok(m) = wire::decode::<wire::ClientUpdate>(bytes) {
                 assert_eq!(wire::encode(&m).ok().as_deref(), Some(bytes));
@@ -38,6 +38,11 @@ fuzz_target!(|input: &[u8]| {
                 let mut d = t.data.clone();
                 table::Standardizer::fit(&d).apply(&mut d);
                 let _ = t.for_task(3, 10);
+            }
+        }
+        7 => {
+            if let Ok((_, g)) = sov_learn::federation::open_genesis(bytes) {
+                let _ = (g.model_spec(), g.strategy(), g.dp(), g.epsilon_budget());
             }
         }
         4 => {
