@@ -100,7 +100,7 @@ pub(crate) fn may_see(
     if listed.contains(id) {
         return Ok(true);
     }
-    Ok(s.readers(id)?
+    Ok(s.readers_named(id)?
         .iter()
         .any(|d| sov_net::peer_id_of(d) == *peer))
 }

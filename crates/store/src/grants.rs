@@ -114,25 +114,46 @@ impl Store {
     /// included); for another node, the owner, this node if it may read, and the readers
     /// legacy grants name.
     pub fn readers(&self, id: &ContentId) -> Result<Vec<Did>> {
+        let (mut out, grants) = self.named_readers(id)?;
+        let me = self.me.did();
+        if !out.contains(&me) && self.key_from_grants(id, grants).is_ok() {
+            out.push(me);
+        }
+        Ok(out)
+    }
+
+    /// [`Store::readers`] without trying this node's own key on each grant, which a holder
+    /// asks on every request for an object's metadata, from peers other than itself: for
+    /// the owner every reader (from its notes, a symmetric open each), else the owner and
+    /// the readers legacy grants name.
+    pub fn readers_named(&self, id: &ContentId) -> Result<Vec<Did>> {
+        Ok(self.named_readers(id)?.0)
+    }
+
+    /// [`Store::readers_named`], with the object's grants.
+    fn named_readers(&self, id: &ContentId) -> Result<(Vec<Did>, Vec<AnyGrant>)> {
         let r = self.db.begin_read()?;
         let manifest = self.manifest(&self.block_reader(&r)?, id)?;
-        let grants = self.grants(&r, id, &manifest)?;
-        let me = self.me.did();
+        let grants: Vec<AnyGrant> = self
+            .grants(&r, id, &manifest)?
+            .into_iter()
+            .map(|(_, g)| g)
+            .collect();
+        let owner = manifest.owner == self.me.did();
         let mut out = vec![manifest.owner];
-        if manifest.owner == me {
-            out.extend(grants.iter().filter_map(|(_, g)| self.reader_of(id, g)));
-        } else {
-            out.extend(grants.iter().filter_map(|(_, g)| g.named_reader()));
-            if self
-                .key_from_grants(id, grants.into_iter().map(|(_, g)| g))
-                .is_ok()
+        for g in &grants {
+            let reader = if owner {
+                self.reader_of(id, g)
+            } else {
+                g.named_reader()
+            };
+            if let Some(d) = reader
+                && !out.contains(&d)
             {
-                out.push(me);
+                out.push(d);
             }
         }
-        out.sort_by_key(|d| d.to_string());
-        out.dedup();
-        Ok(out)
+        Ok((out, grants))
     }
 
     /// The ephemeral and access keys of `id`'s hidden grants: what a reader needs to find its
