@@ -6,6 +6,40 @@
 use libfuzzer_sys::fuzz_target;
 use sov_learn::{data, partition::SplitFile, table, wire};
 
+/// A small valid ledger to check records against.
+fn ledger() -> Option<sov_learn::ledger::Ledger> {
+    use sov_learn::federation::{Genesis, Member, Policy, Role, Task};
+    let key = sov_identity::Keypair::from_seed(&[5; 32]);
+    let g = Genesis {
+        name: "fuzz".into(),
+        created: 1,
+        task: Task {
+            data: "digits".into(),
+            input: [1, 8, 8],
+            classes: 10,
+            model: "logreg".into(),
+        },
+        policy: Policy {
+            rounds: 3,
+            strategy: "fedavg".into(),
+            min_clients: 1,
+            secagg: None,
+            dp: None,
+            epsilon_budget: None,
+            local_epochs: 1,
+            learning_rate: "0.1".into(),
+            batch: 8,
+            round_timeout_ms: 10_000,
+        },
+        members: vec![Member {
+            did: key.did(),
+            role: Role::Creator,
+        }],
+    };
+    let bytes = sov_core::Signed::sign(g, &key).ok()?.encode().ok()?;
+    sov_learn::ledger::Ledger::new(&bytes).ok()
+}
+
 fuzz_target!(|input: &[u8]| {
     let Some((&which, bytes)) = input.split_first() else {
         return;
@@ -43,6 +77,17 @@ fuzz_target!(|input: &[u8]| {
         7 => {
             if let Ok((_, g)) = sov_learn::federation::open_genesis(bytes) {
                 let _ = (g.model_spec(), g.strategy(), g.dp(), g.epsilon_budget());
+            }
+        }
+        6 => {
+            // A federation's later records against a valid ledger: admissions, join
+            // requests and round records from peers.
+            if let Some(mut l) = ledger() {
+                let id = *l.id();
+                let _ = sov_learn::ledger::open_join(bytes, &id);
+                let _ = l.check_round(bytes);
+                let _ = l.admit(bytes);
+                let _ = l.accept_round(bytes);
             }
         }
         4 => {

@@ -53,7 +53,12 @@ fn honest(stage: u8) -> Round {
     }
     r.books = r.agg.key_books().unwrap().into_iter().collect();
     for (c, book) in &r.books {
-        let s = r.clients.get_mut(c).unwrap().share_keys(book, &mut rng).unwrap();
+        let s = r
+            .clients
+            .get_mut(c)
+            .unwrap()
+            .share_keys(book, &mut rng)
+            .unwrap();
         if stage > 1 || *c != 1 {
             r.agg.receive_shares(s).unwrap();
         }
@@ -63,7 +68,12 @@ fn honest(stage: u8) -> Round {
     }
     r.deliveries = r.agg.deliveries().unwrap().into_iter().collect();
     for (c, d) in &r.deliveries {
-        let m = r.clients.get_mut(c).unwrap().mask_input(d, &[1, 2, 3, 4]).unwrap();
+        let m = r
+            .clients
+            .get_mut(c)
+            .unwrap()
+            .mask_input(d, &[1, 2, 3, 4])
+            .unwrap();
         if stage > 2 || *c != 1 {
             r.agg.receive_masked(m).unwrap();
         }

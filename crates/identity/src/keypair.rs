@@ -33,6 +33,12 @@ impl Keypair {
         Zeroizing::new(self.signing.to_bytes())
     }
 
+    /// The Ed25519 signing key itself, for protocols that sign their own messages (secure
+    /// aggregation's adverts and survivor signatures).
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing
+    }
+
     /// The node's DID.
     pub fn did(&self) -> Did {
         // A key made from a seed is never of small order (its scalar is clamped, non-zero).

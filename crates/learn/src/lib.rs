@@ -15,6 +15,7 @@ pub mod attack;
 pub mod data;
 pub mod dp;
 pub mod federation;
+pub mod ledger;
 pub mod member;
 pub mod model;
 pub mod partition;

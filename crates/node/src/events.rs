@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::{
     Node,
-    protocol::{self, Request, Response},
+    protocol::{self, FlRequest, FlResponse, Request, Response},
     quota::Kind,
 };
 
@@ -72,13 +72,31 @@ impl Node {
                     });
                 }
                 Event::Request {
+                    peer,
                     channel: Channel::Bulk,
+                    data,
                     reply,
-                    ..
                 } => {
-                    // Nothing is served on the bulk protocol yet (federations will be).
-                    let refusal = Response::refused("this node takes no bulk messages yet");
-                    self.spawn(async move { reply.send(refusal.encode()).await });
+                    let node = self.clone();
+                    let Ok(slot) = self.inner.quotas.answers.clone().try_acquire_owned() else {
+                        let refusal = FlResponse::refused("this node is busy; ask again later");
+                        self.spawn(async move { reply.send(refusal.encode()).await });
+                        continue;
+                    };
+                    self.spawn(async move {
+                        let _slot = slot;
+                        let response = match FlRequest::decode(&data) {
+                            Ok(req) => node.answer_fl(peer, req).await,
+                            Err(e) => {
+                                if let Ok(net) = node.net() {
+                                    net.ban(peer, format!("malformed federation message: {e}"))
+                                        .await;
+                                }
+                                return;
+                            }
+                        };
+                        reply.send(response.encode()).await;
+                    });
                 }
                 Event::Message {
                     topic,

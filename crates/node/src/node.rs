@@ -63,6 +63,8 @@ pub(crate) struct Inner {
     pub(crate) quotas: crate::quota::Quotas,
     /// Peers asked to pin an object, or that proved a copy: they may see its metadata.
     pub(crate) access: crate::access::Access,
+    /// The federations this node is in.
+    pub(crate) feds: crate::fl::state::Feds,
 }
 
 impl std::fmt::Debug for Node {
@@ -103,6 +105,7 @@ impl Node {
         node.spawn(node.clone().repair_loop());
         node.spawn(node.clone().announce_all());
         node.spawn(node.clone().redial(known));
+        node.spawn(node.clone().fl_loop());
         info!(did = %node.inner.did, peer_id = %node.peer_id(), "node started");
         Ok(node)
     }
@@ -146,6 +149,7 @@ impl Node {
                 serve: std::sync::OnceLock::new(),
                 quotas: crate::quota::Quotas::new(quota),
                 access: Default::default(),
+                feds: Default::default(),
             }),
         };
         let serve = Serve::start(&node);

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `/sov/blocks/2` | 16 MiB answers | want-lists and blocks (`sov_net::wire`) |
 //! | `/sov/node/5` | 64 KiB | [`Request`] / [`Response`]: objects (has, grants, grant keys, claim, pin, unpin, dropped, prove) |
-//! | `/sov/bulk/2` | 64 MiB (`[network] max_bulk_message`) | large messages: model updates (federations add theirs) |
+//! | `/sov/bulk/2` | 64 MiB (`[network] max_bulk_message`) | [`FlRequest`] / [`FlResponse`]: federations (records, join, the stages of a round, its result) |
 //! | gossip `sov/models/1` | 64 KiB | [`ModelAnnouncement`]: a model its signer offers |
 //!
 //! Federation and governance add their own variants and topics; each protocol version is in
@@ -215,6 +215,220 @@ impl Response {
             )),
             Response::GrantKeys { keys, .. } if keys.iter().any(|k| k.len() != 64) => {
                 Err("a grant key pair that is not 64 bytes".into())
+            }
+            _ => Ok(r),
+        }
+    }
+}
+
+/// Most records of one kind in a [`FlResponse::Records`] answer.
+pub const MAX_FL_RECORDS: usize = 4096;
+
+/// What a member asks on `/sov/bulk/2`: the federation protocol. Everything but
+/// [`FlRequest::Join`] is answered only to members of the federation; each round's messages
+/// only to that round's aggregator (the first of the order among the live members it
+/// names), and only in the order of the round's stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlRequest {
+    /// The signed records of `federation`: its genesis, admissions, and the rounds after
+    /// `after`.
+    Records {
+        /// the federation
+        federation: ContentId,
+        /// rounds up to this one are known to the asker
+        after: u32,
+    },
+    /// The parameters of the model of round `round` (0: the initial model).
+    Model {
+        /// the federation
+        federation: ContentId,
+        /// the round
+        round: u32,
+    },
+    /// To the creator's node: a signed `sov/fl-join/1` request.
+    Join {
+        /// the federation
+        federation: ContentId,
+        /// the signed request
+        request: serde_bytes::ByteBuf,
+    },
+    /// From the aggregator of round `round`: train from `params`. Answered in the clear
+    /// with [`FlResponse::Update`]; under secure aggregation with [`FlResponse::Advert`].
+    Open {
+        /// the federation
+        federation: ContentId,
+        /// the round
+        round: u32,
+        /// the members the aggregator counts live
+        live: Vec<sov_core::Did>,
+        /// the model to train from (f32, little-endian): the ledger's
+        params: serde_bytes::ByteBuf,
+        /// the secure round's parameters, under secure aggregation
+        secure: Option<SecureOpen>,
+    },
+    /// Secure aggregation, stage 2: the neighbours' keys.
+    KeyBook {
+        /// the federation
+        federation: ContentId,
+        /// the round
+        round: u32,
+        /// the keys
+        book: sov_learn::secagg::KeyBook,
+    },
+    /// Stage 3: the shares sent to this member.
+    Deliver {
+        /// the federation
+        federation: ContentId,
+        /// the round
+        round: u32,
+        /// the shares
+        delivery: sov_learn::secagg::ShareDelivery,
+    },
+    /// Stage 4: the survivors to sign.
+    Confirm {
+        /// the federation
+        federation: ContentId,
+        /// the round
+        round: u32,
+        /// the list
+        list: sov_learn::secagg::SurvivorList,
+    },
+    /// Stage 5: what to reveal.
+    Unmask {
+        /// the federation
+        federation: ContentId,
+        /// the round
+        round: u32,
+        /// the request
+        request: sov_learn::secagg::UnmaskRequest,
+    },
+    /// A round's signed record and the parameters it produced.
+    Closed {
+        /// the federation
+        federation: ContentId,
+        /// the signed `sov/fl-round/1` record
+        record: serde_bytes::ByteBuf,
+        /// the new model (f32, little-endian)
+        params: serde_bytes::ByteBuf,
+    },
+}
+
+/// A secure round's settings, as its aggregator opens it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecureOpen {
+    /// The round's parameters (participants by their place among the members).
+    pub params: sov_learn::secagg::RoundParams,
+    /// The largest example count a member weighs its update with.
+    pub max_weight: u64,
+}
+
+/// A member's validation figure: rows held out, and how many of them the round's starting
+/// model classified right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validation {
+    /// rows
+    pub rows: u64,
+    /// right
+    pub correct: u64,
+}
+
+/// The answer on `/sov/bulk/2`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlResponse {
+    /// To [`FlRequest::Records`].
+    Records {
+        /// the signed genesis
+        genesis: serde_bytes::ByteBuf,
+        /// signed admissions (at most [`MAX_FL_RECORDS`])
+        admissions: Vec<serde_bytes::ByteBuf>,
+        /// signed round records after the asked one, in order (at most [`MAX_FL_RECORDS`])
+        rounds: Vec<serde_bytes::ByteBuf>,
+    },
+    /// To [`FlRequest::Model`].
+    Model {
+        /// f32, little-endian
+        params: serde_bytes::ByteBuf,
+    },
+    /// To [`FlRequest::Join`]: the creator's signed admission.
+    Admitted {
+        /// the signed `sov/fl-admission/1`
+        admission: serde_bytes::ByteBuf,
+    },
+    /// To [`FlRequest::Open`] in the clear.
+    Update {
+        /// the update
+        update: sov_learn::wire::ClientUpdate,
+        /// the member's validation figure
+        validation: Validation,
+    },
+    /// To [`FlRequest::Open`] under secure aggregation.
+    Advert {
+        /// the signed key advert
+        advert: sov_learn::secagg::KeyAdvert,
+    },
+    /// To [`FlRequest::KeyBook`].
+    Shares {
+        /// the sealed shares
+        shares: sov_learn::secagg::EncryptedShares,
+    },
+    /// To [`FlRequest::Deliver`].
+    Masked {
+        /// the masked input
+        masked: sov_learn::secagg::MaskedInput,
+        /// the member's validation figure
+        validation: Validation,
+    },
+    /// To [`FlRequest::Confirm`].
+    Signature {
+        /// the signature on the list
+        signature: sov_learn::secagg::SurvivorSignature,
+    },
+    /// To [`FlRequest::Unmask`].
+    Unmasked {
+        /// the revealed shares
+        response: sov_learn::secagg::UnmaskResponse,
+    },
+    /// To [`FlRequest::Closed`]: taken.
+    Taken,
+    /// Understood but not done, and why.
+    Refused {
+        /// why
+        reason: String,
+    },
+}
+
+impl FlRequest {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        dagcbor::to_vec(self).expect("a request always encodes")
+    }
+
+    /// Decode a request from a peer.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        dagcbor::from_slice(bytes).map_err(|e| e.to_string())
+    }
+}
+
+impl FlResponse {
+    pub(crate) fn refused(why: impl std::fmt::Display) -> Self {
+        FlResponse::Refused {
+            reason: why.to_string(),
+        }
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        dagcbor::to_vec(self).expect("a response always encodes")
+    }
+
+    /// Decode a response from a peer.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let r: Self = dagcbor::from_slice(bytes).map_err(|e| e.to_string())?;
+        match &r {
+            FlResponse::Records {
+                admissions, rounds, ..
+            } if admissions.len() > MAX_FL_RECORDS || rounds.len() > MAX_FL_RECORDS => {
+                Err(format!("more than {MAX_FL_RECORDS} records of a kind"))
             }
             _ => Ok(r),
         }

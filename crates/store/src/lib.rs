@@ -32,6 +32,7 @@ mod pack;
 mod peers;
 mod pins;
 mod read;
+mod records;
 mod repair;
 mod store;
 
@@ -44,6 +45,7 @@ pub use manifest::{AnyGrant, decode_grant};
 pub use pack::{RESERVE, free_space};
 pub use peers::{KnownPeer, PEER_BOOK_SIZE};
 pub use pins::{Pin, ReplicaUsage};
+pub use records::{MAX_RECORD, MAX_RECORD_KEY, MAX_RECORD_TOPIC};
 pub use repair::{CheckReport, RepairReport};
 use sov_core::{ContentId, Did};
 pub use store::{AddOptions, Added, ObjectInfo, ObjectMeta, Store, StoreOptions};
