@@ -243,13 +243,14 @@ impl Ledger {
             .map(|dp| self.accountant.epsilon(dp.delta).0))
     }
 
-    /// Whether training is over: every round run, or the ε budget spent.
+    /// Whether training is over: every round run, or the ε budget would not hold one more
+    /// round at the policy's noise.
     pub fn finished(&self) -> Result<bool> {
         if self.round() >= self.genesis.policy.rounds {
             return Ok(true);
         }
-        Ok(match (self.genesis.epsilon_budget()?, self.epsilon()?) {
-            (Some(budget), Some(e)) => e >= budget,
+        Ok(match (self.genesis.epsilon_budget()?, self.genesis.dp()?) {
+            (Some(budget), Some(dp)) => self.epsilon_after(dp.noise)?.is_some_and(|e| e > budget),
             _ => false,
         })
     }
@@ -361,6 +362,13 @@ impl Ledger {
                 if (got - want).abs() > 1e-6 * want.abs().max(1.0) {
                     return Err(Error::Spec(format!(
                         "the record claims ε = {got}; its noise gives {want}"
+                    )));
+                }
+                if let Some(budget) = self.genesis.epsilon_budget()?
+                    && want > budget
+                {
+                    return Err(Error::Spec(format!(
+                        "the round spends ε to {want}, past the budget of {budget}"
                     )));
                 }
             }

@@ -53,7 +53,7 @@ pub struct RoundSummary {
     /// Who aggregated it.
     pub aggregator: String,
     /// Members whose updates are in it.
-    pub contributors: usize,
+    pub contributors: Vec<String>,
     /// The contributors' validation accuracy of the model the round started from.
     pub accuracy: Option<f64>,
     /// ε spent after it.
@@ -383,7 +383,7 @@ impl Node {
             .map(|(r, signer)| RoundSummary {
                 round: r.round,
                 aggregator: signer.to_string(),
-                contributors: r.transcript.len(),
+                contributors: r.transcript.iter().map(|c| c.member.to_string()).collect(),
                 accuracy: r.validation.as_ref().and_then(|(a, _)| a.parse().ok()),
                 epsilon: decimal(&r.epsilon),
                 model: hex(&r.model),
@@ -433,7 +433,6 @@ impl Node {
 
     /// The federations' clock: whose turn it is to aggregate, failover, catching up.
     pub(crate) async fn fl_loop(self) {
-        self.fl_resume().await;
         let mut stopped = self.stopped();
         let mut tick = tokio::time::interval(TICK);
         let mut last_sync = Instant::now();

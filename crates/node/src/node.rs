@@ -105,6 +105,8 @@ impl Node {
         node.spawn(node.clone().repair_loop());
         node.spawn(node.clone().announce_all());
         node.spawn(node.clone().redial(known));
+        // Federations are taken up before the node is handed out, so it answers for them.
+        node.fl_resume().await;
         node.spawn(node.clone().fl_loop());
         info!(did = %node.inner.did, peer_id = %node.peer_id(), "node started");
         Ok(node)

@@ -111,6 +111,20 @@ impl Node {
                 .map_err(|e| e.to_string())?,
             None => None,
         };
+        if let (Some(e), Some(budget)) = (
+            epsilon,
+            lock(&fed.ledger)
+                .genesis()
+                .epsilon_budget()
+                .map_err(|e| e.to_string())?,
+        ) && e > budget
+        {
+            return Err(format!(
+                "with {} members' noise the round would spend ε to {e}, past the budget of \
+                 {budget}: not published",
+                summed.transcript.len()
+            ));
+        }
         let record = RoundRecord {
             federation: fed.id,
             round,
