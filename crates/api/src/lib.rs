@@ -22,6 +22,11 @@
 //! | `POST /api/v1/models/pull` | `{"id"}`: fetch a model from peers, manifest verified |
 //! | `GET /api/v1/models/offered` | models peers offered on gossip (signatures checked; not stored here) |
 //! | `POST /api/v1/models/{name}/share` | `{"did"}`: let that DID pull the model |
+//! | `GET /api/v1/federations` | the federations this node is in (their status) |
+//! | `POST /api/v1/federations` | `{"name", "task", "policy", "member"}`: found one; `{"id"}` |
+//! | `GET /api/v1/federations/{id}` | its status: round, accuracy, ε, aggregator, members, history |
+//! | `POST /api/v1/federations/{id}/join` | `{"member": {"data", …}}`: join it with this data |
+//! | `DELETE /api/v1/federations/{id}` | leave it (its records are forgotten here) |
 //! | `/v1/…` | the OpenAI-compatible gateway ([`gateway`](crate::gateway) lists it) |
 //!
 //! Errors are JSON `{"error": {"message", "code"}}` with a fitting status (on `/v1`, OpenAI's
@@ -33,6 +38,7 @@
 //! (403 `host_not_allowed`).
 
 mod error;
+mod federations;
 pub mod gateway;
 pub mod http;
 mod models;
@@ -49,6 +55,7 @@ use axum::{
     routing::{get, post},
 };
 pub use error::ApiError;
+pub use federations::{CreateFederation, CreatedFederation, JoinFederation};
 pub use models::{ImportRequest, ModelInfo, PullRequest, ShareRequest};
 pub use objects::{AddedObject, Object};
 use serde::Serialize;
@@ -119,6 +126,20 @@ pub fn router_for_hosts(node: Node, token: &str, hosts: &[String]) -> Router {
         .route(
             "/api/v1/models/{name}/share",
             post(models::share).layer(small),
+        )
+        .route(
+            "/api/v1/federations",
+            get(federations::list)
+                .post(federations::create)
+                .layer(small),
+        )
+        .route(
+            "/api/v1/federations/{id}",
+            get(federations::status).delete(federations::leave),
+        )
+        .route(
+            "/api/v1/federations/{id}/join",
+            post(federations::join).layer(small),
         )
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn(error::json_errors));

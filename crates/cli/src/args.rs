@@ -363,6 +363,133 @@ pub enum FlCommand {
     /// Run N clients in this process through the real round code (local training,
     /// aggregation, attacks) and report each round.
     Simulate(Box<SimulateArgs>),
+    /// Found a federation with this node as its creator and first member; other nodes
+    /// join it with `sov fl join ID`. Training starts once --min-clients members are
+    /// connected.
+    Create(Box<CreateArgs>),
+    /// Join a federation a connected peer is in: this node's data is checked against the
+    /// federation's task, then the creator admits it.
+    Join(JoinArgs),
+    /// A federation's progress: round, accuracy, ε, the next aggregator, members, and the
+    /// accuracy and ε of every round.
+    Status {
+        /// The federation's id.
+        federation: String,
+        /// Keep printing rounds as they close, until training ends.
+        #[arg(long)]
+        follow: bool,
+        /// The status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The federations this node is in.
+    Ls {
+        /// As a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop taking part in a federation and forget its records here.
+    Leave {
+        /// The federation's id.
+        federation: String,
+    },
+}
+
+/// Where a member's data comes from (`sov fl create` and `join`).
+#[derive(Debug, clap::Args)]
+pub struct MemberArgs {
+    /// This member's data, which never leaves the node: a CSV file (header row, numeric
+    /// features, an integer `label` column), an IDX pair IMAGES,LABELS, or a shard of a
+    /// built-in data set for tests and demos (digits:I/N, fashion-mnist:I/N, mnist:I/N).
+    #[arg(long, value_name = "PATH", alias = "dataset-shard")]
+    pub data: String,
+    /// The label column of a CSV file (default `label`).
+    #[arg(long, value_name = "NAME")]
+    pub label_column: Option<String>,
+    /// Standardise the features with this member's own mean and deviation.
+    #[arg(long)]
+    pub standardize: bool,
+}
+
+/// `sov fl create` flags.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// digits, fashion-mnist, mnist, or csv:FEATURES:CLASSES for a table.
+    #[arg(long)]
+    pub task: String,
+    /// A name for people (default: the task's).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// logreg, mlp:H[,H2…] or cnn.
+    #[arg(long, default_value = "mlp:32")]
+    pub model: String,
+    /// Rounds to run at most.
+    #[arg(long, default_value_t = 20, value_name = "R")]
+    pub rounds: u32,
+    /// fedavg, fedprox:MU, median, trimmed-mean:BETA, krum:F[,M], centered-clip:TAU[,L] or
+    /// screened-mean:F (fedadam and fedyogi keep state on an aggregator that rotates).
+    #[arg(long, default_value = "fedavg")]
+    pub strategy: String,
+    /// The recommended robust recipe for --min-clients members, a fifth of them assumed
+    /// to attack (or --robust-f).
+    #[arg(long, conflicts_with_all = ["secagg", "dp_noise"])]
+    pub robust: bool,
+    /// With --robust: how many members per round may be attackers.
+    #[arg(long, value_name = "F", requires = "robust")]
+    pub robust_f: Option<usize>,
+    /// Secure aggregation: the round's aggregator learns only the sum of the updates.
+    #[arg(long)]
+    pub secagg: bool,
+    /// Neighbours per member, even (SecAgg+); default: every other member of the round.
+    #[arg(long, value_name = "K", requires = "secagg")]
+    pub secagg_neighbours: Option<u32>,
+    /// Shares needed to rebuild a member's secrets: more than two thirds of its holders.
+    #[arg(long, value_name = "T", requires = "secagg")]
+    pub secagg_threshold: Option<u32>,
+    /// Differential privacy: noise multiplier z.
+    #[arg(long, value_name = "Z", requires = "dp_clip")]
+    pub dp_noise: Option<String>,
+    /// Differential privacy: clip each member's update to this L2 norm.
+    #[arg(long, value_name = "C", requires = "dp_noise")]
+    pub dp_clip: Option<String>,
+    /// δ of the (ε, δ) reported.
+    #[arg(long, value_name = "D", default_value = "1e-5")]
+    pub dp_delta: String,
+    /// Stop training before ε would pass this.
+    #[arg(long, value_name = "E", requires = "dp_noise")]
+    pub epsilon_budget: Option<String>,
+    /// Members needed for a round.
+    #[arg(long, default_value_t = 2, value_name = "M")]
+    pub min_clients: u32,
+    /// Seconds a round may take before the next aggregator takes over.
+    #[arg(long, default_value_t = 60, value_name = "T")]
+    pub round_timeout: u64,
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 2, value_name = "E")]
+    pub local_epochs: u32,
+    /// Local learning rate.
+    #[arg(long, default_value = "0.1", value_name = "LR")]
+    pub lr: String,
+    /// Local batch size.
+    #[arg(long, default_value_t = 16, value_name = "B")]
+    pub batch: u32,
+    #[command(flatten)]
+    pub member: MemberArgs,
+    /// `{"id": …}` as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sov fl join` flags.
+#[derive(Debug, clap::Args)]
+pub struct JoinArgs {
+    /// The federation's id.
+    pub federation: String,
+    #[command(flatten)]
+    pub member: MemberArgs,
+    /// The status after joining, as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `sov fl simulate` flags.

@@ -21,6 +21,7 @@ use crate::{
 pub fn run(cmd: FlCommand) -> Result<()> {
     match cmd {
         FlCommand::Simulate(a) => simulate(*a),
+        _ => unreachable!("the networked commands run in federation.rs"),
     }
 }
 

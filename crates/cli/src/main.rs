@@ -4,6 +4,7 @@
 mod args;
 mod data;
 mod demo;
+mod federation;
 mod files;
 mod fl;
 mod home;
@@ -93,7 +94,8 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
             size_mib,
             models,
         } => demo::run(dir, size_mib, models),
-        args::Command::Fl(cmd) => fl::run(cmd),
+        args::Command::Fl(cmd @ args::FlCommand::Simulate(_)) => fl::run(cmd),
+        args::Command::Fl(cmd) => federation::run(&home()?, cmd),
         args::Command::Node(args::NodeCommand::Run(args)) => node::run(&home()?, args),
         args::Command::Model(cmd) => model::run(&home()?, cmd),
         args::Command::Run(args) => model::run_prompt(&home()?, args),

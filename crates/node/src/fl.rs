@@ -25,11 +25,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sov_core::{ContentId, Did, Signed};
 use sov_learn::{
     federation::{Genesis, Member, Policy, Role, Task, aggregators},
-    ledger::{JoinRequest, Ledger, federation_id},
+    ledger::{JoinRequest, Ledger, RoundRecord, federation_id},
     member::{self as data, MemberData, Source},
     strategy::Strategy,
 };
@@ -38,15 +38,22 @@ use tracing::{debug, info, warn};
 pub use state::Membership;
 use state::{Fed, lock};
 
-use crate::{Error, Node, Result, protocol::FlRequest, protocol::FlResponse};
+use sov_net::Verdict;
+
+use crate::{
+    Error, Node, Result,
+    protocol::{FL_TOPIC_PREFIX, FlRequest, FlResponse, fl_topic},
+};
 
 /// How often each federation is looked at (whose turn it is to aggregate, catching up).
 const TICK: Duration = Duration::from_millis(250);
 /// How often a member asks a peer for records it may have missed.
 const SYNC_EVERY: Duration = Duration::from_secs(5);
+/// Members not connected that one catch-up tries to reach.
+const MAX_REACH: usize = 8;
 
 /// One round as `sov fl status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoundSummary {
     /// The round.
     pub round: u32,
@@ -63,7 +70,7 @@ pub struct RoundSummary {
 }
 
 /// A federation as this node knows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FederationStatus {
     /// The federation's id (its genesis CID).
     pub id: String,
@@ -284,11 +291,13 @@ impl Node {
         self.inner
             .feds
             .insert(Arc::new(Fed::new(ledger, params, membership, data)));
+        self.fl_subscribe(&id).await;
         Ok(())
     }
 
-    /// Take up again, at start, every federation this node is in.
-    pub(crate) async fn fl_resume(&self) {
+    /// Take up again every federation this node is in (a running node does it at start;
+    /// an offline node when a command asks about federations): records and data loaded.
+    pub async fn fl_resume(&self) {
         let memberships = match self.blocking(|s| s.records(state::MEMBER_TOPIC)).await {
             Ok(m) => m,
             Err(e) => {
@@ -319,12 +328,83 @@ impl Node {
                     self.inner
                         .feds
                         .insert(Arc::new(Fed::new(ledger, params, membership, data)));
+                    self.fl_subscribe(&id).await;
                     info!(federation = %id, "federation resumed");
                 }
                 Ok(Err(e)) => warn!(federation = %id, "not resumed: {e}"),
                 Err(_) => return,
             }
         }
+    }
+
+    /// Subscribe to federation `id`'s gossip topic.
+    async fn fl_subscribe(&self, id: &ContentId) {
+        if let Ok(net) = self.net()
+            && let Err(e) = net.subscribe(&fl_topic(id)).await
+        {
+            warn!(federation = %id, "could not subscribe to its topic: {e}");
+        }
+    }
+
+    /// A round record announced on a federation's topic: checked against the ledger; the
+    /// next round's record from its aggregator is taken with the model fetched from it.
+    pub(crate) fn on_fl_gossip(
+        &self,
+        topic: &str,
+        source: Option<sov_net::PeerId>,
+        data: &[u8],
+    ) -> Verdict {
+        let Some(id) = topic
+            .strip_prefix(FL_TOPIC_PREFIX)
+            .and_then(|s| s.parse::<ContentId>().ok())
+        else {
+            return Verdict::Reject;
+        };
+        let Some(fed) = self.inner.feds.get(&id) else {
+            return Verdict::Ignore;
+        };
+        let Some(source) = source else {
+            return Verdict::Reject;
+        };
+        let Ok(signed) = Signed::<RoundRecord>::decode(data) else {
+            return Verdict::Reject;
+        };
+        let (round, signer) = (signed.body().round, signed.signer());
+        {
+            let l = lock(&fed.ledger);
+            if sov_net::did_of(&source) != Some(signer) || !l.is_member(&signer) {
+                return Verdict::Reject;
+            }
+            if round <= l.round() {
+                return Verdict::Ignore;
+            }
+            if round > l.round() + 1 {
+                // Behind: the regular catch-up brings the rounds in between.
+                return Verdict::Ignore;
+            }
+            if let Err(e) = l.check_round(data) {
+                debug!(federation = %id, round, "announced round refused: {e}");
+                return Verdict::Reject;
+            }
+        }
+        let node = self.clone();
+        let record = data.to_vec();
+        self.spawn(async move {
+            let ask = FlRequest::Model {
+                federation: id,
+                round,
+            };
+            match node.ask_fl(source, ask).await {
+                Ok(FlResponse::Model { params }) => {
+                    if let Err(e) = node.take_round(&fed, &record, &params).await {
+                        debug!(federation = %id, round, "announced round not taken: {e}");
+                    }
+                }
+                Ok(_) => debug!(federation = %id, "the announcer answered something else"),
+                Err(e) => debug!(federation = %id, round, "the announcer's model: {e}"),
+            }
+        });
+        Verdict::Accept
     }
 
     /// The federations this node is in.
@@ -455,6 +535,25 @@ impl Node {
         let live = self.live_members(fed).await;
         let me = self.did();
         let others: Vec<Did> = live.iter().copied().filter(|d| *d != me).collect();
+        if sync {
+            // Members not connected are asked for records: that dials them (their addresses
+            // come from the DHT), and a member reached is live from the next tick on.
+            let missing: Vec<Did> = lock(&fed.ledger)
+                .members()
+                .into_iter()
+                .filter(|d| *d != me && !live.contains(d))
+                .take(MAX_REACH)
+                .collect();
+            for d in missing {
+                let node = self.clone();
+                let (fed, peer) = (fed.clone(), sov_net::peer_id_of(&d));
+                self.spawn(async move {
+                    if let Err(e) = node.sync_from(&fed, peer).await {
+                        debug!(federation = %fed.id, %peer, "member not reached: {e}");
+                    }
+                });
+            }
+        }
         if (sync || fed.params().is_none())
             && let Some(peer) = others.get(rand::random_range(0..others.len().max(1)))
         {

@@ -104,6 +104,9 @@ impl Node {
                     Verdict::Reject
                 }
             },
+            t if t.starts_with(crate::protocol::FL_TOPIC_PREFIX) => {
+                self.on_fl_gossip(t, source, data)
+            }
             _ => Verdict::Ignore,
         }
     }

@@ -8,6 +8,7 @@
 //! | `/sov/node/5` | 64 KiB | [`Request`] / [`Response`]: objects (has, grants, grant keys, claim, pin, unpin, dropped, prove) |
 //! | `/sov/bulk/2` | 64 MiB (`[network] max_bulk_message`) | [`FlRequest`] / [`FlResponse`]: federations (records, join, the stages of a round, its result) |
 //! | gossip `sov/models/1` | 64 KiB | [`ModelAnnouncement`]: a model its signer offers |
+//! | gossip `sov/fl/1/<federation>` | 64 KiB | a round's signed `sov/fl-round/1` record, by its aggregator |
 //!
 //! Federation and governance add their own variants and topics; each protocol version is in
 //! its id, so a change of format is a new id.
@@ -433,6 +434,16 @@ impl FlResponse {
             _ => Ok(r),
         }
     }
+}
+
+/// The gossip topics of federations: `sov/fl/1/<federation id>`, on which each round's
+/// aggregator announces the round's signed record (`sov/fl-round/1`); members check it
+/// against their ledger and fetch the model from the announcer.
+pub const FL_TOPIC_PREFIX: &str = "sov/fl/1/";
+
+/// The gossip topic of federation `id`.
+pub fn fl_topic(id: &ContentId) -> String {
+    format!("{FL_TOPIC_PREFIX}{id}")
 }
 
 /// The gossip topic on which nodes offer the models they signed.

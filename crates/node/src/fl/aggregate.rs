@@ -152,6 +152,13 @@ impl Node {
             .await
             .map_err(|e| e.to_string())?;
         let taken = self.take_round(&fed, &signed, &next_bytes).await?;
+        if let Ok(net) = self.net()
+            && let Err(e) = net
+                .publish(&crate::protocol::fl_topic(&fed.id), signed.clone())
+                .await
+        {
+            debug!(federation = %fed.id, round, "round not announced on gossip: {e}");
+        }
         // Every live member gets the result; one that misses it catches up later.
         let me = self.peer_id();
         let pushes = live

@@ -1,0 +1,106 @@
+//! Issue 17: federations across `sov node run` processes on loopback, driven by the CLI.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Home, signal};
+
+fn status(home: &Home, id: &str) -> serde_json::Value {
+    serde_json::from_str(&home.ok(&["fl", "status", id, "--json"])).unwrap()
+}
+
+/// Poll `ok` every 200 ms for up to `secs` seconds; fail loudly with `what`.
+fn wait_long(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn five_node_processes_train_digits_with_secagg_and_dp_through_an_aggregator_kill() {
+    let mut homes: Vec<Home> = (0..5).map(|_| Home::new()).collect();
+    let boot = homes[0].start(&[]);
+    for h in &mut homes[1..] {
+        h.start(&["--bootstrap", &boot]);
+    }
+    let created: serde_json::Value = serde_json::from_str(&homes[0].ok(&[
+        "fl",
+        "create",
+        "--task",
+        "digits",
+        "--model",
+        "logreg",
+        "--rounds",
+        "20",
+        "--secagg",
+        "--dp-noise",
+        "0.5",
+        "--dp-clip",
+        "0.5",
+        "--local-epochs",
+        "3",
+        "--lr",
+        "0.2",
+        "--min-clients",
+        "3",
+        "--round-timeout",
+        "20",
+        "--data",
+        "digits:1/5",
+        "--json",
+    ]))
+    .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    for (i, h) in homes.iter().enumerate().skip(1) {
+        let shard = format!("digits:{}/5", i + 1);
+        let s: serde_json::Value =
+            serde_json::from_str(&h.ok(&["fl", "join", &id, "--data", &shard, "--json"])).unwrap();
+        assert_eq!(s["id"], id.as_str());
+    }
+    wait_long("round 4", 300, || {
+        status(&homes[0], &id)["round"].as_u64() >= Some(4)
+    });
+    let s = status(&homes[0], &id);
+    assert_eq!(
+        s["round"], 4,
+        "round 5 closed before the aggregator could be stopped"
+    );
+    let victim = s["aggregator"].as_str().unwrap().to_owned();
+    let v = homes.iter().position(|h| h.did() == victim).unwrap();
+    signal(homes[v].pid(), "-KILL");
+    let _ = homes[v].child.take().unwrap().wait();
+    let alive: Vec<&Home> = homes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != v)
+        .map(|(_, h)| h)
+        .collect();
+    wait_long("every live node to finish", 600, || {
+        alive.iter().all(|h| {
+            let s = status(h, &id);
+            s["finished"] == true && s["has_model"] == true
+        })
+    });
+    let first = status(alive[0], &id);
+    assert_eq!(first["round"], 20);
+    for h in &alive[1..] {
+        assert_eq!(status(h, &id)["model"], first["model"]);
+    }
+    let history = first["history"].as_array().unwrap();
+    assert_ne!(history[4]["aggregator"], victim.as_str());
+    assert!(first["epsilon"].as_f64().unwrap() > 0.0);
+    // The text status draws the curves.
+    let text = alive[1].ok(&["fl", "status", &id]);
+    assert!(text.contains("(finished)"), "{text}");
+    assert!(text.contains('█') || text.contains('▇'), "{text}");
+    let ls = alive[2].ok(&["fl", "ls"]);
+    assert!(ls.contains(&id), "{ls}");
+}
