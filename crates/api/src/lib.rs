@@ -18,7 +18,10 @@
 //! | `POST /api/v1/cars` | body: a CAR v1 file; imports the object |
 //! | `GET /api/v1/models` | the model registry |
 //! | `POST /api/v1/models` | `{"path", "name"?, "license"?}`: import a GGUF file or HF folder |
+//! | `GET /api/v1/models/{name}` | one model, with `signature_valid` (its manifest checked again) |
 //! | `DELETE /api/v1/models/{name}` | remove a model (and its objects no other model uses) |
+//! | `POST /api/v1/models/{id}/predict` | `{"rows": [[features…]…]}` → class probabilities per row (classifiers) |
+//! | `POST /api/v1/models/{id}/eval` | `{"data", "label_column"?, "standardize"?}` → rows, accuracy, loss (classifiers) |
 //! | `POST /api/v1/models/pull` | `{"id"}`: fetch a model from peers, manifest verified |
 //! | `GET /api/v1/models/offered` | models peers offered on gossip (signatures checked; not stored here) |
 //! | `POST /api/v1/models/{name}/share` | `{"did"}`: let that DID pull the model |
@@ -56,7 +59,10 @@ use axum::{
 };
 pub use error::ApiError;
 pub use federations::{CreateFederation, CreatedFederation, JoinFederation};
-pub use models::{ImportRequest, ModelInfo, PullRequest, ShareRequest};
+pub use models::{
+    EvalRequest, ImportRequest, ModelDetail, ModelInfo, PredictRequest, Prediction, PullRequest,
+    ShareRequest,
+};
 pub use objects::{AddedObject, Object};
 use serde::Serialize;
 use sov_node::Node;
@@ -121,7 +127,15 @@ pub fn router_for_hosts(node: Node, token: &str, hosts: &[String]) -> Router {
         .route("/api/v1/models/offered", get(models::offered))
         .route(
             "/api/v1/models/{name}",
-            axum::routing::delete(models::remove),
+            get(models::show).delete(models::remove),
+        )
+        .route(
+            "/api/v1/models/{name}/predict",
+            post(models::predict).layer(axum::extract::DefaultBodyLimit::max(MAX_V1_BODY)),
+        )
+        .route(
+            "/api/v1/models/{name}/eval",
+            post(models::eval).layer(small),
         )
         .route(
             "/api/v1/models/{name}/share",

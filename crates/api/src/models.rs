@@ -45,6 +45,97 @@ pub struct ModelInfo {
     pub created: u64,
     /// Federated training record, as the manifest holds it.
     pub training: Option<serde_json::Value>,
+    /// Measured results the manifest records.
+    #[serde(default)]
+    pub evaluation: Vec<serde_json::Value>,
+}
+
+/// `GET /api/v1/models/{name}`: the model, with its manifest's signature checked again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelDetail {
+    /// The model.
+    #[serde(flatten)]
+    pub info: ModelInfo,
+    /// The stored manifest verifies and is signed by `signer`.
+    pub signature_valid: bool,
+}
+
+/// Body of `POST /api/v1/models/{id}/predict`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PredictRequest {
+    /// Feature rows, each of the model's input size (standardised as the model's members
+    /// standardised theirs, if they did).
+    pub rows: Vec<Vec<f32>>,
+}
+
+/// The answer to a prediction.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Prediction {
+    /// The model's id.
+    pub model: String,
+    /// Per row, the probability of each class.
+    pub probabilities: Vec<Vec<f32>>,
+    /// Per row, the most probable class.
+    pub classes: Vec<u32>,
+}
+
+/// Body of `POST /api/v1/models/{id}/eval`: a data file on the node's machine.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EvalRequest {
+    /// A CSV file, IMAGES,LABELS, a shard (`digits:1/5`) or a test split (`digits:test`).
+    pub data: String,
+    /// The label column of a CSV file.
+    pub label_column: Option<String>,
+    /// Standardise the features with the file's own statistics.
+    #[serde(default)]
+    pub standardize: bool,
+}
+
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ModelDetail>, ApiError> {
+    let entry = state.node.model(&name).await?;
+    let signature_valid = state.node.model_signature_valid(&name).await?;
+    Ok(Json(ModelDetail {
+        info: ModelInfo::from(&entry),
+        signature_valid,
+    }))
+}
+
+pub(crate) async fn predict(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    crate::error::JsonBody(req): crate::error::JsonBody<PredictRequest>,
+) -> Result<Json<Prediction>, ApiError> {
+    let model = state.node.model(&name).await?.id.to_string();
+    let probabilities = state.node.predict(&name, req.rows).await?;
+    let classes = probabilities
+        .iter()
+        .map(|row| {
+            (0..row.len())
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap_or(0) as u32
+        })
+        .collect();
+    Ok(Json(Prediction {
+        model,
+        probabilities,
+        classes,
+    }))
+}
+
+pub(crate) async fn eval(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    crate::error::JsonBody(req): crate::error::JsonBody<EvalRequest>,
+) -> Result<Json<sov_node::classifier::EvalReport>, ApiError> {
+    Ok(Json(
+        state
+            .node
+            .evaluate_model(&name, &req.data, req.label_column, req.standardize)
+            .await?,
+    ))
 }
 
 impl From<&ModelEntry> for ModelInfo {
@@ -73,8 +164,19 @@ impl From<&ModelEntry> for ModelInfo {
                     "secure_aggregation": t.secure_aggregation,
                     "privacy": t.privacy.as_ref().map(|p| serde_json::json!({
                         "epsilon": p.epsilon, "delta": p.delta})),
+                    "round": t.round,
+                    "parameters_digest": t.parameters_digest,
+                    "transcript": t.transcript.iter().map(|c| serde_json::json!({
+                        "member": c.member, "digest": c.digest})).collect::<Vec<_>>(),
                 })
             }),
+            evaluation: m
+                .evaluation
+                .iter()
+                .map(|e| {
+                    serde_json::json!({"metric": e.metric, "value": e.value, "dataset": e.dataset})
+                })
+                .collect(),
         }
     }
 }

@@ -219,6 +219,33 @@ pub enum ModelCommand {
         /// The reader's did:key.
         did: String,
     },
+    /// A model's manifest: what it is, who signed it (checked again), and for a
+    /// federation's model its round, contributors, transcript and privacy.
+    Show {
+        /// Name or id.
+        model: String,
+        /// The manifest as JSON, with `signature_valid`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evaluate a classifier on a data file: rows, accuracy, loss.
+    Eval {
+        /// Name or id.
+        model: String,
+        /// A CSV file (header row, features, `label`), IMAGES,LABELS, a shard (digits:1/5)
+        /// or a built-in test split (digits:test).
+        #[arg(long, value_name = "PATH")]
+        data: String,
+        /// The label column of a CSV file.
+        #[arg(long, value_name = "NAME")]
+        label_column: Option<String>,
+        /// Standardise the features with the file's own mean and deviation.
+        #[arg(long)]
+        standardize: bool,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fetch a model from peers by id, verifying its signed manifest (needs a running node).
     Pull {
         /// The model id (its manifest's object id).

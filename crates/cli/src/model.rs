@@ -10,10 +10,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
-use sov_api::{ImportRequest, ModelInfo, PullRequest, ShareRequest};
+use sov_api::{EvalRequest, ImportRequest, ModelDetail, ModelInfo, PullRequest, ShareRequest};
 use sov_models::{chat::Message, generate::Output, manifest::ModelKind, sample::SamplingParams};
 use sov_node::{
     Node,
+    classifier::EvalReport,
     models::{ImportOptions, ModelEntry},
     serve::{Event, Generation, Prompt},
 };
@@ -187,6 +188,125 @@ pub fn run(home: &Home, cmd: ModelCommand) -> anyhow::Result<()> {
                 info.name,
                 info.id
             );
+            Ok(())
+        }
+        ModelCommand::Show { model, json } => {
+            let detail: ModelDetail = match remote {
+                Some(api) => api.get_json(&format!("/api/v1/models/{model}"))?,
+                None => {
+                    let l = local()?;
+                    let entry = l.block_on(l.node().model(&model))?;
+                    let signature_valid = l.block_on(l.node().model_signature_valid(&model))?;
+                    ModelDetail {
+                        info: ModelInfo::from(&entry),
+                        signature_valid,
+                    }
+                }
+            };
+            if json {
+                say!("{}", serde_json::to_string_pretty(&detail)?)?;
+                return Ok(());
+            }
+            let m = &detail.info;
+            say!("{}  {}", m.name, m.id)?;
+            say!("kind        {} ({}, {})", m.kind, m.architecture, m.format)?;
+            say!(
+                "parameters  {}  weights {}",
+                m.parameters,
+                output::bytes(m.weights_size)
+            )?;
+            say!(
+                "signed by   {} ({})",
+                m.signer,
+                if detail.signature_valid {
+                    "signature valid"
+                } else {
+                    "SIGNATURE INVALID"
+                }
+            )?;
+            if let Some(p) = &m.parent {
+                say!("parent      {p}")?;
+            }
+            if let Some(t) = &m.training {
+                say!(
+                    "trained by  federation {} round {} ({} contributors, {}{})",
+                    t["federation"].as_str().unwrap_or("?"),
+                    t["round"].as_u64().or(t["rounds"].as_u64()).unwrap_or(0),
+                    t["contributors"],
+                    t["strategy"].as_str().unwrap_or("?"),
+                    if t["secure_aggregation"] == true {
+                        ", secure aggregation"
+                    } else {
+                        ""
+                    }
+                )?;
+                if let Some(p) = t["privacy"].as_object() {
+                    say!(
+                        "privacy     ε = {} δ = {}",
+                        p["epsilon"].as_str().unwrap_or("?"),
+                        p["delta"].as_str().unwrap_or("?")
+                    )?;
+                }
+                for c in t["transcript"].as_array().into_iter().flatten() {
+                    say!(
+                        "  included  {} sent {}",
+                        c["member"].as_str().unwrap_or("?"),
+                        &c["digest"].as_str().unwrap_or("?")[..16]
+                    )?;
+                }
+            }
+            for e in &m.evaluation {
+                say!(
+                    "evaluation  {} {} on {}",
+                    e["metric"].as_str().unwrap_or("?"),
+                    e["value"].as_str().unwrap_or("?"),
+                    e["dataset"].as_str().unwrap_or("?")
+                )?;
+            }
+            Ok(())
+        }
+        ModelCommand::Eval {
+            model,
+            data,
+            label_column,
+            standardize,
+            json,
+        } => {
+            let data = if std::path::Path::new(&data).is_file() {
+                std::fs::canonicalize(&data)
+                    .with_context(|| format!("reading {data}"))?
+                    .to_string_lossy()
+                    .into_owned()
+            } else {
+                data
+            };
+            let report: EvalReport = match remote {
+                Some(api) => api.post_json(
+                    &format!("/api/v1/models/{model}/eval"),
+                    &EvalRequest {
+                        data,
+                        label_column,
+                        standardize,
+                    },
+                )?,
+                None => {
+                    let l = local()?;
+                    l.block_on(
+                        l.node()
+                            .evaluate_model(&model, &data, label_column, standardize),
+                    )?
+                }
+            };
+            if json {
+                say!("{}", serde_json::to_string(&report)?)?;
+            } else {
+                say!(
+                    "accuracy {:.2} %  loss {:.4}  on {} rows",
+                    report.accuracy * 100.0,
+                    report.loss,
+                    report.rows
+                )?;
+            }
             Ok(())
         }
         ModelCommand::Pull { id, json } => {

@@ -97,6 +97,54 @@ fn five_node_processes_train_digits_with_secagg_and_dp_through_an_aggregator_kil
     let history = first["history"].as_array().unwrap();
     assert_ne!(history[4]["aggregator"], victim.as_str());
     assert!(first["epsilon"].as_f64().unwrap() > 0.0);
+    // Every live node holds the final model; its manifest verifies, names the round's
+    // aggregator and records ε; it classifies the digits' test split.
+    let model = first["model_id"].as_str().unwrap().to_owned();
+    for h in &alive {
+        wait_long("the final model on every live node", 60, || {
+            h.run(&["model", "show", &model, "--json"]).status.success()
+        });
+        let m: serde_json::Value =
+            serde_json::from_str(&h.ok(&["model", "show", &model, "--json"])).unwrap();
+        assert_eq!(m["signature_valid"], true);
+        assert_eq!(m["kind"], "classifier");
+        assert_eq!(m["signer"], history[19]["aggregator"]);
+        assert_eq!(m["training"]["round"], 20);
+        let eps: f64 = m["training"]["privacy"]["epsilon"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((eps - first["epsilon"].as_f64().unwrap()).abs() < 1e-9);
+    }
+    let report: serde_json::Value = serde_json::from_str(&alive[3].ok(&[
+        "model",
+        "eval",
+        &model,
+        "--data",
+        "digits:test",
+        "--json",
+    ]))
+    .unwrap();
+    let accuracy = report["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.85, "accuracy {accuracy}");
+    // One node answers a prediction over its API.
+    let node: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(alive[1].node_json()).unwrap()).unwrap();
+    let token = std::fs::read_to_string(alive[1].dir.path().join("admin.token")).unwrap();
+    let row: Vec<f32> = (0..64).map(|i| ((i * 7) % 17) as f32).collect();
+    let mut resp = ureq::post(format!(
+        "{}/api/v1/models/{model}/predict",
+        node["api"].as_str().unwrap()
+    ))
+    .header("Authorization", format!("Bearer {}", token.trim()))
+    .send_json(serde_json::json!({ "rows": [row] }))
+    .unwrap();
+    let p: serde_json::Value = resp.body_mut().read_json().unwrap();
+    let probs = p["probabilities"][0].as_array().unwrap();
+    assert_eq!(probs.len(), 10);
+    let sum: f64 = probs.iter().map(|x| x.as_f64().unwrap()).sum();
+    assert!((sum - 1.0).abs() < 1e-4, "{sum}");
     // The text status draws the curves.
     let text = alive[1].ok(&["fl", "status", &id]);
     assert!(text.contains("(finished)"), "{text}");

@@ -95,6 +95,10 @@ pub struct RoundRecord {
     pub multiplier: Option<String>,
     /// ε spent so far (δ is the federation's), after this round.
     pub epsilon: Option<String>,
+    /// The model's signed manifest (a `sov/model/1` object the members pull), if the
+    /// aggregator published one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<ContentId>,
 }
 
 impl Message for RoundRecord {
@@ -217,6 +221,11 @@ impl Ledger {
     /// The rounds accepted, in order, with their signers.
     pub fn rounds(&self) -> impl Iterator<Item = (&RoundRecord, &Did)> {
         self.rounds.iter().map(|(r, d, _)| (r, d))
+    }
+
+    /// The manifest of the last round's model, if its aggregator published one.
+    pub fn manifest(&self) -> Option<ContentId> {
+        self.rounds.last().and_then(|(r, _, _)| r.manifest)
     }
 
     /// The signed block of round `round`.
@@ -502,6 +511,7 @@ mod tests {
             secure: true,
             multiplier: z.map(write_decimal),
             epsilon: z.map(|z| write_decimal(l.epsilon_after(z).unwrap().unwrap_or(1.0))),
+            manifest: None,
         };
         Signed::sign(r, &key(signer)).unwrap().encode().unwrap()
     }

@@ -28,6 +28,9 @@ pub enum Source {
     Csv(PathBuf),
     /// An IDX pair, images then labels (gzipped or not), written `IMAGES,LABELS`.
     Idx(PathBuf, PathBuf),
+    /// The test split of a built-in data set, written `digits:test`: what no shard holds,
+    /// to evaluate a federation's model on.
+    Test(String),
     /// Part `index` (1 to `count`) of `count` IID parts of a built-in data set's training
     /// split, written `digits:2/5`: for tests and demos, so that members hold disjoint data.
     Shard {
@@ -51,10 +54,13 @@ impl FromStr for Source {
         if let Some((kind, part)) = s.split_once(':')
             && SHARD_KINDS.contains(&kind)
         {
+            if part == "test" {
+                return Ok(Source::Test(kind.into()));
+            }
             let bad = || {
                 Error::Spec(format!(
                     "data {s:?}: a shard is written {kind}:I/N, part I of N (1 ≤ I ≤ N ≤ \
-                     {MAX_SHARDS})"
+                     {MAX_SHARDS}), or {kind}:test for the test split"
                 ))
             };
             let (i, n) = part.split_once('/').ok_or_else(bad)?;
@@ -141,6 +147,19 @@ pub fn load(source: &Source, task: &Task, opts: &Options) -> Result<MemberData> 
                 .map_err(|e| Error::Data(format!("{}: {}", images.display(), strip(e))))?;
             fits(d, input, classes)?
         }
+        Source::Test(data) => {
+            if *data != task.data {
+                return Err(Error::Data(format!(
+                    "the test split of {data} for a model that learns {}",
+                    task.data
+                )));
+            }
+            fits(
+                builtin(data, true, opts.data_dir.as_deref())?,
+                input,
+                classes,
+            )?
+        }
         Source::Shard { data, index, count } => {
             if *data != task.data {
                 return Err(Error::Data(format!(
@@ -148,7 +167,7 @@ pub fn load(source: &Source, task: &Task, opts: &Options) -> Result<MemberData> 
                     task.data
                 )));
             }
-            let train = builtin(data, opts.data_dir.as_deref())?;
+            let train = builtin(data, false, opts.data_dir.as_deref())?;
             let parts = Partition::Iid.apply(&train, *count, 0)?;
             fits(train.select(&parts[index - 1])?, input, classes)?
         }
@@ -193,25 +212,23 @@ fn fits(d: Dataset, input: [usize; 3], classes: usize) -> Result<Dataset> {
     Ok(Dataset { classes, ..d })
 }
 
-/// The training split of a built-in data set.
-fn builtin(kind: &str, dir: Option<&Path>) -> Result<Dataset> {
+/// The training split of a built-in data set (or its test split).
+fn builtin(kind: &str, test: bool, dir: Option<&Path>) -> Result<Dataset> {
     let dir = |sub: &str, hint: &str| {
         dir.map(|d| d.join(sub))
             .filter(|d| d.is_dir())
             .ok_or_else(|| Error::Data(format!("{kind} not found: {hint}")))
     };
-    Ok(match kind {
-        "digits" => data::digits()?.stratified_split(0.25, 0)?.train,
-        "fashion-mnist" => {
-            data::fashion_mnist(&dir(
-                "fashion-mnist",
-                "install Debian's dataset-fashion-mnist or run scripts/fetch-data",
-            )?)?
-            .train
-        }
-        "mnist" => data::mnist(&dir("mnist", "run scripts/fetch-data")?)?.train,
+    let split = match kind {
+        "digits" => data::digits()?.stratified_split(0.25, 0)?,
+        "fashion-mnist" => data::fashion_mnist(&dir(
+            "fashion-mnist",
+            "install Debian's dataset-fashion-mnist or run scripts/fetch-data",
+        )?)?,
+        "mnist" => data::mnist(&dir("mnist", "run scripts/fetch-data")?)?,
         other => return Err(Error::Spec(format!("no built-in data set {other:?}"))),
-    })
+    };
+    Ok(if test { split.test } else { split.train })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -241,6 +258,30 @@ mod tests {
 
     fn digits_task() -> Task {
         task("digits", [1, 8, 8], 10)
+    }
+
+    #[test]
+    fn the_test_split_is_what_no_shard_holds() {
+        let test = "digits:test".parse::<Source>().unwrap();
+        assert_eq!(test, Source::Test("digits".into()));
+        let opts = Options {
+            validation: 0.0,
+            ..Options::default()
+        };
+        let t = load(&test, &digits_task(), &opts).unwrap();
+        let all: usize = (1..=3)
+            .map(|i| {
+                let s = Source::Shard {
+                    data: "digits".into(),
+                    index: i,
+                    count: 3,
+                };
+                load(&s, &digits_task(), &opts).unwrap().train.len()
+            })
+            .sum();
+        assert_eq!(t.train.len() + all, 1797);
+        let e = load(&test, &task("mnist", [1, 28, 28], 10), &opts).unwrap_err();
+        assert!(e.to_string().contains("test split of digits"), "{e}");
     }
 
     #[test]

@@ -299,12 +299,70 @@ pub fn evaluate_predictions(spec: &ModelSpec, params: &[f32], data: &Dataset) ->
     Ok(out)
 }
 
+/// Most rows one [`predict_proba`] call takes.
+pub const MAX_PREDICT_ROWS: usize = 4096;
+
+/// Class probabilities (softmax of the outputs) of `params` for each row of `rows`, each
+/// holding the model's input size of features. Refuses a row of another size, a value that
+/// is not finite, or more than [`MAX_PREDICT_ROWS`] rows.
+pub fn predict_proba(spec: &ModelSpec, params: &[f32], rows: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+    let width: usize = spec.input.iter().product();
+    if rows.len() > MAX_PREDICT_ROWS {
+        return Err(Error::Data(format!(
+            "{} rows; at most {MAX_PREDICT_ROWS} at once",
+            rows.len()
+        )));
+    }
+    if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != width) {
+        return Err(Error::Data(format!(
+            "row {i} has {} features; the model takes {width}",
+            r.len()
+        )));
+    }
+    if rows.iter().flatten().any(|x| !x.is_finite()) {
+        return Err(Error::Data("a feature is not a finite number".into()));
+    }
+    let model = Model::new(spec, params)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(EVAL_BATCH) {
+        let flat: Vec<f32> = chunk.iter().flatten().copied().collect();
+        let x = Tensor::from_vec(flat, (chunk.len(), width), &Device::Cpu)?;
+        let p = candle_nn::ops::softmax(&model.forward(&x)?, 1)?;
+        out.extend(p.to_vec2::<f32>()?);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::data;
+
+    #[test]
+    fn predicted_probabilities_sum_to_one_and_agree_with_the_predictions() {
+        let (spec, s) = digits();
+        let rows: Vec<usize> = (0..s.train.len()).collect();
+        let cfg = TrainConfig {
+            epochs: 2,
+            ..TrainConfig::default()
+        };
+        let params = train(&spec, &spec.init(1), &s.train, &rows, &cfg, 1)
+            .unwrap()
+            .params;
+        let some: Vec<Vec<f32>> = (0..20).map(|i| s.test.row(i).to_vec()).collect();
+        let p = predict_proba(&spec, &params, &some).unwrap();
+        let classes = evaluate_predictions(&spec, &params, &s.test).unwrap();
+        for (i, row) in p.iter().enumerate() {
+            assert_eq!(row.len(), 10);
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+            let best = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            assert_eq!(best as u32, classes[i]);
+        }
+        assert!(predict_proba(&spec, &params, &[vec![0.0; 3]]).is_err());
+        assert!(predict_proba(&spec, &params, &[vec![f32::NAN; 64]]).is_err());
+    }
 
     fn digits() -> (ModelSpec, data::Split) {
         let d = data::digits().unwrap();

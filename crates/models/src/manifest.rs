@@ -102,6 +102,25 @@ pub struct TrainingRecord {
     pub secure_aggregation: bool,
     /// The privacy budget spent, if differential privacy was on.
     pub privacy: Option<PrivacyBudget>,
+    /// The round that produced this model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
+    /// BLAKE3 of the parameters (f32, little-endian), hex: what the round record names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters_digest: Option<String>,
+    /// The round's transcript: whose updates were summed, each with the digest of the
+    /// message it sent, so a member checks that what was included is what it sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transcript: Vec<Contribution>,
+}
+
+/// One member's part in a round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contribution {
+    /// The member's DID.
+    pub member: String,
+    /// BLAKE3 of the message it sent, hex.
+    pub digest: String,
 }
 
 /// (ε, δ)-differential privacy, as decimal strings.

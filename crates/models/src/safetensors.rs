@@ -216,6 +216,44 @@ impl SafeTensors {
     }
 }
 
+/// A safetensors file of f32 `tensors` (name, shape, values), in the order given: the
+/// header JSON (its keys sorted, as the format's readers expect nothing else), padded with
+/// spaces to a multiple of 8 bytes, then the values little-endian. Refuses a tensor whose
+/// values do not fill its shape, or a name given twice.
+pub fn write_f32(tensors: &[(&str, &[usize], &[f32])]) -> Result<Vec<u8>> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape, values) in tensors {
+        if shape.iter().product::<usize>() != values.len() {
+            return Err(err(format!(
+                "tensor {name:?} of shape {shape:?} cannot hold {} values",
+                values.len()
+            )));
+        }
+        let end = offset + values.len() * 4;
+        let entry =
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]});
+        if header.insert((*name).to_owned(), entry).is_some() {
+            return Err(err(format!("tensor {name:?} named twice")));
+        }
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(header))
+        .map_err(|e| err(format!("safetensors header: {e}")))?;
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len() + offset);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    for (_, _, values) in tensors {
+        for v in *values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,5 +311,17 @@ mod tests {
         // A header claiming a terabyte: refused after its length.
         let mut huge = &(1u64 << 40).to_le_bytes()[..];
         assert!(SafeTensors::read_head(&mut huge, 2 << 40).is_err());
+    }
+
+    #[test]
+    fn written_tensors_read_back() {
+        let w = [1.0f32, -2.0, 3.5, 0.25, 5.0, 6.0];
+        let b = [0.5f32, -0.5];
+        let file = write_f32(&[("fc.weight", &[3, 2], &w), ("fc.bias", &[2], &b)]).unwrap();
+        let st = SafeTensors::parse(&file).unwrap();
+        assert_eq!(st.f32(&file, "fc.weight", &[3, 2]).unwrap(), w);
+        assert_eq!(st.f32(&file, "fc.bias", &[2]).unwrap(), b);
+        assert!(write_f32(&[("x", &[3], &b)]).is_err());
+        assert!(write_f32(&[("x", &[2], &b), ("x", &[2], &b)]).is_err());
     }
 }

@@ -17,6 +17,7 @@
 
 mod aggregate;
 mod member;
+mod provenance;
 pub(crate) mod state;
 
 use std::{
@@ -67,6 +68,8 @@ pub struct RoundSummary {
     pub epsilon: Option<f64>,
     /// BLAKE3 of the model it produced (hex).
     pub model: String,
+    /// The model's signed manifest (its id in `sov model ls`).
+    pub manifest: Option<String>,
 }
 
 /// A federation as this node knows it.
@@ -102,6 +105,8 @@ pub struct FederationStatus {
     pub model: String,
     /// This node holds the current model.
     pub has_model: bool,
+    /// The current model's manifest (`sov model show` and `eval` take it), once published.
+    pub model_id: Option<String>,
     /// Where this member's data comes from.
     pub data: String,
     /// Every round.
@@ -467,6 +472,7 @@ impl Node {
                 accuracy: r.validation.as_ref().and_then(|(a, _)| a.parse().ok()),
                 epsilon: decimal(&r.epsilon),
                 model: hex(&r.model),
+                manifest: r.manifest.map(|m| m.to_string()),
             })
             .collect();
         let next = aggregators(&fed.id, l.round() + 1, &live).first().copied();
@@ -486,6 +492,7 @@ impl Node {
             finished: l.finished().unwrap_or(true),
             model: hex(&l.head()),
             has_model: fed.params().is_some(),
+            model_id: l.manifest().map(|m| m.to_string()),
             data: fed.membership.data.clone(),
             history,
         })

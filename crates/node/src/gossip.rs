@@ -129,7 +129,10 @@ impl Node {
             return false;
         };
         let mut all = true;
-        for entry in models.into_iter().filter(|e| e.signer == self.did()) {
+        // Classifiers a federation trained are for its members, who hold grants: not offered.
+        for entry in models.into_iter().filter(|e| {
+            e.signer == self.did() && e.manifest.kind != sov_models::manifest::ModelKind::Classifier
+        }) {
             let manifest = match self.read(entry.id).await {
                 Ok(m) => m,
                 Err(e) => {

@@ -241,7 +241,7 @@ impl Registry<'_> {
     }
 }
 
-fn add_bytes(
+pub(crate) fn add_bytes(
     store: &Store,
     bytes: Vec<u8>,
     name: &str,
@@ -611,6 +611,15 @@ impl Node {
             self.grant(id, reader).await?;
         }
         Ok(entry)
+    }
+
+    /// Check model `name_or_id`'s manifest again from its stored bytes: canonical, signed by
+    /// the signer it names, over what the registry shows.
+    pub async fn model_signature_valid(&self, name_or_id: &str) -> Result<bool> {
+        let entry = self.model(name_or_id).await?;
+        let bytes = self.read(entry.id).await?;
+        Ok(Signed::<ModelManifest>::decode(&bytes)
+            .is_ok_and(|s| s.signer() == entry.signer && *s.body() == entry.manifest))
     }
 
     /// Fetch model `id` (a manifest id) from the peers that hold it: the manifest first,

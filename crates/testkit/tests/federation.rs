@@ -375,6 +375,7 @@ async fn a_member_sending_a_mis_sized_masked_input_is_left_out_and_strangers_inj
         secure: true,
         multiplier: None,
         epsilon: None,
+        manifest: None,
     };
     let record = Signed::sign(forged, &key).unwrap().encode().unwrap();
     for req in [
@@ -567,5 +568,109 @@ async fn a_member_whose_table_does_not_fit_the_task_is_refused_at_join() {
     }
     let s = b.fl_join(id, member(&good)).await.unwrap();
     assert_eq!(s.members.len(), 2);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_round_model_is_signed_kept_by_every_member_and_predicts() {
+    init_logging();
+    let mut cluster = Cluster::start(3, seed(), Duration::from_secs(30)).await;
+    mesh(&cluster).await;
+    let nodes: Vec<Node> = cluster
+        .live()
+        .iter()
+        .map(|&i| cluster.node(i).clone())
+        .collect();
+    let id = nodes[0]
+        .fl_create(
+            "Digits, together!",
+            digits_task("logreg"),
+            policy(5, true, true),
+            shard(1, 3),
+        )
+        .await
+        .unwrap();
+    for (i, n) in nodes.iter().enumerate().skip(1) {
+        n.fl_join(id, shard(i + 1, 3)).await.unwrap();
+    }
+    until_round(&nodes, id, 5, Duration::from_secs(300)).await;
+    let s = nodes[0].fl_status(&id).await.unwrap();
+    let last = s.model_id.clone().unwrap();
+    // Every member pulls the final model; its manifest is the aggregator's, names the
+    // federation, round, parent, transcript and ε, and its weights are the round's.
+    let n2 = nodes.clone();
+    let l2 = last.clone();
+    wait_for(
+        "every member to hold the final model",
+        Duration::from_secs(60),
+        || {
+            let (nodes, last) = (n2.clone(), l2.clone());
+            async move {
+                for n in &nodes {
+                    if n.classifier(&last).await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let (_, params) = nodes[1].fl_model(&id).unwrap();
+    for n in &nodes {
+        let c = n.classifier(&last).await.unwrap();
+        assert_eq!(c.params, *params);
+        assert_eq!(c.entry.signer.to_string(), s.history[4].aggregator);
+        let m = &c.entry.manifest;
+        assert!(
+            m.name.starts_with("digits-together-") && m.name.ends_with("-r5"),
+            "{}",
+            m.name
+        );
+        let t = m.training.as_ref().unwrap();
+        assert_eq!(t.federation, id.to_string());
+        assert_eq!(t.round, Some(5));
+        assert!(t.secure_aggregation);
+        assert_eq!(
+            t.privacy.as_ref().unwrap().epsilon.parse::<f64>().unwrap(),
+            s.epsilon.unwrap()
+        );
+        assert_eq!(
+            t.transcript
+                .iter()
+                .map(|c| c.member.clone())
+                .collect::<Vec<_>>(),
+            s.history[4].contributors
+        );
+        assert_eq!(m.parent.map(|p| p.to_string()), s.history[3].manifest);
+        assert_eq!(m.evaluation[0].metric, "accuracy");
+    }
+    // The model predicts: a probability per class for each row, summing to one, whose
+    // highest is the class the training code predicts; better than chance on test rows.
+    let test = sov_learn::data::digits()
+        .unwrap()
+        .stratified_split(0.25, 0)
+        .unwrap()
+        .test;
+    let rows: Vec<Vec<f32>> = (0..50).map(|i| test.row(i).to_vec()).collect();
+    let p = nodes[2].predict(&last, rows).await.unwrap();
+    let spec = sov_learn::model::ModelSpec::new("logreg".parse().unwrap(), [1, 8, 8], 10).unwrap();
+    let want = sov_learn::train::evaluate_predictions(&spec, &params, &test).unwrap();
+    let mut right = 0;
+    for (i, row) in p.iter().enumerate() {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+        let best = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap() as u32;
+        assert_eq!(best, want[i]);
+        right += usize::from(best == test.labels[i]);
+    }
+    assert!(right >= 15, "{right} of 50 (chance: 5)");
+    let report = nodes[2]
+        .evaluate_model(&last, "digits:test", None, false)
+        .await
+        .unwrap();
+    assert_eq!(report.rows, test.len());
+    assert!((report.accuracy - f64::from(test_accuracy("logreg", &params))).abs() < 1e-6);
+    assert!(nodes[2].predict(&last, vec![vec![0.0; 3]]).await.is_err());
     cluster.stop().await;
 }

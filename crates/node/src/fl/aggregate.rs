@@ -111,6 +111,12 @@ impl Node {
                 .map_err(|e| e.to_string())?,
             None => None,
         };
+        let validation = (summed.rows > 0).then(|| {
+            (
+                write_decimal(summed.correct as f64 / summed.rows as f64),
+                summed.rows,
+            )
+        });
         if let (Some(e), Some(budget)) = (
             epsilon,
             lock(&fed.ledger)
@@ -125,6 +131,16 @@ impl Node {
                 summed.transcript.len()
             ));
         }
+        let manifest = self
+            .publish_model(
+                &fed,
+                round,
+                &next,
+                &summed.transcript,
+                epsilon,
+                validation.as_ref(),
+            )
+            .await?;
         let record = RoundRecord {
             federation: fed.id,
             round,
@@ -133,15 +149,11 @@ impl Node {
             model: ByteBuf::from(params_digest(&next_bytes).to_vec()),
             transcript: summed.transcript,
             examples: summed.examples,
-            validation: (summed.rows > 0).then(|| {
-                (
-                    write_decimal(summed.correct as f64 / summed.rows as f64),
-                    summed.rows,
-                )
-            }),
+            validation,
             secure,
             multiplier: summed.multiplier.map(write_decimal),
             epsilon: epsilon.map(write_decimal),
+            manifest: Some(manifest),
         };
         let signed = self
             .blocking(move |s| {

@@ -476,7 +476,7 @@ impl Node {
         record: &[u8],
         params: &[u8],
     ) -> std::result::Result<RoundRecord, String> {
-        let (_, r) = lock(&fed.ledger)
+        let (signer, r) = lock(&fed.ledger)
             .check_round(record)
             .map_err(|e| e.to_string())?;
         if params_digest(params) != r.model.as_slice() {
@@ -511,6 +511,7 @@ impl Node {
             warn!(federation = %fed.id, "could not store round {round}: {e}");
         }
         info!(federation = %fed.id, round = r.round, contributors = r.transcript.len(), "round taken");
+        self.pull_soon(r.clone(), signer);
         Ok(r)
     }
 
