@@ -425,6 +425,7 @@ async fn walk(root: &Path, size_mib: usize, models: Option<&Path>) -> anyhow::Re
     )?;
 
     model_step(&members, entry_name, models).await?;
+    federation_step(&mut members).await?;
 
     for m in &mut members {
         if let Some(n) = m.node.take() {
@@ -434,7 +435,7 @@ async fn walk(root: &Path, size_mib: usize, models: Option<&Path>) -> anyhow::Re
     learning_step()
 }
 
-/// Step 9: federated learning against attackers on heterogeneous data, simulated in this
+/// Step 10: federated learning against attackers on heterogeneous data, simulated in this
 /// process through the same round code a federation runs.
 fn learning_step() -> anyhow::Result<()> {
     use sov_learn::{
@@ -446,7 +447,7 @@ fn learning_step() -> anyhow::Result<()> {
         train::TrainConfig,
     };
     step(
-        9,
+        10,
         "20 clients learn digits together, each holding mostly one or two classes (Dirichlet \
          0.1); 4 of them send their updates flipped ×−10. (Simulated in this process, as \
          `sov fl simulate --robust` does; docs/ROBUSTNESS.md has every attack.)",
@@ -495,6 +496,235 @@ fn learning_step() -> anyhow::Result<()> {
         robust * 100.0,
         list(&out),
         list(&bad)
+    )?;
+    Ok(())
+}
+
+/// Step 9: the running nodes train one model together, each on its own share of the digits,
+/// under secure aggregation and differential privacy; the aggregator is stopped mid-training.
+async fn federation_step(members: &mut [Member]) -> anyhow::Result<()> {
+    use sov_learn::federation::{DpPolicy, Policy, SecAggPolicy, Task};
+    // The nodes that went offline come back first.
+    let back = members
+        .iter()
+        .find(|m| m.node.is_some())
+        .context("a running node")?
+        .node()
+        .listen_addrs()
+        .await?;
+    for m in members.iter_mut().filter(|m| m.node.is_none()) {
+        m.node = Some(start(&m.home, back.clone()).await?);
+    }
+    let running: Vec<usize> = (0..members.len())
+        .filter(|&i| members[i].node.is_some())
+        .collect();
+    let n = running.len();
+    step(
+        9,
+        &format!(
+            "{} train one digits classifier together: each holds its own share of the data, \
+             which never leaves it; secure aggregation shows each round's aggregator only the \
+             sum, and each member adds its share of differential-privacy noise.",
+            running
+                .iter()
+                .map(|&i| members[i].name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )?;
+    // Members stay connected to one another, as a federation's members do.
+    for &i in &running {
+        for &j in &running {
+            if i < j {
+                for a in members[j].node().listen_addrs().await? {
+                    if members[i].node().dial(a).await.is_ok() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let rounds = 12;
+    let policy = Policy {
+        rounds,
+        strategy: "fedavg".into(),
+        min_clients: 3,
+        secagg: Some(SecAggPolicy {
+            neighbours: None,
+            threshold: None,
+        }),
+        dp: Some(DpPolicy {
+            noise: "0.5".into(),
+            clip: "0.5".into(),
+            delta: "1e-5".into(),
+        }),
+        epsilon_budget: None,
+        local_epochs: 3,
+        learning_rate: "0.2".into(),
+        batch: 16,
+        round_timeout_ms: 20_000,
+    };
+    let task = Task {
+        data: "digits".into(),
+        input: [1, 8, 8],
+        classes: 10,
+        model: "logreg".into(),
+    };
+    let shard = |k: usize| sov_node::Membership {
+        data: format!("digits:{k}/{n}"),
+        label_column: None,
+        standardize: false,
+    };
+    let creator = running[0];
+    let id = members[creator]
+        .node()
+        .fl_create("digits together", task, policy, shard(1))
+        .await?;
+    say!(
+        "    {} founds federation {id} (`sov fl create --task digits --secagg --dp-noise 0.5 …`)",
+        members[creator].name
+    )?;
+    for (k, &i) in running.iter().enumerate().skip(1) {
+        members[i].node().fl_join(id, shard(k + 1)).await?;
+    }
+    say!("    the others join with their own shards (`sov fl join {id} --data digits:K/{n}`)")?;
+    let live_nodes = |members: &[Member]| -> Vec<Node> {
+        members
+            .iter()
+            .filter(|m| m.node.is_some())
+            .map(|m| m.node().clone())
+            .collect()
+    };
+    let all_at = |nodes: Vec<Node>, round: u32| async move {
+        for node in &nodes {
+            if !node
+                .fl_status(&id)
+                .await
+                .is_ok_and(|s| s.round >= round && s.has_model)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    let nodes = live_nodes(members);
+    wait_until("round 4 of the federation", || all_at(nodes.clone(), 4)).await?;
+    let status = nodes[0].fl_status(&id).await?;
+    let victim = status
+        .aggregator
+        .clone()
+        .context("no aggregator for round 5")?;
+    if let Some(m) = members.iter_mut().find(|m| {
+        m.node
+            .as_ref()
+            .is_some_and(|n| n.did().to_string() == victim)
+    }) {
+        say!(
+            "    round {} closed; {} is aggregating round {} and stops now",
+            status.round,
+            m.name,
+            status.round + 1
+        )?;
+        if let Some(node) = m.node.take() {
+            node.shutdown().await;
+        }
+    }
+    let nodes = live_nodes(members);
+    wait_until("the federation to finish on every live node", || {
+        all_at(nodes.clone(), rounds)
+    })
+    .await?;
+    let live: Vec<&Member> = members.iter().filter(|m| m.node.is_some()).collect();
+    let s = live[0].node().fl_status(&id).await?;
+    for h in &s.history {
+        let by = live
+            .iter()
+            .chain(
+                members
+                    .iter()
+                    .filter(|m| m.node.is_none())
+                    .collect::<Vec<_>>()
+                    .iter(),
+            )
+            .find(|m| {
+                keystore::load(&m.home, None).is_ok_and(|k| k.did().to_string() == h.aggregator)
+            })
+            .map_or("?", |m| m.name);
+        say!(
+            "    round {:>2}: aggregated by {:<5}  {} members summed  validation {:.1} %  ε {:.1}",
+            h.round,
+            by,
+            h.contributors.len(),
+            h.accuracy.unwrap_or(0.0) * 100.0,
+            h.epsilon.unwrap_or(0.0)
+        )?;
+    }
+    let model = s.model_id.clone().context("no model was published")?;
+    wait_until("every live node to hold the final model", || {
+        let nodes: Vec<Node> = live.iter().map(|m| m.node().clone()).collect();
+        let model = model.clone();
+        async move {
+            for n in &nodes {
+                if n.classifier(&model).await.is_err() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+    })
+    .await?;
+    let reader = live[live.len() - 1];
+    let c = reader.node().classifier(&model).await?;
+    let valid = reader.node().model_signature_valid(&model).await?;
+    let report = reader
+        .node()
+        .evaluate_model(&model, "digits:test", None, false)
+        .await?;
+    say!(
+        "    every live node holds the final model {} (manifest {}, signature {}, ε = {:.1}, δ = 1e-5)",
+        c.entry.manifest.name,
+        model,
+        if valid { "valid" } else { "INVALID" },
+        s.epsilon.unwrap_or(0.0)
+    )?;
+    say!(
+        "    on the digits' test split, which no member trained on: {:.1} % accurate ({} rows)",
+        report.accuracy * 100.0,
+        report.rows
+    )?;
+    let test = sov_learn::data::digits()?.stratified_split(0.25, 0)?.test;
+    let rows: Vec<Vec<f32>> = (0..10).map(|i| test.row(i).to_vec()).collect();
+    let p = reader.node().predict(&model, rows).await?;
+    let best: Vec<usize> = p
+        .iter()
+        .map(|row| {
+            (0..row.len())
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap_or(0)
+        })
+        .collect();
+    let right = best
+        .iter()
+        .zip(&test.labels)
+        .filter(|(b, l)| **b as u32 == **l)
+        .count();
+    say!(
+        "    {} classifies ten test images: {} (true: {}), {right} right — \
+         `POST /api/v1/models/{{id}}/predict` answers the same over the API",
+        reader.name,
+        best.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" "),
+        test.labels[..10]
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )?;
+    say!(
+        "    (five members make ε large: the noise each adds is tuned for accuracy here; more \
+         members add less each for the same ε)"
     )?;
     Ok(())
 }

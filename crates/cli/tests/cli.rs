@@ -499,12 +499,34 @@ fn the_demo_runs_every_step() {
         .find(|l| l.contains("copies proved by: "))
         .expect("step 6 challenges the holders");
     assert!(!proved.ends_with("copies proved by: none"), "{proved}");
-    // Step 9: the robust rule screens out exactly the attackers, and keeps its accuracy
+    // Step 9: the nodes train together through an aggregator's stop; every live node holds
+    // the final model, whose signature verifies, and it classifies the test split.
+    let kept = out
+        .lines()
+        .find(|l| l.contains("every live node holds the final model"))
+        .expect("step 9 finishes");
+    assert!(kept.contains("signature valid"), "{kept}");
+    assert!(out.contains("and stops now"), "{out}");
+    let test = out
+        .lines()
+        .find(|l| l.contains("which no member trained on:"))
+        .expect("step 9 evaluates the model");
+    let acc: f64 = test
+        .split("on: ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(acc >= 70.0, "{test}");
+    // Step 10: the robust rule screens out exactly the attackers, and keeps its accuracy
     // where FedAvg collapses.
     let screened = out
         .lines()
         .find(|l| l.contains("--robust (screened-mean:4)"))
-        .expect("step 9 reports the robust run");
+        .expect("step 10 reports the robust run");
     let ids = |s: &str| -> Vec<u32> {
         let mut v: Vec<u32> = s
             .split(", ")
