@@ -86,7 +86,7 @@ impl Node {
                     self.spawn(async move {
                         let _slot = slot;
                         let response = match FlRequest::decode(&data) {
-                            Ok(req) => node.answer_fl(peer, req).await,
+                            Ok(req) => node.answer_fl(peer, req).await.encode(),
                             Err(e) => {
                                 if let Ok(net) = node.net() {
                                     net.ban(peer, format!("malformed federation message: {e}"))
@@ -95,7 +95,8 @@ impl Node {
                                 return;
                             }
                         };
-                        reply.send(response.encode()).await;
+                        node.inner.feds.count(response.len(), data.len());
+                        reply.send(response).await;
                     });
                 }
                 Event::Message {

@@ -111,6 +111,18 @@ pub struct FederationStatus {
     pub data: String,
     /// Every round.
     pub history: Vec<RoundSummary>,
+    /// Bytes of federation messages this node sent and received since it started (all its
+    /// federations).
+    pub traffic: Traffic,
+}
+
+/// Bytes a node's federation messages moved.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Sent (requests and answers).
+    pub sent: u64,
+    /// Received.
+    pub received: u64,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -495,6 +507,18 @@ impl Node {
             model_id: l.manifest().map(|m| m.to_string()),
             data: fed.membership.data.clone(),
             history,
+            traffic: Traffic {
+                sent: self
+                    .inner
+                    .feds
+                    .sent
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                received: self
+                    .inner
+                    .feds
+                    .received
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            },
         })
     }
 

@@ -37,7 +37,7 @@ pub mod serve;
 
 pub use config::{CONFIG_FILE, Config, File as ConfigFile};
 pub use fetch::FetchReport;
-pub use fl::{FederationStatus, Membership, RoundSummary};
+pub use fl::{FederationStatus, Membership, RoundSummary, Traffic};
 pub use node::{Node, check_store, repair_store};
 pub use objects::{ObjectEntry, Reading};
 pub use sov_net::{Multiaddr, PeerId, PeerInfo, Providers, peer_id_of, perf::PerfReport};

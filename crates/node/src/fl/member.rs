@@ -595,10 +595,13 @@ impl Node {
             Box::pin(self.answer_fl(peer, req)).await
         } else {
             let net = self.net().map_err(|e| e.to_string())?;
+            let out = req.encode();
+            let sent = out.len();
             let bytes = net
-                .request_on(sov_net::Channel::Bulk, peer, req.encode())
+                .request_on(sov_net::Channel::Bulk, peer, out)
                 .await
                 .map_err(|e| e.to_string())?;
+            self.inner.feds.count(sent, bytes.len());
             FlResponse::decode(&bytes)
                 .map_err(|e| format!("{peer} sent a malformed answer: {e}"))?
         };

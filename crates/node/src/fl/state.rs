@@ -117,27 +117,40 @@ impl Fed {
     }
 }
 
-/// The federations this node is in.
+/// The federations this node is in, and the bytes its federation messages moved.
 #[derive(Default)]
-pub(crate) struct Feds(Mutex<HashMap<ContentId, Arc<Fed>>>);
+pub(crate) struct Feds {
+    map: Mutex<HashMap<ContentId, Arc<Fed>>>,
+    /// Bytes of federation messages this node sent (requests and answers).
+    pub sent: std::sync::atomic::AtomicU64,
+    /// Bytes of federation messages this node received.
+    pub received: std::sync::atomic::AtomicU64,
+}
 
 impl Feds {
     pub(crate) fn get(&self, id: &ContentId) -> Option<Arc<Fed>> {
-        lock(&self.0).get(id).cloned()
+        lock(&self.map).get(id).cloned()
     }
 
     pub(crate) fn all(&self) -> Vec<Arc<Fed>> {
-        let mut v: Vec<Arc<Fed>> = lock(&self.0).values().cloned().collect();
+        let mut v: Vec<Arc<Fed>> = lock(&self.map).values().cloned().collect();
         v.sort_by_key(|f| f.id);
         v
     }
 
     pub(crate) fn insert(&self, fed: Arc<Fed>) {
-        lock(&self.0).insert(fed.id, fed);
+        lock(&self.map).insert(fed.id, fed);
     }
 
     pub(crate) fn remove(&self, id: &ContentId) -> Option<Arc<Fed>> {
-        lock(&self.0).remove(id)
+        lock(&self.map).remove(id)
+    }
+
+    /// Count a message's bytes.
+    pub(crate) fn count(&self, sent: usize, received: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.sent.fetch_add(sent as u64, Relaxed);
+        self.received.fetch_add(received as u64, Relaxed);
     }
 }
 
