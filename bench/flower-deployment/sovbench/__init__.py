@@ -1,0 +1,1 @@
+"""sov's benchmark task as a Flower App."""
