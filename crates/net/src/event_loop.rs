@@ -86,6 +86,7 @@ pub async fn start(config: Config) -> Result<(Client, mpsc::Receiver<Event>)> {
         want_lists: HashMap::new(),
         relookups: HashMap::new(),
         requests: HashMap::new(),
+        bulk_requests: HashMap::new(),
         providers: HashMap::new(),
         provides: HashMap::new(),
         closest: HashMap::new(),
@@ -127,7 +128,12 @@ struct EventLoop {
     want_lists: HashMap<request_response::OutboundRequestId, (PeerId, Vec<ContentId>)>,
     /// Want-lists waiting for a DHT lookup of their peer's current addresses.
     relookups: HashMap<kad::QueryId, (PeerId, Vec<ContentId>, WantReply)>,
+    /// Our requests on `/sov/node/5` waiting for their answers. Each request-response
+    /// behaviour numbers its requests itself, so the two protocols keep apart maps: a bulk
+    /// answer must never resolve a control request that happens to share its number.
     requests: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>>>>,
+    /// Our requests on `/sov/bulk/2` waiting for their answers.
+    bulk_requests: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>>>>,
     providers: HashMap<kad::QueryId, (usize, Providers, oneshot::Sender<Providers>)>,
     provides: HashMap<kad::QueryId, oneshot::Sender<Result<()>>>,
     closest: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
@@ -384,11 +390,16 @@ impl EventLoop {
             }
             Command::Request(channel, peer, data, reply) => {
                 let b = self.swarm.behaviour_mut();
-                let id = match channel {
-                    Channel::Control => b.node.send_request(&peer, Ok(data)),
-                    Channel::Bulk => b.bulk.send_request(&peer, Ok(data)),
-                };
-                self.requests.insert(id, reply);
+                match channel {
+                    Channel::Control => {
+                        let id = b.node.send_request(&peer, Ok(data));
+                        self.requests.insert(id, reply);
+                    }
+                    Channel::Bulk => {
+                        let id = b.bulk.send_request(&peer, Ok(data));
+                        self.bulk_requests.insert(id, reply);
+                    }
+                }
             }
             Command::RespondBlocks(channel, data) => {
                 let _ = self
@@ -719,11 +730,12 @@ impl EventLoop {
         event: request_response::Event<Inbound<Vec<u8>>, Vec<u8>>,
     ) {
         let commands = self.command_tx.clone();
-        self.on_request_response(
-            event,
-            "node message",
-            |l| &mut l.requests,
-            |peer, data, channel| Event::Request {
+        let pending: fn(&mut Self) -> &mut HashMap<_, _> = match on {
+            Channel::Control => |l| &mut l.requests,
+            Channel::Bulk => |l| &mut l.bulk_requests,
+        };
+        self.on_request_response(event, "node message", pending, |peer, data, channel| {
+            Event::Request {
                 peer,
                 channel: on,
                 data,
@@ -732,8 +744,8 @@ impl EventLoop {
                     channel,
                     commands,
                 },
-            },
-        );
+            }
+        });
     }
 
     /// Both request-response protocols: a malformed request bans its sender, a good one

@@ -240,6 +240,58 @@ async fn bulk_messages_pass_up_to_their_own_limit_and_control_ones_stay_small() 
     assert!(c.request(a.peer_id(), big).await.is_err());
 }
 
+/// Found running a federation: each request-response protocol numbers its own requests,
+/// and one map of waiting callers for both let a bulk answer resolve the control request
+/// with the same number (the node then banned an honest peer for a "malformed" answer).
+/// Many requests on both protocols at once: each caller gets the answer to its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_on_the_two_protocols_reach_their_own_callers() {
+    let (a, mut ea) = sov_net::start(Config::loopback([6; 32])).await.unwrap();
+    let mut cb = Config::loopback([7; 32]);
+    cb.bootstrap = a.listen_addrs().await.unwrap();
+    let (b, _eb) = sov_net::start(cb).await.unwrap();
+    tokio::spawn(async move {
+        while let Some(e) = ea.recv().await {
+            if let Event::Request {
+                channel,
+                data,
+                reply,
+                ..
+            } = e
+            {
+                // Answer later on the bulk protocol, so answers interleave.
+                tokio::spawn(async move {
+                    if channel == sov_net::Channel::Bulk {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    let mut answer = format!("{channel:?} ").into_bytes();
+                    answer.extend_from_slice(&data);
+                    reply.send(answer).await;
+                });
+            }
+        }
+    });
+    // One request on each protocol at a time (at most 2 bulk streams per connection): both
+    // protocols' counters move together, so the two requests always share a number.
+    for i in 0..20u8 {
+        let ask = |channel, byte: u8| {
+            let b = b.clone();
+            let peer = a.peer_id();
+            async move {
+                let answer = b.request_on(channel, peer, vec![byte]).await.unwrap();
+                let mut want = format!("{channel:?} ").into_bytes();
+                want.push(byte);
+                assert_eq!(answer, want, "request {byte} on {channel:?}");
+            }
+        };
+        tokio::join!(
+            ask(sov_net::Channel::Bulk, i),
+            ask(sov_net::Channel::Control, 100 + i)
+        );
+    }
+    assert!(b.banned().await.unwrap().is_empty());
+}
+
 /// Finding 10 of issue 14: a peer whose connections keep failing is not dialled again by
 /// every request (a reconnect storm): after a failure, requests to it fail at once for a
 /// while, the wait doubling with each failure.

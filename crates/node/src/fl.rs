@@ -550,6 +550,7 @@ impl Node {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = self.inner.feds.wake.notified() => {}
                 _ = stopped.changed() => return,
             }
             let sync = last_sync.elapsed() >= SYNC_EVERY;

@@ -110,6 +110,48 @@ impl Store {
         Ok(gid)
     }
 
+    /// Let every one of `readers` read object `id`, in one transaction (a federation's model
+    /// for its members); readers already granted keep their grant. Returns how many grants
+    /// were made.
+    pub fn grant_all(&self, id: &ContentId, readers: &[Did]) -> Result<usize> {
+        let r = self.db.begin_read()?;
+        let blocks = self.block_reader(&r)?;
+        let manifest = self.manifest(&blocks, id)?;
+        if manifest.owner != self.me.did() {
+            return Err(Error::NotOwner {
+                object: *id,
+                owner: manifest.owner,
+            });
+        }
+        let grants = self.grants(&r, id, &manifest)?;
+        let have: Vec<Did> = grants
+            .iter()
+            .filter(|(_, g)| matches!(g, AnyGrant::Hidden(_)))
+            .filter_map(|(_, g)| self.reader_of(id, g))
+            .collect();
+        let mut todo: Vec<Did> = readers
+            .iter()
+            .filter(|d| !have.contains(d))
+            .copied()
+            .collect();
+        todo.sort_by_key(|d| d.to_string());
+        todo.dedup();
+        if todo.is_empty() {
+            return Ok(0);
+        }
+        let key = self.object_key(&r, id, &manifest)?;
+        let manifest_bytes = blocks.read(id)?;
+        drop((blocks, r));
+        let made = todo
+            .iter()
+            .map(|reader| self.make_grant(id, &key, reader))
+            .collect::<Result<Vec<_>>>()?;
+        let w = self.begin_write()?;
+        commit_object(&w, self.packs(), id, &manifest_bytes, &manifest, &made)?;
+        self.commit(w)?;
+        Ok(made.len())
+    }
+
     /// The readers of `id` this node can tell: for its owner, every reader (itself
     /// included); for another node, the owner, this node if it may read, and the readers
     /// legacy grants name.

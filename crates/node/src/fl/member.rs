@@ -512,6 +512,7 @@ impl Node {
         }
         info!(federation = %fed.id, round = r.round, contributors = r.transcript.len(), "round taken");
         self.pull_soon(r.clone(), signer);
+        self.inner.feds.wake.notify_one();
         Ok(r)
     }
 

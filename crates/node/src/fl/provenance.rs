@@ -162,10 +162,15 @@ impl Node {
             .register_model(manifest)
             .await
             .map_err(|e| e.to_string())?;
+        // The objects are new (no holder has them yet): one transaction grants each to
+        // every member.
         let me = self.did();
-        let id = entry.id.to_string();
-        for m in members.into_iter().filter(|m| *m != me) {
-            self.share_model(&id, m).await.map_err(|e| e.to_string())?;
+        let readers: Vec<Did> = members.into_iter().filter(|m| *m != me).collect();
+        for object in std::iter::once(entry.id).chain(crate::models::parts(&entry.manifest)) {
+            let readers = readers.clone();
+            self.blocking(move |s| s.grant_all(&object, &readers))
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok(entry.id)
     }

@@ -125,6 +125,8 @@ pub(crate) struct Feds {
     pub sent: std::sync::atomic::AtomicU64,
     /// Bytes of federation messages this node received.
     pub received: std::sync::atomic::AtomicU64,
+    /// Woken when a round is taken, so the next one starts without waiting for a tick.
+    pub wake: tokio::sync::Notify,
 }
 
 impl Feds {
