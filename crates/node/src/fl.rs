@@ -563,6 +563,24 @@ impl Node {
         }
     }
 
+    /// Catch up on `fed` from `peer` in the background, unless as many catch-ups as one
+    /// tick starts are already in flight.
+    fn sync_soon(&self, fed: &Arc<Fed>, peer: sov_net::PeerId) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if fed.syncing.fetch_add(1, SeqCst) > MAX_REACH {
+            fed.syncing.fetch_sub(1, SeqCst);
+            return;
+        }
+        let node = self.clone();
+        let fed = fed.clone();
+        self.spawn(async move {
+            if let Err(e) = node.sync_from(&fed, peer).await {
+                debug!(federation = %fed.id, %peer, "catch-up: {e}");
+            }
+            fed.syncing.fetch_sub(1, SeqCst);
+        });
+    }
+
     async fn fl_tick(&self, fed: &Arc<Fed>, sync: bool) {
         let live = self.live_members(fed).await;
         let me = self.did();
@@ -577,25 +595,13 @@ impl Node {
                 .take(MAX_REACH)
                 .collect();
             for d in missing {
-                let node = self.clone();
-                let (fed, peer) = (fed.clone(), sov_net::peer_id_of(&d));
-                self.spawn(async move {
-                    if let Err(e) = node.sync_from(&fed, peer).await {
-                        debug!(federation = %fed.id, %peer, "member not reached: {e}");
-                    }
-                });
+                self.sync_soon(fed, sov_net::peer_id_of(&d));
             }
         }
         if (sync || fed.params().is_none())
             && let Some(peer) = others.get(rand::random_range(0..others.len().max(1)))
         {
-            let node = self.clone();
-            let (fed, peer) = (fed.clone(), sov_net::peer_id_of(peer));
-            self.spawn(async move {
-                if let Err(e) = node.sync_from(&fed, peer).await {
-                    debug!(federation = %fed.id, %peer, "catch-up: {e}");
-                }
-            });
+            self.sync_soon(fed, sov_net::peer_id_of(peer));
         }
         let (round, finished, timeout, min) = {
             let l = lock(&fed.ledger);

@@ -84,6 +84,9 @@ pub(crate) struct Fed {
     pub pending: Mutex<(u32, Instant)>,
     /// The digest of the message this node sent in each round it took part in.
     pub sent: Mutex<HashMap<u32, [u8; 32]>>,
+    /// Catch-ups in flight (bounded: a peer that never answers holds one for the bulk
+    /// protocol's timeout).
+    pub syncing: std::sync::atomic::AtomicUsize,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -108,6 +111,7 @@ impl Fed {
             driving: Mutex::new(None),
             pending: Mutex::new((round + 1, Instant::now())),
             sent: Mutex::new(HashMap::new()),
+            syncing: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
