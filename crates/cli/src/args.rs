@@ -536,6 +536,10 @@ pub struct SimulateArgs {
     /// Standardise --data's features (mean 0, deviation 1, from the training rows).
     #[arg(long, requires = "data")]
     pub standardize: bool,
+    /// Test on this CSV file (same columns) and train on all of --data, instead of holding
+    /// out a quarter of --data.
+    #[arg(long, value_name = "FILE.csv", requires = "data")]
+    pub test: Option<PathBuf>,
     /// Where fashion-mnist/ and mnist/ are looked for (default ~/.cache/sov/data;
     /// Fashion-MNIST also in /usr/share/datasets).
     #[arg(long, env = "SOV_DATA_DIR", value_name = "DIR")]

