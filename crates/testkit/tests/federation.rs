@@ -19,7 +19,7 @@ use sov_learn::{
 };
 use sov_node::{
     Membership, Node,
-    protocol::{FlRequest, FlResponse, Validation},
+    protocol::{FlRequest, FlResponse, Response, Validation},
 };
 use sov_testkit::{Cluster, init_logging, seed, wait_for};
 
@@ -240,12 +240,32 @@ impl Mallory {
         let mut words = 0;
         while let Some(e) = events.recv().await {
             let sov_net::Event::Request {
-                peer, data, reply, ..
+                peer,
+                channel,
+                data,
+                reply,
             } = e
             else {
                 continue;
             };
-            let answer = match FlRequest::decode(&data).unwrap() {
+            // Nodes also ask her the node protocol's questions (`has`, when they look for a
+            // round's model objects): she refuses all but the federation's.
+            let request = match (channel, FlRequest::decode(&data)) {
+                (sov_net::Channel::Bulk, Ok(r)) => r,
+                (sov_net::Channel::Control, _) => {
+                    let no = Response::Refused {
+                        reason: "mallory keeps nothing".into(),
+                    };
+                    reply.send(dagcbor::to_vec(&no).unwrap()).await;
+                    continue;
+                }
+                (_, Err(e)) => {
+                    let no = FlResponse::Refused { reason: e };
+                    reply.send(dagcbor::to_vec(&no).unwrap()).await;
+                    continue;
+                }
+            };
+            let answer = match request {
                 FlRequest::Open {
                     secure: Some(open), ..
                 } => {
