@@ -18,6 +18,7 @@ use sov_core::{Codec, ContentId, Did, Signed};
 
 use crate::{
     Error, Result,
+    blocks::Blocks,
     crypto::{self, GrantVersion, Key},
     manifest::{AnyGrant, Grant, Manifest},
     store::{GRANTS, META, OBJECTS, Store, commit_object, invalid},
@@ -81,18 +82,28 @@ impl Store {
         }
     }
 
-    /// Let `reader` read object `id`: wraps the object key for their X25519 key. Only the
-    /// owner can grant. Granting twice to the same reader returns the existing grant.
-    pub fn grant(&self, id: &ContentId, reader: &Did) -> Result<ContentId> {
-        let r = self.db.begin_read()?;
-        let blocks = self.block_reader(&r)?;
-        let manifest = self.manifest(&blocks, id)?;
+    /// The manifest of object `id`, if this node owns it (only the owner can grant).
+    fn owned_manifest(
+        &self,
+        blocks: &Blocks<'_, impl ReadableTable<&'static [u8], &'static [u8]>>,
+        id: &ContentId,
+    ) -> Result<Manifest> {
+        let manifest = self.manifest(blocks, id)?;
         if manifest.owner != self.me.did() {
             return Err(Error::NotOwner {
                 object: *id,
                 owner: manifest.owner,
             });
         }
+        Ok(manifest)
+    }
+
+    /// Let `reader` read object `id`: wraps the object key for their X25519 key. Only the
+    /// owner can grant. Granting twice to the same reader returns the existing grant.
+    pub fn grant(&self, id: &ContentId, reader: &Did) -> Result<ContentId> {
+        let r = self.db.begin_read()?;
+        let blocks = self.block_reader(&r)?;
+        let manifest = self.owned_manifest(&blocks, id)?;
         let grants = self.grants(&r, id, &manifest)?;
         if let Some((gid, _)) = grants.iter().find(|(_, g)| {
             matches!(g, AnyGrant::Hidden(_)) && self.reader_of(id, g) == Some(*reader)
@@ -116,13 +127,7 @@ impl Store {
     pub fn grant_all(&self, id: &ContentId, readers: &[Did]) -> Result<usize> {
         let r = self.db.begin_read()?;
         let blocks = self.block_reader(&r)?;
-        let manifest = self.manifest(&blocks, id)?;
-        if manifest.owner != self.me.did() {
-            return Err(Error::NotOwner {
-                object: *id,
-                owner: manifest.owner,
-            });
-        }
+        let manifest = self.owned_manifest(&blocks, id)?;
         let grants = self.grants(&r, id, &manifest)?;
         let have: Vec<Did> = grants
             .iter()
