@@ -1,4 +1,4 @@
-//! The `/sov/node/5` message decoders, the federation messages of `/sov/bulk/2`, the pin
+//! The `/sov/node/5` message decoders, the federation messages of `/sov/bulk/3`, the pin
 //! mandate a pin carries, and the model-offer decoder (gossip `sov/models/1`) never panic on
 //! a peer's bytes.
 #![no_main]

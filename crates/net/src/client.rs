@@ -42,7 +42,7 @@ pub enum Event {
         /// where the answer goes
         reply: BlocksReply,
     },
-    /// A peer sent a node message on `/sov/node/5` or `/sov/bulk/2`; answer with
+    /// A peer sent a node message on `/sov/node/5` or `/sov/bulk/3`; answer with
     /// [`Reply::send`].
     Request {
         /// the peer
@@ -83,7 +83,7 @@ pub enum Event {
 pub enum Channel {
     /// `/sov/node/5`: control messages, at most [`crate::wire::MAX_NODE_MESSAGE`] bytes.
     Control,
-    /// `/sov/bulk/2`: large messages (model updates), at most `Config::max_bulk_message`.
+    /// `/sov/bulk/3`: large messages (model updates), at most `Config::max_bulk_message`.
     Bulk,
 }
 

@@ -27,7 +27,7 @@ pub struct Config {
     pub kad_refresh: Duration,
     /// The gossipsub heartbeat (short in tests, so meshes form quickly).
     pub gossip_heartbeat: Duration,
-    /// Largest message either way on the bulk protocol (`/sov/bulk/2`), for model updates.
+    /// Largest message either way on the bulk protocol (`/sov/bulk/3`), for model updates.
     pub max_bulk_message: usize,
     /// How long a bulk request may take before it fails.
     pub bulk_timeout: Duration,

@@ -132,7 +132,7 @@ struct EventLoop {
     /// behaviour numbers its requests itself, so the two protocols keep apart maps: a bulk
     /// answer must never resolve a control request that happens to share its number.
     requests: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>>>>,
-    /// Our requests on `/sov/bulk/2` waiting for their answers.
+    /// Our requests on `/sov/bulk/3` waiting for their answers.
     bulk_requests: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>>>>,
     providers: HashMap<kad::QueryId, (usize, Providers, oneshot::Sender<Providers>)>,
     provides: HashMap<kad::QueryId, oneshot::Sender<Result<()>>>,

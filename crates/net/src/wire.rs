@@ -5,7 +5,7 @@
 //! responses are parsed as they are read, each block straight into its own buffer (no copy
 //! of the whole response), allocating at most one block (1 MiB) beyond what arrived.
 //!
-//! Every request, and every answer on `/sov/node/5` and `/sov/bulk/2`, is a frame: `u32 len`
+//! Every request, and every answer on `/sov/node/5` and `/sov/bulk/3`, is a frame: `u32 len`
 //! then `len` bytes, then the end of the stream. The length tells a message cut short (a
 //! stream that ended early: a fault, reported as an I/O error and never punished) from a
 //! malformed one (a length over the limit, bytes after the frame, or a body that does not
@@ -17,7 +17,7 @@
 //! `u32 len`, block bytes). All integers big-endian. A response holds only blocks that were
 //! asked for, each once; blocks the responder lacks (or that did not fit) are left out.
 //!
-//! `/sov/node/5` and `/sov/bulk/2` carry opaque bytes (the node's own messages) both ways,
+//! `/sov/node/5` and `/sov/bulk/3` carry opaque bytes (the node's own messages) both ways,
 //! each with its own size limit: small control messages on the first, large ones (model
 //! updates) on the second.
 
@@ -32,7 +32,7 @@ pub const BLOCKS_PROTOCOL: StreamProtocol = StreamProtocol::new("/sov/blocks/2")
 /// The node's protocol for small control messages.
 pub const NODE_PROTOCOL: StreamProtocol = StreamProtocol::new("/sov/node/5");
 /// The node's protocol for large messages (model updates).
-pub const BULK_PROTOCOL: StreamProtocol = StreamProtocol::new("/sov/bulk/2");
+pub const BULK_PROTOCOL: StreamProtocol = StreamProtocol::new("/sov/bulk/3");
 
 /// Most CIDs in one want-list.
 pub const MAX_WANT: usize = 256;
@@ -364,7 +364,7 @@ impl Wire for Blocks {
     }
 }
 
-/// `/sov/node/5` and `/sov/bulk/2`: opaque bytes both ways, at most `max` each.
+/// `/sov/node/5` and `/sov/bulk/3`: opaque bytes both ways, at most `max` each.
 #[derive(Debug, Clone)]
 pub(crate) struct Direct {
     pub(crate) max: usize,

@@ -6,7 +6,7 @@
 //! Today one topic: [`MODELS_TOPIC`], on which each node offers the models it signed. A
 //! valid offer names a manifest whose signature verifies and whose signer is the peer that
 //! published it; peers keep a bounded list of offers ([`Node::announced_models`]) and
-//! can pull any of them. Federation and governance add their topics here.
+//! can pull any of them. Federations (`sov/fl/1/<id>`) and groups (`sov/gov/1/<id>`) have their own topics.
 
 use std::{collections::HashMap, sync::Mutex};
 
@@ -106,6 +106,9 @@ impl Node {
             },
             t if t.starts_with(crate::protocol::FL_TOPIC_PREFIX) => {
                 self.on_fl_gossip(t, source, data)
+            }
+            t if t.starts_with(crate::protocol::GOV_TOPIC_PREFIX) => {
+                self.on_gov_gossip(t, source, data)
             }
             _ => Verdict::Ignore,
         }

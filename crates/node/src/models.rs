@@ -24,6 +24,7 @@ use std::{
     sync::Mutex,
 };
 
+use serde::{Deserialize, Serialize};
 use sov_core::{ContentId, Did, Signed};
 use sov_models::{
     bert::Bert,
@@ -197,6 +198,14 @@ impl Registry<'_> {
 
     /// The model called `name_or_id` (a name, or a manifest id).
     fn resolve(&self, name_or_id: &str) -> Result<ModelEntry> {
+        // A name a group promoted a model under (its own, or `default`).
+        if let Some(served) = self
+            .store
+            .record(SERVED_TOPIC, name_or_id.as_bytes())?
+            .and_then(|v| serde_json::from_slice::<Served>(&v).ok())
+        {
+            return self.read_manifest(&served.model);
+        }
         if let Ok(id) = name_or_id.parse::<ContentId>() {
             return self.read_manifest(&id).map_err(|e| match e {
                 Error::Store(sov_store::Error::NotFound(_)) => {
@@ -477,6 +486,25 @@ pub(crate) enum Loaded {
     Language(Box<LanguageModel>),
     /// An embedding model.
     Embedding(Box<Bert>),
+}
+
+/// The records topic of the names models are served under because a group promoted them
+/// (`sov gov propose GROUP promote MODEL`): the group's name and `default`.
+pub(crate) const SERVED_TOPIC: &str = "gov-served";
+
+/// A model served under a name because a group promoted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    /// The group's name.
+    pub name: String,
+    /// The model's manifest id.
+    pub model: ContentId,
+    /// The group.
+    pub group: ContentId,
+    /// The proposal that promoted it.
+    pub proposal: ContentId,
+    /// When that proposal was made (a later promotion replaces an earlier one).
+    pub created: u64,
 }
 
 /// Load a model's weights from the store.

@@ -65,6 +65,8 @@ pub(crate) struct Inner {
     pub(crate) access: crate::access::Access,
     /// The federations this node is in.
     pub(crate) feds: crate::fl::state::Feds,
+    /// The groups this node is in.
+    pub(crate) govs: crate::gov::state::Govs,
 }
 
 impl std::fmt::Debug for Node {
@@ -108,6 +110,8 @@ impl Node {
         // Federations are taken up before the node is handed out, so it answers for them.
         node.fl_resume().await;
         node.spawn(node.clone().fl_loop());
+        node.gov_resume().await;
+        node.spawn(node.clone().gov_loop());
         info!(did = %node.inner.did, peer_id = %node.peer_id(), "node started");
         Ok(node)
     }
@@ -152,6 +156,7 @@ impl Node {
                 quotas: crate::quota::Quotas::new(quota),
                 access: Default::default(),
                 feds: Default::default(),
+                govs: Default::default(),
             }),
         };
         let serve = Serve::start(&node);

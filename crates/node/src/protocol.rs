@@ -6,9 +6,10 @@
 //! |---|---|---|
 //! | `/sov/blocks/2` | 16 MiB answers | want-lists and blocks (`sov_net::wire`) |
 //! | `/sov/node/5` | 64 KiB | [`Request`] / [`Response`]: objects (has, grants, grant keys, claim, pin, unpin, dropped, prove) |
-//! | `/sov/bulk/2` | 64 MiB (`[network] max_bulk_message`) | [`FlRequest`] / [`FlResponse`]: federations (records, join, the stages of a round, its result) |
+//! | `/sov/bulk/3` | 64 MiB (`[network] max_bulk_message`) | [`FlRequest`] / [`FlResponse`]: federations (records, join, the stages of a round, its result) and governance ([`GovRequest`] / [`GovResponse`]: a group's genesis, catch-up) |
 //! | gossip `sov/models/1` | 64 KiB | [`ModelAnnouncement`]: a model its signer offers |
 //! | gossip `sov/fl/1/<federation>` | 64 KiB | a round's signed `sov/fl-round/1` record, by its aggregator |
+//! | gossip `sov/gov/1/<group>` | 64 KiB | [`GovGossip`]: a signed proposal or vote of the group |
 //!
 //! Federation and governance add their own variants and topics; each protocol version is in
 //! its id, so a change of format is a new id.
@@ -225,7 +226,7 @@ impl Response {
 /// Most records of one kind in a [`FlResponse::Records`] answer.
 pub const MAX_FL_RECORDS: usize = 4096;
 
-/// What a member asks on `/sov/bulk/2`: the federation protocol. Everything but
+/// What a member asks on `/sov/bulk/3`: the federation protocol. Everything but
 /// [`FlRequest::Join`] is answered only to members of the federation; each round's messages
 /// only to that round's aggregator (the first of the order among the live members it
 /// names), and only in the order of the round's stages.
@@ -313,6 +314,8 @@ pub enum FlRequest {
         /// the new model (f32, little-endian)
         params: serde_bytes::ByteBuf,
     },
+    /// Governance (a group's records), answered with [`FlResponse::Gov`].
+    Gov(GovRequest),
 }
 
 /// A secure round's settings, as its aggregator opens it.
@@ -334,7 +337,7 @@ pub struct Validation {
     pub correct: u64,
 }
 
-/// The answer on `/sov/bulk/2`.
+/// The answer on `/sov/bulk/3`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FlResponse {
@@ -393,10 +396,64 @@ pub enum FlResponse {
     },
     /// To [`FlRequest::Closed`]: taken.
     Taken,
+    /// To [`FlRequest::Gov`].
+    Gov(GovResponse),
     /// Understood but not done, and why.
     Refused {
         /// why
         reason: String,
+    },
+}
+
+/// Most proposals in a [`GovResponse::Summary`].
+pub const MAX_GOV_SUMMARY: usize = 65_536;
+/// Most proposals asked for, and answered, at once.
+pub const MAX_GOV_PROPOSALS: usize = 256;
+/// Most votes in one [`GovResponse::Records`].
+pub const MAX_GOV_VOTES: usize = 65_536;
+
+/// Governance on `/sov/bulk/3`: a group's genesis pushed to its members, and the catch-up
+/// by which a node that was away learns the proposals and votes it missed. Only members
+/// of the group are answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GovRequest {
+    /// A group's signed genesis, for a member that may not know it yet.
+    Group {
+        /// the signed `sov/gov-group/1`
+        genesis: serde_bytes::ByteBuf,
+    },
+    /// The proposals of `group` known to the asked node, with how many votes it holds on each.
+    Summary {
+        /// the group
+        group: ContentId,
+    },
+    /// These proposals of `group` and every vote on them.
+    Records {
+        /// the group
+        group: ContentId,
+        /// at most [`MAX_GOV_PROPOSALS`]
+        proposals: Vec<ContentId>,
+    },
+}
+
+/// The answers to [`GovRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GovResponse {
+    /// To [`GovRequest::Group`]: kept (or known).
+    Kept,
+    /// To [`GovRequest::Summary`].
+    Summary {
+        /// (proposal, votes held), at most [`MAX_GOV_SUMMARY`]
+        proposals: Vec<(ContentId, u32)>,
+    },
+    /// To [`GovRequest::Records`].
+    Records {
+        /// signed proposals
+        proposals: Vec<serde_bytes::ByteBuf>,
+        /// signed votes on them
+        votes: Vec<serde_bytes::ByteBuf>,
     },
 }
 
@@ -430,6 +487,16 @@ impl FlResponse {
                 admissions, rounds, ..
             } if admissions.len() > MAX_FL_RECORDS || rounds.len() > MAX_FL_RECORDS => {
                 Err(format!("more than {MAX_FL_RECORDS} records of a kind"))
+            }
+            FlResponse::Gov(GovResponse::Summary { proposals })
+                if proposals.len() > MAX_GOV_SUMMARY =>
+            {
+                Err(format!("more than {MAX_GOV_SUMMARY} proposals"))
+            }
+            FlResponse::Gov(GovResponse::Records { proposals, votes })
+                if proposals.len() > MAX_GOV_PROPOSALS || votes.len() > MAX_GOV_VOTES =>
+            {
+                Err("more governance records than an answer holds".into())
             }
             _ => Ok(r),
         }
@@ -531,5 +598,35 @@ mod tests {
             manifest: vec![1, 2, 3],
         };
         assert_eq!(ModelAnnouncement::decode(&a.encode()).unwrap(), a);
+    }
+}
+
+/// The gossip topics of groups: `sov/gov/1/<group id>`, on which members publish the
+/// group's signed proposals and votes as they are made.
+pub const GOV_TOPIC_PREFIX: &str = "sov/gov/1/";
+
+/// The gossip topic of group `id`.
+pub fn gov_topic(id: &ContentId) -> String {
+    format!("{GOV_TOPIC_PREFIX}{id}")
+}
+
+/// A message on a group's topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GovGossip {
+    /// A signed `sov/gov-proposal/1`.
+    Proposal(serde_bytes::ByteBuf),
+    /// A signed `sov/gov-vote/1`.
+    Vote(serde_bytes::ByteBuf),
+}
+
+impl GovGossip {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        dagcbor::to_vec(self).expect("a gossip message always encodes")
+    }
+
+    /// Decode a message from a peer.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        dagcbor::from_slice(bytes).map_err(|e| e.to_string())
     }
 }

@@ -1,5 +1,5 @@
 //! Federations across real nodes in one process: members each train on their own shard,
-//! rounds run over `/sov/bulk/2` with a rotating aggregator, under secure aggregation, and
+//! rounds run over `/sov/bulk/3` with a rotating aggregator, under secure aggregation, and
 //! every member ends with the same model, whose record chain it checked.
 
 #![allow(clippy::unwrap_used)]

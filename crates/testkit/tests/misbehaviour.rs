@@ -168,7 +168,7 @@ async fn malformed_and_oversized_messages_are_refused() {
     // A fault is not an attack: a request cut short (its frame announces more than arrives,
     // as when a stall or a cut connection ends the stream) is dropped, and its sender stays
     // connected and unbanned.
-    for protocol in ["/sov/blocks/2", "/sov/node/5", "/sov/bulk/2"] {
+    for protocol in ["/sov/blocks/2", "/sov/node/5", "/sov/bulk/3"] {
         let (raw, mut control) = raw_peer(&target).await;
         send_raw(&mut control, node, protocol, &junk_framed[..100]).await;
         // A good request afterwards on the same connection is still served.
@@ -201,7 +201,7 @@ async fn malformed_and_oversized_messages_are_refused() {
         ("/sov/blocks/2", &huge, "24 MiB want-list"),
         ("/sov/node/5", &junk_framed, "garbage node message"),
         ("/sov/node/5", &huge, "24 MiB node message"),
-        ("/sov/bulk/2", &huge, "24 MiB bulk message (limit 8 MiB)"),
+        ("/sov/bulk/3", &huge, "24 MiB bulk message (limit 8 MiB)"),
     ];
     for (protocol, bytes, what) in cases {
         let (raw, mut control) = raw_peer(&target).await;

@@ -1,6 +1,6 @@
 //! The aggregator's side of one round over the network. The node whose turn it is (the first
 //! of the federation's order among the members it sees live) asks every live member, itself
-//! included, on `/sov/bulk/2`: in the clear, each trains and answers its update; under
+//! included, on `/sov/bulk/3`: in the clear, each trains and answers its update; under
 //! secure aggregation, the five stages of [`SecureRound`] run one request per member per
 //! stage, each stage closing when every member answered or the round's time is up. Members
 //! that fail or answer wrongly are left out (secure aggregation recovers from them). The

@@ -1,4 +1,4 @@
-//! A member's side of the federation protocol: what it answers on `/sov/bulk/2`. It
+//! A member's side of the federation protocol: what it answers on `/sov/bulk/3`. It
 //! answers only members; it trains only for the round after the last one its ledger holds,
 //! from the model whose digest its ledger holds, and only when the aggregator is the one
 //! the federation's order names among the live members; each later stage of a secure round
@@ -103,6 +103,15 @@ pub(crate) fn places(l: &Ledger, live: &[Did]) -> std::result::Result<Vec<u32>, 
 impl Node {
     /// Answer a federation message from `peer`.
     pub(crate) async fn answer_fl(&self, peer: PeerId, req: FlRequest) -> FlResponse {
+        if let FlRequest::Gov(req) = req {
+            return match self.answer_gov(peer, req).await {
+                Ok(r) => FlResponse::Gov(r),
+                Err(e) => {
+                    debug!(%peer, "governance request refused: {e}");
+                    FlResponse::refused(e)
+                }
+            };
+        }
         match self.answer_fl_checked(peer, req).await {
             Ok(r) => r,
             Err(e) => {
@@ -131,6 +140,7 @@ impl Node {
             | FlRequest::Confirm { federation, .. }
             | FlRequest::Unmask { federation, .. }
             | FlRequest::Closed { federation, .. } => *federation,
+            FlRequest::Gov(_) => return Err("governance is answered elsewhere".into()),
         };
         let fed = self.fed(&federation)?;
         let member = lock(&fed.ledger).is_member(&asker);
@@ -221,6 +231,7 @@ impl Node {
                 self.take_round(&fed, &record, &params).await?;
                 Ok(FlResponse::Taken)
             }
+            FlRequest::Gov(_) => Err("governance is answered elsewhere".into()),
         }
     }
 

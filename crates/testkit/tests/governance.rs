@@ -1,0 +1,242 @@
+//! Governance across real nodes in one process: a group's genesis reaches its members,
+//! proposals and votes travel by gossip, a node that was away catches up and reaches the
+//! same outcome, and a passed promotion is served by every member under the group's name.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use sov_gov::{Action, Choice};
+use sov_node::{Node, gov::member, models::ImportOptions};
+use sov_testkit::{Cluster, init_logging, models_dir, seed, wait_for};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Connect every live node to every other.
+async fn mesh(cluster: &Cluster) {
+    for i in cluster.live() {
+        for j in cluster.live() {
+            if i < j {
+                let addr = cluster.addrs(j)[0].clone();
+                cluster.node(i).dial(addr).await.unwrap();
+            }
+        }
+    }
+}
+
+/// Found a group of every node of `cluster` on node 0; wait until each member holds it.
+async fn found(cluster: &Cluster, rule: &str) -> sov_core::ContentId {
+    let members = cluster
+        .live()
+        .into_iter()
+        .map(|i| member(cluster.node(i).did(), None, None))
+        .collect();
+    let g = cluster
+        .node(0)
+        .gov_create("co-op", members, rule, 3600)
+        .await
+        .unwrap();
+    let id: sov_core::ContentId = g.id.parse().unwrap();
+    for i in cluster.live() {
+        let n = cluster.node(i).clone();
+        wait_for(&format!("node {i} holds the group"), WAIT, || {
+            let n = n.clone();
+            async move { n.gov_status(&id).await.is_ok() }
+        })
+        .await
+        .unwrap();
+    }
+    id
+}
+
+async fn status_on(node: &Node, p: &sov_core::ContentId) -> Option<String> {
+    node.gov_show(p).await.ok().map(|s| s.status)
+}
+
+async fn wait_status(cluster: &Cluster, nodes: &[usize], p: sov_core::ContentId, want: &str) {
+    for &i in nodes {
+        let n = cluster.node(i).clone();
+        wait_for(&format!("node {i} sees {want}"), WAIT, || {
+            let n = n.clone();
+            async move { status_on(&n, &p).await.as_deref() == Some(want) }
+        })
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_pass_two_thirds_on_the_second_yes_and_the_certificate_verifies() {
+    init_logging();
+    let mut cluster = Cluster::start(3, seed(), Duration::from_secs(3600)).await;
+    mesh(&cluster).await;
+    let group = found(&cluster, "2/3").await;
+    let p = cluster
+        .node(1)
+        .gov_propose(
+            &group,
+            Action::Custom {
+                text: "adopt the charter".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let p: sov_core::ContentId = p.id.parse().unwrap();
+    for i in 0..3 {
+        let n = cluster.node(i).clone();
+        wait_for(&format!("node {i} holds the proposal"), WAIT, || {
+            let n = n.clone();
+            async move { n.gov_show(&p).await.is_ok() }
+        })
+        .await
+        .unwrap();
+    }
+    cluster.node(0).gov_vote(&p, Choice::Yes).await.unwrap();
+    // One yes of three: the proposal stays open on every node, whatever arrives.
+    let n2 = cluster.node(2).clone();
+    wait_for("node 2 counts the first vote", WAIT, || {
+        let n2 = n2.clone();
+        async move { n2.gov_show(&p).await.unwrap().votes.len() == 1 }
+    })
+    .await
+    .unwrap();
+    for i in 0..3 {
+        assert_eq!(status_on(cluster.node(i), &p).await.unwrap(), "open");
+    }
+    // A vote is final.
+    let again = cluster.node(0).gov_vote(&p, Choice::No).await.unwrap_err();
+    assert!(again.to_string().contains("final"), "{again}");
+    cluster.node(1).gov_vote(&p, Choice::Yes).await.unwrap();
+    wait_status(&cluster, &[0, 1, 2], p, "passed").await;
+    // A later no changes nothing.
+    let after = cluster.node(2).gov_vote(&p, Choice::No).await.unwrap();
+    assert_eq!(after.status, "passed");
+    wait_for("node 0 counts the late no", WAIT, || {
+        let n = cluster.node(0).clone();
+        async move { n.gov_show(&p).await.unwrap().votes.len() == 3 }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status_on(cluster.node(0), &p).await.unwrap(), "passed");
+    // The certificate holds alone (no node needed), on every node.
+    for i in 0..3 {
+        let cert = cluster.node(i).gov_certificate(&p).await.unwrap();
+        let v = sov_gov::verify(&cert).unwrap();
+        assert_eq!((v.status, v.proposal), (sov_gov::Status::Passed, p));
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_were_offline_during_a_vote_reach_the_same_outcome() {
+    init_logging();
+    let mut cluster = Cluster::start(7, seed(), Duration::from_secs(3600)).await;
+    mesh(&cluster).await;
+    let group = found(&cluster, "majority").await;
+    cluster.kill(5).await;
+    cluster.kill(6).await;
+    let p = cluster
+        .node(0)
+        .gov_propose(
+            &group,
+            Action::Custom {
+                text: "while two are away".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let p: sov_core::ContentId = p.id.parse().unwrap();
+    wait_for("every live node holds the proposal", WAIT, || {
+        let nodes: Vec<Node> = (0..5).map(|i| cluster.node(i).clone()).collect();
+        async move {
+            for n in nodes {
+                if n.gov_show(&p).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await
+    .unwrap();
+    for i in 0..4 {
+        cluster.node(i).gov_vote(&p, Choice::Yes).await.unwrap();
+    }
+    wait_status(&cluster, &[0, 1, 2, 3, 4], p, "passed").await;
+    let counted = cluster.node(0).gov_show(&p).await.unwrap().votes.len();
+    cluster.restart(5).await;
+    cluster.restart(6).await;
+    mesh(&cluster).await;
+    wait_status(&cluster, &[5, 6], p, "passed").await;
+    for i in [5, 6] {
+        let s = cluster.node(i).gov_show(&p).await.unwrap();
+        assert_eq!(s.votes.len(), counted, "node {i} checked every vote itself");
+        let cert = cluster.node(i).gov_certificate(&p).await.unwrap();
+        assert!(sov_gov::verify(&cert).is_ok());
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_promotion_is_served_under_the_groups_name_by_every_member() {
+    init_logging();
+    let dir = models_dir().join("all-MiniLM-L6-v2");
+    let mut cluster = Cluster::start(3, seed(), Duration::from_secs(3600)).await;
+    mesh(&cluster).await;
+    let group = found(&cluster, "2/3").await;
+    let entry = cluster
+        .node(0)
+        .import_model(
+            &dir,
+            ImportOptions {
+                name: Some("minilm".into()),
+                license: Some("Apache-2.0".into()),
+                parent: None,
+                created: 1_800_000_000,
+            },
+        )
+        .await
+        .unwrap();
+    let p = cluster
+        .node(0)
+        .gov_propose(&group, Action::Promote { model: entry.id }, None)
+        .await
+        .unwrap();
+    let p: sov_core::ContentId = p.id.parse().unwrap();
+    let n1 = cluster.node(1).clone();
+    wait_for("node 1 holds the proposal", WAIT, || {
+        let n1 = n1.clone();
+        async move { n1.gov_show(&p).await.is_ok() }
+    })
+    .await
+    .unwrap();
+    // Not served before it passes.
+    assert!(cluster.node(1).model("co-op").await.is_err());
+    cluster.node(0).gov_vote(&p, Choice::Yes).await.unwrap();
+    cluster.node(1).gov_vote(&p, Choice::Yes).await.unwrap();
+    for i in 0..3 {
+        let n = cluster.node(i).clone();
+        wait_for(&format!("node {i} serves the promoted model"), WAIT, || {
+            let n = n.clone();
+            async move { n.model("co-op").await.is_ok_and(|e| e.id == entry.id) }
+        })
+        .await
+        .unwrap();
+        let n = cluster.node(i);
+        assert_eq!(n.model("default").await.unwrap().id, entry.id);
+        let served = n.model("co-op").await.unwrap();
+        let out = n
+            .embed(
+                &served,
+                vec![sov_node::serve::EmbedInput::Text("a vote".into())],
+            )
+            .await
+            .unwrap();
+        assert_eq!(out[0].0.len(), 384);
+        let shown = n.gov_show(&p).await.unwrap();
+        assert_eq!(shown.enacted.unwrap().state, "done");
+    }
+    cluster.stop().await;
+}
