@@ -199,9 +199,27 @@ pub(crate) async fn list_models(State(state): State<AppState>) -> Result<Json<Va
         .models()
         .await
         .map_err(|e| OaiError::server(e.to_string()))?;
+    let mut data: Vec<Value> = all.iter().map(model_json).collect();
+    // Names a group promoted a model under (its own, and `default`): the same model, listed
+    // under the name clients ask for.
+    let served = state
+        .node
+        .gov_served_all()
+        .await
+        .map_err(|e| OaiError::server(e.to_string()))?;
+    for (name, s) in served {
+        if let Some(e) = all.iter().find(|e| e.id == s.model) {
+            let mut v = model_json(e);
+            v["id"] = json!(name);
+            v["sov"]["promoted_by"] = json!(s.group.to_string());
+            v["sov"]["proposal"] = json!(s.proposal.to_string());
+            v["sov"]["model_name"] = json!(e.manifest.name);
+            data.push(v);
+        }
+    }
     Ok(Json(json!({
         "object": "list",
-        "data": all.iter().map(model_json).collect::<Vec<_>>(),
+        "data": data,
     })))
 }
 
@@ -209,7 +227,15 @@ pub(crate) async fn get_model(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, OaiError> {
-    Ok(Json(model_json(&entry(&state, &id).await?)))
+    let e = entry(&state, &id).await?;
+    let mut v = model_json(&e);
+    if let Ok(Some(s)) = state.node.gov_served(&id).await {
+        v["id"] = json!(id);
+        v["sov"]["promoted_by"] = json!(s.group.to_string());
+        v["sov"]["proposal"] = json!(s.proposal.to_string());
+        v["sov"]["model_name"] = json!(e.manifest.name);
+    }
+    Ok(Json(v))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, OaiError> {

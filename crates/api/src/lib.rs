@@ -43,6 +43,7 @@
 mod error;
 mod federations;
 pub mod gateway;
+pub mod gov;
 pub mod http;
 mod models;
 mod objects;
@@ -154,6 +155,24 @@ pub fn router_for_hosts(node: Node, token: &str, hosts: &[String]) -> Router {
         .route(
             "/api/v1/federations/{id}/join",
             post(federations::join).layer(small),
+        )
+        .route(
+            "/api/v1/gov/groups",
+            get(gov::groups).post(gov::create).layer(small),
+        )
+        .route("/api/v1/gov/groups/{id}", get(gov::group))
+        .route(
+            "/api/v1/gov/proposals",
+            get(gov::proposals).post(gov::propose).layer(small),
+        )
+        .route("/api/v1/gov/proposals/{id}", get(gov::show))
+        .route(
+            "/api/v1/gov/proposals/{id}/votes",
+            post(gov::vote).layer(small),
+        )
+        .route(
+            "/api/v1/gov/proposals/{id}/certificate",
+            get(gov::certificate),
         )
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn(error::json_errors));

@@ -118,6 +118,10 @@ pub enum Command {
     /// Federated learning: train models together without pooling data.
     #[command(subcommand)]
     Fl(FlCommand),
+    /// Governance: groups that decide by signed votes (promote a model, admit or remove a
+    /// member, releases), with certificates anyone can check offline.
+    #[command(subcommand)]
+    Gov(GovCommand),
     /// Models: import, list, remove, share and pull them.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -635,4 +639,140 @@ pub struct SimulateArgs {
     /// One JSON object per round and a final one, instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `sov gov …`
+#[derive(Debug, Subcommand)]
+pub enum GovCommand {
+    /// Found a group of MEMBERS (this node is one), deciding by a rule; its record goes to
+    /// every member's node. Prints its id.
+    Create {
+        /// The members' did:keys, comma-separated (this node is added if missing).
+        #[arg(long, value_delimiter = ',', value_name = "DID,DID,…")]
+        members: Vec<String>,
+        /// Roles (committees) as DID=ROLE, comma-separated; others are `member`.
+        #[arg(long, value_delimiter = ',', value_name = "DID=ROLE,…")]
+        roles: Vec<String>,
+        /// Weights as DID=N, comma-separated; others weigh 1.
+        #[arg(long, value_delimiter = ',', value_name = "DID=N,…")]
+        weights: Vec<String>,
+        /// Share of all members' weight that must vote yes, N/M (e.g. 2/3).
+        #[arg(long, value_name = "N/M", conflicts_with = "rule")]
+        threshold: Option<String>,
+        /// A rule over committees, e.g. "maintainers 2/3 AND contributors majority"
+        /// (default: majority).
+        #[arg(long, value_name = "RULE")]
+        rule: Option<String>,
+        /// The group's name: a promoted model is served under it on /v1.
+        #[arg(long, default_value = "group")]
+        name: String,
+        /// How long proposals stay open unless they say otherwise (90s, 10m, 2h, 7d).
+        #[arg(long, default_value = "7d", value_name = "DURATION")]
+        voting: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Propose something to GROUP. Prints the proposal's id.
+    Propose {
+        /// The group's id.
+        group: String,
+        /// What to propose.
+        #[command(subcommand)]
+        what: ProposeWhat,
+        /// How long it stays open (90s, 10m, 2h, 7d; default: the group's).
+        #[arg(long, global = true, value_name = "DURATION")]
+        deadline: Option<String>,
+        /// JSON output.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Vote on a proposal: yes, no or abstain. A vote is final.
+    Vote {
+        /// The proposal's id.
+        proposal: String,
+        /// yes, no or abstain.
+        choice: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The groups this node is in, or GROUP's proposals.
+    Ls {
+        /// A group's id: its proposals.
+        group: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A proposal: status (open, passed, rejected, expired), the count of each committee,
+    /// the votes, and what this node enacted.
+    Show {
+        /// The proposal's id.
+        proposal: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Write the proposal's certificate (once decided) to FILE.
+        #[arg(long, value_name = "FILE")]
+        cert: Option<PathBuf>,
+    },
+    /// Check a certificate offline (no node, no network): exit 0 and the outcome if it
+    /// holds.
+    Verify {
+        /// The certificate (from `sov gov show --cert`).
+        cert: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What `sov gov propose GROUP` proposes.
+#[derive(Debug, Subcommand)]
+pub enum ProposeWhat {
+    /// Serve this model (a manifest id) under the group's name on every member's node.
+    Promote {
+        /// The model's manifest id (`sov model ls`).
+        model: String,
+    },
+    /// Make DID a member.
+    Admit {
+        /// Its did:key.
+        did: String,
+        /// Its role (committee).
+        #[arg(long, default_value = "member")]
+        role: String,
+        /// Its weight.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Remove DID, for good.
+    Remove {
+        /// Its did:key.
+        did: String,
+    },
+    /// Change a federation's settings.
+    Policy {
+        /// The federation's id.
+        federation: String,
+        /// KEY=VALUE settings.
+        #[arg(required = true)]
+        settings: Vec<String>,
+    },
+    /// A release: members' nodes fetch the artifact and check it.
+    Release {
+        /// What is released.
+        name: String,
+        /// Its version.
+        version: String,
+        /// The artifact's object id.
+        object: String,
+    },
+    /// A proposal in words.
+    Custom {
+        /// The text.
+        #[arg(long)]
+        text: String,
+    },
 }

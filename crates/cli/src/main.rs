@@ -7,6 +7,7 @@ mod demo;
 mod federation;
 mod files;
 mod fl;
+mod gov;
 mod home;
 mod model;
 mod node;
@@ -96,6 +97,8 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         } => demo::run(dir, size_mib, models),
         args::Command::Fl(cmd @ args::FlCommand::Simulate(_)) => fl::run(cmd),
         args::Command::Fl(cmd) => federation::run(&home()?, cmd),
+        args::Command::Gov(args::GovCommand::Verify { cert, json }) => gov::verify(&cert, json),
+        args::Command::Gov(cmd) => gov::run(&home()?, cmd),
         args::Command::Node(args::NodeCommand::Run(args)) => node::run(&home()?, args),
         args::Command::Model(cmd) => model::run(&home()?, cmd),
         args::Command::Run(args) => model::run_prompt(&home()?, args),

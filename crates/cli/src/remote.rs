@@ -82,6 +82,16 @@ impl Api {
         Ok(self.get(path)?.body_mut().read_json()?)
     }
 
+    /// GET; the answer's bytes (at most 64 MiB).
+    pub(crate) fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        Ok(self
+            .get(path)?
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()?)
+    }
+
     /// POST a JSON body; the answer as JSON.
     pub(crate) fn post_json<T: serde::de::DeserializeOwned>(
         &self,

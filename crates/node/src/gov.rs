@@ -27,11 +27,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use sov_core::{ContentId, Did, Signed};
-use sov_gov::{Action, Book, Choice, ClauseTally, Group, Member, Proposal, Status, Tally, Vote};
+use sov_gov::{Book, ClauseTally, Group, Proposal, Status, Tally, Vote};
 use sov_net::{PeerId, Verdict};
 use tracing::{debug, info, warn};
 
 pub use crate::models::Served;
+pub use sov_gov::{Action, Choice, Member, Verified};
 pub use state::Enactment;
 use state::{Gov, lock};
 
@@ -101,8 +102,8 @@ pub struct ProposalStatus {
     pub kind: String,
     /// What it asks, in words.
     pub action: String,
-    /// The action as signed.
-    pub details: serde_json::Value,
+    /// The action, field by field.
+    pub details: ActionSpec,
     /// When it was made (Unix seconds).
     pub created: u64,
     /// Votes cast after this do not count (Unix seconds).
@@ -119,6 +120,136 @@ pub struct ProposalStatus {
     pub my_vote: Option<String>,
     /// What this node did about it, once passed.
     pub enacted: Option<Enactment>,
+}
+
+/// An action as the API and CLI write it: ids and DIDs as strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionSpec {
+    /// promote, admit, remove, policy, release or custom.
+    pub kind: String,
+    /// promote: the model's manifest id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// admit, remove: the member's DID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// admit: its role (default `member`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// admit: its weight (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// policy: the federation's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<String>,
+    /// policy: settings and their new values.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub changes: std::collections::BTreeMap<String, String>,
+    /// release: what is released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// release: its version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// release: the artifact's object id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+    /// custom: the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+impl From<&Action> for ActionSpec {
+    fn from(a: &Action) -> Self {
+        let mut s = ActionSpec {
+            kind: a.kind().into(),
+            ..Default::default()
+        };
+        match a {
+            Action::Promote { model } => s.model = Some(model.to_string()),
+            Action::Admit {
+                member,
+                role,
+                weight,
+            } => {
+                s.member = Some(member.to_string());
+                s.role = Some(role.clone());
+                s.weight = Some(*weight);
+            }
+            Action::Remove { member } => s.member = Some(member.to_string()),
+            Action::Policy {
+                federation,
+                changes,
+            } => {
+                s.federation = Some(federation.to_string());
+                s.changes = changes.clone();
+            }
+            Action::Release {
+                name,
+                version,
+                artifact,
+            } => {
+                s.name = Some(name.clone());
+                s.version = Some(version.clone());
+                s.artifact = Some(artifact.to_string());
+            }
+            Action::Custom { text } => s.text = Some(text.clone()),
+        }
+        s
+    }
+}
+
+impl ActionSpec {
+    /// The action it describes, with the reason when a field is missing or malformed.
+    pub fn to_action(&self) -> Result<Action> {
+        let need = |v: &Option<String>, what: &str| {
+            v.clone()
+                .ok_or_else(|| Error::Refused(format!("{}: give {what}", self.kind)))
+        };
+        let cid = |v: &Option<String>, what: &str| -> Result<ContentId> {
+            let s = need(v, what)?;
+            s.parse()
+                .map_err(|_| Error::Refused(format!("{}: not an id (a CID)", sov_core::quote(&s))))
+        };
+        let did = |v: &Option<String>| -> Result<Did> {
+            let s = need(v, "the member's DID")?;
+            s.parse()
+                .map_err(|_| Error::Refused(format!("{}: not a did:key", sov_core::quote(&s))))
+        };
+        let action = match self.kind.as_str() {
+            "promote" => Action::Promote {
+                model: cid(&self.model, "the model's id")?,
+            },
+            "admit" => Action::Admit {
+                member: did(&self.member)?,
+                role: self.role.clone().unwrap_or_else(|| "member".into()),
+                weight: self.weight.unwrap_or(1),
+            },
+            "remove" => Action::Remove {
+                member: did(&self.member)?,
+            },
+            "policy" => Action::Policy {
+                federation: cid(&self.federation, "the federation's id")?,
+                changes: self.changes.clone(),
+            },
+            "release" => Action::Release {
+                name: need(&self.name, "a name")?,
+                version: need(&self.version, "a version")?,
+                artifact: cid(&self.artifact, "the artifact's object id")?,
+            },
+            "custom" => Action::Custom {
+                text: need(&self.text, "a text")?,
+            },
+            k => {
+                return Err(Error::Refused(format!(
+                    "{}: a proposal is promote, admit, remove, policy, release or custom",
+                    sov_core::quote(k)
+                )));
+            }
+        };
+        action.validate().map_err(refused)?;
+        Ok(action)
+    }
 }
 
 fn sign<T: sov_core::Message + Send + 'static>(
@@ -489,7 +620,7 @@ impl Node {
             proposer: proposer.to_string(),
             kind: p.action.kind().into(),
             action: p.action.to_string(),
-            details: serde_json::to_value(&p.action).unwrap_or_default(),
+            details: ActionSpec::from(&p.action),
             created: p.created,
             deadline: p.deadline,
             status: t.status.as_str().into(),
