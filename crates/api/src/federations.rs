@@ -23,6 +23,9 @@ pub struct CreateFederation {
     pub policy: Policy,
     /// The creator's own data.
     pub member: Membership,
+    /// The group (`sov gov`) whose votes decide admissions and removals.
+    #[serde(default)]
+    pub governance: Option<String>,
 }
 
 /// `POST /api/v1/federations/{id}/join`.
@@ -54,9 +57,17 @@ pub(crate) async fn create(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<CreateFederation>,
 ) -> Result<Json<CreatedFederation>, ApiError> {
+    let governance = req
+        .governance
+        .as_deref()
+        .map(|g| {
+            g.parse::<ContentId>()
+                .map_err(|_| ApiError::bad_request(format!("{g:?} is not a group id (a CID)")))
+        })
+        .transpose()?;
     let id = s
         .node
-        .fl_create(&req.name, req.task, req.policy, req.member)
+        .fl_create(&req.name, req.task, req.policy, req.member, governance)
         .await?;
     Ok(Json(CreatedFederation { id: id.to_string() }))
 }

@@ -448,6 +448,10 @@ pub struct CreateArgs {
     /// digits, fashion-mnist, mnist, or csv:FEATURES:CLASSES for a table.
     #[arg(long)]
     pub task: String,
+    /// A group (`sov gov create`) whose votes decide who may join (its members) and who is
+    /// removed; without it, the creator admits whoever asks.
+    #[arg(long, value_name = "GROUP")]
+    pub governed_by: Option<String>,
     /// A name for people (default: the task's).
     #[arg(long)]
     pub name: Option<String>,

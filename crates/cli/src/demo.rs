@@ -425,7 +425,8 @@ async fn walk(root: &Path, size_mib: usize, models: Option<&Path>) -> anyhow::Re
     )?;
 
     model_step(&members, entry_name, models).await?;
-    federation_step(&mut members).await?;
+    let model = federation_step(&mut members).await?;
+    governance_step(&mut members, &model, root).await?;
 
     for m in &mut members {
         if let Some(n) = m.node.take() {
@@ -435,7 +436,7 @@ async fn walk(root: &Path, size_mib: usize, models: Option<&Path>) -> anyhow::Re
     learning_step()
 }
 
-/// Step 10: federated learning against attackers on heterogeneous data, simulated in this
+/// Step 11: federated learning against attackers on heterogeneous data, simulated in this
 /// process through the same round code a federation runs.
 fn learning_step() -> anyhow::Result<()> {
     use sov_learn::{
@@ -447,7 +448,7 @@ fn learning_step() -> anyhow::Result<()> {
         train::TrainConfig,
     };
     step(
-        10,
+        11,
         "20 clients learn digits together, each holding mostly one or two classes (Dirichlet \
          0.1); 4 of them send their updates flipped ×−10. (Simulated in this process, as \
          `sov fl simulate --robust` does; docs/ROBUSTNESS.md has every attack.)",
@@ -502,7 +503,7 @@ fn learning_step() -> anyhow::Result<()> {
 
 /// Step 9: the running nodes train one model together, each on its own share of the digits,
 /// under secure aggregation and differential privacy; the aggregator is stopped mid-training.
-async fn federation_step(members: &mut [Member]) -> anyhow::Result<()> {
+async fn federation_step(members: &mut [Member]) -> anyhow::Result<String> {
     use sov_learn::federation::{DpPolicy, Policy, SecAggPolicy, Task};
     // The nodes that went offline come back first.
     let back = members
@@ -578,7 +579,7 @@ async fn federation_step(members: &mut [Member]) -> anyhow::Result<()> {
     let creator = running[0];
     let id = members[creator]
         .node()
-        .fl_create("digits together", task, policy, shard(1))
+        .fl_create("digits together", task, policy, shard(1), None)
         .await?;
     say!(
         "    {} founds federation {id} (`sov fl create --task digits --secagg --dp-noise 0.5 …`)",
@@ -725,6 +726,168 @@ async fn federation_step(members: &mut [Member]) -> anyhow::Result<()> {
     say!(
         "    (five members make ε large: the noise each adds is tuned for accuracy here; more \
          members add less each for the same ε)"
+    )?;
+    Ok(model)
+}
+
+/// Step 10: the members vote to promote the model they trained; every node then serves it
+/// under the group's name, and the member that was away catches up on the vote.
+async fn governance_step(members: &mut [Member], model: &str, root: &Path) -> anyhow::Result<()> {
+    use sov_node::gov::{Action, Choice, member};
+    step(
+        10,
+        "the five decide together, by signed votes, to serve the model they trained: a group \
+         with a 2/3 rule, a proposal to promote the model, and votes that travel by gossip. No \
+         server counts them: every node tallies the same signed votes itself.",
+    )?;
+    let dids: Vec<sov_core::Did> = members
+        .iter()
+        .map(|m| keystore::load(&m.home, None).map(|k| k.did()))
+        .collect::<Result<_, _>>()?;
+    let running: Vec<usize> = (0..members.len())
+        .filter(|&i| members[i].node.is_some())
+        .collect();
+    let founder = running[0];
+    let group = members[founder]
+        .node()
+        .gov_create(
+            "digits-coop",
+            dids.iter().map(|d| member(*d, None, None)).collect(),
+            "2/3",
+            3600,
+        )
+        .await?;
+    let gid: ContentId = group.id.parse()?;
+    say!(
+        "    {} founds group digits-coop ({}) of all five, rule 2/3 (`sov gov create --members … --threshold 2/3`)",
+        members[founder].name,
+        group.id
+    )?;
+    let nodes: Vec<Node> = running.iter().map(|&i| members[i].node().clone()).collect();
+    wait_until("every running member to hold the group", || {
+        let nodes = nodes.clone();
+        async move {
+            for n in &nodes {
+                if n.gov_status(&gid).await.is_err() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+    })
+    .await?;
+    let model_id: ContentId = model.parse()?;
+    let p = members[founder]
+        .node()
+        .gov_propose(&gid, Action::Promote { model: model_id }, None)
+        .await?;
+    let pid: ContentId = p.id.parse()?;
+    say!(
+        "    {} proposes: {} (`sov gov propose {} promote {model}`)",
+        members[founder].name,
+        p.action,
+        group.id
+    )?;
+    wait_until("every running member to hold the proposal", || {
+        let nodes = nodes.clone();
+        async move {
+            for n in &nodes {
+                if n.gov_show(&pid).await.is_err() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+    })
+    .await?;
+    // Four of five must say yes (2/3 of 5 is 3.33): after three the proposal is still open.
+    for (k, &i) in running.iter().enumerate() {
+        members[i].node().gov_vote(&pid, Choice::Yes).await?;
+        wait_until("every running node to count the vote", || {
+            let nodes = nodes.clone();
+            async move {
+                for n in &nodes {
+                    if n.gov_show(&pid).await.map(|s| s.votes.len()).unwrap_or(0) <= k {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        })
+        .await?;
+        let s = nodes[nodes.len() - 1].gov_show(&pid).await?;
+        let c = &s.clauses[0];
+        say!(
+            "    {:<5} votes yes; every node counts {} of {} (2/3 needs {}): {}",
+            members[i].name,
+            c.yes,
+            c.eligible,
+            (2 * c.eligible).div_ceil(3),
+            s.status
+        )?;
+    }
+    wait_until("every running member to serve digits-coop", || {
+        let nodes = nodes.clone();
+        async move {
+            for n in &nodes {
+                if !n.model("digits-coop").await.is_ok_and(|e| e.id == model_id) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+    })
+    .await?;
+    say!(
+        "    passed on every node; each now serves the model as \"digits-coop\" (and \"default\"): \
+         `GET /v1/models/digits-coop`, `POST /api/v1/models/digits-coop/predict`"
+    )?;
+    // The member that stopped during training comes back and catches up on the vote.
+    let back = members[founder].node().listen_addrs().await?;
+    if let Some(m) = members.iter_mut().find(|m| m.node.is_none()) {
+        m.node = Some(start(&m.home, back).await?);
+        let node = m.node().clone();
+        for n in &nodes {
+            for a in n.listen_addrs().await? {
+                if node.dial(a).await.is_ok() {
+                    break;
+                }
+            }
+        }
+        wait_until(&format!("{} to catch up on the vote", m.name), || {
+            let node = node.clone();
+            async move {
+                Ok(node
+                    .gov_show(&pid)
+                    .await
+                    .is_ok_and(|s| s.status == "passed")
+                    && node
+                        .model("digits-coop")
+                        .await
+                        .is_ok_and(|e| e.id == model_id))
+            }
+        })
+        .await?;
+        let s = node.gov_show(&pid).await?;
+        say!(
+            "    {} was away during the vote; back, it learns the {} votes from a member, checks \
+             each itself, finds the proposal {}, pulls the model and serves it too",
+            m.name,
+            s.votes.len(),
+            s.status
+        )?;
+    }
+    let cert = members[founder].node().gov_certificate(&pid).await?;
+    let path = root.join("digits-coop.cert");
+    std::fs::write(&path, &cert)?;
+    let v = sov_node::gov::verify_certificate(&cert)?;
+    say!(
+        "    its certificate ({} bytes, {} signed votes) proves the outcome to anyone, offline: \
+         `sov gov verify {}` says {}",
+        cert.len(),
+        v.tally.counted.len(),
+        path.display(),
+        v.status.as_str()
     )?;
     Ok(())
 }

@@ -253,13 +253,26 @@ fn create(target: &Target, a: CreateArgs) -> Result<()> {
                     task,
                     policy,
                     member,
+                    governance: a.governed_by.clone(),
                 },
             )?;
             c.id
         }
-        Target::Local(l) => l
-            .block_on(l.node().fl_create(&name, task, policy, member))?
-            .to_string(),
+        Target::Local(l) => {
+            let governance = a
+                .governed_by
+                .as_deref()
+                .map(|g| {
+                    g.parse()
+                        .map_err(|_| anyhow::anyhow!("{g:?} is not a group id"))
+                })
+                .transpose()?;
+            if governance.is_some() {
+                l.block_on(l.node().gov_resume());
+            }
+            l.block_on(l.node().fl_create(&name, task, policy, member, governance))?
+                .to_string()
+        }
     };
     if a.json {
         say!("{}", serde_json::json!({ "id": id }))?;

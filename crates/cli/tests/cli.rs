@@ -521,12 +521,20 @@ fn the_demo_runs_every_step() {
         .parse()
         .unwrap();
     assert!(acc >= 70.0, "{test}");
-    // Step 10: the robust rule screens out exactly the attackers, and keeps its accuracy
+    // Step 10: the promotion passes by vote and every node serves the model by the group's
+    // name, the member that was away included; the certificate verifies.
+    assert!(
+        out.contains("passed on every node; each now serves the model as \"digits-coop\""),
+        "{out}"
+    );
+    assert!(out.contains("was away during the vote"), "{out}");
+    assert!(out.contains("says passed"), "{out}");
+    // Step 11: the robust rule screens out exactly the attackers, and keeps its accuracy
     // where FedAvg collapses.
     let screened = out
         .lines()
         .find(|l| l.contains("--robust (screened-mean:4)"))
-        .expect("step 10 reports the robust run");
+        .expect("step 11 reports the robust run");
     let ids = |s: &str| -> Vec<u32> {
         let mut v: Vec<u32> = s
             .split(", ")

@@ -128,6 +128,10 @@ pub struct Genesis {
     pub policy: Policy,
     /// The founding members (the creator among them).
     pub members: Vec<Member>,
+    /// The group (`sov gov`, its id) whose votes decide who may join and who is removed;
+    /// `None`: the creator admits whoever asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governance: Option<ContentId>,
 }
 
 impl Message for Genesis {
@@ -383,6 +387,7 @@ mod tests {
                     role: Role::Member,
                 },
             ],
+            governance: None,
         }
     }
 

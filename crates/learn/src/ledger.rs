@@ -154,6 +154,9 @@ pub struct Ledger {
     genesis: Genesis,
     genesis_bytes: Vec<u8>,
     members: BTreeMap<Did, Role>,
+    /// Members the governing group removed: no longer asked, answered or admitted. They
+    /// stay in `members`, so the records of rounds they took part in still check.
+    removed: std::collections::BTreeSet<Did>,
     admissions: BTreeMap<Did, Vec<u8>>,
     rounds: Vec<(RoundRecord, Did, Vec<u8>)>,
     accountant: Accountant,
@@ -173,6 +176,7 @@ impl Ledger {
             genesis,
             genesis_bytes: genesis_bytes.to_vec(),
             members,
+            removed: Default::default(),
             admissions: BTreeMap::new(),
             rounds: Vec::new(),
             accountant: Accountant::default(),
@@ -203,6 +207,23 @@ impl Ledger {
     /// Whether `did` is a member.
     pub fn is_member(&self, did: &Did) -> bool {
         self.members.contains_key(did)
+    }
+
+    /// Whether `did` is a member that was not removed: one that is asked to train, answered
+    /// and may aggregate.
+    pub fn is_active(&self, did: &Did) -> bool {
+        self.members.contains_key(did) && !self.removed.contains(did)
+    }
+
+    /// Remove `did` (the governing group voted so): from now on it is not asked, answered
+    /// or admitted again. Returns whether it was an active member.
+    pub fn remove(&mut self, did: &Did) -> bool {
+        self.members.contains_key(did) && self.removed.insert(*did)
+    }
+
+    /// The members removed by the governing group.
+    pub fn removed(&self) -> Vec<Did> {
+        self.removed.iter().copied().collect()
     }
 
     /// A member's place among the members (its id in secure aggregation).
@@ -280,6 +301,12 @@ impl Ledger {
         }
         if a.role == Role::Creator {
             return Err(Error::Spec("an admission may not make a creator".into()));
+        }
+        if self.removed.contains(&a.member) {
+            return Err(Error::Spec(format!(
+                "{} was removed from the federation by its group",
+                a.member
+            )));
         }
         if self.members.contains_key(&a.member) {
             return Ok(None);
@@ -477,6 +504,7 @@ mod tests {
                 did: did(1),
                 role: Role::Creator,
             }],
+            governance: None,
         };
         Signed::sign(g, &key(1)).unwrap().encode().unwrap()
     }

@@ -97,6 +97,10 @@ pub struct FederationStatus {
     pub members: Vec<String>,
     /// The members this node sees live (itself included).
     pub live: Vec<String>,
+    /// Members the governing group removed (no longer asked or answered).
+    pub removed: Vec<String>,
+    /// The group whose votes govern the federation, if any.
+    pub governance: Option<String>,
     /// Secure aggregation on.
     pub secure: bool,
     /// Training is over.
@@ -176,7 +180,11 @@ impl Node {
         task: Task,
         policy: Policy,
         membership: Membership,
+        governance: Option<ContentId>,
     ) -> Result<ContentId> {
+        if let Some(g) = &governance {
+            self.gov_check_member(g, &self.did())?;
+        }
         let genesis = Genesis {
             name: name.to_owned(),
             created: crate::node::unix_now(),
@@ -186,6 +194,7 @@ impl Node {
                 did: self.did(),
                 role: Role::Creator,
             }],
+            governance,
         };
         genesis
             .validate()
@@ -309,6 +318,7 @@ impl Node {
             .feds
             .insert(Arc::new(Fed::new(ledger, params, membership, data)));
         self.fl_subscribe(&id).await;
+        self.gov_apply_removals();
         Ok(())
     }
 
@@ -389,7 +399,7 @@ impl Node {
         let (round, signer) = (signed.body().round, signed.signer());
         {
             let l = lock(&fed.ledger);
-            if sov_net::did_of(&source) != Some(signer) || !l.is_member(&signer) {
+            if sov_net::did_of(&source) != Some(signer) || !l.is_active(&signer) {
                 return Verdict::Reject;
             }
             if round <= l.round() {
@@ -500,6 +510,8 @@ impl Node {
             aggregator: next.map(|d| d.to_string()),
             members: l.members().iter().map(ToString::to_string).collect(),
             live: live.iter().map(ToString::to_string).collect(),
+            removed: l.removed().iter().map(ToString::to_string).collect(),
+            governance: g.governance.map(|x| x.to_string()),
             secure: g.policy.secagg.is_some(),
             finished: l.finished().unwrap_or(true),
             model: hex(&l.head()),
@@ -536,7 +548,7 @@ impl Node {
         };
         connected.push(self.did());
         let l = lock(&fed.ledger);
-        let mut live: Vec<Did> = connected.into_iter().filter(|d| l.is_member(d)).collect();
+        let mut live: Vec<Did> = connected.into_iter().filter(|d| l.is_active(d)).collect();
         live.sort_by_key(|d| d.to_string());
         live.dedup();
         live
@@ -588,12 +600,14 @@ impl Node {
         if sync {
             // Members not connected are asked for records: that dials them (their addresses
             // come from the DHT), and a member reached is live from the next tick on.
-            let missing: Vec<Did> = lock(&fed.ledger)
-                .members()
-                .into_iter()
-                .filter(|d| *d != me && !live.contains(d))
-                .take(MAX_REACH)
-                .collect();
+            let missing: Vec<Did> = {
+                let l = lock(&fed.ledger);
+                l.members()
+                    .into_iter()
+                    .filter(|d| *d != me && !live.contains(d) && l.is_active(d))
+                    .take(MAX_REACH)
+                    .collect()
+            };
             for d in missing {
                 self.sync_soon(fed, sov_net::peer_id_of(&d));
             }

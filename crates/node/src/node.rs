@@ -111,6 +111,7 @@ impl Node {
         node.fl_resume().await;
         node.spawn(node.clone().fl_loop());
         node.gov_resume().await;
+        node.gov_apply_removals();
         node.spawn(node.clone().gov_loop());
         info!(did = %node.inner.did, peer_id = %node.peer_id(), "node started");
         Ok(node)

@@ -122,6 +122,7 @@ async fn four_members_train_digits_under_secure_aggregation() {
             digits_task("mlp:32"),
             policy(6, true, false),
             shard(1, 4),
+            None,
         )
         .await
         .unwrap();
@@ -166,6 +167,7 @@ async fn training_goes_on_when_the_aggregator_is_killed_mid_round() {
             digits_task("logreg"),
             policy(20, true, true),
             shard(1, 5),
+            None,
         )
         .await
         .unwrap();
@@ -363,6 +365,7 @@ async fn a_member_sending_a_mis_sized_masked_input_is_left_out_and_strangers_inj
             digits_task("logreg"),
             policy(4, true, false),
             shard(1, 3),
+            None,
         )
         .await
         .unwrap();
@@ -488,7 +491,7 @@ async fn a_restarted_member_resumes_and_the_budget_stops_training() {
     let mut p = policy(40, true, true);
     p.epsilon_budget = Some("30".into());
     let id = nodes[0]
-        .fl_create("digits", digits_task("logreg"), p, shard(1, 3))
+        .fl_create("digits", digits_task("logreg"), p, shard(1, 3), None)
         .await
         .unwrap();
     for (i, n) in nodes.iter().enumerate().skip(1) {
@@ -573,12 +576,18 @@ async fn a_member_whose_table_does_not_fit_the_task_is_refused_at_join() {
     };
     // The creator's own table is checked too.
     let e = a
-        .fl_create("t", task.clone(), policy(3, false, false), member(&wide))
+        .fl_create(
+            "t",
+            task.clone(),
+            policy(3, false, false),
+            member(&wide),
+            None,
+        )
         .await
         .unwrap_err();
     assert!(e.to_string().contains("feature columns"), "{e}");
     let id = a
-        .fl_create("t", task, policy(3, false, false), member(&good))
+        .fl_create("t", task, policy(3, false, false), member(&good), None)
         .await
         .unwrap();
     for (file, why) in [(&wide, "4 feature columns"), (&labels, "label 7")] {
@@ -608,6 +617,7 @@ async fn every_round_model_is_signed_kept_by_every_member_and_predicts() {
             digits_task("logreg"),
             policy(5, true, true),
             shard(1, 3),
+            None,
         )
         .await
         .unwrap();

@@ -240,3 +240,182 @@ async fn a_passed_promotion_is_served_under_the_groups_name_by_every_member() {
     }
     cluster.stop().await;
 }
+
+fn digits_policy(rounds: u32) -> sov_learn::federation::Policy {
+    sov_learn::federation::Policy {
+        rounds,
+        strategy: "fedavg".into(),
+        min_clients: 2,
+        secagg: None,
+        dp: None,
+        epsilon_budget: None,
+        local_epochs: 1,
+        learning_rate: "0.1".into(),
+        batch: 16,
+        round_timeout_ms: 30_000,
+    }
+}
+
+fn shard(i: usize, n: usize) -> sov_node::Membership {
+    sov_node::Membership {
+        data: format!("digits:{i}/{n}"),
+        label_column: None,
+        standardize: false,
+    }
+}
+
+async fn fl_round(n: &Node, id: &sov_core::ContentId) -> u32 {
+    n.fl_status(id).await.unwrap().round
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_governed_federation_admits_the_groups_members_and_drops_the_removed_from_the_next_round()
+{
+    init_logging();
+    let mut cluster = Cluster::start(4, seed(), Duration::from_secs(3600)).await;
+    mesh(&cluster).await;
+    // The group is nodes 0, 1 and 2; node 3 is not in it.
+    let members = (0..3)
+        .map(|i| member(cluster.node(i).did(), None, None))
+        .collect();
+    let g = cluster
+        .node(0)
+        .gov_create("lab", members, "majority", 3600)
+        .await
+        .unwrap();
+    let group: sov_core::ContentId = g.id.parse().unwrap();
+    for i in 0..3 {
+        let n = cluster.node(i).clone();
+        wait_for(&format!("node {i} holds the group"), WAIT, || {
+            let n = n.clone();
+            async move { n.gov_status(&group).await.is_ok() }
+        })
+        .await
+        .unwrap();
+    }
+    let task = sov_learn::federation::Task {
+        data: "digits".into(),
+        input: [1, 8, 8],
+        classes: 10,
+        model: "logreg".into(),
+    };
+    let fed = cluster
+        .node(0)
+        .fl_create(
+            "governed",
+            task,
+            digits_policy(200),
+            shard(1, 4),
+            Some(group),
+        )
+        .await
+        .unwrap();
+    for i in 1..3 {
+        cluster.node(i).fl_join(fed, shard(i + 1, 4)).await.unwrap();
+    }
+    let refused = cluster.node(3).fl_join(fed, shard(4, 4)).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("not a member of group"),
+        "{refused}"
+    );
+    let n0 = cluster.node(0).clone();
+    wait_for("round 2", WAIT, || {
+        let n0 = n0.clone();
+        async move { fl_round(&n0, &fed).await >= 2 }
+    })
+    .await
+    .unwrap();
+    let removed = cluster.node(2).did().to_string();
+    assert!(
+        cluster.node(0).fl_status(&fed).await.unwrap().history[1]
+            .contributors
+            .contains(&removed),
+        "node 2 trained before its removal"
+    );
+    // Nodes 0 and 1 remove node 2 (a majority of three).
+    let p = cluster
+        .node(0)
+        .gov_propose(
+            &group,
+            Action::Remove {
+                member: cluster.node(2).did(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let p: sov_core::ContentId = p.id.parse().unwrap();
+    let n1 = cluster.node(1).clone();
+    wait_for("node 1 holds the removal", WAIT, || {
+        let n1 = n1.clone();
+        async move { n1.gov_show(&p).await.is_ok() }
+    })
+    .await
+    .unwrap();
+    cluster.node(0).gov_vote(&p, Choice::Yes).await.unwrap();
+    cluster.node(1).gov_vote(&p, Choice::Yes).await.unwrap();
+    for i in 0..2 {
+        let n = cluster.node(i).clone();
+        let removed = removed.clone();
+        wait_for(&format!("node {i} drops node 2"), WAIT, || {
+            let n = n.clone();
+            let removed = removed.clone();
+            async move { n.fl_status(&fed).await.unwrap().removed.contains(&removed) }
+        })
+        .await
+        .unwrap();
+    }
+    let at = fl_round(cluster.node(0), &fed)
+        .await
+        .max(fl_round(cluster.node(1), &fed).await);
+    let n0 = cluster.node(0).clone();
+    wait_for("two more rounds", WAIT, || {
+        let n0 = n0.clone();
+        async move { fl_round(&n0, &fed).await >= at + 3 }
+    })
+    .await
+    .unwrap();
+    let s = cluster.node(0).fl_status(&fed).await.unwrap();
+    for h in s.history.iter().filter(|h| h.round > at + 1) {
+        assert!(
+            !h.contributors.contains(&removed) && h.aggregator != removed,
+            "round {} still counted the removed member: {h:?}",
+            h.round
+        );
+    }
+    // Admitted by vote, node 3 may join now.
+    let p = cluster
+        .node(1)
+        .gov_propose(
+            &group,
+            Action::Admit {
+                member: cluster.node(3).did(),
+                role: "member".into(),
+                weight: 1,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let p: sov_core::ContentId = p.id.parse().unwrap();
+    let n0 = cluster.node(0).clone();
+    wait_for("node 0 holds the admission", WAIT, || {
+        let n0 = n0.clone();
+        async move { n0.gov_show(&p).await.is_ok() }
+    })
+    .await
+    .unwrap();
+    cluster.node(0).gov_vote(&p, Choice::Yes).await.unwrap();
+    cluster.node(1).gov_vote(&p, Choice::Yes).await.unwrap();
+    wait_status(&cluster, &[0, 1], p, "passed").await;
+    let n3 = cluster.node(3).clone();
+    wait_for("node 3 learns of the group", WAIT, || {
+        let n3 = n3.clone();
+        async move { n3.gov_status(&group).await.is_ok() }
+    })
+    .await
+    .unwrap();
+    let joined = cluster.node(3).fl_join(fed, shard(4, 4)).await.unwrap();
+    assert!(joined.members.contains(&cluster.node(3).did().to_string()));
+    cluster.stop().await;
+}

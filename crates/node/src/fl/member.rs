@@ -143,7 +143,7 @@ impl Node {
             FlRequest::Gov(_) => return Err("governance is answered elsewhere".into()),
         };
         let fed = self.fed(&federation)?;
-        let member = lock(&fed.ledger).is_member(&asker);
+        let member = lock(&fed.ledger).is_active(&asker);
         match req {
             FlRequest::Records { after, .. } => {
                 let l = lock(&fed.ledger);
@@ -251,6 +251,12 @@ impl Node {
         };
         if creator != Some(self.did()) {
             return Err("only the federation's creator admits members".into());
+        }
+        let governance = lock(&fed.ledger).genesis().governance;
+        if let Some(group) = governance {
+            // A governed federation admits the members of its group, as its votes made them.
+            self.gov_check_member(&group, &asker)
+                .map_err(|e| e.to_string())?;
         }
         if finished {
             return Err("the federation has finished training".into());

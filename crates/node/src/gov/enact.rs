@@ -150,13 +150,20 @@ impl Node {
                     ),
                 ))
             }
-            Action::Admit { member, .. } => Ok(("done", format!("{member} is a member"))),
-            Action::Remove { member } => Ok((
+            Action::Admit { member, .. } => Ok((
                 "done",
-                format!(
-                    "{member} is no longer a member; its votes on later proposals do not count"
-                ),
+                format!("{member} is a member; it may join the federations the group governs"),
             )),
+            Action::Remove { member } => {
+                let n = self.gov_apply_removals();
+                Ok((
+                    "done",
+                    format!(
+                        "{member} is no longer a member: its votes on later proposals do not count, \
+                         and {n} federation(s) here no longer ask or answer it"
+                    ),
+                ))
+            }
             Action::Policy { .. } => Ok((
                 "unsupported",
                 "federation policy changes are not enacted by this version".into(),
@@ -201,5 +208,56 @@ impl Node {
                 .collect())
         })
         .await
+    }
+
+    /// Whether `did` is a member of group `group` now, as this node knows it.
+    pub(crate) fn gov_check_member(&self, group: &ContentId, did: &sov_core::Did) -> Result<()> {
+        let gov = self.inner.govs.get(group).ok_or_else(|| {
+            Error::Refused(format!(
+                "this node is not in group {group}, which governs the federation"
+            ))
+        })?;
+        if !lock(&gov.book).membership().contains(did) {
+            return Err(Error::Refused(format!(
+                "{did} is not a member of group {group}, which governs the federation: \
+                 propose `sov gov propose {group} admit {did}`"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Apply every removal the groups here passed to the federations they govern: the
+    /// removed are no longer asked, answered or admitted. Returns how many federations
+    /// changed.
+    pub(crate) fn gov_apply_removals(&self) -> usize {
+        let mut changed = 0;
+        for fed in self.inner.feds.all() {
+            let Some(group) = crate::fl::state::lock(&fed.ledger).genesis().governance else {
+                continue;
+            };
+            let Some(gov) = self.inner.govs.get(&group) else {
+                continue;
+            };
+            let removed: Vec<sov_core::Did> = {
+                let b = lock(&gov.book);
+                b.proposals()
+                    .filter(|(id, _, _)| b.decision(id) == Some(Status::Passed))
+                    .filter_map(|(_, p, _)| match &p.action {
+                        Action::Remove { member } => Some(*member),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            let mut l = crate::fl::state::lock(&fed.ledger);
+            let mut any = false;
+            for d in removed {
+                if l.remove(&d) {
+                    info!(federation = %fed.id, member = %d, "removed by the group's vote");
+                    any = true;
+                }
+            }
+            changed += usize::from(any);
+        }
+        changed
     }
 }
