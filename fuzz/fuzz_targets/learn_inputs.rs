@@ -35,6 +35,7 @@ fn ledger() -> Option<sov_learn::ledger::Ledger> {
             did: key.did(),
             role: Role::Creator,
         }],
+        governance: None,
     };
     let bytes = sov_core::Signed::sign(g, &key).ok()?.encode().ok()?;
     sov_learn::ledger::Ledger::new(&bytes).ok()

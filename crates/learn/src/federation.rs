@@ -285,7 +285,63 @@ impl Genesis {
             .map(|e| real("ε budget", e))
             .transpose()
     }
+
+    /// This genesis with policy `changes` applied (a governing group's votes), checked
+    /// whole. Only [`POLICY_KEYS`] may change: the task, the strategy, secure aggregation
+    /// and differential privacy are what members joined for, and the ε already spent was
+    /// accounted under them.
+    pub fn with_changes(
+        &self,
+        changes: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Genesis> {
+        let mut g = self.clone();
+        let whole = |k: &str, v: &str| -> Result<u64> {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| Error::Spec(format!("{k}: {v:?} is not a whole number")))
+        };
+        let small = |k: &str, v: &str| -> Result<u32> {
+            u32::try_from(whole(k, v)?).map_err(|_| Error::Spec(format!("{k}: {v} is too large")))
+        };
+        for (k, v) in changes {
+            match k.as_str() {
+                "rounds" => g.policy.rounds = small(k, v)?,
+                "min_clients" => g.policy.min_clients = small(k, v)?,
+                "local_epochs" => g.policy.local_epochs = small(k, v)?,
+                "batch" => g.policy.batch = small(k, v)?,
+                "learning_rate" => {
+                    real("learning rate", v)?;
+                    g.policy.learning_rate = v.trim().to_owned();
+                }
+                "round_timeout_ms" => g.policy.round_timeout_ms = whole(k, v)?,
+                "epsilon_budget" if v.trim() == "none" => g.policy.epsilon_budget = None,
+                "epsilon_budget" => {
+                    real("ε budget", v)?;
+                    g.policy.epsilon_budget = Some(v.trim().to_owned());
+                }
+                _ => {
+                    return Err(Error::Spec(format!(
+                        "{k:?} cannot change: a vote may change {}",
+                        POLICY_KEYS.join(", ")
+                    )));
+                }
+            }
+        }
+        g.validate()?;
+        Ok(g)
+    }
 }
+
+/// The settings of a federation's policy that its governing group may change by vote.
+pub const POLICY_KEYS: [&str; 7] = [
+    "rounds",
+    "min_clients",
+    "local_epochs",
+    "learning_rate",
+    "batch",
+    "round_timeout_ms",
+    "epsilon_budget",
+];
 
 /// A genesis block checked: canonical, signed by the creator it names, valid. Returns the
 /// federation id (the block's CID) and the record.
@@ -388,6 +444,30 @@ mod tests {
                 },
             ],
             governance: None,
+        }
+    }
+
+    #[test]
+    fn a_vote_changes_only_what_members_may_change() {
+        let g = genesis(&key(1));
+        let mut c = std::collections::BTreeMap::new();
+        c.insert("rounds".to_string(), "7".to_string());
+        c.insert("learning_rate".to_string(), "0.05".to_string());
+        c.insert("epsilon_budget".to_string(), "none".to_string());
+        let changed = g.with_changes(&c).unwrap();
+        assert_eq!(changed.policy.rounds, 7);
+        assert_eq!(changed.policy.learning_rate, "0.05");
+        assert_eq!(changed.policy.epsilon_budget, None);
+        assert_eq!(changed.policy.dp, g.policy.dp);
+        for (k, v) in [
+            ("strategy", "median"),
+            ("rounds", "0"),
+            ("learning_rate", "x"),
+            ("dp", "off"),
+        ] {
+            let mut bad = std::collections::BTreeMap::new();
+            bad.insert(k.to_string(), v.to_string());
+            assert!(g.with_changes(&bad).is_err(), "{k}={v} accepted");
         }
     }
 

@@ -99,6 +99,13 @@ pub struct RoundRecord {
     /// aggregator published one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<ContentId>,
+    /// The governing group's passed policy proposals in force from the next round on
+    /// (every one the previous record named, and any newly passed), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy: Vec<ContentId>,
+    /// The policy settings those proposals change, merged (later proposals win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub changes: BTreeMap<String, String>,
 }
 
 impl Message for RoundRecord {
@@ -151,6 +158,10 @@ pub fn write_decimal(x: f64) -> String {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     id: ContentId,
+    /// The genesis as signed.
+    original: Genesis,
+    /// The genesis with the policy changes the last round record names (what holds for
+    /// the next round).
     genesis: Genesis,
     genesis_bytes: Vec<u8>,
     members: BTreeMap<Did, Role>,
@@ -173,6 +184,7 @@ impl Ledger {
         let head = params_digest(&crate::wire::f32s_to_bytes(&init));
         Ok(Ledger {
             id,
+            original: genesis.clone(),
             genesis,
             genesis_bytes: genesis_bytes.to_vec(),
             members,
@@ -189,7 +201,8 @@ impl Ledger {
         &self.id
     }
 
-    /// The genesis record.
+    /// The genesis record, with the policy in force for the next round (the signed genesis'
+    /// policy, changed by the proposals the last round record names).
     pub fn genesis(&self) -> &Genesis {
         &self.genesis
     }
@@ -197,6 +210,14 @@ impl Ledger {
     /// The signed genesis block.
     pub fn genesis_bytes(&self) -> &[u8] {
         &self.genesis_bytes
+    }
+
+    /// The policy proposals the last round put in force, and the settings they change.
+    pub fn policy_in_force(&self) -> (Vec<ContentId>, BTreeMap<String, String>) {
+        self.rounds
+            .last()
+            .map(|(r, _, _)| (r.policy.clone(), r.changes.clone()))
+            .unwrap_or_default()
     }
 
     /// The members, by DID (ascending).
@@ -375,6 +396,23 @@ impl Ledger {
                 )));
             }
         }
+        let before = self
+            .rounds
+            .last()
+            .map_or(&[][..], |(p, _, _)| p.policy.as_slice());
+        if !r.policy.windows(2).all(|w| w[0] < w[1])
+            || before.iter().any(|b| r.policy.binary_search(b).is_err())
+        {
+            return Err(Error::Spec(
+                "the round's policy proposals are unsorted or drop one in force".into(),
+            ));
+        }
+        if !r.changes.is_empty() && r.policy.is_empty() {
+            return Err(Error::Spec(
+                "policy changes without the proposals that made them".into(),
+            ));
+        }
+        self.original.with_changes(&r.changes)?;
         if r.secure != self.genesis.policy.secagg.is_some() {
             return Err(Error::Spec(
                 "the round's secure aggregation is not the policy's".into(),
@@ -425,6 +463,7 @@ impl Ledger {
                 .step(1.0, decimal("noise multiplier", z)?, 1)?;
         }
         self.head.copy_from_slice(&r.model[..]);
+        self.genesis = self.original.with_changes(&r.changes)?;
         self.rounds.push((r.clone(), signer, bytes.to_vec()));
         Ok(r)
     }
@@ -540,6 +579,8 @@ mod tests {
             multiplier: z.map(write_decimal),
             epsilon: z.map(|z| write_decimal(l.epsilon_after(z).unwrap().unwrap_or(1.0))),
             manifest: None,
+            policy: vec![],
+            changes: BTreeMap::new(),
         };
         Signed::sign(r, &key(signer)).unwrap().encode().unwrap()
     }

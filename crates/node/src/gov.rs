@@ -373,6 +373,25 @@ impl Node {
                 self.gov_share(&gov, &entry.id.to_string()).await?;
             }
         }
+        if let Action::Release { artifact, .. } = &action {
+            self.gov_grant_artifact(&gov, *artifact).await?;
+        }
+        if let Action::Policy {
+            federation,
+            changes,
+        } = &action
+            && let Some(fed) = self.inner.feds.get(federation)
+        {
+            let l = crate::fl::state::lock(&fed.ledger);
+            if l.genesis().governance != Some(*group) {
+                return Err(Error::Refused(format!(
+                    "federation {federation} is not governed by this group"
+                )));
+            }
+            l.genesis()
+                .with_changes(changes)
+                .map_err(|e| Error::Refused(format!("policy: {e}")))?;
+        }
         let (basis, default_secs) = {
             let b = lock(&gov.book);
             if !b.membership().contains(&self.did()) {

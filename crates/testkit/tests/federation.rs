@@ -399,6 +399,8 @@ async fn a_member_sending_a_mis_sized_masked_input_is_left_out_and_strangers_inj
         multiplier: None,
         epsilon: None,
         manifest: None,
+        policy: vec![],
+        changes: Default::default(),
     };
     let record = Signed::sign(forged, &key).unwrap().encode().unwrap();
     for req in [

@@ -419,3 +419,156 @@ async fn a_governed_federation_admits_the_groups_members_and_drops_the_removed_f
     assert!(joined.members.contains(&cluster.node(3).did().to_string()));
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_release_is_fetched_and_checked_by_every_member() {
+    init_logging();
+    let mut cluster = Cluster::start(3, seed(), Duration::from_secs(3600)).await;
+    mesh(&cluster).await;
+    let group = found(&cluster, "majority").await;
+    let artifact: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let (added, _) = cluster
+        .node(0)
+        .add(
+            std::io::Cursor::new(artifact.clone()),
+            sov_testkit::add_options("sov-0.2.0.tar"),
+            Some(0),
+        )
+        .await
+        .unwrap();
+    let p = cluster
+        .node(0)
+        .gov_propose(
+            &group,
+            Action::Release {
+                name: "sov".into(),
+                version: "0.2.0".into(),
+                artifact: added.id,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let p: sov_core::ContentId = p.id.parse().unwrap();
+    let n1 = cluster.node(1).clone();
+    wait_for("node 1 holds the release", WAIT, || {
+        let n1 = n1.clone();
+        async move { n1.gov_show(&p).await.is_ok() }
+    })
+    .await
+    .unwrap();
+    // Not passed yet: nobody fetched it.
+    assert!(!cluster.node(2).contains(added.id).await.unwrap());
+    cluster.node(0).gov_vote(&p, Choice::Yes).await.unwrap();
+    cluster.node(1).gov_vote(&p, Choice::Yes).await.unwrap();
+    for i in 0..3 {
+        let n = cluster.node(i).clone();
+        wait_for(&format!("node {i} enacts the release"), WAIT, || {
+            let n = n.clone();
+            async move {
+                n.gov_show(&p)
+                    .await
+                    .is_ok_and(|s| s.enacted.is_some_and(|e| e.state == "done"))
+            }
+        })
+        .await
+        .unwrap();
+        assert!(cluster.node(i).contains(added.id).await.unwrap());
+        assert_eq!(sov_testkit::read(cluster.node(i), added.id).await, artifact);
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_policy_change_holds_from_the_next_round_on_every_member() {
+    init_logging();
+    let mut cluster = Cluster::start(3, seed(), Duration::from_secs(3600)).await;
+    mesh(&cluster).await;
+    let group = found(&cluster, "majority").await;
+    let task = sov_learn::federation::Task {
+        data: "digits".into(),
+        input: [1, 8, 8],
+        classes: 10,
+        model: "logreg".into(),
+    };
+    let fed = cluster
+        .node(0)
+        .fl_create(
+            "governed",
+            task,
+            digits_policy(500),
+            shard(1, 3),
+            Some(group),
+        )
+        .await
+        .unwrap();
+    for i in 1..3 {
+        cluster.node(i).fl_join(fed, shard(i + 1, 3)).await.unwrap();
+    }
+    let n0 = cluster.node(0).clone();
+    wait_for("round 2", WAIT, || {
+        let n0 = n0.clone();
+        async move { fl_round(&n0, &fed).await >= 2 }
+    })
+    .await
+    .unwrap();
+    // What members did not join for cannot change.
+    let strategy = cluster
+        .node(0)
+        .gov_propose(
+            &group,
+            Action::Policy {
+                federation: fed,
+                changes: [("strategy".to_string(), "median".to_string())].into(),
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(strategy.to_string().contains("cannot change"), "{strategy}");
+    // Stop training early: the federation ends after the round the vote allows.
+    let stop_at = fl_round(cluster.node(0), &fed).await + 6;
+    let p = cluster
+        .node(1)
+        .gov_propose(
+            &group,
+            Action::Policy {
+                federation: fed,
+                changes: [("rounds".to_string(), stop_at.to_string())].into(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let p: sov_core::ContentId = p.id.parse().unwrap();
+    let n0 = cluster.node(0).clone();
+    wait_for("node 0 holds the policy proposal", WAIT, || {
+        let n0 = n0.clone();
+        async move { n0.gov_show(&p).await.is_ok() }
+    })
+    .await
+    .unwrap();
+    cluster.node(0).gov_vote(&p, Choice::Yes).await.unwrap();
+    cluster.node(1).gov_vote(&p, Choice::Yes).await.unwrap();
+    for i in 0..3 {
+        let n = cluster.node(i).clone();
+        wait_for(
+            &format!("node {i} finishes at round {stop_at}"),
+            WAIT,
+            || {
+                let n = n.clone();
+                async move {
+                    n.fl_status(&fed)
+                        .await
+                        .is_ok_and(|s| s.finished && s.round >= 3)
+                }
+            },
+        )
+        .await
+        .unwrap();
+        let s = cluster.node(i).fl_status(&fed).await.unwrap();
+        assert!(s.round <= stop_at, "node {i} trained to round {}", s.round);
+        assert_eq!(s.rounds, stop_at, "node {i} holds the new policy");
+    }
+    cluster.stop().await;
+}

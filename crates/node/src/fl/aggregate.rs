@@ -141,6 +141,8 @@ impl Node {
                 validation.as_ref(),
             )
             .await?;
+        // The group's passed policy changes go into force from the next round.
+        let (policy, changes) = self.gov_policy_for(&fed);
         let record = RoundRecord {
             federation: fed.id,
             round,
@@ -154,6 +156,8 @@ impl Node {
             multiplier: summed.multiplier.map(write_decimal),
             epsilon: epsilon.map(write_decimal),
             manifest: Some(manifest),
+            policy,
+            changes,
         };
         let signed = self
             .blocking(move |s| {

@@ -499,6 +499,7 @@ impl Node {
         if params_digest(params) != r.model.as_slice() {
             return Err("the parameters are not the model the record names".into());
         }
+        self.gov_check_policy(fed, &r)?;
         let values = wire::bytes_to_f32s(params).map_err(|e| e.to_string())?;
         let spec = lock(&fed.ledger)
             .genesis()

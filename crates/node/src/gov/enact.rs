@@ -135,6 +135,7 @@ impl Node {
                 version,
                 artifact,
             } => {
+                self.gov_grant_artifact(gov, *artifact).await?;
                 self.fetch(*artifact, None).await?;
                 let size = self
                     .blocking({
@@ -164,10 +165,20 @@ impl Node {
                     ),
                 ))
             }
-            Action::Policy { .. } => Ok((
-                "unsupported",
-                "federation policy changes are not enacted by this version".into(),
-            )),
+            Action::Policy { federation, .. } => {
+                let here = self.inner.feds.get(federation).is_some();
+                Ok((
+                    "done",
+                    if here {
+                        format!(
+                            "the next round's aggregator names it in its record; it holds from \
+                             the round after (federation {federation})"
+                        )
+                    } else {
+                        format!("this node is not in federation {federation}: nothing to do")
+                    },
+                ))
+            }
             Action::Custom { .. } => Ok(("nothing", "a text: nothing to do".into())),
         }
     }
@@ -182,6 +193,31 @@ impl Node {
             .collect();
         for d in members {
             self.share_model(name_or_id, d).await?;
+        }
+        Ok(())
+    }
+
+    /// Grant a release's artifact to every member of the group, if this node owns it (so
+    /// members can fetch it); nothing otherwise.
+    pub(super) async fn gov_grant_artifact(&self, gov: &Gov, artifact: ContentId) -> Result<()> {
+        let owned = self
+            .blocking(move |s| {
+                Ok(s.info(&artifact)
+                    .ok()
+                    .is_some_and(|i| i.owner == s.identity().did()))
+            })
+            .await?;
+        if !owned {
+            return Ok(());
+        }
+        let members: Vec<_> = lock(&gov.book)
+            .membership()
+            .members()
+            .map(|(d, _)| *d)
+            .filter(|d| *d != self.did())
+            .collect();
+        for d in members {
+            self.grant(artifact, d).await?;
         }
         Ok(())
     }
@@ -259,5 +295,107 @@ impl Node {
             changed += usize::from(any);
         }
         changed
+    }
+
+    /// The policy proposals of `fed`'s governing group that are in force or passed, and the
+    /// settings they change, merged in the order they were made (what an aggregator writes
+    /// into its round record).
+    pub(crate) fn gov_policy_for(
+        &self,
+        fed: &crate::fl::state::Fed,
+    ) -> (Vec<ContentId>, std::collections::BTreeMap<String, String>) {
+        let (in_force, original) = {
+            let l = crate::fl::state::lock(&fed.ledger);
+            (l.policy_in_force(), l.genesis().governance)
+        };
+        let Some(gov) = original.and_then(|g| self.inner.govs.get(&g)) else {
+            return in_force;
+        };
+        let (mut ids, _) = in_force.clone();
+        {
+            let b = lock(&gov.book);
+            for (id, p, _) in b.proposals() {
+                if matches!(&p.action, Action::Policy { federation, .. } if *federation == fed.id)
+                    && b.decision(id) == Some(Status::Passed)
+                    && !ids.contains(id)
+                {
+                    ids.push(*id);
+                }
+            }
+        }
+        ids.sort();
+        match self.gov_merge_policy(&gov, fed, &ids) {
+            Ok(changes) => (ids, changes),
+            Err(e) => {
+                warn!(federation = %fed.id, "a passed policy change does not apply: {e}");
+                in_force
+            }
+        }
+    }
+
+    /// The settings the policy proposals `ids` change, merged in the order they were made,
+    /// checked against the federation's genesis.
+    fn gov_merge_policy(
+        &self,
+        gov: &Gov,
+        fed: &crate::fl::state::Fed,
+        ids: &[ContentId],
+    ) -> std::result::Result<std::collections::BTreeMap<String, String>, String> {
+        let b = lock(&gov.book);
+        let mut ordered = Vec::new();
+        for id in ids {
+            let (p, _, _) = b
+                .proposal(id)
+                .ok_or_else(|| format!("policy proposal {id} is not known here yet"))?;
+            match &p.action {
+                Action::Policy {
+                    federation,
+                    changes,
+                } if *federation == fed.id && b.decision(id) == Some(Status::Passed) => {
+                    ordered.push((p.created, *id, changes.clone()));
+                }
+                _ => {
+                    return Err(format!(
+                        "{id} is not a passed policy change of this federation"
+                    ));
+                }
+            }
+        }
+        ordered.sort_by_key(|(created, id, _)| (*created, *id));
+        let mut merged = std::collections::BTreeMap::new();
+        for (_, _, c) in ordered {
+            merged.extend(c);
+        }
+        let bytes = crate::fl::state::lock(&fed.ledger).genesis_bytes().to_vec();
+        let (_, genesis) =
+            sov_learn::federation::open_genesis(&bytes).map_err(|e| e.to_string())?;
+        genesis.with_changes(&merged).map_err(|e| e.to_string())?;
+        Ok(merged)
+    }
+
+    /// Check the policy a round record puts in force: every proposal it names is a passed
+    /// policy change of this federation in its group, and the settings are theirs merged.
+    pub(crate) fn gov_check_policy(
+        &self,
+        fed: &crate::fl::state::Fed,
+        r: &sov_learn::ledger::RoundRecord,
+    ) -> std::result::Result<(), String> {
+        if r.policy.is_empty() {
+            return Ok(());
+        }
+        let group = crate::fl::state::lock(&fed.ledger)
+            .genesis()
+            .governance
+            .ok_or("a policy change in a federation no group governs")?;
+        let gov = self
+            .inner
+            .govs
+            .get(&group)
+            .ok_or_else(|| format!("this node is not in group {group}"))?;
+        let merged = self.gov_merge_policy(&gov, fed, &r.policy)?;
+        if merged != r.changes {
+            return Err("the record's policy settings are not its proposals'".into());
+        }
+        Ok(())
     }
 }
