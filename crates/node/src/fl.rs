@@ -594,8 +594,12 @@ impl Node {
     }
 
     async fn fl_tick(&self, fed: &Arc<Fed>, sync: bool) {
-        let live = self.live_members(fed).await;
         let me = self.did();
+        if !lock(&fed.ledger).is_active(&me) {
+            // Removed by the governing group: this node no longer takes part.
+            return;
+        }
+        let live = self.live_members(fed).await;
         let others: Vec<Did> = live.iter().copied().filter(|d| *d != me).collect();
         if sync {
             // Members not connected are asked for records: that dials them (their addresses
@@ -649,6 +653,10 @@ impl Node {
         }
         let skipped = &order[..k];
         let live: Vec<Did> = live.into_iter().filter(|d| !skipped.contains(d)).collect();
+        // Not while this node takes part in the round with another aggregator.
+        if fed.pledge(next, me, timeout).is_err() {
+            return;
+        }
         {
             let mut driving = lock(&fed.driving);
             if *driving == Some(next) {

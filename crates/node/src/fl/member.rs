@@ -7,6 +7,7 @@
 //! sent.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sov_core::{Did, Signed};
 use sov_learn::{
@@ -356,12 +357,15 @@ impl Node {
             } else if l.genesis().policy.secagg.is_some() {
                 return Err("the federation requires secure aggregation".into());
             }
-            (
+            let out = (
                 l.genesis().model_spec().map_err(|e| e.to_string())?,
                 train_config(&l)?,
                 l.index_of(&self.did()).ok_or("not a member")?,
                 directory(&l),
-            )
+            );
+            let timeout = Duration::from_millis(l.genesis().policy.round_timeout_ms);
+            fed.pledge(round, asker, timeout)?;
+            out
         };
         let global = wire::bytes_to_f32s(&params).map_err(|e| e.to_string())?;
         if global.len() != spec.num_params() {

@@ -87,6 +87,40 @@ pub(crate) struct Fed {
     /// Catch-ups in flight (bounded: a peer that never answers holds one for the bulk
     /// protocol's timeout).
     pub syncing: std::sync::atomic::AtomicUsize,
+    /// The aggregator this node trains the round for (itself when it aggregates), and
+    /// since when: see [`Fed::pledge`].
+    pub pledged: Mutex<Option<(u32, sov_core::Did, Instant)>>,
+}
+
+impl Fed {
+    /// Take part in round `round` for `aggregator` (this node itself when it aggregates).
+    /// A member serves one aggregator per round until the round's time is up, so two
+    /// aggregators that both believe it is their turn (members' views of who is live
+    /// differ, e.g. while members join) cannot both gather `min_clients` updates when
+    /// `min_clients` is more than half the members: the federation does not fork. After
+    /// the round's time, the next aggregator of the failover order is served.
+    pub(crate) fn pledge(
+        &self,
+        round: u32,
+        aggregator: sov_core::Did,
+        timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        let mut p = lock(&self.pledged);
+        if let Some((r, d, since)) = *p
+            && r == round
+            && d != aggregator
+            && since.elapsed() < timeout
+        {
+            return Err(format!(
+                "this member takes part in round {round} with {d}; another aggregator is \
+                 served once the round's time is up"
+            ));
+        }
+        if !matches!(*p, Some((r, d, _)) if r == round && d == aggregator) {
+            *p = Some((round, aggregator, Instant::now()));
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -109,6 +143,7 @@ impl Fed {
             data: Arc::new(data),
             clients: tokio::sync::Mutex::new(HashMap::new()),
             driving: Mutex::new(None),
+            pledged: Mutex::new(None),
             pending: Mutex::new((round + 1, Instant::now())),
             sent: Mutex::new(HashMap::new()),
             syncing: std::sync::atomic::AtomicUsize::new(0),

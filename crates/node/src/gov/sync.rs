@@ -21,6 +21,8 @@ use crate::{
 
 /// Catch-ups in flight per group.
 const MAX_SYNCS: usize = 4;
+/// Most groups a node keeps (a stranger can name anyone in a group it founds).
+const MAX_GROUPS: usize = 256;
 /// Rounds of asking within one catch-up (each may bring what the last one builds on).
 const MAX_PASSES: usize = 4;
 
@@ -40,19 +42,24 @@ impl Node {
                     lock(&g.told).insert(asker);
                     return Ok(GovResponse::Kept);
                 }
+                if self.inner.govs.all().len() >= MAX_GROUPS {
+                    return Err(format!("this node is in {MAX_GROUPS} groups already"));
+                }
                 let named = |d: &Did| book.group().members.iter().any(|m| m.did == *d);
                 let me = self.did();
-                if named(&me) {
+                if named(&me) && named(&asker) {
                     let gov = self.gov_enter(book).await.map_err(|e| e.to_string())?;
                     lock(&gov.told).insert(asker);
                     self.gov_sync_soon(&gov, peer);
                     return Ok(GovResponse::Kept);
                 }
-                // Admitted later: this node is a member only if the asker's records say so.
+                // Admitted later (or told by one who was): this node keeps the group only if
+                // the teller's records, each checked here, make both of them members.
                 let gov = Arc::new(Gov::new(book, Default::default()));
                 self.gov_sync_from(&gov, peer).await?;
                 let book = lock(&gov.book).clone();
-                if !book.membership().contains(&me) {
+                let members = book.membership();
+                if !members.contains(&me) || !members.contains(&asker) {
                     return Err("this node is not a member of that group".into());
                 }
                 let gov = self.gov_enter(book).await.map_err(|e| e.to_string())?;
