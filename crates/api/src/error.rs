@@ -64,6 +64,7 @@ impl From<sov_node::Error> for ApiError {
             E::Model(_) => Self::new(StatusCode::BAD_REQUEST, "model", e.to_string()),
             E::Refused(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", e.to_string()),
             E::NoModel(_) => Self::new(StatusCode::NOT_FOUND, "model_not_found", e.to_string()),
+            E::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
             E::Fetch { .. } | E::Net(_) => {
                 Self::new(StatusCode::BAD_GATEWAY, "network", e.to_string())
             }

@@ -57,6 +57,7 @@ async fn call_at(
         || path.contains("grants")
         || path.ends_with("/models")
         || path.contains("/models/")
+        || path.contains("/gov/")
     {
         req = req.header("content-type", "application/json");
     }
@@ -139,6 +140,14 @@ async fn every_route_checks_the_token_and_answers_with_its_status_and_error_shap
         (Method::GET, "/api/v1/models/offered"),
         (Method::DELETE, "/api/v1/models/x"),
         (Method::POST, "/api/v1/models/x/share"),
+        (Method::GET, "/api/v1/gov/groups"),
+        (Method::POST, "/api/v1/gov/groups"),
+        (Method::GET, "/api/v1/gov/groups/x"),
+        (Method::GET, "/api/v1/gov/proposals"),
+        (Method::POST, "/api/v1/gov/proposals"),
+        (Method::GET, "/api/v1/gov/proposals/x"),
+        (Method::POST, "/api/v1/gov/proposals/x/votes"),
+        (Method::GET, "/api/v1/gov/proposals/x/certificate"),
     ];
     for (m, path) in &guarded {
         api_error(
@@ -444,6 +453,167 @@ async fn every_route_checks_the_token_and_answers_with_its_status_and_error_shap
         &ok(&app, Method::DELETE, "/api/v1/models/tiny", Body::empty()).await,
         StatusCode::NOT_FOUND,
         "model_not_found",
+    );
+    node.shutdown().await;
+}
+
+/// Issue 18: the governance routes, on a group of one (this node), where every proposal
+/// is decided by its own vote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn governance_routes_answer_with_their_status_and_error_shape() {
+    let home = tempfile::tempdir().unwrap();
+    let node = Node::start(home.path(), Keypair::generate(), Config::loopback())
+        .await
+        .unwrap();
+    let app = sov_api::router(node.clone(), TOKEN);
+    let me = node.did().to_string();
+    let empty = ok(&app, Method::GET, "/api/v1/gov/groups", Body::empty()).await;
+    assert_eq!((empty.status, empty.json()), (StatusCode::OK, json!([])));
+    // Bad input: a DID that is not one, a rule naming no member's role, an unknown group.
+    let bad = json!({"name": "g", "members": [{"did": "did:key:nope"}]});
+    api_error(
+        &ok(&app, Method::POST, "/api/v1/gov/groups", json_body(bad)).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    let bad = json!({"name": "g", "members": [{"did": me}], "rule": "ops 2/3"});
+    api_error(
+        &ok(&app, Method::POST, "/api/v1/gov/groups", json_body(bad)).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "refused",
+    );
+    assert!(node.gov_groups().await.unwrap().is_empty(), "nothing kept");
+    api_error(
+        &ok(&app, Method::GET, "/api/v1/gov/groups/x", Body::empty()).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    let g = ok(
+        &app,
+        Method::POST,
+        "/api/v1/gov/groups",
+        json_body(
+            json!({"name": "solo", "members": [{"did": me, "role": "ops"}], "rule": "ops 1/1"}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        g.status,
+        StatusCode::OK,
+        "{:?}",
+        String::from_utf8_lossy(&g.body)
+    );
+    let gid = g.json()["id"].as_str().unwrap().to_owned();
+    let shown = ok(
+        &app,
+        Method::GET,
+        &format!("/api/v1/gov/groups/{gid}"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(shown.json()["rule"], "ops unanimous");
+    // A proposal of an unknown kind, or one missing its field, is refused.
+    for action in [json!({"kind": "fly"}), json!({"kind": "promote"})] {
+        let a = ok(
+            &app,
+            Method::POST,
+            "/api/v1/gov/proposals",
+            json_body(json!({"group": gid, "action": action})),
+        )
+        .await;
+        api_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "refused");
+    }
+    let p = ok(
+        &app,
+        Method::POST,
+        "/api/v1/gov/proposals",
+        json_body(
+            json!({"group": gid, "action": {"kind": "custom", "text": "hello"}, "voting_secs": 60}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        p.status,
+        StatusCode::OK,
+        "{:?}",
+        String::from_utf8_lossy(&p.body)
+    );
+    let pid = p.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(p.json()["status"], "open");
+    // Not decided yet: no certificate.
+    api_error(
+        &ok(
+            &app,
+            Method::GET,
+            &format!("/api/v1/gov/proposals/{pid}/certificate"),
+            Body::empty(),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "refused",
+    );
+    api_error(
+        &ok(
+            &app,
+            Method::POST,
+            &format!("/api/v1/gov/proposals/{pid}/votes"),
+            json_body(json!({"choice": "maybe"})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    let v = ok(
+        &app,
+        Method::POST,
+        &format!("/api/v1/gov/proposals/{pid}/votes"),
+        json_body(json!({"choice": "yes"})),
+    )
+    .await;
+    assert_eq!(
+        (v.status, v.json()["status"].clone()),
+        (StatusCode::OK, json!("passed"))
+    );
+    // A vote is final.
+    api_error(
+        &ok(
+            &app,
+            Method::POST,
+            &format!("/api/v1/gov/proposals/{pid}/votes"),
+            json_body(json!({"choice": "no"})),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "refused",
+    );
+    let list = ok(
+        &app,
+        Method::GET,
+        &format!("/api/v1/gov/proposals?group={gid}"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(list.json().as_array().unwrap().len(), 1);
+    let cert = ok(
+        &app,
+        Method::GET,
+        &format!("/api/v1/gov/proposals/{pid}/certificate"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(cert.status, StatusCode::OK);
+    let checked = sov_node::gov::verify_certificate(&cert.body).unwrap();
+    assert_eq!(checked.proposal.to_string(), pid);
+    api_error(
+        &ok(
+            &app,
+            Method::GET,
+            "/api/v1/gov/proposals/bafyr4iaamymk5r2mnbycoyktnlnzuo7xtrjfxbuhh5dch3oxyif6uflzyq",
+            Body::empty(),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
     );
     node.shutdown().await;
 }

@@ -272,14 +272,14 @@ impl Node {
         self.inner
             .govs
             .get(id)
-            .ok_or_else(|| Error::NoModel(format!("this node is not in group {id}")))
+            .ok_or_else(|| Error::NotFound(format!("this node is not in group {id}")))
     }
 
     fn gov_of(&self, proposal: &ContentId) -> Result<Arc<Gov>> {
         self.inner
             .govs
             .holding(proposal)
-            .ok_or_else(|| Error::NoModel(format!("no proposal {proposal} is known here")))
+            .ok_or_else(|| Error::NotFound(format!("no proposal {proposal} is known here")))
     }
 
     /// Found a group of `members` (this node is added as a member if it is not named),

@@ -88,6 +88,9 @@ pub enum Error {
     /// No model has this name or id here.
     #[error("{0}")]
     NoModel(String),
+    /// No group or proposal has this id here.
+    #[error("{0}")]
+    NotFound(String),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Stopped,
