@@ -119,14 +119,26 @@ pub(crate) async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
-    match crate::bearer(&state, &req) {
-        crate::Bearer::Valid => next.run(req).await,
-        crate::Bearer::Wrong => OaiError::unauthorized(
-            "Incorrect API key provided (use the node's admin token, in $SOV_HOME/admin.token)",
+    let asked = crate::Asked::of(&state, &req);
+    match asked.check(&state).await {
+        Ok(_) => next.run(req).await,
+        Err(crate::Denied::Invalid(why)) => OaiError::unauthorized(
+            &format!(
+                "Incorrect API key provided: {why} (use the node's admin token, in \
+                 $SOV_HOME/admin.token, or an access token from /oauth/token)"
+            ),
             "invalid_api_key",
         )
         .into_response(),
-        crate::Bearer::Missing => OaiError::unauthorized(
+        Err(crate::Denied::Scope(need)) => OaiError {
+            status: StatusCode::FORBIDDEN,
+            kind: "invalid_request_error",
+            code: Some("insufficient_scope"),
+            param: None,
+            message: format!("this token lacks scope {need}"),
+        }
+        .into_response(),
+        Err(crate::Denied::Missing) => OaiError::unauthorized(
             "You didn't provide an API key: send `Authorization: Bearer <token>` (the token is in $SOV_HOME/admin.token)",
             "missing_api_key",
         )

@@ -46,6 +46,7 @@ pub mod gateway;
 pub mod gov;
 pub mod http;
 mod models;
+pub mod oauth;
 mod objects;
 
 use std::{future::Future, sync::Arc};
@@ -190,6 +191,11 @@ pub fn router_for_hosts(node: Node, token: &str, hosts: &[String]) -> Router {
         .layer(middleware::from_fn(gateway::oai_errors));
     Router::new()
         .route("/health", get(health))
+        .route("/oauth/token", post(oauth::token).layer(small))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::metadata),
+        )
         .merge(api)
         .merge(v1)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
@@ -279,6 +285,71 @@ pub(crate) enum Bearer {
     Missing,
 }
 
+/// Who is asking, once the bearer token was checked.
+pub(crate) enum Caller {
+    /// The owner (the admin token): everything.
+    Owner,
+    /// A client with an access token this node issued, and its scopes.
+    Client(sov_node::auth::AccessClaims),
+}
+
+/// Why a request was not let through.
+pub(crate) enum Denied {
+    /// No bearer token.
+    Missing,
+    /// A token that is neither the admin token nor a valid access token, and why.
+    Invalid(String),
+    /// A valid access token without the route's scope.
+    Scope(&'static str),
+}
+
+/// What the authorisation check needs of a request, taken out of it (a request is not
+/// `Sync`, so nothing of it is held across the check's await). [`Asked::check`] lets
+/// through the admin token, or an access token this node issued that carries the route's
+/// scope (or `admin`).
+pub(crate) struct Asked {
+    need: &'static str,
+    verdict: Bearer,
+    presented: Option<String>,
+}
+
+impl Asked {
+    pub(crate) fn of(state: &AppState, req: &Request) -> Self {
+        Self {
+            need: oauth::required_scope(req.method(), req.uri().path()),
+            verdict: bearer(state, req),
+            presented: req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(|t| t.trim().to_owned()),
+        }
+    }
+
+    pub(crate) async fn check(self, state: &AppState) -> Result<Caller, Denied> {
+        let need = self.need;
+        let caller = match self.verdict {
+            Bearer::Valid => return Ok(Caller::Owner),
+            Bearer::Missing => return Err(Denied::Missing),
+            Bearer::Wrong => {
+                let t = self.presented.unwrap_or_default();
+                // An admin token is 64 hex digits; a JWT has dots.
+                if !t.contains('.') {
+                    return Err(Denied::Invalid("wrong token".into()));
+                }
+                Caller::Client(state.node.token_check(&t).await.map_err(Denied::Invalid)?)
+            }
+        };
+        match &caller {
+            Caller::Client(c) if !c.scopes().any(|s| s == need || s == "admin") => {
+                Err(Denied::Scope(need))
+            }
+            _ => Ok(caller),
+        }
+    }
+}
+
 /// Check `req`'s bearer token against the admin token (compared without an early exit).
 pub(crate) fn bearer(state: &AppState, req: &Request) -> Bearer {
     let presented = req
@@ -294,14 +365,22 @@ pub(crate) fn bearer(state: &AppState, req: &Request) -> Bearer {
 }
 
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match bearer(&state, &req) {
-        Bearer::Valid => next.run(req).await,
-        Bearer::Wrong => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "wrong token")
-            .into_response(),
-        Bearer::Missing => ApiError::new(
+    let asked = Asked::of(&state, &req);
+    match asked.check(&state).await {
+        Ok(_) => next.run(req).await,
+        Err(Denied::Invalid(why)) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", why).into_response()
+        }
+        Err(Denied::Scope(need)) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!("this route needs scope {need}"),
+        )
+        .into_response(),
+        Err(Denied::Missing) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing_token",
-            "this route needs `Authorization: Bearer <token>` (the token is in $SOV_HOME/admin.token)",
+            "this route needs `Authorization: Bearer <token>` (the admin token in $SOV_HOME/admin.token, or an access token from /oauth/token)",
         )
         .into_response(),
     }

@@ -6,8 +6,11 @@
 //! - [`keystore`]: `$SOV_HOME/identity.key`, mode 0600, optionally sealed with a passphrase
 //!   (Argon2id + XChaCha20-Poly1305).
 //! - [`token`]: the local admin token, `$SOV_HOME/admin.token`, mode 0600.
+//! - [`jwt`]: OAuth 2.0 client assertions signed by a client's did:key (RFC 7523) and the
+//!   access tokens a node issues.
 
 mod document;
+pub mod jwt;
 mod keypair;
 pub mod keystore;
 pub mod token;

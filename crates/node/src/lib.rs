@@ -21,6 +21,7 @@
 //! completion through the code.
 
 mod access;
+pub mod auth;
 pub mod classifier;
 mod config;
 mod events;

@@ -67,6 +67,8 @@ pub(crate) struct Inner {
     pub(crate) feds: crate::fl::state::Feds,
     /// The groups this node is in.
     pub(crate) govs: crate::gov::state::Govs,
+    /// Client assertions spent at the token endpoint.
+    pub(crate) assertions: crate::auth::Assertions,
 }
 
 impl std::fmt::Debug for Node {
@@ -158,6 +160,7 @@ impl Node {
                 access: Default::default(),
                 feds: Default::default(),
                 govs: Default::default(),
+                assertions: Default::default(),
             }),
         };
         let serve = Serve::start(&node);
