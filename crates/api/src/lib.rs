@@ -175,6 +175,12 @@ pub fn router_for_hosts(node: Node, token: &str, hosts: &[String]) -> Router {
             "/api/v1/gov/proposals/{id}/certificate",
             get(gov::certificate),
         )
+        .route(
+            "/api/v1/tokens",
+            get(oauth::tokens).post(oauth::issue).layer(small),
+        )
+        .route("/api/v1/tokens/allow", post(oauth::allow).layer(small))
+        .route("/api/v1/tokens/{jti}", axum::routing::delete(oauth::revoke))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn(error::json_errors));
     let v1 = Router::new()

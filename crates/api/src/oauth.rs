@@ -173,3 +173,72 @@ pub(crate) async fn metadata(State(state): State<AppState>, headers: HeaderMap) 
     }))
     .into_response()
 }
+
+/// `POST /api/v1/tokens`: the owner issues a token.
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+pub struct IssueToken {
+    /// The client's did:key.
+    pub to: String,
+    /// Its scopes.
+    pub scope: Vec<String>,
+    /// How long it lives, in seconds (default 15 minutes, at most an hour).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// `POST /api/v1/tokens/allow`: let a DID get tokens with these scopes (none: no more).
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+pub struct AllowClient {
+    /// The client's did:key.
+    pub did: String,
+    /// The scopes it may get.
+    pub scope: Vec<String>,
+}
+
+fn did(s: &str) -> Result<sov_core::Did, crate::ApiError> {
+    s.parse()
+        .map_err(|_| crate::ApiError::bad_request(format!("{}: not a did:key", sov_core::quote(s))))
+}
+
+pub(crate) async fn tokens(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, crate::ApiError> {
+    Ok(Json(json!({
+        "allowed": state.node.token_policy().await?,
+        "issued": state.node.token_list().await?,
+    })))
+}
+
+pub(crate) async fn issue(
+    State(state): State<AppState>,
+    crate::error::JsonBody(req): crate::error::JsonBody<IssueToken>,
+) -> Result<Json<sov_node::auth::Grant>, crate::ApiError> {
+    let to = did(&req.to)?;
+    Ok(Json(
+        state
+            .node
+            .token_issue(
+                to,
+                &req.scope,
+                req.ttl_secs.unwrap_or(sov_node::auth::DEFAULT_TTL),
+            )
+            .await?,
+    ))
+}
+
+pub(crate) async fn allow(
+    State(state): State<AppState>,
+    crate::error::JsonBody(req): crate::error::JsonBody<AllowClient>,
+) -> Result<Json<serde_json::Value>, crate::ApiError> {
+    let d = did(&req.did)?;
+    let scopes = state.node.token_allow(d, &req.scope).await?;
+    Ok(Json(json!({"did": d.to_string(), "scopes": scopes})))
+}
+
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    axum::extract::Path(jti): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, crate::ApiError> {
+    state.node.token_revoke(&jti).await?;
+    Ok(Json(json!({"revoked": jti})))
+}

@@ -122,6 +122,10 @@ pub enum Command {
     /// member, releases), with certificates anyone can check offline.
     #[command(subcommand)]
     Gov(GovCommand),
+    /// Access tokens for clients other than the owner (OAuth 2.0): who may get which
+    /// scopes, tokens issued by hand, revocation.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Models: import, list, remove, share and pull them.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -778,5 +782,49 @@ pub enum ProposeWhat {
         /// The text.
         #[arg(long)]
         text: String,
+    },
+}
+
+/// `sov token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Let DID get access tokens with these scopes at /oauth/token (an empty --scope takes
+    /// it off the list). Scopes: infer, embed, predict, data:read, data:write, fl:join,
+    /// gov:vote, admin.
+    Allow {
+        /// The client's did:key.
+        did: String,
+        /// Scopes, comma-separated.
+        #[arg(long, value_delimiter = ',', value_name = "SCOPE,…")]
+        scope: Vec<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue an access token to DID by hand (prints it).
+    Issue {
+        /// The client's did:key.
+        #[arg(long)]
+        to: String,
+        /// Scopes, comma-separated.
+        #[arg(long, value_delimiter = ',', value_name = "SCOPE,…", required = true)]
+        scope: Vec<String>,
+        /// How long it lives (90s, 15m, 1h; at most 1h).
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id (`sov token ls`).
+    Revoke {
+        /// The token's id (jti).
+        jti: String,
+    },
+    /// The allow list and the tokens issued that have not expired.
+    Ls {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
 }

@@ -14,6 +14,7 @@ mod node;
 mod remote;
 mod store;
 mod target;
+mod token;
 
 mod output;
 
@@ -99,6 +100,7 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Fl(cmd) => federation::run(&home()?, cmd),
         args::Command::Gov(args::GovCommand::Verify { cert, json }) => gov::verify(&cert, json),
         args::Command::Gov(cmd) => gov::run(&home()?, cmd),
+        args::Command::Token(cmd) => token::run(&home()?, cmd),
         args::Command::Node(args::NodeCommand::Run(args)) => node::run(&home()?, args),
         args::Command::Model(cmd) => model::run(&home()?, cmd),
         args::Command::Run(args) => model::run_prompt(&home()?, args),

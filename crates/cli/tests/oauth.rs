@@ -1,0 +1,130 @@
+//! Issue 19: a client with its own did:key, outside sov, gets an access token from a
+//! `sov node run` process with PyJWT (an RFC 7523 assertion signed with EdDSA) only once the
+//! owner allows it, and uses it with the official `openai` package; the token's scope is
+//! enforced, a tampered token, a replayed assertion and a wrong audience are refused
+//! (`scripts/openai-venv`, pinned).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{Home, script};
+use serde_json::Value;
+
+const CLIENT: &str = r#"
+import json, os, sys, time, urllib.request, urllib.error, uuid
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+base = os.environ["SOV_BASE"]
+did = os.environ["CLIENT_DID"]
+key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(os.environ["CLIENT_SEED"]))
+meta = json.load(urllib.request.urlopen(base + "/.well-known/oauth-authorization-server"))
+endpoint = meta["token_endpoint"]
+
+def assertion(aud=endpoint):
+    now = int(time.time())
+    claims = {"iss": did, "sub": did, "aud": aud, "iat": now, "exp": now + 60, "jti": str(uuid.uuid4())}
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": did})
+
+def ask(a, scope=None):
+    form = {"grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": a}
+    if scope:
+        form["scope"] = scope
+    req = urllib.request.Request(endpoint, data=urllib.parse.urlencode(form).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+def get(path, token):
+    req = urllib.request.Request(base + path, headers={"Authorization": "Bearer " + token})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+out = {}
+if sys.argv[1] == "before":
+    out["before"] = ask(assertion())
+else:
+    a = assertion()
+    status, grant = ask(a, "infer")
+    out["grant"] = [status, grant.get("scope")]
+    token = grant["access_token"]
+    from openai import OpenAI
+    client = OpenAI(base_url=base + "/v1", api_key=token)
+    out["models"] = [m.id for m in client.models.list().data]
+    out["objects"] = get("/api/v1/objects", token)
+    sig = token[-3]
+    out["tampered"] = get("/v1/models", token[:-3] + ("A" if sig != "A" else "B") + token[-2:])
+    out["replayed"] = ask(a)
+    out["wrong_audience"] = ask(assertion("http://elsewhere.example/oauth/token"))
+    out["claims"] = jwt.decode(token, options={"verify_signature": False})
+print(json.dumps(out))
+"#;
+
+#[test]
+fn a_did_key_client_gets_a_token_with_pyjwt_and_uses_it_with_the_openai_client() {
+    let python = script("openai-venv", &[]).trim().to_string();
+    let mut home = Home::new();
+    home.start(&[]);
+    let node: Value =
+        serde_json::from_str(&std::fs::read_to_string(home.node_json()).unwrap()).unwrap();
+    let base = node["api"].as_str().unwrap().to_owned();
+    let seed = [42u8; 32];
+    let client = sov_identity::Keypair::from_seed(&seed);
+    let seed_hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    let run = |phase: &str| -> Value {
+        let out = Command::new(&python)
+            .args(["-c", CLIENT, phase])
+            .env("SOV_BASE", &base)
+            .env("CLIENT_DID", client.did().to_string())
+            .env("CLIENT_SEED", &seed_hex)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // Not allowed: refused.
+    let before = run("before");
+    assert_eq!(before["before"][0], 400, "{before}");
+    assert_eq!(before["before"][1]["error"], "unauthorized_client");
+    home.ok(&[
+        "token",
+        "allow",
+        &client.did().to_string(),
+        "--scope",
+        "infer,predict",
+    ]);
+    let after = run("after");
+    assert_eq!(after["grant"], serde_json::json!([200, "infer"]), "{after}");
+    assert!(after["models"].is_array(), "{after}");
+    assert_eq!(after["objects"], 403, "{after}");
+    assert_eq!(after["tampered"], 401, "{after}");
+    assert_eq!(after["replayed"][0], 401, "{after}");
+    assert_eq!(after["replayed"][1]["error"], "invalid_client");
+    assert_eq!(after["wrong_audience"][0], 401, "{after}");
+    assert_eq!(after["claims"]["sub"], client.did().to_string());
+    assert_eq!(after["claims"]["iss"], home.did());
+    // The owner sees the token and revokes it.
+    let ls: Value = serde_json::from_str(&home.ok(&["token", "ls", "--json"])).unwrap();
+    let jti = ls["issued"][0]["jti"].as_str().unwrap().to_owned();
+    assert_eq!(
+        ls["allowed"][0]["scopes"],
+        serde_json::json!(["infer", "predict"])
+    );
+    home.ok(&["token", "revoke", &jti]);
+    let ls: Value = serde_json::from_str(&home.ok(&["token", "ls", "--json"])).unwrap();
+    assert_eq!(ls["issued"][0]["revoked"], true);
+}
