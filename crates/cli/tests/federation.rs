@@ -270,6 +270,10 @@ fn four_regions_of_a_real_survey_train_as_well_as_the_pooled_data() {
         );
     }
     let model = s["model_id"].as_str().unwrap().to_owned();
+    // Each member pulls the round's model object after taking the round: wait for it.
+    wait_long("node 3 to hold the final model", 60, || {
+        homes[3].run(&["model", "show", &model]).status.success()
+    });
     let report: serde_json::Value = serde_json::from_str(&homes[3].ok(&[
         "model",
         "eval",

@@ -364,7 +364,11 @@ impl Node {
                 directory(&l),
             );
             let timeout = Duration::from_millis(l.genesis().policy.round_timeout_ms);
-            fed.pledge(round, asker, timeout)?;
+            let active: Vec<Did> = l.members().into_iter().filter(|d| l.is_active(d)).collect();
+            let order = aggregators(&fed.id, round, &active);
+            fed.pledge(round, asker, timeout, |d| {
+                order.iter().position(|x| x == d).unwrap_or(usize::MAX)
+            })?;
             out
         };
         let global = wire::bytes_to_f32s(&params).map_err(|e| e.to_string())?;

@@ -94,32 +94,48 @@ pub(crate) struct Fed {
 
 impl Fed {
     /// Take part in round `round` for `aggregator` (this node itself when it aggregates).
-    /// A member serves one aggregator per round until the round's time is up, so two
-    /// aggregators that both believe it is their turn (members' views of who is live
-    /// differ, e.g. while members join) cannot both gather `min_clients` updates when
-    /// `min_clients` is more than half the members: the federation does not fork. After
-    /// the round's time, the next aggregator of the failover order is served.
+    /// A member serves one aggregator per round at a time: while it takes part with one, it
+    /// refuses an aggregator that comes later in the round's order over all active members
+    /// (until the round's time is up), and moves to one that comes earlier. Two aggregators
+    /// that both believe it is their turn (members' views of who is live differ, or their
+    /// failover timers do) so do not split the members between them: the earlier one
+    /// gathers them, and with `min_clients` above half the members the later one cannot
+    /// close the round too. `rank` is the place of a DID in that order.
     pub(crate) fn pledge(
         &self,
         round: u32,
         aggregator: sov_core::Did,
         timeout: std::time::Duration,
+        rank: impl Fn(&sov_core::Did) -> usize,
     ) -> Result<(), String> {
         let mut p = lock(&self.pledged);
         if let Some((r, d, since)) = *p
             && r == round
             && d != aggregator
             && since.elapsed() < timeout
+            && rank(&d) < rank(&aggregator)
         {
             return Err(format!(
-                "this member takes part in round {round} with {d}; another aggregator is \
-                 served once the round's time is up"
+                "this member takes part in round {round} with {d}, which comes first; another \
+                 aggregator is served once the round's time is up"
             ));
         }
         if !matches!(*p, Some((r, d, _)) if r == round && d == aggregator) {
             *p = Some((round, aggregator, Instant::now()));
         }
         Ok(())
+    }
+
+    /// The place of each DID in round `round`'s aggregator order over all active members
+    /// (what [`Fed::pledge`] ranks by).
+    pub(crate) fn ranks(&self, round: u32) -> impl Fn(&sov_core::Did) -> usize + use<> {
+        let order = {
+            let l = lock(&self.ledger);
+            let active: Vec<sov_core::Did> =
+                l.members().into_iter().filter(|d| l.is_active(d)).collect();
+            sov_learn::federation::aggregators(&self.id, round, &active)
+        };
+        move |d: &sov_core::Did| order.iter().position(|x| x == d).unwrap_or(usize::MAX)
     }
 }
 
