@@ -653,10 +653,6 @@ impl Node {
         }
         let skipped = &order[..k];
         let live: Vec<Did> = live.into_iter().filter(|d| !skipped.contains(d)).collect();
-        // Not while this node takes part in the round with another aggregator.
-        if fed.pledge(next, me, timeout, fed.ranks(next)).is_err() {
-            return;
-        }
         {
             let mut driving = lock(&fed.driving);
             if *driving == Some(next) {

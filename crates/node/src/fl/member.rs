@@ -7,7 +7,6 @@
 //! sent.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use sov_core::{Did, Signed};
 use sov_learn::{
@@ -357,19 +356,12 @@ impl Node {
             } else if l.genesis().policy.secagg.is_some() {
                 return Err("the federation requires secure aggregation".into());
             }
-            let out = (
+            (
                 l.genesis().model_spec().map_err(|e| e.to_string())?,
                 train_config(&l)?,
                 l.index_of(&self.did()).ok_or("not a member")?,
                 directory(&l),
-            );
-            let timeout = Duration::from_millis(l.genesis().policy.round_timeout_ms);
-            let active: Vec<Did> = l.members().into_iter().filter(|d| l.is_active(d)).collect();
-            let order = aggregators(&fed.id, round, &active);
-            fed.pledge(round, asker, timeout, |d| {
-                order.iter().position(|x| x == d).unwrap_or(usize::MAX)
-            })?;
-            out
+            )
         };
         let global = wire::bytes_to_f32s(&params).map_err(|e| e.to_string())?;
         if global.len() != spec.num_params() {

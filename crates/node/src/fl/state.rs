@@ -87,56 +87,6 @@ pub(crate) struct Fed {
     /// Catch-ups in flight (bounded: a peer that never answers holds one for the bulk
     /// protocol's timeout).
     pub syncing: std::sync::atomic::AtomicUsize,
-    /// The aggregator this node trains the round for (itself when it aggregates), and
-    /// since when: see [`Fed::pledge`].
-    pub pledged: Mutex<Option<(u32, sov_core::Did, Instant)>>,
-}
-
-impl Fed {
-    /// Take part in round `round` for `aggregator` (this node itself when it aggregates).
-    /// A member serves one aggregator per round at a time: while it takes part with one, it
-    /// refuses an aggregator that comes later in the round's order over all active members
-    /// (until the round's time is up), and moves to one that comes earlier. Two aggregators
-    /// that both believe it is their turn (members' views of who is live differ, or their
-    /// failover timers do) so do not split the members between them: the earlier one
-    /// gathers them, and with `min_clients` above half the members the later one cannot
-    /// close the round too. `rank` is the place of a DID in that order.
-    pub(crate) fn pledge(
-        &self,
-        round: u32,
-        aggregator: sov_core::Did,
-        timeout: std::time::Duration,
-        rank: impl Fn(&sov_core::Did) -> usize,
-    ) -> Result<(), String> {
-        let mut p = lock(&self.pledged);
-        if let Some((r, d, since)) = *p
-            && r == round
-            && d != aggregator
-            && since.elapsed() < timeout
-            && rank(&d) < rank(&aggregator)
-        {
-            return Err(format!(
-                "this member takes part in round {round} with {d}, which comes first; another \
-                 aggregator is served once the round's time is up"
-            ));
-        }
-        if !matches!(*p, Some((r, d, _)) if r == round && d == aggregator) {
-            *p = Some((round, aggregator, Instant::now()));
-        }
-        Ok(())
-    }
-
-    /// The place of each DID in round `round`'s aggregator order over all active members
-    /// (what [`Fed::pledge`] ranks by).
-    pub(crate) fn ranks(&self, round: u32) -> impl Fn(&sov_core::Did) -> usize + use<> {
-        let order = {
-            let l = lock(&self.ledger);
-            let active: Vec<sov_core::Did> =
-                l.members().into_iter().filter(|d| l.is_active(d)).collect();
-            sov_learn::federation::aggregators(&self.id, round, &active)
-        };
-        move |d: &sov_core::Did| order.iter().position(|x| x == d).unwrap_or(usize::MAX)
-    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -159,7 +109,6 @@ impl Fed {
             data: Arc::new(data),
             clients: tokio::sync::Mutex::new(HashMap::new()),
             driving: Mutex::new(None),
-            pledged: Mutex::new(None),
             pending: Mutex::new((round + 1, Instant::now())),
             sent: Mutex::new(HashMap::new()),
             syncing: std::sync::atomic::AtomicUsize::new(0),

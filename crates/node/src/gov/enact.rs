@@ -290,12 +290,6 @@ impl Node {
                 if l.remove(&d) {
                     info!(federation = %fed.id, member = %d, "removed by the group's vote");
                     any = true;
-                    // A round this node was taking part in with the removed aggregator will
-                    // not count: the next aggregator is served at once.
-                    let mut p = crate::fl::state::lock(&fed.pledged);
-                    if p.is_some_and(|(_, a, _)| a == d) {
-                        *p = None;
-                    }
                 }
             }
             changed += usize::from(any);
