@@ -513,7 +513,11 @@ async fn a_passed_policy_change_holds_from_the_next_round_on_every_member() {
         .fl_create(
             "governed",
             task,
-            digits_policy(500),
+            // All three in every round: no two aggregators can close one round.
+            sov_learn::federation::Policy {
+                min_clients: 3,
+                ..digits_policy(500)
+            },
             shard(1, 3),
             Some(group),
         )
