@@ -45,6 +45,8 @@ fn unix_now() -> u64 {
 
 /// Default lifetime of an access token (seconds).
 pub const DEFAULT_TTL: u64 = 900;
+/// Live tokens one client may hold (each is a record until it expires).
+const MAX_LIVE_PER_CLIENT: usize = 64;
 /// Live assertion ids remembered at most (replay protection).
 const MAX_ASSERTIONS: usize = 65_536;
 
@@ -212,6 +214,25 @@ impl Node {
         let c2 = claims.clone();
         let token = self
             .blocking(move |s| {
+                // Expired tokens are forgotten; a client holds a bounded number of live ones.
+                let mut live = 0;
+                for (k, v) in s.records(ISSUED_TOPIC)? {
+                    match serde_json::from_slice::<AccessClaims>(&v) {
+                        Ok(c) if c.exp + jwt::LEEWAY >= now => {
+                            live += usize::from(c.sub == c2.sub);
+                        }
+                        _ => {
+                            s.remove_record(ISSUED_TOPIC, &k)?;
+                            s.remove_record(REVOKED_TOPIC, &k)?;
+                        }
+                    }
+                }
+                if live >= MAX_LIVE_PER_CLIENT {
+                    return Err(sov_store::Error::Invalid(format!(
+                        "{} holds {MAX_LIVE_PER_CLIENT} live tokens already",
+                        c2.sub
+                    )));
+                }
                 s.put_record(ISSUED_TOPIC, c2.jti.as_bytes(), &json)?;
                 jwt::issue_access(s.identity(), &c2)
                     .map_err(|e| sov_store::Error::Invalid(e.to_string()))

@@ -45,6 +45,8 @@ use crate::{
 const TICK: Duration = Duration::from_secs(1);
 /// How often a node catches up with a member.
 const SYNC_EVERY: Duration = Duration::from_secs(5);
+/// Members told of a group at once, per group.
+const MAX_TELLING: usize = 8;
 
 /// A member as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -721,7 +723,12 @@ impl Node {
                 .take(8)
                 .collect()
         };
+        use std::sync::atomic::Ordering::SeqCst;
         for d in untold {
+            if gov.telling.fetch_add(1, SeqCst) >= MAX_TELLING {
+                gov.telling.fetch_sub(1, SeqCst);
+                break;
+            }
             let node = self.clone();
             let gov = gov.clone();
             let genesis = genesis.clone();
@@ -729,6 +736,7 @@ impl Node {
                 if node.gov_tell(&gov, d, genesis).await.is_ok() {
                     lock(&gov.told).insert(d);
                 }
+                gov.telling.fetch_sub(1, SeqCst);
             });
         }
         if let Some(d) = connected.get(rand::random_range(0..connected.len().max(1))) {

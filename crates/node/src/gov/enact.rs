@@ -183,15 +183,20 @@ impl Node {
         }
     }
 
-    /// Grant model `name_or_id` (signed here) to every member of the group.
-    pub(super) async fn gov_share(&self, gov: &Gov, name_or_id: &str) -> Result<()> {
-        let members: Vec<_> = lock(&gov.book)
+    /// The group's members now, but this node.
+    fn gov_others(&self, gov: &Gov) -> Vec<sov_core::Did> {
+        let me = self.did();
+        lock(&gov.book)
             .membership()
             .members()
             .map(|(d, _)| *d)
-            .filter(|d| *d != self.did())
-            .collect();
-        for d in members {
+            .filter(|d| *d != me)
+            .collect()
+    }
+
+    /// Grant model `name_or_id` (signed here) to every member of the group.
+    pub(super) async fn gov_share(&self, gov: &Gov, name_or_id: &str) -> Result<()> {
+        for d in self.gov_others(gov) {
             self.share_model(name_or_id, d).await?;
         }
         Ok(())
@@ -210,13 +215,7 @@ impl Node {
         if !owned {
             return Ok(());
         }
-        let members: Vec<_> = lock(&gov.book)
-            .membership()
-            .members()
-            .map(|(d, _)| *d)
-            .filter(|d| *d != self.did())
-            .collect();
-        for d in members {
+        for d in self.gov_others(gov) {
             self.grant(artifact, d).await?;
         }
         Ok(())

@@ -76,6 +76,9 @@ pub(crate) struct Gov {
     pub(crate) enacting: Mutex<BTreeSet<ContentId>>,
     /// Catch-ups in flight.
     pub(crate) syncing: AtomicUsize,
+    /// Members being told of the group now (bounded: an offline member's ask waits for the
+    /// bulk protocol's timeout).
+    pub(crate) telling: AtomicUsize,
 }
 
 impl Gov {
@@ -89,6 +92,7 @@ impl Gov {
             enacted: Mutex::new(enacted),
             enacting: Mutex::new(BTreeSet::new()),
             syncing: AtomicUsize::new(0),
+            telling: AtomicUsize::new(0),
         }
     }
 }
