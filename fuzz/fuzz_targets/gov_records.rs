@@ -1,5 +1,6 @@
 //! Governance records and certificates from anyone never panic: the bytes are offered as a
-//! group genesis, as a proposal and a vote to a real group's book, and as a certificate.
+//! group genesis, as a proposal and a vote to a real group's book, as a certificate, and as
+//! a member's revocation of a group token.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -30,4 +31,5 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = book.add_proposal(data, u64::MAX);
     let _ = book.add_vote(data, u64::MAX);
+    let _ = Signed::<sov_node::auth::Revocation>::decode(data);
 });

@@ -30,6 +30,10 @@ pub struct TokenRequest {
     /// Space-separated scopes (default: every scope the client may get).
     #[serde(default)]
     pub scope: Option<String>,
+    /// Who is to honour the token (RFC 8707): this node's DID, or a group (its id or name)
+    /// whose gateway policy gives the client scopes. Default: whichever gives the most.
+    #[serde(default)]
+    pub resource: Option<String>,
 }
 
 /// The scope a request needs: `/v1` chat and completions (and the model list) `infer`,
@@ -126,7 +130,12 @@ pub(crate) async fn token(
     let auds = audiences(&state, &headers);
     match state
         .node
-        .token_exchange(assertion, &auds, req.scope.as_deref())
+        .token_exchange(
+            assertion,
+            &auds,
+            req.scope.as_deref(),
+            req.resource.as_deref(),
+        )
         .await
     {
         Ok(g) => {
@@ -135,6 +144,7 @@ pub(crate) async fn token(
                 "token_type": g.token_type,
                 "expires_in": g.expires_in,
                 "scope": g.scope,
+                "aud": g.aud,
             }))
             .into_response();
             r.headers_mut().insert(
@@ -186,11 +196,19 @@ pub struct IssueToken {
     pub ttl_secs: Option<u64>,
 }
 
-/// `POST /api/v1/tokens/allow`: let a DID get tokens with these scopes (none: no more).
-#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+/// `POST /api/v1/tokens/allow`: let a DID, or the members of a group (with a role), get
+/// tokens with these scopes (none: no more). Kept in `policy.toml`.
+#[derive(Debug, Clone, Default, serde::Serialize, Deserialize)]
 pub struct AllowClient {
     /// The client's did:key.
-    pub did: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub did: Option<String>,
+    /// Or a group this node is in (its name or id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// With `group`: only members with this role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     /// The scopes it may get.
     pub scope: Vec<String>,
 }
@@ -230,9 +248,21 @@ pub(crate) async fn allow(
     State(state): State<AppState>,
     crate::error::JsonBody(req): crate::error::JsonBody<AllowClient>,
 ) -> Result<Json<serde_json::Value>, crate::ApiError> {
-    let d = did(&req.did)?;
-    let scopes = state.node.token_allow(d, &req.scope).await?;
-    Ok(Json(json!({"did": d.to_string(), "scopes": scopes})))
+    use sov_node::auth::Who;
+    let who = match (&req.did, req.group) {
+        (Some(d), None) if req.role.is_none() => Who::Did(did(d)?),
+        (None, Some(group)) => Who::Group {
+            group,
+            role: req.role,
+        },
+        _ => {
+            return Err(crate::ApiError::bad_request(
+                "name either a did, or a group (with an optional role)",
+            ));
+        }
+    };
+    let scopes = state.node.token_allow(who, &req.scope).await?;
+    Ok(Json(json!({"scopes": scopes})))
 }
 
 pub(crate) async fn revoke(

@@ -110,9 +110,12 @@ async fn a_did_key_client_gets_a_token_for_its_scopes_only_once_allowed() {
         (StatusCode::BAD_REQUEST, Some("unauthorized_client"))
     );
 
-    node.token_allow(client.did(), &["infer".into(), "predict".into()])
-        .await
-        .unwrap();
+    node.token_allow(
+        sov_node::auth::Who::Did(client.did()),
+        &["infer".into(), "predict".into()],
+    )
+    .await
+    .unwrap();
     let a = make_assertion(&client, ENDPOINT, now(), "j2");
     let (s, g) = call(
         &app,

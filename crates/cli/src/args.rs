@@ -768,6 +768,14 @@ pub enum ProposeWhat {
         #[arg(required = true)]
         settings: Vec<String>,
     },
+    /// The group's gateway policy: clients it names get access tokens from any member node,
+    /// honoured by every member (replaces an earlier policy; none: no one).
+    Gateway {
+        /// WHO=SCOPE,SCOPE (WHO: a did:key, role:NAME or members), e.g.
+        /// `--allow members=infer --allow did:key:z…=predict`.
+        #[arg(long, value_name = "WHO=SCOPES")]
+        allow: Vec<String>,
+    },
     /// A release: members' nodes fetch the artifact and check it.
     Release {
         /// What is released.
@@ -788,12 +796,20 @@ pub enum ProposeWhat {
 /// `sov token …`
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Let DID get access tokens with these scopes at /oauth/token (an empty --scope takes
-    /// it off the list). Scopes: infer, embed, predict, data:read, data:write, fl:join,
+    /// Let DID (or the members of a group this node is in, with --group) get access tokens
+    /// with these scopes at /oauth/token; kept in $SOV_HOME/policy.toml (an empty --scope
+    /// takes the rule out). Scopes: infer, embed, predict, data:read, data:write, fl:join,
     /// gov:vote, admin.
     Allow {
         /// The client's did:key.
-        did: String,
+        #[arg(required_unless_present = "group")]
+        did: Option<String>,
+        /// Or the members of this group (its name or id).
+        #[arg(long, conflicts_with = "did")]
+        group: Option<String>,
+        /// With --group: only members with this role.
+        #[arg(long, requires = "group")]
+        role: Option<String>,
         /// Scopes, comma-separated.
         #[arg(long, value_delimiter = ',', value_name = "SCOPE,…")]
         scope: Vec<String>,

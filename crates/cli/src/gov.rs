@@ -147,6 +147,11 @@ fn action(what: ProposeWhat) -> Result<ActionSpec> {
             artifact: Some(object),
             ..Default::default()
         },
+        ProposeWhat::Gateway { allow } => ActionSpec {
+            kind: "gateway".into(),
+            allow,
+            ..Default::default()
+        },
         ProposeWhat::Custom { text } => ActionSpec {
             kind: "custom".into(),
             text: Some(text),

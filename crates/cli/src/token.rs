@@ -1,9 +1,9 @@
 //! `sov token allow | issue | revoke | ls`: access tokens for clients other than the owner,
 //! through the running node's API (or an offline node on this home).
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use sov_api::oauth::{AllowClient, IssueToken};
-use sov_node::auth::{Allowed, Grant, IssuedToken};
+use sov_node::auth::{Grant, IssuedToken, Rule, Who};
 
 use crate::{
     args::TokenCommand,
@@ -22,28 +22,48 @@ pub fn run(home: &Home, cmd: TokenCommand) -> Result<()> {
     match cmd {
         TokenCommand::Allow {
             did: d,
+            group,
+            role,
             scope,
             json,
         } => {
+            let who = match (&d, &group) {
+                (Some(d), None) if role.is_none() => Who::Did(did(d)?),
+                (None, Some(g)) => Who::Group {
+                    group: g.clone(),
+                    role: role.clone(),
+                },
+                _ => bail!("name a DID, or --group NAME (with an optional --role)"),
+            };
+            let whom = match &who {
+                Who::Did(d) => d.to_string(),
+                Who::Group { group, role: None } => format!("the members of {group}"),
+                Who::Group {
+                    group,
+                    role: Some(r),
+                } => format!("the {r} of {group}"),
+            };
             let scopes: Vec<String> = match &target {
                 Target::Remote(api) => {
                     let v: serde_json::Value = api.post_json(
                         "/api/v1/tokens/allow",
                         &AllowClient {
                             did: d.clone(),
+                            group,
+                            role,
                             scope,
                         },
                     )?;
                     serde_json::from_value(v["scopes"].clone())?
                 }
-                Target::Local(l) => l.block_on(l.node().token_allow(did(&d)?, &scope))?,
+                Target::Local(l) => l.block_on(l.node().token_allow(who, &scope))?,
             };
             if json {
-                say!("{}", serde_json::json!({"did": d, "scopes": scopes}))?;
+                say!("{}", serde_json::json!({"who": whom, "scopes": scopes}))?;
             } else if scopes.is_empty() {
-                say!("{d} may no longer get tokens")?;
+                say!("{whom}: no longer allowed (by this rule)")?;
             } else {
-                say!("{d} may get tokens with: {}", scopes.join(", "))?;
+                say!("{whom} may get tokens with: {}", scopes.join(", "))?;
                 note!("it asks at POST /oauth/token with a JWT signed by its own key (RFC 7523)");
             }
             Ok(())
@@ -91,7 +111,7 @@ pub fn run(home: &Home, cmd: TokenCommand) -> Result<()> {
             Ok(())
         }
         TokenCommand::Ls { json } => {
-            let (allowed, issued): (Vec<Allowed>, Vec<IssuedToken>) = match &target {
+            let (allowed, issued): (Vec<Rule>, Vec<IssuedToken>) = match &target {
                 Target::Remote(api) => {
                     let v: serde_json::Value = api.get_json("/api/v1/tokens")?;
                     (
@@ -119,14 +139,19 @@ pub fn run(home: &Home, cmd: TokenCommand) -> Result<()> {
                 );
             }
             for a in &allowed {
-                say!("allowed  {}  {}", a.did, a.scopes.join(","))?;
+                say!("allowed  {}  {}", a.who(), a.scopes.join(","))?;
             }
             for t in &issued {
                 say!(
-                    "token    {}  {}  {}  until {}{}",
+                    "token    {}  {}  {}  for {}  until {}{}",
                     t.jti,
                     t.sub,
                     t.scope,
+                    if t.aud.starts_with(sov_node::auth::GROUP_AUDIENCE_PREFIX) {
+                        &t.aud
+                    } else {
+                        "this node"
+                    },
                     rfc3339(t.exp),
                     if t.revoked { "  revoked" } else { "" }
                 )?;

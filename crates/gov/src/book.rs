@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use sov_core::{ContentId, Did, Signed};
 
 use crate::{
-    Action, Choice, Error, Group, MAX_BASIS, MAX_MEMBERS, Proposal, Result, Rule, Status, Tally,
-    Vote, group::open_group, record_id, tally::tally,
+    Action, Choice, Error, GatewayRule, Group, MAX_BASIS, MAX_MEMBERS, Proposal, Result, Rule,
+    Status, Tally, Vote, group::open_group, record_id, tally::tally,
 };
 
 /// How far in the future a record's time may be (seconds): clocks differ.
@@ -448,6 +448,21 @@ impl Book {
             t.status = *status;
         }
         Ok(t)
+    }
+
+    /// The group's gateway policy: the rules of the passed gateway proposal made last (by
+    /// creation time, then id, so every node that holds the same decisions agrees), with
+    /// that proposal's id.
+    pub fn gateway_policy(&self) -> Option<(ContentId, &[GatewayRule])> {
+        self.proposals
+            .iter()
+            .filter(|(id, _)| self.decision(id) == Some(Status::Passed))
+            .filter_map(|(id, e)| match &e.proposal.action {
+                Action::Gateway { rules } => Some((e.proposal.created, *id, rules.as_slice())),
+                _ => None,
+            })
+            .max_by_key(|(created, id, _)| (*created, *id))
+            .map(|(_, id, rules)| (id, rules))
     }
 
     /// The decision this book reached on `id`, if any.

@@ -41,7 +41,10 @@ pub use group::{
     DEADLINE_SECS, Group, MAX_MEMBERS, MAX_NAME, MAX_ROLE, MAX_WEIGHT, Member, check_name,
     check_role,
 };
-pub use proposal::{Action, Choice, MAX_BASIS, MAX_POLICY_CHANGES, MAX_TEXT, Proposal, Vote};
+pub use proposal::{
+    Action, Choice, GatewayRule, Grantee, MAX_BASIS, MAX_GATEWAY_RULES, MAX_POLICY_CHANGES,
+    MAX_RULE_SCOPES, MAX_TEXT, Proposal, Vote, gateway_scopes,
+};
 pub use rule::{Clause, Fraction, Rule, Threshold};
 pub use tally::{ClauseTally, Status, Tally, tally};
 

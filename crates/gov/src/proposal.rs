@@ -13,6 +13,109 @@ pub const MAX_BASIS: usize = 4096;
 pub const MAX_POLICY_CHANGES: usize = 32;
 /// Longest text (a custom proposal; a release's name and version are shorter).
 pub const MAX_TEXT: usize = 4096;
+/// Most rules one gateway policy holds.
+pub const MAX_GATEWAY_RULES: usize = 64;
+/// Most scopes one gateway rule gives.
+pub const MAX_RULE_SCOPES: usize = 16;
+
+/// Whom a gateway rule is for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grantee {
+    /// One client, by its DID (a consumer outside the group).
+    Did(Did),
+    /// The group's members with this role.
+    Role(String),
+    /// Every member of the group.
+    Members,
+}
+
+impl fmt::Display for Grantee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Grantee::Did(d) => write!(f, "{d}"),
+            Grantee::Role(r) => write!(f, "role:{r}"),
+            Grantee::Members => f.write_str("members"),
+        }
+    }
+}
+
+impl FromStr for Grantee {
+    type Err = Error;
+
+    /// `did:key:…`, `role:NAME` or `members`.
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if s == "members" {
+            Ok(Grantee::Members)
+        } else if let Some(r) = s.strip_prefix("role:") {
+            Ok(Grantee::Role(r.to_owned()))
+        } else {
+            s.parse().map(Grantee::Did).map_err(|_| {
+                Error::Proposal(format!(
+                    "{}: a grantee is a did:key, role:NAME or members",
+                    sov_core::quote(s)
+                ))
+            })
+        }
+    }
+}
+
+/// One rule of a group's gateway policy: these clients may get access tokens with these
+/// scopes from any member node, and use them on every member node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayRule {
+    /// Whom it is for.
+    pub who: Grantee,
+    /// The scopes it gives (never `admin`: a group does not hand out its members' nodes).
+    pub scopes: Vec<String>,
+}
+
+impl fmt::Display for GatewayRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.who, self.scopes.join(","))
+    }
+}
+
+/// The scopes `rules` give `did`, whose seat in the group is `seat` (none: not a member),
+/// sorted, each once.
+pub fn gateway_scopes(rules: &[GatewayRule], did: &Did, seat: Option<&crate::Seat>) -> Vec<String> {
+    let mut out: Vec<String> = rules
+        .iter()
+        .filter(|r| match &r.who {
+            Grantee::Did(d) => d == did,
+            Grantee::Role(role) => seat.is_some_and(|s| s.role == *role),
+            Grantee::Members => seat.is_some(),
+        })
+        .flat_map(|r| r.scopes.iter().cloned())
+        .filter(|s| s != "admin")
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl FromStr for GatewayRule {
+    type Err = Error;
+
+    /// `WHO=SCOPE,SCOPE…`, e.g. `members=infer,predict` or `did:key:z…=predict`.
+    fn from_str(s: &str) -> Result<Self> {
+        let (who, scopes) = s.rsplit_once('=').ok_or_else(|| {
+            Error::Proposal(format!(
+                "{}: a gateway rule is WHO=SCOPE,SCOPE (WHO: a did:key, role:NAME or members)",
+                sov_core::quote(s)
+            ))
+        })?;
+        Ok(GatewayRule {
+            who: who.parse()?,
+            scopes: scopes
+                .split([',', ' '])
+                .filter(|x| !x.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        })
+    }
+}
 
 /// What a proposal asks the group to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +156,12 @@ pub enum Action {
         /// the artifact (an object id)
         artifact: ContentId,
     },
+    /// The group's gateway policy (replacing any earlier one): who may get access tokens
+    /// from member nodes, with which scopes, honoured by every member. No rules: none.
+    Gateway {
+        /// the rules
+        rules: Vec<GatewayRule>,
+    },
     /// Anything else, in words.
     Custom {
         /// the text
@@ -69,6 +178,7 @@ impl Action {
             Action::Remove { .. } => "remove",
             Action::Policy { .. } => "policy",
             Action::Release { .. } => "release",
+            Action::Gateway { .. } => "gateway",
             Action::Custom { .. } => "custom",
         }
     }
@@ -119,6 +229,40 @@ impl Action {
                 text("name", name, 128)?;
                 text("version", version, 64)
             }
+            Action::Gateway { rules } => {
+                if rules.len() > MAX_GATEWAY_RULES {
+                    return Err(Error::Proposal(format!(
+                        "a gateway policy holds at most {MAX_GATEWAY_RULES} rules"
+                    )));
+                }
+                for r in rules {
+                    if let Grantee::Role(role) = &r.who {
+                        text("role", role, 64)?;
+                    }
+                    if r.scopes.is_empty() || r.scopes.len() > MAX_RULE_SCOPES {
+                        return Err(Error::Proposal(format!(
+                            "a gateway rule gives 1 to {MAX_RULE_SCOPES} scopes"
+                        )));
+                    }
+                    for s in &r.scopes {
+                        if s.is_empty()
+                            || s.len() > 32
+                            || !s.bytes().all(|b| b.is_ascii_lowercase() || b == b':')
+                        {
+                            return Err(Error::Proposal(format!(
+                                "{}: a scope is a short lowercase word",
+                                sov_core::quote(s)
+                            )));
+                        }
+                        if s == "admin" {
+                            return Err(Error::Proposal(
+                                "a group's gateway policy never gives admin".into(),
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            }
             Action::Custom { text: t } => text("text", t, MAX_TEXT),
         }
     }
@@ -149,6 +293,14 @@ impl fmt::Display for Action {
                 version,
                 artifact,
             } => write!(f, "release {name} {version} ({artifact})"),
+            Action::Gateway { rules } if rules.is_empty() => f.write_str("gateway policy: no one"),
+            Action::Gateway { rules } => {
+                f.write_str("gateway policy:")?;
+                for r in rules {
+                    write!(f, " {r}")?;
+                }
+                Ok(())
+            }
             Action::Custom { text } => write!(f, "{}", sov_core::quote(text)),
         }
     }

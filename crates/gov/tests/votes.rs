@@ -495,3 +495,95 @@ fn flip_choice(bytes: &[u8]) -> Vec<u8> {
     };
     dagcbor::to_vec(&env).unwrap()
 }
+
+#[test]
+fn the_gateway_policy_is_the_last_passed_one_and_gives_by_did_role_and_membership() {
+    use sov_gov::{GatewayRule, Grantee, gateway_scopes};
+    let k = keys(4);
+    let g = group(
+        &[
+            (&k[0], "maintainers", 1),
+            (&k[1], "contributors", 1),
+            (&k[2], "contributors", 1),
+        ],
+        "2/3",
+    );
+    let mut book = Book::new(&g).unwrap();
+    assert!(book.gateway_policy().is_none());
+    let client = &k[3];
+    let rules = |scope: &str| {
+        vec![
+            GatewayRule {
+                who: Grantee::Did(client.did()),
+                scopes: vec![scope.into()],
+            },
+            GatewayRule {
+                who: Grantee::Role("maintainers".into()),
+                scopes: vec!["gov:vote".into()],
+            },
+            GatewayRule {
+                who: Grantee::Members,
+                scopes: vec!["infer".into()],
+            },
+        ]
+    };
+    let pass = |book: &mut Book, created: u64, scope: &str| {
+        let p = Signed::sign(
+            Proposal {
+                group: *book.id(),
+                action: Action::Gateway {
+                    rules: rules(scope),
+                },
+                created,
+                deadline: created + 3600,
+                basis: book.current_basis(),
+            },
+            &k[0],
+        )
+        .unwrap()
+        .encode()
+        .unwrap();
+        let id = book.add_proposal(&p, created).unwrap().0;
+        for v in &k[..2] {
+            book.add_vote(&vote_at(v, id, Choice::Yes, created + 1), created + 1)
+                .unwrap();
+        }
+        id
+    };
+    let later = pass(&mut book, T0 + 100, "embed");
+    let earlier = pass(&mut book, T0 + 50, "predict");
+    // Passed after, made before: the later-made policy stays in force.
+    let (id, r) = book.gateway_policy().unwrap();
+    assert_eq!(id, later);
+    assert_ne!(id, earlier);
+    let m = book.membership();
+    assert_eq!(
+        gateway_scopes(r, &client.did(), m.seat(&client.did())),
+        ["embed"]
+    );
+    assert_eq!(
+        gateway_scopes(r, &k[0].did(), m.seat(&k[0].did())),
+        ["gov:vote", "infer"]
+    );
+    assert_eq!(
+        gateway_scopes(r, &k[1].did(), m.seat(&k[1].did())),
+        ["infer"]
+    );
+    // A policy that gives admin does not check.
+    let admin = Action::Gateway {
+        rules: vec![GatewayRule {
+            who: Grantee::Members,
+            scopes: vec!["admin".into()],
+        }],
+    };
+    assert!(admin.validate().is_err());
+    assert_eq!(
+        "role:maintainers=gov:vote,infer"
+            .parse::<GatewayRule>()
+            .unwrap(),
+        GatewayRule {
+            who: Grantee::Role("maintainers".into()),
+            scopes: vec!["gov:vote".into(), "infer".into()],
+        }
+    );
+}

@@ -289,6 +289,31 @@ pub fn issue_access(node: &Keypair, claims: &AccessClaims) -> Result<String, Jwt
     jsonwebtoken::encode(&header, claims, &key).map_err(|e| JwtError::Malformed(e.to_string()))
 }
 
+/// Who an access token says issued it and for whom (`iss`, `aud`), read without checking
+/// anything: only to pick the key and the rules [`verify_access`] then checks it with.
+pub fn peek_access(token: &str) -> Result<(String, String), JwtError> {
+    #[derive(Deserialize)]
+    struct Peek {
+        iss: String,
+        aud: String,
+    }
+    if token.len() > MAX_JWT {
+        return Err(JwtError::Malformed(format!("longer than {MAX_JWT} bytes")));
+    }
+    let mut parts = token.split('.');
+    let (Some(_), Some(claims), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed("not three dot-separated parts".into()));
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(claims)
+        .map_err(|_| JwtError::Malformed("the claims are not base64url".into()))?;
+    let p: Peek = serde_json::from_slice(&bytes)
+        .map_err(|_| JwtError::Malformed("the claims lack iss or aud".into()))?;
+    Ok((p.iss, p.aud))
+}
+
 /// Check an access token issued by `issuer` for audience `audience` at `now`.
 pub fn verify_access(
     token: &str,

@@ -1,16 +1,20 @@
 //! Who may use this node's gateway besides its owner: OAuth 2.0 access tokens.
 //!
 //! A client proves who it is with an assertion signed by its own did:key (RFC 7523
-//! `private_key_jwt`, checked by `sov_identity::jwt`); the owner's allow list says which
+//! `private_key_jwt`, checked by `sov_identity::jwt`); the owner's `policy.toml`
+//! ([`policy`]) and the gateway policies of the groups the node is in ([`group`]) say which
 //! scopes each DID may get; the node answers with a short-lived access token signed by its
-//! own key. Every token issued is kept (by `jti`) so the owner can list and revoke it; a
-//! revoked token is refused until it would have expired anyway.
+//! own key, for itself (`aud` = its DID) or for a group (`aud` = `sov:group:<id>`, honoured by
+//! every member). Every token issued is kept (by `jti`) so the owner can list and revoke it;
+//! a revoked token is refused until it would have expired anyway.
 //!
 //! | records topic | key | value |
 //! |---|---|---|
-//! | `auth-allow` | a client's DID | the scopes it may get (JSON) |
 //! | `auth-issued` | `jti` | the token's claims (JSON) |
 //! | `auth-revoked` | `jti` | when it would have expired (u64, big-endian) |
+
+pub mod group;
+pub mod policy;
 
 use std::sync::Mutex;
 
@@ -21,9 +25,8 @@ pub use sov_identity::jwt::{ASSERTION_TYPE, AccessClaims, make_assertion};
 
 use crate::{Error, Node, Result};
 
-const ALLOW_TOPIC: &str = "auth-allow";
 const ISSUED_TOPIC: &str = "auth-issued";
-const REVOKED_TOPIC: &str = "auth-revoked";
+pub(crate) const REVOKED_TOPIC: &str = "auth-revoked";
 
 /// Every scope, and what it opens.
 pub const SCOPES: [(&str, &str); 8] = [
@@ -37,7 +40,7 @@ pub const SCOPES: [(&str, &str); 8] = [
     ("admin", "everything the owner can do"),
 ];
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -105,6 +108,8 @@ pub struct Grant {
     pub scope: String,
     /// Its id (for `sov token revoke`).
     pub jti: String,
+    /// Who honours it: this node (its DID) or every member of a group (`sov:group:<id>`).
+    pub aud: String,
 }
 
 /// A token as `sov token ls` shows it.
@@ -120,18 +125,14 @@ pub struct IssuedToken {
     pub iat: u64,
     /// Expires (Unix seconds).
     pub exp: u64,
+    /// Who honours it.
+    pub aud: String,
     /// Revoked by the owner.
     pub revoked: bool,
 }
 
-/// One allow-list entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Allowed {
-    /// The client's DID.
-    pub did: String,
-    /// The scopes it may get.
-    pub scopes: Vec<String>,
-}
+pub use group::{GROUP_AUDIENCE_PREFIX, Revocation, group_audience};
+pub use policy::{POLICY_FILE, Policy, Rule, Who};
 
 /// Spent assertion ids.
 pub(crate) struct Assertions(Mutex<Replay>);
@@ -143,52 +144,21 @@ impl Default for Assertions {
 }
 
 impl Node {
-    /// Let `did` get tokens with `scopes` (none: remove it from the allow list).
-    pub async fn token_allow(&self, did: Did, scopes: &[String]) -> Result<Vec<String>> {
-        let scopes = parse_scopes(scopes)?;
-        let json = serde_json::to_vec(&scopes).map_err(|e| Error::Refused(e.to_string()))?;
-        let empty = scopes.is_empty();
-        self.blocking(move |s| {
-            if empty {
-                s.remove_record(ALLOW_TOPIC, did.to_string().as_bytes())?;
-            } else {
-                s.put_record(ALLOW_TOPIC, did.to_string().as_bytes(), &json)?;
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(scopes)
-    }
-
-    /// The allow list.
-    pub async fn token_policy(&self) -> Result<Vec<Allowed>> {
-        self.blocking(|s| {
-            Ok(s.records(ALLOW_TOPIC)?
-                .into_iter()
-                .filter_map(|(k, v)| {
-                    Some(Allowed {
-                        did: String::from_utf8(k).ok()?,
-                        scopes: serde_json::from_slice(&v).ok()?,
-                    })
-                })
-                .collect())
-        })
-        .await
-    }
-
-    async fn allowed_scopes(&self, did: &Did) -> Result<Vec<String>> {
-        let key = did.to_string().into_bytes();
-        self.blocking(move |s| {
-            Ok(s.record(ALLOW_TOPIC, &key)?
-                .and_then(|v| serde_json::from_slice(&v).ok())
-                .unwrap_or_default())
-        })
-        .await
-    }
-
     /// Issue an access token to `to` with `scopes` for `ttl` seconds (the owner's act: no
     /// allow list is consulted).
     pub async fn token_issue(&self, to: Did, scopes: &[String], ttl: u64) -> Result<Grant> {
+        self.token_issue_for(to, scopes, ttl, self.did().to_string())
+            .await
+    }
+
+    /// Issue an access token for audience `aud` (this node's DID, or a group's audience).
+    async fn token_issue_for(
+        &self,
+        to: Did,
+        scopes: &[String],
+        ttl: u64,
+        aud: String,
+    ) -> Result<Grant> {
         let scopes = parse_scopes(scopes)?;
         if scopes.is_empty() {
             return Err(Error::Refused("a token needs at least one scope".into()));
@@ -204,7 +174,7 @@ impl Node {
         let claims = AccessClaims {
             iss: me.clone(),
             sub: to.to_string(),
-            aud: me,
+            aud,
             scope: scopes.join(" "),
             exp: now + ttl,
             iat: now,
@@ -244,17 +214,22 @@ impl Node {
             expires_in: ttl,
             scope: claims.scope,
             jti: claims.jti,
+            aud: claims.aud,
         })
     }
 
     /// The token endpoint's work: check a client's assertion (for one of `audiences`), and
-    /// grant the scopes it asks for (all it may get if it names none) that the allow list
-    /// gives its DID.
+    /// grant the scopes it asks for (all it may get if it names none) that `policy.toml` or
+    /// a group's gateway policy gives its DID. `resource` (RFC 8707) picks who is to honour
+    /// the token: this node (its DID) or a group (its id or name, or `sov:group:<id>`).
+    /// Without it, a token is for the group or the node that gives the most of what is
+    /// asked (a group on a tie: its tokens work on every member).
     pub async fn token_exchange(
         &self,
         assertion: &str,
         audiences: &[String],
         scope: Option<&str>,
+        resource: Option<&str>,
     ) -> std::result::Result<Grant, OAuthError> {
         let now = unix_now();
         let did = {
@@ -287,38 +262,75 @@ impl Node {
                 None => return Err(OAuthError::new("invalid_client", last.to_string())),
             }
         };
-        let may = self
-            .allowed_scopes(&did)
-            .await
-            .map_err(|e| OAuthError::new("temporarily_unavailable", e.to_string()))?;
-        if may.is_empty() {
+        let local = self.policy_scopes(&did).await.map_err(|e| {
+            tracing::warn!("the token endpoint cannot read its policy: {e}");
+            OAuthError::new("temporarily_unavailable", e.to_string())
+        })?;
+        // Who may honour the token, and what each gives: groups first, then this node.
+        let me = self.did().to_string();
+        let mut candidates: Vec<(String, Vec<String>)> = self
+            .group_grants(&did)
+            .into_iter()
+            .filter(|g| {
+                resource.is_none_or(|r| {
+                    r == g.name || r == g.group.to_string() || r == group_audience(&g.group)
+                })
+            })
+            .map(|g| (group_audience(&g.group), g.scopes))
+            .collect();
+        if resource.is_none_or(|r| r == me || audiences.iter().any(|a| a == r)) {
+            candidates.push((me, local));
+        }
+        candidates.retain(|(_, s)| !s.is_empty());
+        if candidates.is_empty() {
             return Err(OAuthError::new(
                 "unauthorized_client",
-                format!("{did} is not allowed here (the owner allows it with `sov token allow`)"),
+                match resource {
+                    Some(r) => format!("{did} may get no token for {}", sov_core::quote(r)),
+                    None => format!(
+                        "{did} is not allowed here (the owner allows it with `sov token allow`, or a group by a gateway policy)"
+                    ),
+                },
             ));
         }
-        let wanted = match scope {
-            Some(s) if !s.trim().is_empty() => parse_scopes(&[s.to_owned()])
-                .map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?,
-            _ => may.clone(),
+        let asked = match scope {
+            Some(s) if !s.trim().is_empty() => Some(
+                parse_scopes(&[s.to_owned()])
+                    .map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?,
+            ),
+            _ => None,
         };
+        // The first that gives the most of what is asked (a stable sort keeps groups first).
+        let gives = |may: &[String]| match &asked {
+            Some(w) => w.iter().filter(|s| may.contains(s)).count(),
+            None => may.len(),
+        };
+        candidates.sort_by_key(|(_, may)| std::cmp::Reverse(gives(may)));
+        let (aud, may) = candidates.swap_remove(0);
+        let wanted = asked.unwrap_or_else(|| may.clone());
         if let Some(s) = wanted.iter().find(|s| !may.contains(s)) {
             return Err(OAuthError::new(
                 "invalid_scope",
-                format!("{did} may not get scope {s}"),
+                format!("{did} may not get scope {s} (not with the others asked, at least)"),
             ));
         }
-        self.token_issue(did, &wanted, DEFAULT_TTL)
+        self.token_issue_for(did, &wanted, DEFAULT_TTL, aud)
             .await
             .map_err(|e| OAuthError::new("temporarily_unavailable", e.to_string()))
     }
 
-    /// Check an access token presented to this node: signed by it, for it, not expired, not
-    /// revoked. Returns its claims.
+    /// Check an access token presented to this node: signed by it and for it, or for a
+    /// group it is in and signed by a member (see [`group`]); not expired, not revoked.
+    /// Returns its claims, with the scopes it opens here.
     pub async fn token_check(&self, token: &str) -> std::result::Result<AccessClaims, String> {
         let me = self.did();
-        let claims = jwt::verify_access(token, &me, &me.to_string(), unix_now())
-            .map_err(|e| e.to_string())?;
+        let (iss, aud) = jwt::peek_access(token).map_err(|e| e.to_string())?;
+        let claims = if let Some(gid) = aud.strip_prefix(GROUP_AUDIENCE_PREFIX) {
+            self.group_token_check(gid, &iss, token)?
+        } else {
+            jwt::verify_access(token, &me, &me.to_string(), unix_now())
+                .map_err(|e| e.to_string())?
+        };
         let jti = claims.jti.clone().into_bytes();
         let revoked = self
             .blocking(move |s| Ok(s.record(REVOKED_TOPIC, &jti)?.is_some()))
@@ -330,22 +342,28 @@ impl Node {
         Ok(claims)
     }
 
-    /// Revoke token `jti`.
+    /// Revoke token `jti` (a group token on every member of the group).
     pub async fn token_revoke(&self, jti: &str) -> Result<()> {
         let key = jti.as_bytes().to_vec();
-        self.blocking(move |s| {
-            let Some(v) = s.record(ISSUED_TOPIC, &key)? else {
-                return Err(sov_store::Error::Invalid(
-                    "no token with that id was issued here".into(),
-                ));
-            };
-            let exp = serde_json::from_slice::<AccessClaims>(&v)
-                .map(|c| c.exp)
-                .unwrap_or(u64::MAX);
-            s.put_record(REVOKED_TOPIC, &key, &exp.to_be_bytes())?;
-            Ok(())
-        })
-        .await
+        let claims = self
+            .blocking(move |s| {
+                let Some(v) = s.record(ISSUED_TOPIC, &key)? else {
+                    return Err(sov_store::Error::Invalid(
+                        "no token with that id was issued here".into(),
+                    ));
+                };
+                let c = serde_json::from_slice::<AccessClaims>(&v)
+                    .map_err(|e| sov_store::Error::Invalid(e.to_string()))?;
+                s.put_record(REVOKED_TOPIC, &key, &c.exp.to_be_bytes())?;
+                Ok(c)
+            })
+            .await?;
+        if let Some(gid) = claims.aud.strip_prefix(GROUP_AUDIENCE_PREFIX)
+            && let Ok(gid) = gid.parse::<sov_core::ContentId>()
+        {
+            self.group_revoke(gid, &claims.jti, claims.exp).await?;
+        }
+        Ok(())
     }
 
     /// The tokens issued here that have not expired.
@@ -365,6 +383,7 @@ impl Node {
                     jti: c.jti,
                     sub: c.sub,
                     scope: c.scope,
+                    aud: c.aud,
                     iat: c.iat,
                     exp: c.exp,
                 });

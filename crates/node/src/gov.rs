@@ -127,7 +127,7 @@ pub struct ProposalStatus {
 /// An action as the API and CLI write it: ids and DIDs as strings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionSpec {
-    /// promote, admit, remove, policy, release or custom.
+    /// promote, admit, remove, policy, release, gateway or custom.
     pub kind: String,
     /// promote: the model's manifest id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,6 +159,9 @@ pub struct ActionSpec {
     /// custom: the text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// gateway: the rules, `WHO=SCOPE,SCOPE` (WHO: a did:key, `role:NAME` or `members`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
 }
 
 impl From<&Action> for ActionSpec {
@@ -195,6 +198,7 @@ impl From<&Action> for ActionSpec {
                 s.version = Some(version.clone());
                 s.artifact = Some(artifact.to_string());
             }
+            Action::Gateway { rules } => s.allow = rules.iter().map(ToString::to_string).collect(),
             Action::Custom { text } => s.text = Some(text.clone()),
         }
         s
@@ -242,9 +246,21 @@ impl ActionSpec {
             "custom" => Action::Custom {
                 text: need(&self.text, "a text")?,
             },
+            "gateway" => {
+                let mut rules = Vec::new();
+                for r in &self.allow {
+                    let rule: sov_gov::GatewayRule = r.parse().map_err(refused)?;
+                    let known = crate::auth::parse_scopes(&rule.scopes)?;
+                    rules.push(sov_gov::GatewayRule {
+                        who: rule.who,
+                        scopes: known,
+                    });
+                }
+                Action::Gateway { rules }
+            }
             k => {
                 return Err(Error::Refused(format!(
-                    "{}: a proposal is promote, admit, remove, policy, release or custom",
+                    "{}: a proposal is promote, admit, remove, policy, release, gateway or custom",
                     sov_core::quote(k)
                 )));
             }
@@ -275,6 +291,30 @@ impl Node {
             .govs
             .get(id)
             .ok_or_else(|| Error::NotFound(format!("this node is not in group {id}")))
+    }
+
+    /// The group named `name_or_id` (its id, or its name if one group here has it).
+    pub(crate) fn gov_named(&self, name_or_id: &str) -> Result<Arc<Gov>> {
+        if let Ok(id) = name_or_id.parse::<ContentId>() {
+            return self.gov(&id);
+        }
+        let mut found = self
+            .inner
+            .govs
+            .all()
+            .into_iter()
+            .filter(|g| lock(&g.book).group().name == name_or_id);
+        match (found.next(), found.next()) {
+            (Some(g), None) => Ok(g),
+            (Some(_), Some(_)) => Err(Error::Refused(format!(
+                "more than one group here is named {}: give its id",
+                sov_core::quote(name_or_id)
+            ))),
+            _ => Err(Error::NotFound(format!(
+                "this node is in no group {}",
+                sov_core::quote(name_or_id)
+            ))),
+        }
     }
 
     fn gov_of(&self, proposal: &ContentId) -> Result<Arc<Gov>> {
@@ -533,6 +573,22 @@ impl Node {
                 .add_proposal(b, now)
                 .map(|(_, new)| (new, None)),
             GovGossip::Vote(b) => lock(&gov.book).add_vote(b, now).map(|a| (a.new, a.decided)),
+            GovGossip::Revoke(b) => {
+                // Checked and kept off the gossip thread; a bad one costs its sender.
+                if let Err(e) = Signed::<crate::auth::Revocation>::decode(b) {
+                    debug!(group = %id, ?source, "revocation refused: {e}");
+                    return Verdict::Reject;
+                }
+                let node = self.clone();
+                let gov = gov.clone();
+                let b = b.clone();
+                self.spawn(async move {
+                    if let Err(e) = node.take_revocation(&gov, &b).await {
+                        debug!(group = %gov.id, "revocation refused: {e}");
+                    }
+                });
+                return Verdict::Accept;
+            }
         };
         match outcome {
             Ok((false, _)) => Verdict::Ignore,
@@ -546,6 +602,7 @@ impl Node {
                             node.gov_keep_proposal(&gov, pid, b.into_vec()).await
                         }
                         GovGossip::Vote(b) => node.gov_keep_vote(&gov, b.into_vec(), decided).await,
+                        GovGossip::Revoke(_) => Ok(()),
                     };
                     if let Err(e) = kept {
                         warn!(group = %gov.id, "could not keep a governance record: {e}");

@@ -45,6 +45,8 @@ pub(crate) struct Inner {
     /// `None` for an offline node.
     net: Option<sov_net::Client>,
     pub(crate) config: Config,
+    /// The node's home folder (`policy.toml` lives there).
+    pub(crate) home: std::path::PathBuf,
     did: Did,
     peer_id: PeerId,
     /// One fetch per object at a time.
@@ -69,6 +71,8 @@ pub(crate) struct Inner {
     pub(crate) govs: crate::gov::state::Govs,
     /// Client assertions spent at the token endpoint.
     pub(crate) assertions: crate::auth::Assertions,
+    /// Held while `policy.toml` is rewritten.
+    pub(crate) policy_writer: Mutex<()>,
 }
 
 impl std::fmt::Debug for Node {
@@ -102,7 +106,7 @@ impl Node {
         });
         let (net, events) = sov_net::start(net_config).await?;
         let free = sov_store::free_space(home);
-        let node = Self::assemble(store, Some(net), config, free);
+        let node = Self::assemble(store, Some(net), config, home, free);
         node.join_topics().await;
         node.spawn(node.clone().handle_events(events));
         node.spawn(node.clone().announce_loop());
@@ -126,13 +130,14 @@ impl Node {
     pub async fn offline(home: &Path, keypair: Keypair, config: Config) -> Result<Self> {
         let store = open_store(home, keypair).await?;
         let free = sov_store::free_space(home);
-        Ok(Self::assemble(store, None, config, free))
+        Ok(Self::assemble(store, None, config, home, free))
     }
 
     fn assemble(
         store: Store,
         net: Option<sov_net::Client>,
         config: Config,
+        home: &Path,
         free: Option<u64>,
     ) -> Self {
         let did = store.identity().did();
@@ -147,6 +152,7 @@ impl Node {
                 store: RwLock::new(Some(Arc::new(store))),
                 net,
                 config,
+                home: home.to_path_buf(),
                 did,
                 peer_id: sov_net::peer_id_of(&did),
                 fetching: Mutex::new(HashMap::new()),
@@ -161,6 +167,7 @@ impl Node {
                 feds: Default::default(),
                 govs: Default::default(),
                 assertions: Default::default(),
+                policy_writer: Mutex::new(()),
             }),
         };
         let serve = Serve::start(&node);

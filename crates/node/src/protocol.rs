@@ -9,7 +9,7 @@
 //! | `/sov/bulk/3` | 64 MiB (`[network] max_bulk_message`) | [`FlRequest`] / [`FlResponse`]: federations (records, join, the stages of a round, its result) and governance ([`GovRequest`] / [`GovResponse`]: a group's genesis, catch-up) |
 //! | gossip `sov/models/1` | 64 KiB | [`ModelAnnouncement`]: a model its signer offers |
 //! | gossip `sov/fl/1/<federation>` | 64 KiB | a round's signed `sov/fl-round/1` record, by its aggregator |
-//! | gossip `sov/gov/1/<group>` | 64 KiB | [`GovGossip`]: a signed proposal or vote of the group |
+//! | gossip `sov/gov/1/<group>` | 64 KiB | [`GovGossip`]: a signed proposal or vote of the group, or a member's revocation of a token for the group |
 //!
 //! Federation and governance add their own variants and topics; each protocol version is in
 //! its id, so a change of format is a new id.
@@ -411,6 +411,8 @@ pub const MAX_GOV_SUMMARY: usize = 65_536;
 pub const MAX_GOV_PROPOSALS: usize = 256;
 /// Most votes in one [`GovResponse::Records`].
 pub const MAX_GOV_VOTES: usize = 65_536;
+/// Most live revocations a group keeps (and one [`GovResponse::Revoked`] holds).
+pub const MAX_GOV_REVOCATIONS: usize = 4096;
 
 /// Governance on `/sov/bulk/3`: a group's genesis pushed to its members, and the catch-up
 /// by which a node that was away learns the proposals and votes it missed. Only members
@@ -435,6 +437,11 @@ pub enum GovRequest {
         /// at most [`MAX_GOV_PROPOSALS`]
         proposals: Vec<ContentId>,
     },
+    /// The live revocations of tokens for `group` (the distributed gateway).
+    Revoked {
+        /// the group
+        group: ContentId,
+    },
 }
 
 /// The answers to [`GovRequest`].
@@ -454,6 +461,11 @@ pub enum GovResponse {
         proposals: Vec<serde_bytes::ByteBuf>,
         /// signed votes on them
         votes: Vec<serde_bytes::ByteBuf>,
+    },
+    /// To [`GovRequest::Revoked`].
+    Revoked {
+        /// signed `sov/gw-revoke/1`, at most [`MAX_GOV_REVOCATIONS`]
+        revocations: Vec<serde_bytes::ByteBuf>,
     },
 }
 
@@ -497,6 +509,11 @@ impl FlResponse {
                 if proposals.len() > MAX_GOV_PROPOSALS || votes.len() > MAX_GOV_VOTES =>
             {
                 Err("more governance records than an answer holds".into())
+            }
+            FlResponse::Gov(GovResponse::Revoked { revocations })
+                if revocations.len() > MAX_GOV_REVOCATIONS =>
+            {
+                Err("more revocations than a group keeps".into())
             }
             _ => Ok(r),
         }
@@ -618,6 +635,8 @@ pub enum GovGossip {
     Proposal(serde_bytes::ByteBuf),
     /// A signed `sov/gov-vote/1`.
     Vote(serde_bytes::ByteBuf),
+    /// A signed `sov/gw-revoke/1`: a member revoked a token issued for the group.
+    Revoke(serde_bytes::ByteBuf),
 }
 
 impl GovGossip {

@@ -153,6 +153,11 @@ impl Cluster {
         &self.slots[i].home
     }
 
+    /// Node `i`'s key seed (its identity, as a client of other nodes too).
+    pub fn key_seed(&self, i: usize) -> [u8; 32] {
+        self.slots[i].seed
+    }
+
     /// Node `i`'s listen addresses.
     pub fn addrs(&self, i: usize) -> &[Multiaddr] {
         &self.slots[i].addrs

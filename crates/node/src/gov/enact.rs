@@ -180,6 +180,20 @@ impl Node {
                 ))
             }
             Action::Custom { .. } => Ok(("nothing", "a text: nothing to do".into())),
+            Action::Gateway { rules } => {
+                let now = lock(&gov.book).gateway_policy().map(|(p, _)| p);
+                Ok((
+                    "done",
+                    if now == Some(*id) {
+                        format!(
+                            "the group's gateway policy ({} rules): tokens for the group are honoured here",
+                            rules.len()
+                        )
+                    } else {
+                        "a later gateway policy of the group is in force".into()
+                    },
+                ))
+            }
         }
     }
 

@@ -101,6 +101,12 @@ impl Node {
                     votes,
                 })
             }
+            GovRequest::Revoked { group } => {
+                let gov = self.member_gov(&group, &asker)?;
+                Ok(GovResponse::Revoked {
+                    revocations: self.revocations(&gov).await,
+                })
+            }
         }
     }
 
@@ -176,6 +182,22 @@ impl Node {
         gov: &Gov,
         peer: PeerId,
     ) -> std::result::Result<(), String> {
+        self.gov_sync_records(gov, peer).await?;
+        // Revocations of the group's tokens (checked one by one; the bad ones are dropped).
+        if let GovResponse::Revoked { revocations } = self
+            .ask_gov(peer, GovRequest::Revoked { group: gov.id })
+            .await?
+        {
+            for r in revocations {
+                if let Err(e) = self.take_revocation(gov, &r).await {
+                    debug!(group = %gov.id, %peer, "a revocation refused: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn gov_sync_records(&self, gov: &Gov, peer: PeerId) -> std::result::Result<(), String> {
         for _ in 0..MAX_PASSES {
             let GovResponse::Summary { proposals } = self
                 .ask_gov(peer, GovRequest::Summary { group: gov.id })
