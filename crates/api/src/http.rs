@@ -216,10 +216,10 @@ pub async fn serve_with(
             let router = router.clone();
             let guard = Busy::new(busy.clone());
             async move {
-                let res = router
-                    .oneshot(req.map(Body::new))
-                    .await
-                    .unwrap_or_else(|e| match e {});
+                let mut req = req.map(Body::new);
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                let res = router.oneshot(req).await.unwrap_or_else(|e| match e {});
                 // The request counts as busy until its answer's body is fully written.
                 Ok::<_, std::convert::Infallible>(res.map(|inner| Guarded {
                     inner,

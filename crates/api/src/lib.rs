@@ -45,6 +45,7 @@ mod federations;
 pub mod gateway;
 pub mod gov;
 pub mod http;
+pub mod limit;
 mod models;
 pub mod oauth;
 mod objects;
@@ -86,6 +87,8 @@ pub(crate) struct AppState {
     token: Arc<str>,
     /// Host names answered besides loopback ones (lowercase; `"*"`: any).
     hosts: Arc<[String]>,
+    /// The rate limits' buckets.
+    limiter: Arc<limit::Limiter>,
 }
 
 /// The API's router for `node`, guarded by `token`, answering loopback Host names only.
@@ -94,12 +97,22 @@ pub fn router(node: Node, token: &str) -> Router {
 }
 
 /// The API's router for `node`, guarded by `token`, answering loopback Host names and
-/// `hosts` (`"*"`: any).
+/// `hosts` (`"*"`: any), with the node's rate limits.
 pub fn router_for_hosts(node: Node, token: &str, hosts: &[String]) -> Router {
+    let limits = limit::RateLimits {
+        per_token: node.config().api_rate_per_token,
+        per_address: node.config().api_rate_per_address,
+    };
+    router_with(node, token, hosts, limits)
+}
+
+/// The API's router with every setting given.
+pub fn router_with(node: Node, token: &str, hosts: &[String], limits: limit::RateLimits) -> Router {
     let state = AppState {
         node,
         token: token.into(),
         hosts: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        limiter: Arc::new(limit::Limiter::new(limits)),
     };
     // Uploads stream into the store and may be large; every other route takes small JSON.
     let small = axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY);
@@ -181,6 +194,7 @@ pub fn router_for_hosts(node: Node, token: &str, hosts: &[String]) -> Router {
         )
         .route("/api/v1/tokens/allow", post(oauth::allow).layer(small))
         .route("/api/v1/tokens/{jti}", axum::routing::delete(oauth::revoke))
+        .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn(error::json_errors));
     let v1 = Router::new()
@@ -205,6 +219,8 @@ pub fn router_for_hosts(node: Node, token: &str, hosts: &[String]) -> Router {
         .merge(api)
         .merge(v1)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), limit::limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .with_state(state)
 }
@@ -390,6 +406,71 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         )
         .into_response(),
     }
+}
+
+/// `GET /metrics`: Prometheus' text format (OpenMetrics 1.0).
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.node.metrics_text().await,
+    )
+        .into_response()
+}
+
+/// Every request gets an id (the client's `x-request-id` if it is short and plain, else a
+/// new one), sent back in `x-request-id` and carried by the request's log span; its answer
+/// is counted by route pattern, method and status.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let method = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]
+        .into_iter()
+        .find(|m| *m == req.method().as_str())
+        .unwrap_or("other");
+    let span = tracing::info_span!("request", id = %id, method, route = %route);
+    let started = std::time::Instant::now();
+    let mut r = next.run(req).instrument(span.clone()).await;
+    let status = r.status().as_u16();
+    span.in_scope(|| {
+        tracing::debug!(
+            status,
+            ms = started.elapsed().as_millis() as u64,
+            "answered"
+        )
+    });
+    state
+        .node
+        .metrics()
+        .http_requests
+        .get_or_create(&vec![
+            ("route", route),
+            ("method", method.to_owned()),
+            ("status", status.to_string()),
+        ])
+        .inc();
+    if let Ok(v) = header::HeaderValue::from_str(&id) {
+        r.headers_mut().insert("x-request-id", v);
+    }
+    r
 }
 
 async fn health() -> Json<serde_json::Value> {

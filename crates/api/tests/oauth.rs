@@ -245,10 +245,9 @@ async fn a_did_key_client_gets_a_token_for_its_scopes_only_once_allowed() {
     node.shutdown().await;
 }
 
-#[test]
-fn every_route_needs_the_scope_the_table_gives() {
-    use sov_api::oauth::required_scope;
-    for (m, path, scope) in [
+/// Every route, with the scope it needs.
+fn routes() -> Vec<(Method, &'static str, &'static str)> {
+    vec![
         (Method::GET, "/v1/models", "infer"),
         (Method::GET, "/v1/models/x", "infer"),
         (Method::POST, "/v1/chat/completions", "infer"),
@@ -281,7 +280,167 @@ fn every_route_needs_the_scope_the_table_gives() {
         (Method::POST, "/api/v1/models/pull", "admin"),
         (Method::POST, "/api/v1/models/x/share", "admin"),
         (Method::DELETE, "/api/v1/models/x", "admin"),
-    ] {
+        (Method::GET, "/api/v1/tokens", "admin"),
+        (Method::GET, "/api/v1/gov/groups/x", "gov:vote"),
+        (Method::GET, "/api/v1/gov/proposals", "gov:vote"),
+        (
+            Method::GET,
+            "/api/v1/gov/proposals/x/certificate",
+            "gov:vote",
+        ),
+        (Method::GET, "/api/v1/models/offered", "admin"),
+        (Method::GET, "/api/v1/models/x", "admin"),
+        (Method::POST, "/api/v1/tokens", "admin"),
+        (Method::POST, "/api/v1/tokens/allow", "admin"),
+        (Method::DELETE, "/api/v1/tokens/x", "admin"),
+        (Method::GET, "/metrics", "admin"),
+    ]
+}
+
+#[test]
+fn every_route_needs_the_scope_the_table_gives() {
+    use sov_api::oauth::required_scope;
+    for (m, path, scope) in routes() {
         assert_eq!(required_scope(&m, path), scope, "{m} {path}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_a_token_without_its_scope_and_lets_one_with_it_through() {
+    let home = tempfile::tempdir().unwrap();
+    let node = Node::start(home.path(), Keypair::generate(), Config::loopback())
+        .await
+        .unwrap();
+    let app = sov_api::router(node.clone(), TOKEN);
+    let client = Keypair::from_seed(&[79; 32]);
+    let mut tokens = std::collections::BTreeMap::new();
+    for (s, _) in sov_node::auth::SCOPES {
+        let g = node
+            .token_issue(client.did(), &[s.into()], 600)
+            .await
+            .unwrap();
+        tokens.insert(s, g.access_token);
+    }
+    for (m, path, scope) in routes() {
+        let other = if scope == "infer" { "embed" } else { "infer" };
+        let (s, e) = call(&app, m.clone(), path, Some(&tokens[other]), None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{m} {path} with {other}: {e}");
+        let (s, e) = call(&app, m.clone(), path, Some(&tokens[scope]), None).await;
+        assert!(
+            s != StatusCode::FORBIDDEN && s != StatusCode::UNAUTHORIZED,
+            "{m} {path} with {scope}: {s} {e}"
+        );
+        if scope != "admin" {
+            // admin opens everything.
+            let (s, _) = call(&app, m.clone(), path, Some(&tokens["admin"]), None).await;
+            assert!(
+                s != StatusCode::FORBIDDEN && s != StatusCode::UNAUTHORIZED,
+                "{m} {path}"
+            );
+        }
+    }
+    node.shutdown().await;
+}
+
+/// A request from `addr` with `bearer`, as the HTTP server hands it to the router.
+async fn from(
+    app: &Router,
+    addr: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> axum::response::Response {
+    let mut req = Request::builder().uri(path).header("host", HOST);
+    if let Some(t) = bearer {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let mut req = req.body(Body::empty()).unwrap();
+    req.extensions_mut().insert(axum::extract::ConnectInfo(
+        addr.parse::<std::net::SocketAddr>().unwrap(),
+    ));
+    app.clone().oneshot(req).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_429_with_retry_after_per_token_and_per_address_but_not_the_owner() {
+    let home = tempfile::tempdir().unwrap();
+    let node = Node::start(home.path(), Keypair::generate(), Config::loopback())
+        .await
+        .unwrap();
+    // 12 a minute: a burst of 5.
+    let limits = sov_api::limit::RateLimits {
+        per_token: 12,
+        per_address: 12,
+    };
+    let app = sov_api::router_with(node.clone(), TOKEN, &[], limits);
+    let client = Keypair::from_seed(&[78; 32]);
+    let grant = node
+        .token_issue(client.did(), &["infer".into()], 600)
+        .await
+        .unwrap();
+
+    // A stranger without a token: five answers (401), then 429 with Retry-After.
+    for _ in 0..5 {
+        let r = from(&app, "192.0.2.1:5000", "/api/v1/identity", None).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = from(&app, "192.0.2.1:5001", "/api/v1/identity", None).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=5).contains(&wait), "{wait}");
+    // Another address is not held back by it.
+    let r = from(&app, "192.0.2.2:5000", "/api/v1/identity", None).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // An IPv6 client is one /64.
+    for i in 0..5 {
+        let r = from(&app, &format!("[2001:db8::{i}]:80"), "/health", None).await;
+        assert_eq!(r.status(), StatusCode::OK, "/health is never limited");
+        let r = from(&app, &format!("[2001:db8::{i}]:80"), "/v1/models", None).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = from(&app, "[2001:db8::99]:80", "/v1/models", None).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{v}");
+
+    // One token from many addresses: limited by the token.
+    for i in 0..5 {
+        let r = from(
+            &app,
+            &format!("198.51.100.{i}:1"),
+            "/v1/models",
+            Some(&grant.access_token),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = from(
+        &app,
+        "198.51.100.9:1",
+        "/v1/models",
+        Some(&grant.access_token),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // The owner is never limited.
+    for _ in 0..50 {
+        let r = from(&app, "192.0.2.1:5000", "/api/v1/identity", Some(TOKEN)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    // Every refusal is counted.
+    let text = node.metrics_text().await;
+    assert!(
+        text.contains("sov_http_rate_limited_total{by=\"address\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sov_http_rate_limited_total{by=\"token\"} 1"),
+        "{text}"
+    );
+    node.shutdown().await;
 }

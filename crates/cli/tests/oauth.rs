@@ -53,6 +53,20 @@ def get(path, token):
 out = {}
 if sys.argv[1] == "before":
     out["before"] = ask(assertion())
+elif sys.argv[1] == "metrics":
+    # Prometheus' own parsers: the classic text format's and the OpenMetrics one.
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+    req = urllib.request.Request(base + "/metrics", headers={"Authorization": "Bearer " + os.environ["ADMIN_TOKEN"]})
+    with urllib.request.urlopen(req) as r:
+        out["content_type"] = r.headers["Content-Type"]
+        text = r.read().decode()
+    samples = []
+    for f in text_string_to_metric_families(text):
+        for s in f.samples:
+            samples.append([s.name, s.labels, s.value])
+    out["samples"] = samples
+    out["openmetrics_families"] = len(list(om(text)))
 else:
     a = assertion()
     status, grant = ask(a, "infer")
@@ -81,9 +95,11 @@ fn a_did_key_client_gets_a_token_with_pyjwt_and_uses_it_with_the_openai_client()
     let seed = [42u8; 32];
     let client = sov_identity::Keypair::from_seed(&seed);
     let seed_hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    let admin = std::fs::read_to_string(home.dir.path().join("admin.token")).unwrap();
     let run = |phase: &str| -> Value {
         let out = Command::new(&python)
             .args(["-c", CLIENT, phase])
+            .env("ADMIN_TOKEN", admin.trim())
             .env("SOV_BASE", &base)
             .env("CLIENT_DID", client.did().to_string())
             .env("CLIENT_SEED", &seed_hex)
@@ -127,4 +143,84 @@ fn a_did_key_client_gets_a_token_with_pyjwt_and_uses_it_with_the_openai_client()
     home.ok(&["token", "revoke", &jti]);
     let ls: Value = serde_json::from_str(&home.ok(&["token", "ls", "--json"])).unwrap();
     assert_eq!(ls["issued"][0]["revoked"], true);
+
+    // /metrics parses with Prometheus' parsers and shows what happened above.
+    let m = run("metrics");
+    assert!(
+        m["content_type"]
+            .as_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+        "{m}"
+    );
+    assert!(m["openmetrics_families"].as_u64().unwrap() >= 10, "{m}");
+    let value = |name: &str, labels: Value| -> f64 {
+        m["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| {
+                s[0] == name
+                    && labels
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .all(|(k, v)| s[1][k] == *v)
+            })
+            .map(|s| s[2].as_f64().unwrap())
+            .sum()
+    };
+    assert!(
+        value(
+            "sov_tokens_issued_total",
+            serde_json::json!({"audience": "node"})
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        value(
+            "sov_tokens_refused_total",
+            serde_json::json!({"error": "unauthorized_client"})
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        value(
+            "sov_tokens_refused_total",
+            serde_json::json!({"error": "invalid_client"})
+        ) >= 2.0,
+        "{m}"
+    );
+    assert!(
+        value("sov_tokens_rejected_total", serde_json::json!({})) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        value(
+            "sov_http_requests_total",
+            serde_json::json!({"route": "/v1/models", "method": "GET", "status": "200"})
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        value(
+            "sov_http_requests_total",
+            serde_json::json!({"route": "/api/v1/objects", "status": "403"})
+        ) >= 1.0,
+        "{m}"
+    );
+    // Counters move: the scrape itself is counted by the next one.
+    let before = value(
+        "sov_http_requests_total",
+        serde_json::json!({"route": "/metrics"}),
+    );
+    let again = run("metrics");
+    let after: f64 = again["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s[0] == "sov_http_requests_total" && s[1]["route"] == "/metrics")
+        .map(|s| s[2].as_f64().unwrap())
+        .sum();
+    assert_eq!(after, before + 1.0, "{again}");
 }

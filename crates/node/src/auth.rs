@@ -208,6 +208,15 @@ impl Node {
                     .map_err(|e| sov_store::Error::Invalid(e.to_string()))
             })
             .await?;
+        let kind = if claims.aud.starts_with(GROUP_AUDIENCE_PREFIX) {
+            "group"
+        } else {
+            "node"
+        };
+        self.metrics()
+            .tokens_issued
+            .get_or_create(&crate::metrics::label("audience", kind))
+            .inc();
         Ok(Grant {
             access_token: token,
             token_type: "Bearer".into(),
@@ -224,7 +233,7 @@ impl Node {
     /// the token: this node (its DID) or a group (its id or name, or `sov:group:<id>`).
     /// Without it, a token is for the group or the node that gives the most of what is
     /// asked (a group on a tie: its tokens work on every member).
-    pub async fn token_exchange(
+    async fn token_exchange_inner(
         &self,
         assertion: &str,
         audiences: &[String],
@@ -319,10 +328,38 @@ impl Node {
             .map_err(|e| OAuthError::new("temporarily_unavailable", e.to_string()))
     }
 
+    /// The token endpoint: see [`Node::token_exchange_inner`]; refusals are counted.
+    pub async fn token_exchange(
+        &self,
+        assertion: &str,
+        audiences: &[String],
+        scope: Option<&str>,
+        resource: Option<&str>,
+    ) -> std::result::Result<Grant, OAuthError> {
+        let r = self
+            .token_exchange_inner(assertion, audiences, scope, resource)
+            .await;
+        if let Err(e) = &r {
+            self.metrics()
+                .tokens_refused
+                .get_or_create(&crate::metrics::label("error", e.error))
+                .inc();
+        }
+        r
+    }
+
     /// Check an access token presented to this node: signed by it and for it, or for a
     /// group it is in and signed by a member (see [`group`]); not expired, not revoked.
     /// Returns its claims, with the scopes it opens here.
     pub async fn token_check(&self, token: &str) -> std::result::Result<AccessClaims, String> {
+        let r = self.token_check_inner(token).await;
+        if r.is_err() {
+            self.metrics().tokens_rejected.inc();
+        }
+        r
+    }
+
+    async fn token_check_inner(&self, token: &str) -> std::result::Result<AccessClaims, String> {
         let me = self.did();
         let (iss, aud) = jwt::peek_access(token).map_err(|e| e.to_string())?;
         let claims = if let Some(gid) = aud.strip_prefix(GROUP_AUDIENCE_PREFIX) {

@@ -19,6 +19,8 @@
 //! address = "127.0.0.1:7878"
 //! hosts = []              # Host names accepted besides loopback ones (a node serving
 //!                         # others lists its names; "*" turns the check off)
+//! rate_per_token = 600    # requests per minute one access token may make (0: no limit)
+//! rate_per_address = 1200 # … one client address (an IPv6 /64); the admin token is exempt
 //!
 //! [models]
 //! threads = 1                      # compute threads per loaded model
@@ -163,13 +165,24 @@ pub struct ApiSection {
     /// Host names (without port) the API answers besides loopback ones: a page on another
     /// name that a browser reaches through DNS rebinding is refused. `"*"`: any.
     pub hosts: Vec<String>,
+    /// Requests per minute one access token may make (0: no limit).
+    pub rate_per_token: u32,
+    /// Requests per minute one client address may make, the owner's excepted (0: no limit).
+    pub rate_per_address: u32,
 }
+
+/// Default requests per minute per access token.
+pub const DEFAULT_RATE_PER_TOKEN: u32 = 600;
+/// Default requests per minute per client address.
+pub const DEFAULT_RATE_PER_ADDRESS: u32 = 1200;
 
 impl Default for ApiSection {
     fn default() -> Self {
         Self {
             address: "127.0.0.1:7878".into(),
             hosts: Vec::new(),
+            rate_per_token: DEFAULT_RATE_PER_TOKEN,
+            rate_per_address: DEFAULT_RATE_PER_ADDRESS,
         }
     }
 }
@@ -206,6 +219,10 @@ pub struct Config {
     pub api: SocketAddr,
     /// Host names the API answers besides loopback ones (`"*"`: any).
     pub api_hosts: Vec<String>,
+    /// Requests per minute per access token (0: no limit).
+    pub api_rate_per_token: u32,
+    /// Requests per minute per client address (0: no limit).
+    pub api_rate_per_address: u32,
     /// Gossip heartbeat (shorter in tests).
     pub gossip_heartbeat: Duration,
     /// Compute threads per loaded model.
@@ -289,6 +306,8 @@ impl File {
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
+            api_rate_per_token: self.api.rate_per_token,
+            api_rate_per_address: self.api.rate_per_address,
             gossip_heartbeat: Duration::from_secs(1),
             threads: self.models.threads,
             max_loaded_bytes: self.models.max_loaded_bytes,
@@ -316,6 +335,8 @@ impl Config {
             pin_mandate_ttl: DEFAULT_PIN_MANDATE_TTL,
             api: "127.0.0.1:0".parse().expect("valid address"),
             api_hosts: Vec::new(),
+            api_rate_per_token: DEFAULT_RATE_PER_TOKEN,
+            api_rate_per_address: DEFAULT_RATE_PER_ADDRESS,
             gossip_heartbeat: Duration::from_millis(200),
             threads: 1,
             max_loaded_bytes: DEFAULT_MAX_LOADED_BYTES,

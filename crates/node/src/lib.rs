@@ -29,6 +29,7 @@ mod fetch;
 mod fl;
 mod gossip;
 pub mod gov;
+pub mod metrics;
 pub mod models;
 mod node;
 mod objects;

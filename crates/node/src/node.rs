@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     pub(crate) assertions: crate::auth::Assertions,
     /// Held while `policy.toml` is rewritten.
     pub(crate) policy_writer: Mutex<()>,
+    /// What the node counts.
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Node {
@@ -168,6 +170,7 @@ impl Node {
                 govs: Default::default(),
                 assertions: Default::default(),
                 policy_writer: Mutex::new(()),
+                metrics: Default::default(),
             }),
         };
         let serve = Serve::start(&node);

@@ -159,12 +159,15 @@ pub(crate) struct Serve {
 struct Work {
     tokens: usize,
     queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The model's queued-work gauge in the metrics.
+    gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Drop for Work {
     fn drop(&mut self) {
         self.queued
             .fetch_sub(self.tokens, std::sync::atomic::Ordering::SeqCst);
+        self.gauge.dec_by(self.tokens as i64);
     }
 }
 
@@ -282,9 +285,17 @@ impl Actor {
                 let before = w
                     .queued
                     .fetch_add(tokens, std::sync::atomic::Ordering::SeqCst);
+                let gauge = self
+                    .node
+                    .metrics()
+                    .queued_tokens
+                    .get_or_create(&crate::metrics::label("model", &entry.manifest.name))
+                    .clone();
+                gauge.inc_by(tokens as i64);
                 let work = Work {
                     tokens,
                     queued: w.queued.clone(),
+                    gauge,
                 };
                 if !fits(before, tokens) {
                     return Err(Failure::Busy(format!(
@@ -375,7 +386,7 @@ impl Actor {
             };
             info!(model = %name, secs = started.elapsed().as_secs_f64(), "model loaded");
             while let Ok(job) = rx.recv() {
-                run(&node, &loaded, job);
+                run(&node, name, &loaded, job);
             }
             debug!(model = %name, "model worker ended");
         });
@@ -411,7 +422,7 @@ fn fail(job: Job, f: Failure) {
     }
 }
 
-fn run(node: &Node, loaded: &Loaded, job: Job) {
+fn run(node: &Node, name: &str, loaded: &Loaded, job: Job) {
     match (loaded, job) {
         (
             Loaded::Language(m),
@@ -424,6 +435,7 @@ fn run(node: &Node, loaded: &Loaded, job: Job) {
         ) => {
             let budget = node.inner.config.request_timeout;
             let deadline = since + budget;
+            let started = std::time::Instant::now();
             let result = (|| {
                 let prompt = match &g.prompt {
                     Prompt::Chat(messages) => m.chat_prompt(messages),
@@ -474,6 +486,16 @@ fn run(node: &Node, loaded: &Loaded, job: Job) {
                 }
                 Ok(out)
             })();
+            if let Ok(out) = &result {
+                let m = node.metrics();
+                let l = crate::metrics::label("model", name);
+                m.generated_tokens
+                    .get_or_create(&l)
+                    .inc_by(out.completion_tokens as u64);
+                m.generation_seconds
+                    .get_or_create(&l)
+                    .inc_by(started.elapsed().as_secs_f64());
+            }
             let _ = events.blocking_send(Event::Done(result));
         }
         (Loaded::Embedding(b), Job::Embed { inputs, reply }) => {

@@ -529,6 +529,12 @@ impl Node {
             warn!(federation = %fed.id, "could not store round {round}: {e}");
         }
         info!(federation = %fed.id, round = r.round, contributors = r.transcript.len(), "round taken");
+        let m = self.metrics();
+        m.fl_rounds.inc();
+        let (waiting_for, since) = *lock(&fed.pending);
+        if waiting_for == r.round {
+            m.fl_round_seconds.observe(since.elapsed().as_secs_f64());
+        }
         self.pull_soon(r.clone(), signer);
         self.inner.feds.wake.notify_one();
         Ok(r)
