@@ -75,6 +75,13 @@ pub enum Event {
         peer: PeerId,
         /// what it did
         reason: String,
+        /// for how long
+        duration: std::time::Duration,
+    },
+    /// An inbound connection was closed: its address holds as many as one may.
+    ConnectionLimited {
+        /// the address (an IPv6 one cut to its /64)
+        ip: std::net::IpAddr,
     },
 }
 
@@ -146,7 +153,7 @@ pub(crate) enum Command {
     Report(MessageId, PeerId, Verdict),
     Score(PeerId, oneshot::Sender<Option<f64>>),
     Publish(String, Vec<u8>, oneshot::Sender<Result<()>>),
-    Ban(PeerId, String),
+    Ban(PeerId, String, Option<std::time::Duration>),
     Banned(oneshot::Sender<Vec<PeerId>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -352,7 +359,15 @@ impl Client {
 
     /// Ban `peer`: close its connections and refuse it for the configured time.
     pub async fn ban(&self, peer: PeerId, reason: String) {
-        let _ = self.commands.send(Command::Ban(peer, reason)).await;
+        let _ = self.commands.send(Command::Ban(peer, reason, None)).await;
+    }
+
+    /// Ban `peer` for `duration` (a ban kept from an earlier run, say).
+    pub async fn ban_for(&self, peer: PeerId, reason: String, duration: std::time::Duration) {
+        let _ = self
+            .commands
+            .send(Command::Ban(peer, reason, Some(duration)))
+            .await;
     }
 
     /// The peers banned now.

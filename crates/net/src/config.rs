@@ -21,6 +21,15 @@ pub struct Config {
     pub max_connections: u32,
     /// How long a peer that misbehaved stays banned.
     pub ban_duration: Duration,
+    /// Most inbound connections from one IP address (an IPv6 /64); 0: no limit. Loopback
+    /// addresses are not limited unless `limit_loopback` (a local network of nodes, as in
+    /// tests and the demo, shares 127.0.0.1).
+    pub max_connections_per_ip: u32,
+    /// Apply `max_connections_per_ip` to loopback addresses too (for tests of the limit).
+    pub limit_loopback: bool,
+    /// Gossip messages a peer may forward that the node rejects (within 10 minutes) before
+    /// it is banned; 0: never banned for that (its gossipsub score still falls).
+    pub rejected_gossip_ban: u32,
     /// How long a request may take before it fails.
     pub request_timeout: Duration,
     /// How often to refresh the DHT routing table (Kademlia bootstrap).
@@ -62,6 +71,9 @@ impl Config {
             autonat: false,
             max_connections: 256,
             ban_duration: Duration::from_secs(600),
+            max_connections_per_ip: 16,
+            limit_loopback: false,
+            rejected_gossip_ban: 3,
             request_timeout: Duration::from_secs(60),
             kad_refresh: Duration::from_secs(300),
             gossip_heartbeat: Duration::from_secs(1),

@@ -2,7 +2,8 @@
 //! replies and [`Event`]s. Nothing here blocks: hashing and storage happen in the callers.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -93,6 +94,9 @@ pub async fn start(config: Config) -> Result<(Client, mpsc::Receiver<Event>)> {
         identified: HashMap::new(),
         seen_at: HashMap::new(),
         bans: HashMap::new(),
+        rejected: HashMap::new(),
+        per_ip: HashMap::new(),
+        conn_ip: HashMap::new(),
         backoff: HashMap::new(),
         opened: HashMap::new(),
     };
@@ -142,6 +146,11 @@ struct EventLoop {
     /// Where we see connected peers.
     seen_at: HashMap<PeerId, Vec<Multiaddr>>,
     bans: HashMap<PeerId, Instant>,
+    /// Gossip messages each peer forwarded that the node rejected, since when.
+    rejected: HashMap<PeerId, (u32, Instant)>,
+    /// Inbound connections by IP address (IPv6 by /64).
+    per_ip: HashMap<IpAddr, HashSet<ConnectionId>>,
+    conn_ip: HashMap<ConnectionId, IpAddr>,
     /// Peers whose connections keep failing (dials refused, connections cut at once): no
     /// request dials them again before `until`, which doubles with each failure.
     backoff: HashMap<PeerId, Backoff>,
@@ -155,6 +164,9 @@ struct Backoff {
     failures: u32,
     until: Instant,
 }
+
+/// The window over which rejected gossip messages count towards a ban.
+const REJECT_WINDOW: Duration = Duration::from_secs(600);
 
 /// A connection that closes sooner than this after it opened counts as a failure.
 const SHORT_LIVED: Duration = Duration::from_secs(2);
@@ -236,13 +248,74 @@ impl EventLoop {
     }
 
     fn ban(&mut self, peer: PeerId, reason: String) {
-        warn!(%peer, %reason, "banning peer");
+        self.ban_for(peer, reason, self.config.ban_duration);
+    }
+
+    fn ban_for(&mut self, peer: PeerId, reason: String, duration: Duration) {
+        warn!(%peer, %reason, secs = duration.as_secs(), "banning peer");
         let b = self.swarm.behaviour_mut();
         b.bans.block_peer(peer);
         b.kad.remove_peer(&peer);
-        self.bans
-            .insert(peer, Instant::now() + self.config.ban_duration);
-        self.emit(Event::PeerBanned { peer, reason });
+        self.bans.insert(peer, Instant::now() + duration);
+        self.rejected.remove(&peer);
+        self.emit(Event::PeerBanned {
+            peer,
+            reason,
+            duration,
+        });
+    }
+
+    /// A gossip message `peer` forwarded was rejected: past the threshold within the window,
+    /// the peer is banned.
+    fn gossip_rejected(&mut self, peer: PeerId) {
+        let limit = self.config.rejected_gossip_ban;
+        if limit == 0 {
+            return;
+        }
+        let now = Instant::now();
+        if self.rejected.len() >= BACKOFF_PEERS && !self.rejected.contains_key(&peer) {
+            self.rejected
+                .retain(|_, (_, since)| now.duration_since(*since) < REJECT_WINDOW);
+            if self.rejected.len() >= BACKOFF_PEERS {
+                return;
+            }
+        }
+        let e = self.rejected.entry(peer).or_insert((0, now));
+        if now.duration_since(e.1) >= REJECT_WINDOW {
+            *e = (0, now);
+        }
+        e.0 += 1;
+        if e.0 >= limit {
+            let n = e.0;
+            self.ban(peer, format!("{n} invalid gossip messages"));
+        }
+    }
+
+    /// An inbound connection from `addr` opened: whether its IP holds more than it may.
+    fn over_ip_limit(&mut self, id: ConnectionId, addr: &Multiaddr) -> Option<IpAddr> {
+        let limit = self.config.max_connections_per_ip as usize;
+        if limit == 0 {
+            return None;
+        }
+        let ip = addr.iter().find_map(|p| match p {
+            Protocol::Ip4(v4) => Some(IpAddr::V4(v4)),
+            Protocol::Ip6(v6) => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                Some(IpAddr::V6(o.into()))
+            }
+            _ => None,
+        })?;
+        if ip.is_loopback() && !self.config.limit_loopback {
+            return None;
+        }
+        let held = self.per_ip.entry(ip).or_default();
+        if held.len() >= limit {
+            return Some(ip);
+        }
+        held.insert(id);
+        self.conn_ip.insert(id, ip);
+        None
     }
 
     /// Count a failed connection to `peer`. One failure alone never holds requests back (a
@@ -437,6 +510,9 @@ impl EventLoop {
                     .behaviour_mut()
                     .gossip
                     .report_message_validation_result(&id, &peer, acceptance);
+                if verdict == Verdict::Reject {
+                    self.gossip_rejected(peer);
+                }
             }
             Command::Score(peer, reply) => {
                 let _ = reply.send(self.swarm.behaviour().gossip.peer_score(&peer));
@@ -452,7 +528,8 @@ impl EventLoop {
                     .map_err(|e| Error::Gossip(e.to_string()));
                 let _ = reply.send(r);
             }
-            Command::Ban(peer, reason) => self.ban(peer, reason),
+            Command::Ban(peer, reason, None) => self.ban(peer, reason),
+            Command::Ban(peer, reason, Some(d)) => self.ban_for(peer, reason, d),
             Command::Banned(reply) => {
                 let _ = reply.send(self.bans.keys().copied().collect());
             }
@@ -485,6 +562,15 @@ impl EventLoop {
                 if let Some((_, Some(reply))) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Ok(peer_id));
                 }
+                if endpoint.is_listener()
+                    && let Some(ip) =
+                        self.over_ip_limit(connection_id, endpoint.get_remote_address())
+                {
+                    debug!(%peer_id, %ip, "inbound connection closed: its address holds enough");
+                    self.swarm.close_connection(connection_id);
+                    self.emit(Event::ConnectionLimited { ip });
+                    return;
+                }
                 self.opened.insert(connection_id, Instant::now());
                 let seen = self.seen_at.entry(peer_id).or_default();
                 let addr = endpoint.get_remote_address().clone();
@@ -502,6 +588,14 @@ impl EventLoop {
                 num_established,
                 ..
             } => {
+                if let Some(ip) = self.conn_ip.remove(&connection_id)
+                    && let Some(held) = self.per_ip.get_mut(&ip)
+                {
+                    held.remove(&connection_id);
+                    if held.is_empty() {
+                        self.per_ip.remove(&ip);
+                    }
+                }
                 let lived = self.opened.remove(&connection_id).map(|t| t.elapsed());
                 match lived {
                     Some(l) if l < SHORT_LIVED => self.connection_failed(peer_id),

@@ -6,6 +6,7 @@
 //! bootstrap = ["/ip4/192.0.2.7/tcp/4001/p2p/12D3KooW…"]
 //! mdns = true
 //! max_bulk_message = 67108864   # largest model update a peer may send (64 MiB)
+//! max_connections_per_ip = 16   # inbound connections one address may hold (0: no limit)
 //!
 //! [storage]
 //! replicas = 3            # default copies for `sov data add` (peers that pin the blocks)
@@ -109,6 +110,8 @@ pub struct NetworkSection {
     pub max_connections: u32,
     /// Largest message on the bulk protocol (model updates), in bytes.
     pub max_bulk_message: usize,
+    /// Most inbound connections from one IP address (an IPv6 /64); 0: no limit.
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for NetworkSection {
@@ -123,6 +126,7 @@ impl Default for NetworkSection {
             autonat: false,
             max_connections: 256,
             max_bulk_message: sov_net::wire::DEFAULT_MAX_BULK_MESSAGE,
+            max_connections_per_ip: 16,
         }
     }
 }
@@ -202,6 +206,11 @@ pub struct Config {
     pub max_connections: u32,
     /// Largest bulk message (model updates).
     pub max_bulk_message: usize,
+    /// Most inbound connections per IP address (0: no limit; loopback is not limited unless
+    /// `limit_loopback`).
+    pub max_connections_per_ip: u32,
+    /// Limit loopback addresses too (tests of the limit).
+    pub limit_loopback: bool,
     /// Default replicas.
     pub replicas: u32,
     /// Time between repair passes.
@@ -289,6 +298,8 @@ impl File {
             autonat: self.network.autonat,
             max_connections: self.network.max_connections.max(8),
             max_bulk_message: self.network.max_bulk_message,
+            max_connections_per_ip: self.network.max_connections_per_ip,
+            limit_loopback: false,
             replicas: self.storage.replicas,
             repair_interval: Duration::from_secs(self.storage.repair_interval_secs),
             accept_pins: self.storage.accept_pins,
@@ -327,6 +338,8 @@ impl Config {
             autonat: false,
             max_connections: 256,
             max_bulk_message: sov_net::wire::DEFAULT_MAX_BULK_MESSAGE,
+            max_connections_per_ip: 16,
+            limit_loopback: false,
             replicas: 3,
             repair_interval: Duration::from_secs(2),
             accept_pins: true,

@@ -62,6 +62,7 @@ impl Node {
                         let response = match Request::decode(&data) {
                             Ok(req) => node.admitted(peer, req).await,
                             Err(e) => {
+                                node.count_invalid("request");
                                 if let Ok(net) = node.net() {
                                     net.ban(peer, format!("malformed node message: {e}")).await;
                                 }
@@ -88,6 +89,7 @@ impl Node {
                         let response = match FlRequest::decode(&data) {
                             Ok(req) => node.answer_fl(peer, req).await.encode(),
                             Err(e) => {
+                                node.count_invalid("request");
                                 if let Ok(net) = node.net() {
                                     net.ban(peer, format!("malformed federation message: {e}"))
                                         .await;
@@ -107,11 +109,33 @@ impl Node {
                     data,
                 } => {
                     let verdict = self.on_gossip(&topic, source, &data);
+                    if verdict == sov_net::Verdict::Reject {
+                        let kind = topic.split('/').nth(1).unwrap_or("other");
+                        self.metrics()
+                            .invalid_messages
+                            .get_or_create(&crate::metrics::label("kind", kind))
+                            .inc();
+                    }
                     if let Ok(net) = self.net() {
                         net.report(id, propagated_by, verdict).await;
                     }
                 }
-                Event::PeerBanned { peer, reason } => info!(%peer, %reason, "peer banned"),
+                Event::PeerBanned {
+                    peer,
+                    reason,
+                    duration,
+                } => {
+                    info!(%peer, %reason, secs = duration.as_secs(), "peer banned");
+                    if !reason.starts_with(crate::metrics::KEPT_BAN) {
+                        self.metrics().bans.inc();
+                        let node = self.clone();
+                        self.spawn(async move { node.keep_ban(peer, reason, duration).await });
+                    }
+                }
+                Event::ConnectionLimited { ip } => {
+                    debug!(%ip, "inbound connection over the per-address limit closed");
+                    self.metrics().connections_limited.inc();
+                }
                 Event::PeerConnected { peer } => debug!(%peer, "peer connected"),
                 Event::PeerIdentified { peer, listen_addrs } => self.remember(peer, listen_addrs),
                 Event::PeerDisconnected { peer } => debug!(%peer, "peer disconnected"),

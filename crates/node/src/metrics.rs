@@ -50,6 +50,8 @@ pub struct Metrics {
     pub bans: Counter,
     /// Invalid messages from peers, by kind.
     pub invalid_messages: Family<Labels, Counter>,
+    /// Inbound connections closed because their address held as many as one may.
+    pub connections_limited: Counter,
     /// Federation rounds this node took.
     pub fl_rounds: Counter,
     /// How long rounds took, from this node's wait for them to their result (seconds).
@@ -83,6 +85,7 @@ impl Default for Metrics {
             banned_peers: Gauge::default(),
             bans: Counter::default(),
             invalid_messages: Family::default(),
+            connections_limited: Counter::default(),
             fl_rounds: Counter::default(),
             fl_round_seconds: Histogram::new(exponential_buckets(0.25, 2.0, 14)),
             store_bytes: Gauge::default(),
@@ -136,6 +139,11 @@ impl Default for Metrics {
             "invalid messages from peers, by kind",
             m.invalid_messages.clone(),
         );
+        r.register(
+            "peer_connections_limited",
+            "inbound connections closed: their address held as many as one may",
+            m.connections_limited.clone(),
+        );
         r.register("fl_rounds", "federation rounds taken", m.fl_rounds.clone());
         r.register(
             "fl_round_seconds",
@@ -157,7 +165,86 @@ pub fn label(key: &'static str, value: impl Into<String>) -> Labels {
     vec![(key, value.into())]
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// How a ban imposed again at start begins its reason.
+pub(crate) const KEPT_BAN: &str = "kept from an earlier run: ";
+
+/// The records topic of the bans this node imposed: PeerId → `{until, reason}` (JSON).
+const BANS_TOPIC: &str = "peer-bans";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptBan {
+    until: u64,
+    reason: String,
+}
+
 impl Node {
+    /// Count an invalid message of `kind` from a peer.
+    pub(crate) fn count_invalid(&self, kind: &'static str) {
+        self.metrics()
+            .invalid_messages
+            .get_or_create(&label("kind", kind))
+            .inc();
+    }
+
+    /// Keep a ban, so it outlives a restart.
+    pub(crate) async fn keep_ban(
+        &self,
+        peer: sov_net::PeerId,
+        reason: String,
+        duration: std::time::Duration,
+    ) {
+        let until = unix_now().saturating_add(duration.as_secs());
+        let Ok(json) = serde_json::to_vec(&KeptBan { until, reason }) else {
+            return;
+        };
+        let now = unix_now();
+        let kept = self
+            .blocking(move |s| {
+                // Ended bans are forgotten as new ones come.
+                for (k, v) in s.records(BANS_TOPIC)? {
+                    if serde_json::from_slice::<KeptBan>(&v).map_or(true, |b| b.until <= now) {
+                        s.remove_record(BANS_TOPIC, &k)?;
+                    }
+                }
+                s.put_record(BANS_TOPIC, &peer.to_bytes(), &json)
+            })
+            .await;
+        if let Err(e) = kept {
+            tracing::warn!(%peer, "could not keep the ban: {e}");
+        }
+    }
+
+    /// Impose again the bans kept from an earlier run that have not ended.
+    pub(crate) async fn resume_bans(&self) {
+        let Ok(net) = self.net() else { return };
+        let now = unix_now();
+        let Ok(kept) = self.blocking(|s| s.records(BANS_TOPIC)).await else {
+            return;
+        };
+        for (k, v) in kept {
+            let (Ok(peer), Ok(b)) = (
+                sov_net::PeerId::from_bytes(&k),
+                serde_json::from_slice::<KeptBan>(&v),
+            ) else {
+                continue;
+            };
+            if b.until > now {
+                net.ban_for(
+                    peer,
+                    format!("{KEPT_BAN}{}", b.reason),
+                    std::time::Duration::from_secs(b.until - now),
+                )
+                .await;
+            }
+        }
+    }
+
     /// The node's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
@@ -169,6 +256,11 @@ impl Node {
         let m = self.metrics();
         if let Ok(peers) = self.peers().await {
             m.peers.set(peers.len() as i64);
+        }
+        if let Ok(net) = self.net()
+            && let Ok(banned) = net.banned().await
+        {
+            m.banned_peers.set(banned.len() as i64);
         }
         if let Ok((blocks, bytes)) = self.blocking(|s| s.block_stats()).await {
             m.store_blocks.set(blocks as i64);

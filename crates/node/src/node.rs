@@ -102,6 +102,8 @@ impl Node {
         net_config.max_connections = config.max_connections;
         net_config.gossip_heartbeat = config.gossip_heartbeat;
         net_config.max_bulk_message = config.max_bulk_message;
+        net_config.max_connections_per_ip = config.max_connections_per_ip;
+        net_config.limit_loopback = config.limit_loopback;
         let known = store.known_peers().unwrap_or_else(|e| {
             warn!("could not read the peer book: {e}");
             Vec::new()
@@ -109,6 +111,7 @@ impl Node {
         let (net, events) = sov_net::start(net_config).await?;
         let free = sov_store::free_space(home);
         let node = Self::assemble(store, Some(net), config, home, free);
+        node.resume_bans().await;
         node.join_topics().await;
         node.spawn(node.clone().handle_events(events));
         node.spawn(node.clone().announce_loop());

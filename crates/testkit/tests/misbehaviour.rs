@@ -413,3 +413,94 @@ async fn a_pin_flood_is_held_to_the_quota_and_rate_while_the_owner_is_served() {
     );
     cluster.stop().await;
 }
+
+/// Issue 19: a peer that forwards invalid gossip is banned after a few messages, the ban is
+/// counted on the node's metrics, and it holds across a restart of the node (kept in the
+/// store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_invalid_gossip_is_banned_counted_and_still_banned_after_a_restart() {
+    init_logging();
+    let mut cluster = Cluster::start(1, seed(), Duration::from_secs(60)).await;
+    let (raw, _events) = sov_net::start(sov_net::Config::loopback([19; 32]))
+        .await
+        .unwrap();
+    let raw_id = raw.peer_id();
+    raw.dial(cluster.addrs(0)[0].clone()).await.unwrap();
+    raw.subscribe(sov_node::protocol::MODELS_TOPIC)
+        .await
+        .unwrap();
+    let node = cluster.node(0).clone();
+    let mut i = 0u32;
+    wait_for("the node bans the peer", Duration::from_secs(30), || {
+        i += 1;
+        let raw = raw.clone();
+        let node = node.clone();
+        async move {
+            // Distinct garbage each time (gossip ids are content hashes).
+            let _ = raw
+                .publish(
+                    sov_node::protocol::MODELS_TOPIC,
+                    format!("garbage {i}").into_bytes(),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            node.banned().await.unwrap().contains(&raw_id)
+        }
+    })
+    .await
+    .unwrap();
+    let text = node.metrics_text().await;
+    assert!(text.contains("sov_peer_bans_total 1\n"), "{text}");
+    assert!(text.contains("sov_banned_peers 1\n"), "{text}");
+    let invalid: f64 = text
+        .lines()
+        .find(|l| l.starts_with("sov_peer_invalid_messages_total{kind=\"models\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(invalid >= 3.0, "{text}");
+    // The ban is kept: after a restart the peer is still banned.
+    cluster.restart(0).await;
+    let node = cluster.node(0).clone();
+    wait_for("the ban is imposed again", Duration::from_secs(10), || {
+        let node = node.clone();
+        async move { node.banned().await.unwrap().contains(&raw_id) }
+    })
+    .await
+    .unwrap();
+    raw.shutdown().await;
+    cluster.stop().await;
+}
+
+/// Issue 19: inbound connections from one address are capped (`max_connections_per_ip`),
+/// and the closed ones are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_connections_from_one_address_are_capped_and_counted() {
+    init_logging();
+    let mut config = sov_node::Config::loopback();
+    config.max_connections_per_ip = 2;
+    config.limit_loopback = true;
+    let mut cluster = Cluster::start_with(1, seed(), config).await;
+    let addr = cluster.addrs(0)[0].clone();
+    let mut raws = Vec::new();
+    for _ in 0..4 {
+        raws.push(raw_peer(&addr).await);
+    }
+    let node = cluster.node(0).clone();
+    wait_for(
+        "the node keeps two connections from 127.0.0.1",
+        Duration::from_secs(20),
+        || {
+            let node = node.clone();
+            async move {
+                let text = node.metrics_text().await;
+                node.peers().await.unwrap().len() == 2
+                    && text.contains("sov_peer_connections_limited_total 2\n")
+            }
+        },
+    )
+    .await
+    .unwrap();
+    drop(raws);
+    cluster.stop().await;
+}
