@@ -102,8 +102,13 @@ pub type MessageId = libp2p::gossipsub::MessageId;
 pub enum Verdict {
     /// Valid: forward it.
     Accept,
-    /// Invalid: drop it, and count it against the peer that sent it.
+    /// Invalid as this node sees things (it may know more or less than the sender): drop
+    /// it, and count it against the sender's gossip score.
     Reject,
+    /// Invalid whoever looks (bytes that do not decode, a signature that does not hold, a
+    /// signer that is not the publisher): as `Reject`, and towards a ban of the peer that
+    /// forwarded it (an honest peer checks the same before it forwards).
+    Malformed,
     /// Not for us (a duplicate, too old): drop it without penalty.
     Ignore,
 }

@@ -27,8 +27,8 @@ pub struct Config {
     pub max_connections_per_ip: u32,
     /// Apply `max_connections_per_ip` to loopback addresses too (for tests of the limit).
     pub limit_loopback: bool,
-    /// Gossip messages a peer may forward that the node rejects (within 10 minutes) before
-    /// it is banned; 0: never banned for that (its gossipsub score still falls).
+    /// Malformed gossip messages (`Verdict::Malformed`) a peer may forward within 10
+    /// minutes before it is banned; 0: never banned for that (its score still falls).
     pub rejected_gossip_ban: u32,
     /// How long a request may take before it fails.
     pub request_timeout: Duration,

@@ -503,14 +503,14 @@ impl EventLoop {
             Command::Report(id, peer, verdict) => {
                 let acceptance = match verdict {
                     Verdict::Accept => gossipsub::MessageAcceptance::Accept,
-                    Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+                    Verdict::Reject | Verdict::Malformed => gossipsub::MessageAcceptance::Reject,
                     Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
                 };
                 self.swarm
                     .behaviour_mut()
                     .gossip
                     .report_message_validation_result(&id, &peer, acceptance);
-                if verdict == Verdict::Reject {
+                if verdict == Verdict::Malformed {
                     self.gossip_rejected(peer);
                 }
             }

@@ -109,7 +109,10 @@ impl Node {
                     data,
                 } => {
                     let verdict = self.on_gossip(&topic, source, &data);
-                    if verdict == sov_net::Verdict::Reject {
+                    if matches!(
+                        verdict,
+                        sov_net::Verdict::Reject | sov_net::Verdict::Malformed
+                    ) {
                         let kind = topic.split('/').nth(1).unwrap_or("other");
                         self.metrics()
                             .invalid_messages

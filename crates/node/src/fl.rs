@@ -385,21 +385,24 @@ impl Node {
             .strip_prefix(FL_TOPIC_PREFIX)
             .and_then(|s| s.parse::<ContentId>().ok())
         else {
-            return Verdict::Reject;
+            return Verdict::Malformed;
         };
         let Some(fed) = self.inner.feds.get(&id) else {
             return Verdict::Ignore;
         };
         let Some(source) = source else {
-            return Verdict::Reject;
+            return Verdict::Malformed;
         };
         let Ok(signed) = Signed::<RoundRecord>::decode(data) else {
-            return Verdict::Reject;
+            return Verdict::Malformed;
         };
         let (round, signer) = (signed.body().round, signed.signer());
         {
             let l = lock(&fed.ledger);
-            if sov_net::did_of(&source) != Some(signer) || !l.is_active(&signer) {
+            if sov_net::did_of(&source) != Some(signer) {
+                return Verdict::Malformed;
+            }
+            if !l.is_active(&signer) {
                 return Verdict::Reject;
             }
             if round <= l.round() {

@@ -100,8 +100,9 @@ impl Node {
                     Verdict::Accept
                 }
                 Err(e) => {
+                    // Every check of an offer is one any node makes alike.
                     debug!(?source, "invalid model offer: {e}");
-                    Verdict::Reject
+                    Verdict::Malformed
                 }
             },
             t if t.starts_with(crate::protocol::FL_TOPIC_PREFIX) => {

@@ -559,13 +559,13 @@ impl Node {
             .strip_prefix(GOV_TOPIC_PREFIX)
             .and_then(|s| s.parse::<ContentId>().ok())
         else {
-            return Verdict::Reject;
+            return Verdict::Malformed;
         };
         let Some(gov) = self.inner.govs.get(&id) else {
             return Verdict::Ignore;
         };
         let Ok(msg) = GovGossip::decode(data) else {
-            return Verdict::Reject;
+            return Verdict::Malformed;
         };
         let now = crate::node::unix_now();
         let outcome = match &msg {
@@ -577,7 +577,7 @@ impl Node {
                 // Checked and kept off the gossip thread; a bad one costs its sender.
                 if let Err(e) = Signed::<crate::auth::Revocation>::decode(b) {
                     debug!(group = %id, ?source, "revocation refused: {e}");
-                    return Verdict::Reject;
+                    return Verdict::Malformed;
                 }
                 let node = self.clone();
                 let gov = gov.clone();
