@@ -610,7 +610,9 @@ async fn complete(
                     let choice = match api {
                         Api::Chat => json!({
                             "index": 0,
-                            "message": {"role": "assistant", "content": o.text},
+                            // `refusal` is required, and null: this gateway never refuses
+                            // in words (OpenAI's document, `ChatCompletionResponseMessage`).
+                            "message": {"role": "assistant", "content": o.text, "refusal": null},
                             "logprobs": lp,
                             "finish_reason": o.finish.as_str(),
                         }),
@@ -671,7 +673,7 @@ fn logprobs_json(api: Api, o: &Output) -> Value {
             "token": text(&t.bytes), "logprob": t.logprob, "bytes": t.bytes,
             "top_logprobs": t.top.iter().map(|(_, b, lp)| json!({
                 "token": text(b), "logprob": lp, "bytes": b})).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>()}),
+        })).collect::<Vec<_>>(), "refusal": null}),
         Api::Text => {
             let mut offset = 0;
             let mut offsets = Vec::new();
@@ -769,7 +771,9 @@ fn events(
                 }
                 Some(Event::Done(Err(f))) => {
                     let msg = f.to_string();
-                    let err = json!({"error": {"message": msg, "type": "server_error"}});
+                    let err = json!({"error": {
+                        "message": msg, "type": "server_error", "param": null, "code": null
+                    }});
                     out.push(SseEvent::default().data(err.to_string()));
                     out.push(SseEvent::default().data("[DONE]"));
                     finished = true;

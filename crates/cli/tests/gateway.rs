@@ -203,6 +203,40 @@ fn models_are_imported_run_and_served_to_the_openai_client() {
         serde_json::json!(["long: started", "others: done", "long: done"])
     );
 
+    // Every kind of /v1 answer, and every streamed chunk, validates against OpenAI's
+    // published OpenAPI document.
+    let out = Command::new(&python)
+        .arg(root().join("crates/cli/tests/openapi_check.py"))
+        .args([
+            &base,
+            token.trim(),
+            models.join("openai-openapi/openapi.yml").to_str().unwrap(),
+            "smollm2",
+            "minilm",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenAPI check failed: {}\nnode log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        home.log()
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["failures"], serde_json::json!([]), "{v:#}");
+    assert_eq!(v["spec_version"], "2.3.0");
+    // The one documented exception: a streamed completion's chunks before the last carry
+    // finish_reason null (the document has no schema for them; OpenAI's API does the same).
+    for e in v["exceptions"].as_array().unwrap() {
+        let e = e.as_str().unwrap();
+        assert!(
+            e.starts_with("completion stream chunk ")
+                && e.ends_with("finish_reason null before the end"),
+            "{e}"
+        );
+    }
+    assert!(v["checked"].as_array().unwrap().len() >= 20, "{v}");
+
     // `sov run` while the node runs goes through its gateway, and agrees.
     let remote = run(&home);
     assert_eq!(remote["text"], local["text"]);
