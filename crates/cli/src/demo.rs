@@ -427,13 +427,329 @@ async fn walk(root: &Path, size_mib: usize, models: Option<&Path>) -> anyhow::Re
     model_step(&members, entry_name, models).await?;
     let model = federation_step(&mut members).await?;
     governance_step(&mut members, &model, root).await?;
+    tokio::task::block_in_place(learning_step)?;
+    market_step(&members).await?;
 
     for m in &mut members {
         if let Some(n) = m.node.take() {
             n.shutdown().await;
         }
     }
-    learning_step()
+    Ok(())
+}
+
+/// One HTTP exchange of the demo's outside client: `(status, JSON body)`.
+fn http(
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    form: Option<Vec<(String, String)>>,
+    json: Option<serde_json::Value>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let mut resp = match (method, form, json) {
+        ("POST", Some(f), _) => {
+            let mut r = agent.post(url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.send_form(f.iter().map(|(k, v)| (k.as_str(), v.as_str())))?
+        }
+        ("POST", None, Some(j)) => {
+            let mut r = agent.post(url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.send_json(j)?
+        }
+        _ => {
+            let mut r = agent.get(url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()?
+        }
+    };
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    Ok((status, serde_json::from_str(&text).unwrap_or_default()))
+}
+
+async fn http_async(
+    method: &'static str,
+    url: String,
+    bearer: Option<String>,
+    form: Option<Vec<(String, String)>>,
+    json: Option<serde_json::Value>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    tokio::task::spawn_blocking(move || http(method, &url, bearer.as_deref(), form, json)).await?
+}
+
+/// The form a client posts to `/oauth/token`: a JWT signed by its own key (RFC 7523).
+fn token_form(client: &Keypair, endpoint: &str, scope: &str) -> Vec<(String, String)> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let jti = format!("{:032x}", rand::random::<u128>());
+    vec![
+        ("grant_type".into(), "client_credentials".into()),
+        (
+            "client_assertion_type".into(),
+            sov_node::auth::ASSERTION_TYPE.into(),
+        ),
+        (
+            "client_assertion".into(),
+            sov_node::auth::make_assertion(client, endpoint, now, &jti),
+        ),
+        ("scope".into(), scope.into()),
+    ]
+}
+
+/// Step 12: the seeds' data marketplace. The co-op sells predictions, never data: the group
+/// votes a gateway policy that lets a consumer (its own did:key) get tokens with scope
+/// `predict`; the consumer gets one from one member's gateway and is served by another's.
+async fn market_step(members: &[Member]) -> anyhow::Result<()> {
+    use sov_node::gov::{Action, Choice};
+    step(
+        12,
+        "the data marketplace: the co-op sells predictions, never its data. A consumer with \
+         its own did:key asks; the group decides by vote who may ask, for what; any member's \
+         gateway serves the consumer.",
+    )?;
+    let running: Vec<&Member> = members.iter().filter(|m| m.node.is_some()).collect();
+    let (seller, other) = (running[0], running[running.len() - 1]);
+    // Two members open their gateways (`sov node run` does this for every node).
+    let mut stops = Vec::new();
+    let mut bases = Vec::new();
+    for m in [seller, other] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        bases.push(format!("http://{}", listener.local_addr()?));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        stops.push(tx);
+        let node = m.node().clone();
+        tokio::spawn(async move {
+            let admin = format!("{:064x}", rand::random::<u128>());
+            let _ = sov_api::serve(listener, node, &admin, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+    }
+    let consumer = Keypair::generate();
+    let stranger = Keypair::generate();
+    say!(
+        "    a consumer, {}, asks {}'s gateway for a token",
+        short(&consumer.did().to_string()),
+        seller.name
+    )?;
+    let endpoint = format!("{}/oauth/token", bases[0]);
+    let (status, e) = http_async(
+        "POST",
+        endpoint.clone(),
+        None,
+        Some(token_form(&consumer, &endpoint, "predict")),
+        None,
+    )
+    .await?;
+    say!(
+        "    refused ({status} {}): no rule lets it in yet",
+        e["error"].as_str().unwrap_or("?")
+    )?;
+
+    // The group adopts a gateway policy by vote.
+    let group = seller
+        .node()
+        .gov_groups()
+        .await?
+        .into_iter()
+        .find(|g| g.name == "digits-coop")
+        .context("the group of step 10")?;
+    let gid: ContentId = group.id.parse()?;
+    let rule = format!("{}=predict", consumer.did());
+    let p = seller
+        .node()
+        .gov_propose(
+            &gid,
+            Action::Gateway {
+                rules: vec![rule.parse()?],
+            },
+            None,
+        )
+        .await?;
+    let pid: ContentId = p.id.parse()?;
+    say!(
+        "    {} proposes {} (`sov gov propose {} gateway --allow DID=predict`)",
+        seller.name,
+        p.action,
+        short(&group.id)
+    )?;
+    let nodes: Vec<Node> = running.iter().map(|m| m.node().clone()).collect();
+    wait_until("every running member to hold the proposal", || {
+        let nodes = nodes.clone();
+        async move {
+            for n in &nodes {
+                if n.gov_show(&pid).await.is_err() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+    })
+    .await?;
+    for m in &running {
+        if m.node().gov_show(&pid).await?.status == "passed" {
+            break;
+        }
+        m.node().gov_vote(&pid, Choice::Yes).await?;
+    }
+    wait_until("every running member to pass the policy", || {
+        let nodes = nodes.clone();
+        async move {
+            for n in &nodes {
+                if n.gov_show(&pid).await.map(|s| s.status).ok().as_deref() != Some("passed") {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+    })
+    .await?;
+    let s = seller.node().gov_show(&pid).await?;
+    say!(
+        "    {} of {} members vote yes: passed on every node",
+        s.votes.len(),
+        group.members.len()
+    )?;
+
+    // The consumer gets a token from the seller's gateway…
+    let (status, grant) = http_async(
+        "POST",
+        endpoint.clone(),
+        None,
+        Some(token_form(&consumer, &endpoint, "predict")),
+        None,
+    )
+    .await?;
+    if status != 200 {
+        bail!("the token endpoint refused the consumer: {grant}");
+    }
+    let token = grant["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    say!(
+        "    asked again (a JWT signed by its own key, RFC 7523): a token for scope {}, valid {} s, for the whole group ({})",
+        grant["scope"].as_str().unwrap_or("?"),
+        grant["expires_in"],
+        short(grant["aud"].as_str().unwrap_or("?"))
+    )?;
+    // … and uses it on another member's.
+    let test = sov_learn::data::digits()?.stratified_split(0.25, 0)?.test;
+    let rows: Vec<Vec<f32>> = (20..30).map(|i| test.row(i).to_vec()).collect();
+    let (status, answer) = http_async(
+        "POST",
+        format!("{}/api/v1/models/digits-coop/predict", bases[1]),
+        Some(token.clone()),
+        None,
+        Some(serde_json::json!({ "rows": rows })),
+    )
+    .await?;
+    if status != 200 {
+        bail!(
+            "{}'s gateway refused the consumer's token: {answer}",
+            other.name
+        );
+    }
+    let predicted: Vec<usize> = answer["classes"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.as_u64())
+                .map(|c| c as usize)
+                .collect()
+        })
+        .unwrap_or_default();
+    let truth: Vec<usize> = test.labels[20..30].iter().map(|&l| l as usize).collect();
+    let right = predicted.iter().zip(&truth).filter(|(a, b)| a == b).count();
+    say!(
+        "    {}'s gateway honours it (signed by {}, a member): predictions {:?} for ten images (true {:?}), {right} right",
+        other.name,
+        seller.name,
+        predicted,
+        truth
+    )?;
+    let (status, _) = http_async(
+        "GET",
+        format!("{}/api/v1/objects", bases[1]),
+        Some(token.clone()),
+        None,
+        None,
+    )
+    .await?;
+    say!(
+        "    the same token on the members' data (`GET /api/v1/objects`): {status}, it opens predictions only"
+    )?;
+    let (status, e) = http_async(
+        "POST",
+        endpoint.clone(),
+        None,
+        Some(token_form(&stranger, &endpoint, "predict")),
+        None,
+    )
+    .await?;
+    say!(
+        "    a DID the policy does not name, {}: refused ({status} {})",
+        short(&stranger.did().to_string()),
+        e["error"].as_str().unwrap_or("?")
+    )?;
+    // The seller revokes the token; the revocation travels to every member.
+    let jti = seller
+        .node()
+        .token_list()
+        .await?
+        .into_iter()
+        .find(|t| t.sub == consumer.did().to_string())
+        .context("the consumer's token")?
+        .jti;
+    seller.node().token_revoke(&jti).await?;
+    let url = format!("{}/api/v1/models/digits-coop/predict", bases[1]);
+    let row = rows[0].clone();
+    wait_until("the revocation to reach the other member", || {
+        let (url, token, row) = (url.clone(), token.clone(), row.clone());
+        async move {
+            let (status, _) = http_async(
+                "POST",
+                url,
+                Some(token),
+                None,
+                Some(serde_json::json!({ "rows": [row] })),
+            )
+            .await?;
+            Ok(status == 401)
+        }
+    })
+    .await?;
+    say!(
+        "    {} revokes the token (`sov token revoke JTI`): signed and gossiped, {} refuses it too (401)",
+        seller.name,
+        other.name
+    )?;
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    Ok(())
+}
+
+/// A long id shortened for reading: its first 16 and last 6 characters.
+fn short(s: &str) -> String {
+    if s.len() <= 26 {
+        return s.to_owned();
+    }
+    format!("{}…{}", &s[..16], &s[s.len() - 6..])
 }
 
 /// Step 11: federated learning against attackers on heterogeneous data, simulated in this

@@ -568,6 +568,29 @@ fn the_demo_runs_every_step() {
         pct(fedavg) < 30.0 && pct(screened) > 80.0,
         "{fedavg}\n{screened}"
     );
+    // Step 12: the data marketplace. A consumer refused until the group's policy names it,
+    // then served by another member than the one that issued its token, for predictions
+    // only; a stranger refused; a revocation honoured by the other member.
+    let market = out
+        .split("[12] the data marketplace")
+        .nth(1)
+        .expect("step 12 runs");
+    assert!(
+        market.contains("refused (400 unauthorized_client): no rule lets it in yet"),
+        "{market}"
+    );
+    assert!(market.contains("passed on every node"), "{market}");
+    assert!(market.contains("a token for scope predict"), "{market}");
+    assert!(
+        market.contains("gateway honours it (signed by alice"),
+        "{market}"
+    );
+    assert!(market.contains("(`GET /api/v1/objects`): 403"), "{market}");
+    assert!(
+        market.contains("does not name") && market.contains("refused (400 unauthorized_client)"),
+        "{market}"
+    );
+    assert!(market.contains("refuses it too (401)"), "{market}");
     // The gear table is per node (random here), so an edit may re-chunk one or two chunks,
     // and only those travel.
     let fetched: u32 = out
