@@ -43,7 +43,10 @@ def ask(a, scope=None):
         return e.code, json.load(e)
 
 def get(path, token):
-    req = urllib.request.Request(base + path, headers={"Authorization": "Bearer " + token})
+    return get_at(base, path, token)
+
+def get_at(at, path, token):
+    req = urllib.request.Request(at + path, headers={"Authorization": "Bearer " + token})
     try:
         with urllib.request.urlopen(req) as r:
             return r.status
@@ -53,6 +56,19 @@ def get(path, token):
 out = {}
 if sys.argv[1] == "before":
     out["before"] = ask(assertion())
+elif sys.argv[1] == "group":
+    # A token from this node's endpoint, used on another member's gateway.
+    status, grant = ask(assertion(), "infer")
+    out["grant"] = [status, grant.get("scope"), grant.get("aud")]
+    token = grant["access_token"]
+    other = os.environ["OTHER_BASE"]
+    from openai import OpenAI
+    out["models_on_other"] = [m.id for m in OpenAI(base_url=other + "/v1", api_key=token).models.list().data]
+    out["objects_on_other"] = get_at(other, "/api/v1/objects", token)
+    out["jti"] = jwt.decode(token, options={"verify_signature": False})["jti"]
+    out["token"] = token
+elif sys.argv[1] == "status":
+    out["status"] = get_at(os.environ["OTHER_BASE"], "/v1/models", os.environ["TOKEN"])
 elif sys.argv[1] == "metrics":
     # Prometheus' own parsers: the classic text format's and the OpenMetrics one.
     from prometheus_client.parser import text_string_to_metric_families
@@ -223,4 +239,91 @@ fn a_did_key_client_gets_a_token_with_pyjwt_and_uses_it_with_the_openai_client()
         .map(|s| s[2].as_f64().unwrap())
         .sum();
     assert_eq!(after, before + 1.0, "{again}");
+}
+
+/// The distributed gateway across two `sov node run` processes: a group adopts a gateway
+/// policy by vote through the CLI; a client with its own did:key (PyJWT) gets a token from
+/// one member and uses it on the other with the `openai` client; the token opens only its
+/// scope there; revoked on the first member, the second refuses it.
+#[test]
+fn a_token_from_one_member_process_works_on_another_until_revoked() {
+    let python = script("openai-venv", &[]).trim().to_string();
+    let mut a = Home::new();
+    let mut b = Home::new();
+    let boot = a.start(&[]);
+    b.start(&["--bootstrap", &boot]);
+    let base = |h: &Home| -> String {
+        let node: Value =
+            serde_json::from_str(&std::fs::read_to_string(h.node_json()).unwrap()).unwrap();
+        node["api"].as_str().unwrap().to_owned()
+    };
+    let (base_a, base_b) = (base(&a), base(&b));
+    let seed = [43u8; 32];
+    let client = sov_identity::Keypair::from_seed(&seed);
+    let seed_hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    let run = |phase: &str, token: &str| -> Value {
+        let out = Command::new(&python)
+            .args(["-c", CLIENT, phase])
+            .env("SOV_BASE", &base_a)
+            .env("OTHER_BASE", &base_b)
+            .env("TOKEN", token)
+            .env("CLIENT_DID", client.did().to_string())
+            .env("CLIENT_SEED", &seed_hex)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let json = |h: &Home, args: &[&str]| -> Value { serde_json::from_str(&h.ok(args)).unwrap() };
+    let group = json(
+        &a,
+        &[
+            "gov",
+            "create",
+            "--members",
+            &format!("{},{}", a.did(), b.did()),
+            "--threshold",
+            "1/2",
+            "--name",
+            "market",
+            "--json",
+        ],
+    );
+    let gid = group["id"].as_str().unwrap().to_owned();
+    common::wait("node b holds the group", || {
+        json(&b, &["gov", "ls", "--json"])
+            .as_array()
+            .is_some_and(|g| g.iter().any(|g| g["id"] == gid.as_str()))
+    });
+    // Not allowed anywhere yet.
+    assert_eq!(
+        run("before", "")["before"][1]["error"],
+        "unauthorized_client"
+    );
+    let allow = format!("{}=infer", client.did());
+    let p = a
+        .ok(&["gov", "propose", &gid, "gateway", "--allow", &allow])
+        .trim()
+        .to_owned();
+    a.ok(&["gov", "vote", &p, "yes"]);
+    for (name, h) in [("a", &a), ("b", &b)] {
+        common::wait(&format!("node {name} passes the policy"), || {
+            json(h, &["gov", "show", &p, "--json"])["status"] == "passed"
+        });
+    }
+    let g = run("group", "");
+    assert_eq!(g["grant"][0], 200, "{g}");
+    assert_eq!(g["grant"][1], "infer", "{g}");
+    assert_eq!(g["grant"][2], format!("sov:group:{gid}"), "{g}");
+    assert!(g["models_on_other"].is_array(), "{g}");
+    assert_eq!(g["objects_on_other"], 403, "{g}");
+    let token = g["token"].as_str().unwrap().to_owned();
+    a.ok(&["token", "revoke", g["jti"].as_str().unwrap()]);
+    common::wait("node b refuses the revoked token", || {
+        run("status", &token)["status"] == 401
+    });
 }
