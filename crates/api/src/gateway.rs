@@ -12,6 +12,10 @@
 //! model's, before sampling settings; streamed, they come whole on the last chunk. Sampling
 //! settings left out take llama.cpp's defaults (temperature 0.8, top_k 40, top_p 0.95,
 //! min_p 0.05); `max_tokens` left out means up to 1,024 tokens (or the context's end).
+//! `n` (1 to 8) asks for that many choices, each a generation of its own seeded apart (the
+//! seed plus the choice's index); streamed, their chunks interleave, tagged by index. An input
+//! longer than the model takes (a prompt past the context or `[models] max_prompt_tokens`, an
+//! embedding input past the model's length) gets 400 `context_length_exceeded`, never a cut.
 
 use std::{
     convert::Infallible,
@@ -85,6 +89,13 @@ impl OaiError {
     fn from_failure(f: Failure) -> Self {
         match f {
             Failure::BadRequest(m) => Self::invalid(m, None),
+            Failure::ContextLength(m) => OaiError {
+                status: StatusCode::BAD_REQUEST,
+                kind: "invalid_request_error",
+                code: Some("context_length_exceeded"),
+                param: Some("messages"),
+                message: m,
+            },
             Failure::Busy(m) => OaiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 kind: "server_error",
@@ -331,6 +342,9 @@ struct StreamOptions {
     include_usage: bool,
 }
 
+/// Most choices one request may ask for (`n`): each is a generation of its own.
+const MAX_CHOICES: u64 = 8;
+
 /// The sampling and length settings both completion routes share.
 #[derive(Debug, Deserialize)]
 struct Settings {
@@ -415,10 +429,18 @@ impl Settings {
         Ok(Some(n as usize))
     }
 
-    fn job_parts(&self) -> Result<(Option<usize>, SamplingParams, Vec<String>), OaiError> {
-        if self.n.unwrap_or(1) != 1 {
-            return Err(OaiError::invalid("only n = 1 is supported", Some("n")));
+    /// How many choices are asked for (`n`, 1 to [`MAX_CHOICES`]).
+    fn choices(&self) -> Result<usize, OaiError> {
+        match self.n.unwrap_or(1) {
+            n @ 1..=MAX_CHOICES => Ok(n as usize),
+            _ => Err(OaiError::invalid(
+                format!("n must be 1 to {MAX_CHOICES}"),
+                Some("n"),
+            )),
         }
+    }
+
+    fn job_parts(&self) -> Result<(Option<usize>, SamplingParams, Vec<String>), OaiError> {
         let d = SamplingParams::default();
         let sampling = SamplingParams {
             temperature: self.temperature.unwrap_or(d.temperature),
@@ -513,11 +535,14 @@ fn messages(msgs: Vec<ChatMessage>) -> Result<Vec<Message>, OaiError> {
         .collect()
 }
 
-fn usage(o: &Output) -> Value {
+/// Usage of `n` choices of one prompt: the prompt counted once, every choice's tokens.
+fn usage_of(outs: &[Output]) -> Value {
+    let prompt = outs.first().map_or(0, |o| o.prompt_tokens);
+    let completion: usize = outs.iter().map(|o| o.completion_tokens).sum();
     json!({
-        "prompt_tokens": o.prompt_tokens,
-        "completion_tokens": o.completion_tokens,
-        "total_tokens": o.prompt_tokens + o.completion_tokens,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
     })
 }
 
@@ -582,67 +607,96 @@ async fn complete(
             Some("model"),
         ));
     }
-    let mut rx = state
-        .node
-        .generate(
-            &entry,
-            Generation {
-                prompt,
-                max_tokens,
-                sampling,
-                stop,
-                logprobs,
-            },
-        )
-        .await
-        .map_err(OaiError::from_failure)?;
+    let n = settings.choices()?;
+    // Each choice is a generation of its own, seeded apart; their events are merged,
+    // tagged with the choice's index. A client that goes drops the merged receiver, the
+    // forwarders stop, and so does every generation.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Event)>(sov_node::serve::EVENTS);
+    for i in 0..n {
+        let mut s = sampling.clone();
+        s.seed = sampling.seed.wrapping_add(i as u64);
+        let mut one = state
+            .node
+            .generate(
+                &entry,
+                Generation {
+                    prompt: prompt.clone(),
+                    max_tokens,
+                    sampling: s,
+                    stop: stop.clone(),
+                    logprobs,
+                },
+            )
+            .await
+            .map_err(OaiError::from_failure)?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = one.recv().await {
+                if tx.send((i, ev)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
     let id = new_id(if api == Api::Chat { "chatcmpl" } else { "cmpl" });
     let created = now();
     let model = entry.manifest.name.clone();
     if !settings.stream {
-        let mut text = String::new();
-        while let Some(ev) = rx.recv().await {
+        let mut outs: Vec<Option<Output>> = vec![None; n];
+        while let Some((i, ev)) = rx.recv().await {
             match ev {
-                Event::Text(t) => text.push_str(&t),
+                Event::Text(_) => {}
                 Event::Done(Err(f)) => return Err(OaiError::from_failure(f)),
-                Event::Done(Ok(o)) => {
-                    let lp = logprobs.map(|_| logprobs_json(api, &o));
-                    let choice = match api {
-                        Api::Chat => json!({
-                            "index": 0,
-                            // `refusal` is required, and null: this gateway never refuses
-                            // in words (OpenAI's document, `ChatCompletionResponseMessage`).
-                            "message": {"role": "assistant", "content": o.text, "refusal": null},
-                            "logprobs": lp,
-                            "finish_reason": o.finish.as_str(),
-                        }),
-                        Api::Text => json!({
-                            "index": 0, "text": o.text, "logprobs": lp,
-                            "finish_reason": o.finish.as_str(),
-                        }),
-                    };
-                    let object = if api == Api::Chat {
-                        "chat.completion"
-                    } else {
-                        "text_completion"
-                    };
-                    return Ok(Json(json!({
-                        "id": id, "object": object, "created": created, "model": model,
-                        "system_fingerprint": fingerprint(),
-                        "choices": [choice],
-                        "usage": usage(&o),
-                        "timings": timings(&o),
-                    }))
-                    .into_response());
-                }
+                Event::Done(Ok(o)) => outs[i] = Some(o),
+            }
+            if outs.iter().all(Option::is_some) {
+                break;
             }
         }
-        return Err(OaiError::server("the model's worker stopped"));
+        let outs: Vec<Output> = outs.into_iter().flatten().collect();
+        if outs.len() != n {
+            return Err(OaiError::server("the model's worker stopped"));
+        }
+        let choices: Vec<Value> = outs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let lp = logprobs.map(|_| logprobs_json(api, o));
+                match api {
+                    Api::Chat => json!({
+                        "index": i,
+                        // `refusal` is required, and null: this gateway never refuses in
+                        // words (OpenAI's document, `ChatCompletionResponseMessage`).
+                        "message": {"role": "assistant", "content": o.text, "refusal": null},
+                        "logprobs": lp,
+                        "finish_reason": o.finish.as_str(),
+                    }),
+                    Api::Text => json!({
+                        "index": i, "text": o.text, "logprobs": lp,
+                        "finish_reason": o.finish.as_str(),
+                    }),
+                }
+            })
+            .collect();
+        let object = if api == Api::Chat {
+            "chat.completion"
+        } else {
+            "text_completion"
+        };
+        return Ok(Json(json!({
+            "id": id, "object": object, "created": created, "model": model,
+            "system_fingerprint": fingerprint(),
+            "choices": choices,
+            "usage": usage_of(&outs),
+            "timings": timings(&outs[0]),
+        }))
+        .into_response());
     }
     // Streaming: wait for the first event, so a request the model refuses gets a plain
     // error answer rather than a stream that fails.
     let first = rx.recv().await;
-    if let Some(Event::Done(Err(f))) = first {
+    if let Some((_, Event::Done(Err(f)))) = first {
         return Err(OaiError::from_failure(f));
     }
     let include_usage = settings.stream_options.is_some_and(|o| o.include_usage);
@@ -660,7 +714,7 @@ async fn complete(
         }
         SseEvent::default().data(v.to_string())
     };
-    let stream = events(first, rx, api, include_usage, logprobs.is_some(), chunk);
+    let stream = events(first, rx, n, api, include_usage, logprobs.is_some(), chunk);
     Ok(Sse::new(stream).into_response())
 }
 
@@ -704,42 +758,47 @@ fn timings(o: &Output) -> Value {
     })
 }
 
-/// One streamed choice: a chat delta or a piece of completion text.
-fn stream_choice(api: Api, delta: Value, finish: Option<&str>) -> Value {
+/// One streamed choice (number `index`): a chat delta or a piece of completion text.
+fn stream_choice(api: Api, index: usize, delta: Value, finish: Option<&str>) -> Value {
     match api {
         Api::Chat => {
-            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}])
+            json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}])
         }
-        Api::Text => json!([{"index": 0,
+        Api::Text => json!([{"index": index,
             "text": delta.get("content").cloned().unwrap_or(json!("")),
             "logprobs": null, "finish_reason": finish}]),
     }
 }
 
-/// The SSE events of one streamed generation: a role chunk (chat), text chunks, the finish
-/// chunk, an optional usage chunk, `[DONE]`.
+/// The SSE events of `n` streamed choices of one prompt: a role chunk per choice (chat), text
+/// chunks tagged with their choice, each choice's finish chunk, an optional usage chunk once
+/// all are done, `[DONE]`.
 fn events(
-    first: Option<Event>,
-    rx: tokio::sync::mpsc::Receiver<Event>,
+    first: Option<(usize, Event)>,
+    rx: tokio::sync::mpsc::Receiver<(usize, Event)>,
+    n: usize,
     api: Api,
     include_usage: bool,
     want_logprobs: bool,
     chunk: impl Fn(Value, Value) -> SseEvent + Send + 'static,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     enum St {
-        Start(Option<Event>),
+        Start(Option<(usize, Event)>),
         Running,
         Finished,
     }
-    let state = (St::Start(first), rx, chunk);
-    futures::stream::unfold(state, move |(st, mut rx, chunk)| async move {
+    let done: Vec<Option<Output>> = vec![None; n];
+    let state = (St::Start(first), rx, chunk, done);
+    futures::stream::unfold(state, move |(st, mut rx, chunk, mut done)| async move {
         let mut out: Vec<SseEvent> = Vec::new();
         let mut next = match st {
             St::Finished => return None,
             St::Start(first) => {
                 if api == Api::Chat {
-                    let role = json!({"role": "assistant", "content": ""});
-                    out.push(chunk(stream_choice(api, role, None), json!({})));
+                    for i in 0..n {
+                        let role = json!({"role": "assistant", "content": ""});
+                        out.push(chunk(stream_choice(api, i, role, None), json!({})));
+                    }
                 }
                 first
             }
@@ -749,27 +808,33 @@ fn events(
         // Take what is ready now, so a fast model sends fewer, larger writes.
         loop {
             match next {
-                Some(Event::Text(t)) => {
-                    let piece = stream_choice(api, json!({"content": t}), None);
+                Some((i, Event::Text(t))) => {
+                    let piece = stream_choice(api, i, json!({"content": t}), None);
                     out.push(chunk(piece, json!({})));
                 }
-                Some(Event::Done(Ok(o))) => {
+                Some((i, Event::Done(Ok(o)))) => {
                     let finish = o.finish.as_str();
-                    // Like llama.cpp's server, the last chunk carries the speed figures;
-                    // log-probabilities, if asked for, come whole with it.
-                    let mut choices = stream_choice(api, json!({}), Some(finish));
+                    // Like llama.cpp's server, a choice's last chunk carries the speed
+                    // figures; log-probabilities, if asked for, come whole with it.
+                    let mut choices = stream_choice(api, i, json!({}), Some(finish));
                     if want_logprobs && let Some(c) = choices.get_mut(0) {
                         c["logprobs"] = logprobs_json(api, &o);
                     }
                     out.push(chunk(choices, json!({"timings": timings(&o)})));
-                    if include_usage {
-                        out.push(chunk(json!([]), json!({"usage": usage(&o)})));
+                    if let Some(d) = done.get_mut(i) {
+                        *d = Some(o);
                     }
-                    out.push(SseEvent::default().data("[DONE]"));
-                    finished = true;
-                    break;
+                    if done.iter().all(Option::is_some) {
+                        if include_usage {
+                            let outs: Vec<Output> = done.iter().flatten().cloned().collect();
+                            out.push(chunk(json!([]), json!({"usage": usage_of(&outs)})));
+                        }
+                        out.push(SseEvent::default().data("[DONE]"));
+                        finished = true;
+                        break;
+                    }
                 }
-                Some(Event::Done(Err(f))) => {
+                Some((_, Event::Done(Err(f)))) => {
                     let msg = f.to_string();
                     let err = json!({"error": {
                         "message": msg, "type": "server_error", "param": null, "code": null
@@ -792,7 +857,7 @@ fn events(
         let st = if finished { St::Finished } else { St::Running };
         Some((
             futures::stream::iter(out.into_iter().map(Ok)),
-            (st, rx, chunk),
+            (st, rx, chunk, done),
         ))
     })
     .flatten()

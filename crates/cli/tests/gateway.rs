@@ -225,6 +225,26 @@ fn models_are_imported_run_and_served_to_the_openai_client() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["failures"], serde_json::json!([]), "{v:#}");
     assert_eq!(v["spec_version"], "2.3.0");
+    // n = 2: two choices, indexed 0 and 1, the prompt counted once in the usage; streamed,
+    // both choices' chunks, each finished, one usage chunk and one [DONE].
+    let n2 = &v["n2"];
+    assert_eq!(n2["indices"], serde_json::json!([0, 1]), "{n2}");
+    assert_eq!(n2["stream_indices"], serde_json::json!([0, 1]), "{n2}");
+    assert_eq!(n2["stream_finishes"], 2, "{n2}");
+    assert_eq!(n2["stream_usage"].as_array().unwrap().len(), 1, "{n2}");
+    assert_eq!(n2["stream_done"], true, "{n2}");
+    let u = &n2["usage"];
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
+    assert!(
+        u["completion_tokens"].as_u64().unwrap() > 6,
+        "two choices' tokens: {u}"
+    );
+    // Inputs past the model's length are refused with OpenAI's code, never cut.
+    assert_eq!(v["context_code"], "context_length_exceeded", "{v}");
+    assert_eq!(v["embedding_code"], "context_length_exceeded", "{v}");
     // The one documented exception: a streamed completion's chunks before the last carry
     // finish_reason null (the document has no schema for them; OpenAI's API does the same).
     for e in v["exceptions"].as_array().unwrap() {

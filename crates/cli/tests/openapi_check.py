@@ -134,6 +134,30 @@ answer("embeddings", "CreateEmbeddingResponse", "POST", "/embeddings",
        {"model": embedder, "input": ["a cat", "a dog"]})
 answer("one embedding", "CreateEmbeddingResponse", "POST", "/embeddings",
        {"model": embedder, "input": "a bird"})
+two = answer("chat, n = 2", "CreateChatCompletionResponse", "POST", "/chat/completions",
+             {"model": llm, "messages": chat, "max_tokens": 6, "temperature": 0.9, "seed": 3, "n": 2})
+s2, _, text = call("POST", "/chat/completions",
+                   {"model": llm, "messages": chat, "max_tokens": 6, "temperature": 0.9, "seed": 3, "n": 2,
+                    "stream": True, "stream_options": {"include_usage": True}})
+chunks, done = events(text)
+for i, c in enumerate(chunks):
+    check(f"chat stream, n = 2, chunk {i}", "CreateChatCompletionStreamResponse", c)
+out["n2"] = {
+    "indices": sorted(c["index"] for c in (two or {}).get("choices", [])),
+    "usage": (two or {}).get("usage"),
+    "stream_indices": sorted({ch["index"] for c in chunks for ch in c["choices"]}),
+    "stream_finishes": sum(1 for c in chunks for ch in c["choices"] if ch.get("finish_reason")),
+    "stream_usage": [c["usage"] for c in chunks if c.get("usage")],
+    "stream_done": done,
+}
+long = answer("a prompt past the context", "ErrorResponse", "POST", "/completions",
+              {"model": llm, "prompt": "word " * 9000, "max_tokens": 1}, status=400)
+out["context_code"] = (long or {}).get("error", {}).get("code")
+long = answer("an embedding input past the model's length", "ErrorResponse", "POST", "/embeddings",
+              {"model": embedder, "input": "word " * 1000}, status=400)
+out["embedding_code"] = (long or {}).get("error", {}).get("code")
+answer("n = 9", "ErrorResponse", "POST", "/chat/completions",
+       {"model": llm, "messages": chat, "n": 9}, status=400)
 answer("unknown model", "ErrorResponse", "POST", "/chat/completions",
        {"model": "no-such-model", "messages": chat}, status=404)
 answer("bad request", "ErrorResponse", "POST", "/chat/completions",

@@ -260,19 +260,29 @@ impl Bert {
         self.config.hidden_size
     }
 
-    /// Longest input in tokens (longer texts are cut).
+    /// Longest input in tokens ([`Bert::embed`] refuses longer texts).
     pub fn max_tokens(&self) -> usize {
         self.max_tokens
     }
 
-    /// Token ids of `text`, `[CLS]` and `[SEP]` included, cut to [`Bert::max_tokens`].
+    /// Token ids of `text`, `[CLS]` and `[SEP]` included, cut to [`Bert::max_tokens`] (as
+    /// sentence-transformers cuts).
     pub fn tokenize(&self, text: &str) -> Vec<u32> {
         self.tokenizer.encode(text, self.max_tokens)
     }
 
-    /// The normalised mean-pooled embedding of `text`, and its token count.
+    /// The normalised mean-pooled embedding of `text`, and its token count. A text longer
+    /// than [`Bert::max_tokens`] is refused ([`Error::ContextLength`]), not cut: an embedding
+    /// of part of a text would be taken for one of the whole.
     pub fn embed(&self, text: &str) -> Result<(Vec<f32>, usize)> {
-        let ids = self.tokenize(text);
+        // One token past the limit is enough to know the text does not fit.
+        let ids = self.tokenizer.encode(text, self.max_tokens + 1);
+        if ids.len() > self.max_tokens {
+            return Err(Error::ContextLength(format!(
+                "the input is longer than the {} tokens this model takes",
+                self.max_tokens
+            )));
+        }
         Ok((self.embed_ids(&ids)?, ids.len()))
     }
 
@@ -280,7 +290,13 @@ impl Bert {
     pub fn embed_ids(&self, ids: &[u32]) -> Result<Vec<f32>> {
         let c = &self.config;
         let (h, n) = (c.hidden_size, ids.len());
-        if n == 0 || n > self.max_tokens {
+        if n > self.max_tokens {
+            return Err(Error::ContextLength(format!(
+                "{n} tokens; this model takes at most {}",
+                self.max_tokens
+            )));
+        }
+        if n == 0 {
             return Err(Error::Input(format!(
                 "{n} tokens; 1 to {} fit",
                 self.max_tokens

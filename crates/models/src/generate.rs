@@ -238,7 +238,7 @@ impl LanguageModel {
         }
         let ctx = self.context_length();
         if req.prompt.len() >= ctx {
-            return Err(Error::Input(format!(
+            return Err(Error::ContextLength(format!(
                 "the prompt has {} tokens; this model's context holds {ctx}",
                 req.prompt.len()
             )));

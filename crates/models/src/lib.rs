@@ -34,9 +34,13 @@ pub enum Error {
     /// A chat template that does not compile or render.
     #[error("chat template: {0}")]
     Template(String),
-    /// A request this model cannot serve (prompt longer than its context, bad settings).
+    /// A request this model cannot serve (bad settings, tokens outside the vocabulary).
     #[error("{0}")]
     Input(String),
+    /// An input longer than the model takes (a prompt past its context, a text past an
+    /// embedding model's length): refused, never cut silently.
+    #[error("{0}")]
+    ContextLength(String),
     /// Reading a file failed.
     #[error("{path}: {source}")]
     Io {

@@ -71,8 +71,12 @@ fn minilm_embeds_like_the_reference() {
     let (near, far) = (cosine(&ours[0], &ours[1]), cosine(&ours[0], &ours[2]));
     eprintln!("eating/eating {near:.4}, eating/baby {far:.4}");
     assert!(near > 0.7 && far < 0.1);
-    // A long text is cut to 256 tokens, not refused.
+    // A text past the model's 256 tokens is refused, not cut silently; one that just fits
+    // is taken.
     let long = "word ".repeat(1000);
     assert_eq!(m.tokenize(&long).len(), 256);
-    assert!(m.embed(&long).is_ok());
+    let e = m.embed(&long).unwrap_err();
+    assert!(matches!(e, sov_models::Error::ContextLength(_)), "{e}");
+    let fits = "word ".repeat(254);
+    assert_eq!(m.embed(&fits).unwrap().1, 256);
 }

@@ -111,6 +111,9 @@ pub enum Failure {
     /// The request's time budget ran out before its first token.
     #[error("{0}")]
     Timeout(String),
+    /// An input longer than the model takes.
+    #[error("{0}")]
+    ContextLength(String),
 }
 
 /// Embeddings with the tokens each input took.
@@ -406,6 +409,7 @@ impl Actor {
 fn failure(e: sov_models::Error) -> Failure {
     match e {
         sov_models::Error::Input(m) => Failure::BadRequest(m),
+        sov_models::Error::ContextLength(m) => Failure::ContextLength(m),
         sov_models::Error::Template(m) => Failure::BadRequest(format!("chat template: {m}")),
         other => Failure::Server(other.to_string()),
     }
@@ -445,7 +449,7 @@ fn run(node: &Node, name: &str, loaded: &Loaded, job: Job) {
                 .map_err(failure)?;
                 let max_prompt = node.inner.config.max_prompt_tokens;
                 if prompt.len() > max_prompt {
-                    return Err(Failure::BadRequest(format!(
+                    return Err(Failure::ContextLength(format!(
                         "the prompt has {} tokens; this node takes at most {max_prompt} ([models] max_prompt_tokens)",
                         prompt.len()
                     )));
