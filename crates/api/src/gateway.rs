@@ -19,6 +19,7 @@
 
 use std::{
     convert::Infallible,
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -37,7 +38,10 @@ use base64::Engine as _;
 use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sov_models::{chat::Message, generate::Output, manifest::ModelKind, sample::SamplingParams};
+use sov_models::{
+    chat::Message, constrain::Grammar, generate::Output, manifest::ModelKind,
+    sample::SamplingParams,
+};
 use sov_node::{
     models::ModelEntry,
     serve::{EmbedInput, Event, Failure, Generation, Prompt},
@@ -367,6 +371,8 @@ struct Settings {
     #[serde(default)]
     logprobs: Option<Value>,
     top_logprobs: Option<u64>,
+    #[serde(default)]
+    response_format: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -427,6 +433,57 @@ impl Settings {
             ));
         }
         Ok(Some(n as usize))
+    }
+
+    /// The grammar `response_format` asks for: none for `text`, any JSON object for
+    /// `json_object`, the schema's JSON for `json_schema` (compiled; a schema that cannot be
+    /// honoured is refused, never ignored).
+    fn constraint(&self) -> Result<Option<Arc<Grammar>>, OaiError> {
+        let bad = |m: String| OaiError::invalid(m, Some("response_format"));
+        let Some(f) = &self.response_format else {
+            return Ok(None);
+        };
+        if f.is_null() {
+            return Ok(None);
+        }
+        let kind = f.get("type").and_then(Value::as_str).ok_or_else(|| {
+            bad("response_format needs a type: text, json_object or json_schema".into())
+        })?;
+        let g = match kind {
+            "text" => return Ok(None),
+            // llama.cpp's extension: a schema beside json_object.
+            "json_object" => match f.get("schema") {
+                Some(s) => Grammar::from_schema(s).map_err(|e| bad(e.to_string()))?,
+                None => Grammar::json_object(),
+            },
+            "json_schema" => {
+                let js = f
+                    .get("json_schema")
+                    .ok_or_else(|| bad("json_schema needs {\"name\", \"schema\"}".into()))?;
+                let name = js.get("name").and_then(Value::as_str).unwrap_or_default();
+                if name.is_empty()
+                    || name.len() > 64
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                {
+                    return Err(bad(
+                        "json_schema.name is 1 to 64 letters, digits, _ or -".into()
+                    ));
+                }
+                let schema = js
+                    .get("schema")
+                    .ok_or_else(|| bad("json_schema.schema is missing".into()))?;
+                Grammar::from_schema(schema).map_err(|e| bad(e.to_string()))?
+            }
+            other => {
+                return Err(bad(format!(
+                    "response_format type {}: text, json_object or json_schema",
+                    sov_core::quote(other)
+                )));
+            }
+        };
+        Ok(Some(Arc::new(g)))
     }
 
     /// How many choices are asked for (`n`, 1 to [`MAX_CHOICES`]).
@@ -608,6 +665,7 @@ async fn complete(
         ));
     }
     let n = settings.choices()?;
+    let constraint = settings.constraint()?;
     // Each choice is a generation of its own, seeded apart; their events are merged,
     // tagged with the choice's index. A client that goes drops the merged receiver, the
     // forwarders stop, and so does every generation.
@@ -625,6 +683,7 @@ async fn complete(
                     sampling: s,
                     stop: stop.clone(),
                     logprobs,
+                    constraint: constraint.clone(),
                 },
             )
             .await

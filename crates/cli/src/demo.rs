@@ -1303,6 +1303,7 @@ async fn model_step(members: &[Member], owner: &str, models: Option<&Path>) -> a
             sampling: sov_models::sample::SamplingParams::greedy(),
             stop: Vec::new(),
             logprobs: None,
+            constraint: None,
         },
         &mut |_| Ok(()),
     )

@@ -426,6 +426,7 @@ impl Engine {
                     sampling: params,
                     stop: Vec::new(),
                     logprobs: None,
+                    constraint: None,
                 };
                 let out = local.block_on(generate(local.node(), entry, generation, on_text))?;
                 Ok(Summary {

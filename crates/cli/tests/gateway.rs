@@ -198,6 +198,14 @@ fn models_are_imported_run_and_served_to_the_openai_client() {
     assert_eq!(errors["unknown_model"]["status"], 404);
     assert_eq!(errors["bad_temperature"]["status"], 400);
     assert_eq!(errors["embed_with_llm"]["status"], 400);
+    // The official client gets JSON the schema describes (constrained decoding).
+    assert_eq!(
+        r["structured"]["keys"],
+        serde_json::json!(["city", "country"]),
+        "{}",
+        r["structured"]
+    );
+    assert_eq!(r["structured"]["finish_reason"], "stop");
     assert_eq!(
         r["concurrency"],
         serde_json::json!(["long: started", "others: done", "long: done"])
@@ -242,6 +250,22 @@ fn models_are_imported_run_and_served_to_the_openai_client() {
         u["completion_tokens"].as_u64().unwrap() > 6,
         "two choices' tokens: {u}"
     );
+    // Structured output: JSON the schema describes, plain and streamed, chat and
+    // completions; any JSON object for json_object; formats that cannot be honoured: 400.
+    let st = &v["structured"];
+    for k in ["schema_valid", "stream_valid", "completion_valid"] {
+        assert_eq!(st[k], true, "{k}: {st:#}");
+    }
+    // A free JSON object: whole if the model ended it; cut by max_tokens otherwise (as
+    // OpenAI's is), but an object from its first byte. (This small model tends to add keys
+    // until it runs out of tokens.)
+    assert!(
+        st["object_valid"] == true
+            || (st["object_finish"] == "length"
+                && st["object_text"].as_str().unwrap().starts_with('{')),
+        "{st:#}"
+    );
+    assert_eq!(st["schema_finish"], "stop", "{st:#}");
     // Inputs past the model's length are refused with OpenAI's code, never cut.
     assert_eq!(v["context_code"], "context_length_exceeded", "{v}");
     assert_eq!(v["embedding_code"], "context_length_exceeded", "{v}");

@@ -120,4 +120,15 @@ client.models.list()
 events.append("others: done")
 t.join()
 out["concurrency"] = events
+
+# Structured output through the official client: JSON the schema describes.
+schema = {"type": "object", "properties": {"city": {"type": "string"}, "country": {"enum": ["France", "Italy"]}},
+          "required": ["city", "country"], "additionalProperties": False}
+r = client.chat.completions.create(
+    model="smollm2", messages=[{"role": "user", "content": "Name the capital of France."}], temperature=0,
+    max_tokens=40, response_format={"type": "json_schema",
+                                    "json_schema": {"name": "place", "schema": schema, "strict": True}})
+answer = json.loads(r.choices[0].message.content)
+out["structured"] = {"keys": sorted(answer), "country": answer.get("country"),
+                     "finish_reason": r.choices[0].finish_reason}
 print(json.dumps(out))

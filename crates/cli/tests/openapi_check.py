@@ -158,6 +158,63 @@ long = answer("an embedding input past the model's length", "ErrorResponse", "PO
 out["embedding_code"] = (long or {}).get("error", {}).get("code")
 answer("n = 9", "ErrorResponse", "POST", "/chat/completions",
        {"model": llm, "messages": chat, "n": 9}, status=400)
+# Structured output: constrained decoding keeps the answer to the format asked for.
+city = {"type": "object", "properties": {
+            "city": {"enum": ["Paris", "London", "Rome"]},
+            "is_capital": {"type": "boolean"},
+            "population_millions": {"type": "integer"}},
+        "required": ["city", "is_capital", "population_millions"], "additionalProperties": False}
+fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": city, "strict": True}}
+ask = [{"role": "user", "content": "Which city is the capital of France? Answer in JSON."}]
+structured = {}
+r = answer("chat, json_schema", "CreateChatCompletionResponse", "POST", "/chat/completions",
+           {"model": llm, "messages": ask, "max_tokens": 80, "temperature": 0, "response_format": fmt})
+if r:
+    text = r["choices"][0]["message"]["content"]
+    structured["schema_text"] = text
+    structured["schema_finish"] = r["choices"][0]["finish_reason"]
+    try:
+        jsonschema.validate(json.loads(text), city)
+        structured["schema_valid"] = True
+    except Exception as e:
+        structured["schema_valid"] = f"{type(e).__name__}: {str(e)[:200]}"
+s_, _, text = call("POST", "/chat/completions",
+                   {"model": llm, "messages": ask, "max_tokens": 80, "temperature": 0.7, "seed": 5,
+                    "response_format": fmt, "stream": True})
+chunks, done = events(text)
+for i, c in enumerate(chunks):
+    check(f"chat stream, json_schema, chunk {i}", "CreateChatCompletionStreamResponse", c)
+joined = "".join(ch["delta"].get("content") or "" for c in chunks for ch in c["choices"])
+try:
+    jsonschema.validate(json.loads(joined), city)
+    structured["stream_valid"] = True
+except Exception as e:
+    structured["stream_valid"] = f"{type(e).__name__}: {str(e)[:200]}: {joined[:200]}"
+r = answer("chat, json_object", "CreateChatCompletionResponse", "POST", "/chat/completions",
+           {"model": llm, "messages": ask, "max_tokens": 120, "temperature": 0,
+            "response_format": {"type": "json_object"}})
+if r:
+    text = r["choices"][0]["message"]["content"]
+    structured["object_text"] = text
+    structured["object_finish"] = r["choices"][0]["finish_reason"]
+    try:
+        structured["object_valid"] = isinstance(json.loads(text), dict)
+    except Exception as e:
+        structured["object_valid"] = f"{type(e).__name__}: {text[:200]}"
+r = answer("completion, json_schema", "CreateCompletionResponse", "POST", "/completions",
+           {"model": llm, "prompt": "The capital of France, as JSON:", "max_tokens": 80, "temperature": 0,
+            "response_format": fmt})
+if r:
+    try:
+        jsonschema.validate(json.loads(r["choices"][0]["text"]), city)
+        structured["completion_valid"] = True
+    except Exception as e:
+        structured["completion_valid"] = f"{type(e).__name__}: {str(e)[:200]}"
+for bad_format in [{"type": "yaml"}, {"type": "json_schema"},
+                   {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "a+"}}}]:
+    answer(f"response_format {json.dumps(bad_format)[:60]}", "ErrorResponse", "POST", "/chat/completions",
+           {"model": llm, "messages": ask, "response_format": bad_format}, status=400)
+out["structured"] = structured
 answer("unknown model", "ErrorResponse", "POST", "/chat/completions",
        {"model": "no-such-model", "messages": chat}, status=404)
 answer("bad request", "ErrorResponse", "POST", "/chat/completions",

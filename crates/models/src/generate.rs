@@ -65,6 +65,8 @@ pub struct Request {
     /// Report each generated token's log-probability and this many most likely
     /// alternatives (`None`: none; at most [`MAX_TOP_LOGPROBS`]).
     pub logprobs: Option<usize>,
+    /// Keep the output to this grammar (JSON, or JSON a schema describes).
+    pub constraint: Option<std::sync::Arc<crate::constrain::Grammar>>,
 }
 
 /// Most alternatives reported per token (OpenAI's limit).
@@ -277,6 +279,10 @@ impl LanguageModel {
         let mut tokens = Vec::new();
         let mut finish = Finish::Length;
         let mut logprobs = Vec::new();
+        let mut matcher = req
+            .constraint
+            .as_ref()
+            .map(|g| crate::constrain::Matcher::new(g.clone()));
         let top_n = req.logprobs.map(|n| n.min(MAX_TOP_LOGPROBS));
         while tokens.len() < budget {
             if !keep_going() {
@@ -284,7 +290,23 @@ impl LanguageModel {
                 break;
             }
             let log_softmax = top_n.map(|_| log_softmax(&logits));
-            let next = sampler.sample(&mut logits, &history);
+            let next = match &mut matcher {
+                None => sampler.sample(&mut logits, &history),
+                Some(m) => match self.constrained(m, &mut sampler, &mut logits, &history) {
+                    Some(t) => t,
+                    // Nothing may come next (the grammar is finished and the model has no
+                    // end token it may use): stop here.
+                    None => {
+                        finish = Finish::Stop;
+                        break;
+                    }
+                },
+            };
+            if let Some(m) = &mut matcher
+                && !self.tokenizer.is_eog(next)
+            {
+                m.advance(&self.tokenizer.piece_bytes(next));
+            }
             tokens.push(next);
             history.push(next);
             if self.tokenizer.is_eog(next) {
@@ -342,6 +364,53 @@ impl LanguageModel {
             decode_seconds: start.elapsed().as_secs_f64(),
             logprobs,
         })
+    }
+}
+
+impl LanguageModel {
+    /// Sample the next token under `m`: as usual if the matcher allows the choice; else
+    /// every token it refuses is masked and the sampler draws again. End-of-generation
+    /// tokens are allowed once the output is one whole value. `None`: no token may come.
+    fn constrained(
+        &self,
+        m: &crate::constrain::Matcher,
+        sampler: &mut Sampler,
+        logits: &mut [f32],
+        history: &[u32],
+    ) -> Option<u32> {
+        let allowed = |t: u32| -> bool {
+            if self.tokenizer.is_eog(t) {
+                m.can_end()
+            } else {
+                m.allows(&self.tokenizer.piece_bytes(t))
+            }
+        };
+        let mut first = logits.to_vec();
+        let t = sampler.sample(&mut first, history);
+        if allowed(t) {
+            return Some(t);
+        }
+        let firsts = m.first_bytes();
+        let mut any = false;
+        for (id, l) in logits.iter_mut().enumerate() {
+            let id = id as u32;
+            let ok = if self.tokenizer.is_eog(id) {
+                m.can_end()
+            } else {
+                let bytes = self.tokenizer.piece_bytes(id);
+                bytes.first().is_some_and(|b| firsts[*b as usize]) && m.allows(&bytes)
+            };
+            if ok {
+                any = true;
+            } else {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        if !any {
+            return None;
+        }
+        let t = sampler.sample(logits, history);
+        allowed(t).then_some(t)
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod bert;
 pub mod chat;
+pub mod constrain;
 pub mod generate;
 pub mod gguf;
 pub mod llama;

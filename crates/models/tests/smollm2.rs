@@ -234,6 +234,7 @@ fn chat_prompts_and_answers_match_llama_cpp() {
             sampling: sov_models::sample::SamplingParams::greedy(),
             stop: vec![],
             logprobs: None,
+            constraint: None,
         };
         let mut streamed = String::new();
         let out = m
@@ -279,6 +280,7 @@ fn a_long_prompt_stops_between_batches_when_asked() {
         sampling: sov_models::sample::SamplingParams::greedy(),
         stop: vec![],
         logprobs: None,
+        constraint: None,
     };
     let asked = std::cell::Cell::new(0);
     let out = m

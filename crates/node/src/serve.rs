@@ -75,6 +75,8 @@ pub struct Generation {
     pub stop: Vec<String>,
     /// Log-probabilities of the top `n` tokens at each step.
     pub logprobs: Option<usize>,
+    /// Keep the output to this grammar (`response_format`).
+    pub constraint: Option<std::sync::Arc<sov_models::constrain::Grammar>>,
 }
 
 /// An embedding input.
@@ -461,6 +463,7 @@ fn run(node: &Node, name: &str, loaded: &Loaded, job: Job) {
                     sampling: g.sampling.clone(),
                     stop: g.stop.clone(),
                     logprobs: g.logprobs,
+                    constraint: g.constraint.clone(),
                 };
                 // Checked between prompt batches and before each token: a client that has
                 // gone, a node that stops or a budget that ran out ends the work there.
@@ -610,6 +613,7 @@ mod tests {
             sampling: SamplingParams::greedy(),
             stop: Vec::new(),
             logprobs: None,
+            constraint: None,
         };
         let long = g(Prompt::Text("x".repeat(30_000)), Some(100));
         assert_eq!(estimate(&long), 10_100);

@@ -120,6 +120,7 @@ async fn ask(node: &Node, model: &str) -> String {
                 sampling: SamplingParams::greedy(),
                 stop: Vec::new(),
                 logprobs: None,
+                constraint: None,
             },
         )
         .await
@@ -185,6 +186,7 @@ async fn outcome(
         sampling: SamplingParams::greedy(),
         stop: Vec::new(),
         logprobs: None,
+        constraint: None,
     };
     let mut events = node.generate(&entry, generation).await?;
     let done = async {
@@ -223,7 +225,7 @@ async fn generations_are_bounded_in_prompt_time_and_queued_work() {
 
     let long = Prompt::Tokens(vec![1; 9]);
     match outcome(&node, "llama", long, 2).await {
-        Err(Failure::BadRequest(m)) => assert!(m.contains("max_prompt_tokens"), "{m}"),
+        Err(Failure::ContextLength(m)) => assert!(m.contains("max_prompt_tokens"), "{m}"),
         other => panic!("a 9-token prompt over a limit of 8: {other:?}"),
     }
     // A budget spent before the first prompt batch: the request ends without a token.
