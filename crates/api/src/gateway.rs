@@ -23,6 +23,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use crate::tools;
 use axum::{
     Json,
     body::Bytes,
@@ -338,6 +339,12 @@ struct Part {
 struct ChatMessage {
     role: String,
     content: Option<Content>,
+    /// An assistant's earlier calls.
+    #[serde(default)]
+    tool_calls: Option<Value>,
+    /// A tool message: the call it answers.
+    #[serde(default)]
+    tool_call_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -380,6 +387,10 @@ struct ChatRequest {
     #[serde(flatten)]
     settings: Settings,
     messages: Vec<ChatMessage>,
+    #[serde(default)]
+    tools: Option<Value>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -565,8 +576,18 @@ fn messages(msgs: Vec<ChatMessage>) -> Result<Vec<Message>, OaiError> {
                     ));
                 }
             };
+            let (role, prefix) = if role == "tool" {
+                // Templates without a tool role read the result as the user's turn.
+                let id = m.tool_call_id.as_deref().unwrap_or("?");
+                ("user".to_string(), format!("Result of tool call {id}: "))
+            } else {
+                (role, String::new())
+            };
             let content = match m.content {
-                None => String::new(),
+                None => match &m.tool_calls {
+                    Some(calls) => tools::calls_as_text(calls).unwrap_or_default(),
+                    None => String::new(),
+                },
                 Some(Content::Text(t)) => t,
                 Some(Content::Parts(parts)) => {
                     let mut s = String::new();
@@ -587,9 +608,45 @@ fn messages(msgs: Vec<ChatMessage>) -> Result<Vec<Message>, OaiError> {
                     s
                 }
             };
-            Ok(Message { role, content })
+            Ok(Message {
+                role,
+                content: prefix + &content,
+            })
         })
         .collect()
+}
+
+/// A chat choice's message and finish reason. With tools, the answer is read back: a call
+/// becomes `tool_calls` (finish `tool_calls`), words become the content; an answer cut short
+/// stays as it is.
+fn chat_message(o: &Output, with_tools: bool) -> (Value, &'static str) {
+    if with_tools {
+        match tools::read_answer(&o.text) {
+            Some(tools::Answer::Call { name, arguments }) => {
+                let id = format!("call_{:024x}", rand::random::<u128>() >> 32);
+                return (
+                    json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [{
+                        "id": id, "type": "function",
+                        "function": {"name": name, "arguments": arguments}
+                    }]}),
+                    "tool_calls",
+                );
+            }
+            Some(tools::Answer::Words(w)) => {
+                return (
+                    json!({"role": "assistant", "content": w, "refusal": null}),
+                    o.finish.as_str(),
+                );
+            }
+            None => {}
+        }
+    }
+    // `refusal` is required, and null: this gateway never refuses in words (OpenAI's
+    // document, `ChatCompletionResponseMessage`).
+    (
+        json!({"role": "assistant", "content": o.text, "refusal": null}),
+        o.finish.as_str(),
+    )
 }
 
 /// Usage of `n` choices of one prompt: the prompt counted once, every choice's tokens.
@@ -615,8 +672,36 @@ pub(crate) async fn chat_completions(
     body: Bytes,
 ) -> Result<Response, OaiError> {
     let req: ChatRequest = parse(&body)?;
-    let prompt = Prompt::Chat(messages(req.messages)?);
-    complete(state, req.settings, prompt, Api::Chat).await
+    let tools = tools::Tools::parse(req.tools.as_ref(), req.tool_choice.as_ref())
+        .map_err(|e| OaiError::invalid(e.message, Some(e.param)))?;
+    let mut msgs = messages(req.messages)?;
+    if let Some(t) = &tools {
+        if req
+            .settings
+            .response_format
+            .as_ref()
+            .is_some_and(|f| f.get("type").and_then(Value::as_str) != Some("text"))
+        {
+            return Err(OaiError::invalid(
+                "tools and a JSON response_format cannot be asked for together",
+                Some("response_format"),
+            ));
+        }
+        let text = t.system_text();
+        match msgs.first_mut() {
+            Some(m) if m.role == "system" => {
+                m.content = format!("{}\n\n{text}", m.content);
+            }
+            _ => msgs.insert(
+                0,
+                Message {
+                    role: "system".into(),
+                    content: text,
+                },
+            ),
+        }
+    }
+    complete(state, req.settings, Prompt::Chat(msgs), Api::Chat, tools).await
 }
 
 pub(crate) async fn completions(
@@ -642,7 +727,7 @@ pub(crate) async fn completions(
             Some("prompt"),
         ));
     }
-    complete(state, req.settings, prompt, Api::Text).await
+    complete(state, req.settings, prompt, Api::Text, None).await
 }
 
 async fn complete(
@@ -650,6 +735,7 @@ async fn complete(
     settings: Settings,
     prompt: Prompt,
     api: Api,
+    tools: Option<tools::Tools>,
 ) -> Result<Response, OaiError> {
     let (max_tokens, sampling, stop) = settings.job_parts()?;
     let logprobs = settings.logprobs(api)?;
@@ -665,7 +751,13 @@ async fn complete(
         ));
     }
     let n = settings.choices()?;
-    let constraint = settings.constraint()?;
+    let constraint = match &tools {
+        Some(t) => Some(Arc::new(
+            t.grammar()
+                .map_err(|e| OaiError::invalid(e.message, Some(e.param)))?,
+        )),
+        None => settings.constraint()?,
+    };
     // Each choice is a generation of its own, seeded apart; their events are merged,
     // tagged with the choice's index. A client that goes drops the merged receiver, the
     // forwarders stop, and so does every generation.
@@ -701,7 +793,7 @@ async fn complete(
     let id = new_id(if api == Api::Chat { "chatcmpl" } else { "cmpl" });
     let created = now();
     let model = entry.manifest.name.clone();
-    if !settings.stream {
+    if !settings.stream || tools.is_some() {
         let mut outs: Vec<Option<Output>> = vec![None; n];
         while let Some((i, ev)) = rx.recv().await {
             match ev {
@@ -717,20 +809,65 @@ async fn complete(
         if outs.len() != n {
             return Err(OaiError::server("the model's worker stopped"));
         }
+        if settings.stream {
+            // Tool calls are read from the whole answer: streamed, each choice comes as
+            // its role, its call (or words) and its finish, once generated.
+            let include_usage = settings.stream_options.is_some_and(|o| o.include_usage);
+            let mut chunks = Vec::new();
+            let base = json!({"id": id, "object": "chat.completion.chunk", "created": created,
+                              "model": model, "system_fingerprint": fingerprint()});
+            let chunk = |choices: Value| {
+                let mut v = base.clone();
+                v["choices"] = choices;
+                Ok::<_, Infallible>(SseEvent::default().data(v.to_string()))
+            };
+            for (i, o) in outs.iter().enumerate() {
+                let (message, finish) = chat_message(o, tools.is_some());
+                let mut delta = message;
+                if let Some(calls) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) {
+                    for (k, c) in calls.iter_mut().enumerate() {
+                        c["index"] = json!(k);
+                    }
+                }
+                let role = json!({"role": "assistant", "content": ""});
+                chunks.push(chunk(
+                    json!([{"index": i, "delta": role, "logprobs": null, "finish_reason": null}]),
+                ));
+                if let Some(d) = delta.as_object_mut() {
+                    d.remove("role");
+                    d.remove("refusal");
+                    if d.get("content").is_some_and(Value::is_null) {
+                        d.remove("content");
+                    }
+                }
+                chunks.push(chunk(
+                    json!([{"index": i, "delta": delta, "logprobs": null, "finish_reason": null}]),
+                ));
+                chunks.push(chunk(
+                    json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": finish}]),
+                ));
+            }
+            if include_usage {
+                let mut v = base.clone();
+                v["choices"] = json!([]);
+                v["usage"] = usage_of(&outs);
+                chunks.push(Ok(SseEvent::default().data(v.to_string())));
+            }
+            chunks.push(Ok(SseEvent::default().data("[DONE]")));
+            return Ok(Sse::new(futures::stream::iter(chunks)).into_response());
+        }
         let choices: Vec<Value> = outs
             .iter()
             .enumerate()
             .map(|(i, o)| {
                 let lp = logprobs.map(|_| logprobs_json(api, o));
                 match api {
-                    Api::Chat => json!({
-                        "index": i,
-                        // `refusal` is required, and null: this gateway never refuses in
-                        // words (OpenAI's document, `ChatCompletionResponseMessage`).
-                        "message": {"role": "assistant", "content": o.text, "refusal": null},
-                        "logprobs": lp,
-                        "finish_reason": o.finish.as_str(),
-                    }),
+                    Api::Chat => {
+                        let (message, finish) = chat_message(o, tools.is_some());
+                        json!({
+                            "index": i, "message": message, "logprobs": lp, "finish_reason": finish,
+                        })
+                    }
                     Api::Text => json!({
                         "index": i, "text": o.text, "logprobs": lp,
                         "finish_reason": o.finish.as_str(),

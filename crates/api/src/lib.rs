@@ -49,6 +49,7 @@ pub mod limit;
 mod models;
 pub mod oauth;
 mod objects;
+mod tools;
 
 use std::{future::Future, sync::Arc};
 

@@ -206,6 +206,20 @@ fn models_are_imported_run_and_served_to_the_openai_client() {
         r["structured"]
     );
     assert_eq!(r["structured"]["finish_reason"], "stop");
+    // Tools: a parsed call with arguments the parameters' schema holds; a tool result sent
+    // back is answered; streamed, the same call arrives as deltas.
+    let tc = &r["tool_call"];
+    assert_eq!(tc["name"], "get_weather", "{tc}");
+    assert_eq!(tc["finish_reason"], "tool_calls", "{tc}");
+    assert!(tc["args"]["city"].is_string(), "{tc}");
+    assert!(
+        ["celsius", "fahrenheit"].contains(&tc["args"]["unit"].as_str().unwrap()),
+        "{tc}"
+    );
+    assert!(tc["id"].as_str().unwrap().starts_with("call_"), "{tc}");
+    assert_eq!(r["after_tool"]["answered"], true, "{}", r["after_tool"]);
+    assert_eq!(r["tool_stream"]["name"], "get_weather", "{}", r["tool_stream"]);
+    assert_eq!(r["tool_stream"]["args"], tc["args"], "{}", r["tool_stream"]);
     assert_eq!(
         r["concurrency"],
         serde_json::json!(["long: started", "others: done", "long: done"])

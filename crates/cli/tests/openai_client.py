@@ -131,4 +131,31 @@ r = client.chat.completions.create(
 answer = json.loads(r.choices[0].message.content)
 out["structured"] = {"keys": sorted(answer), "country": answer.get("country"),
                      "finish_reason": r.choices[0].finish_reason}
+# Tool calls through the official client: a call parsed into tool_calls, its result sent
+# back as a tool message, and the same call streamed as deltas.
+tools = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}]
+ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+r = client.chat.completions.create(model="smollm2", messages=ask, tools=tools, tool_choice="required",
+                                   temperature=0, max_tokens=60)
+m = r.choices[0].message
+call = m.tool_calls[0]
+out["tool_call"] = {"name": call.function.name, "args": json.loads(call.function.arguments),
+                    "finish_reason": r.choices[0].finish_reason, "id": call.id, "content": m.content}
+follow = ask + [m.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": "18 degrees celsius, sunny"}]
+r = client.chat.completions.create(model="smollm2", messages=follow, tools=tools, temperature=0, max_tokens=60)
+m = r.choices[0].message
+out["after_tool"] = {"finish_reason": r.choices[0].finish_reason,
+                     "answered": bool(m.content) or bool(m.tool_calls)}
+name, args = None, ""
+for chunk in client.chat.completions.create(model="smollm2", messages=ask, tools=tools, tool_choice="required",
+                                            temperature=0, max_tokens=60, stream=True):
+    for c in chunk.choices:
+        for tc in c.delta.tool_calls or []:
+            name = tc.function.name or name
+            args += tc.function.arguments or ""
+out["tool_stream"] = {"name": name, "args": json.loads(args) if args else None}
 print(json.dumps(out))

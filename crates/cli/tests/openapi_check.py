@@ -215,6 +215,19 @@ for bad_format in [{"type": "yaml"}, {"type": "json_schema"},
     answer(f"response_format {json.dumps(bad_format)[:60]}", "ErrorResponse", "POST", "/chat/completions",
            {"model": llm, "messages": ask, "response_format": bad_format}, status=400)
 out["structured"] = structured
+tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                         "additionalProperties": False}}}]
+answer("chat, a tool call", "CreateChatCompletionResponse", "POST", "/chat/completions",
+       {"model": llm, "messages": [{"role": "user", "content": "Weather in Rome?"}], "tools": tools,
+        "tool_choice": "required", "temperature": 0, "max_tokens": 40})
+streamed("chat stream, a tool call", "CreateChatCompletionStreamResponse", "/chat/completions",
+         {"model": llm, "messages": [{"role": "user", "content": "Weather in Rome?"}], "tools": tools,
+          "tool_choice": "required", "temperature": 0, "max_tokens": 40, "stream": True,
+          "stream_options": {"include_usage": True}})
+answer("a tool_choice naming no tool", "ErrorResponse", "POST", "/chat/completions",
+       {"model": llm, "messages": [{"role": "user", "content": "x"}], "tools": tools,
+        "tool_choice": {"type": "function", "function": {"name": "nope"}}}, status=400)
 answer("unknown model", "ErrorResponse", "POST", "/chat/completions",
        {"model": "no-such-model", "messages": chat}, status=404)
 answer("bad request", "ErrorResponse", "POST", "/chat/completions",
