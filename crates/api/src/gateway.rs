@@ -9,7 +9,7 @@
 //!
 //! Errors have OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 //! Log-probabilities (chat `logprobs`/`top_logprobs`, completions `logprobs: n`) are the
-//! model's, before sampling settings; streamed, they come whole on the last chunk. Sampling
+//! model's, before sampling settings; streamed, each chunk carries those of its tokens. Sampling
 //! settings left out take llama.cpp's defaults (temperature 0.8, top_k 40, top_p 0.95,
 //! min_p 0.05); `max_tokens` left out means up to 1,024 tokens (or the context's end).
 //! `n` (1 to 8) asks for that many choices, each a generation of its own seeded apart (the
@@ -797,7 +797,7 @@ async fn complete(
         let mut outs: Vec<Option<Output>> = vec![None; n];
         while let Some((i, ev)) = rx.recv().await {
             match ev {
-                Event::Text(_) => {}
+                Event::Text(_) | Event::Logprobs(_) => {}
                 Event::Done(Err(f)) => return Err(OaiError::from_failure(f)),
                 Event::Done(Ok(o)) => outs[i] = Some(o),
             }
@@ -917,24 +917,29 @@ async fn complete(
 /// Log-probabilities in the shape each API uses: chat `{content: [{token, logprob, bytes,
 /// top_logprobs}]}`, completions `{tokens, token_logprobs, top_logprobs, text_offset}`.
 fn logprobs_json(api: Api, o: &Output) -> Value {
+    logprobs_of(api, &o.logprobs, 0)
+}
+
+/// Log-probabilities of `tokens`, the first of which starts at byte `start` of the text.
+fn logprobs_of(api: Api, tokens: &[sov_models::generate::TokenLogprob], start: usize) -> Value {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     match api {
-        Api::Chat => json!({"content": o.logprobs.iter().map(|t| json!({
+        Api::Chat => json!({"content": tokens.iter().map(|t| json!({
             "token": text(&t.bytes), "logprob": t.logprob, "bytes": t.bytes,
             "top_logprobs": t.top.iter().map(|(_, b, lp)| json!({
                 "token": text(b), "logprob": lp, "bytes": b})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(), "refusal": null}),
         Api::Text => {
-            let mut offset = 0;
+            let mut offset = start;
             let mut offsets = Vec::new();
-            for t in &o.logprobs {
+            for t in tokens {
                 offsets.push(offset);
                 offset += text(&t.bytes).len();
             }
             json!({
-                "tokens": o.logprobs.iter().map(|t| text(&t.bytes)).collect::<Vec<_>>(),
-                "token_logprobs": o.logprobs.iter().map(|t| t.logprob).collect::<Vec<_>>(),
-                "top_logprobs": o.logprobs.iter().map(|t| t.top.iter()
+                "tokens": tokens.iter().map(|t| text(&t.bytes)).collect::<Vec<_>>(),
+                "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                "top_logprobs": tokens.iter().map(|t| t.top.iter()
                     .map(|(_, b, lp)| (text(b), json!(lp)))
                     .collect::<serde_json::Map<String, Value>>()).collect::<Vec<_>>(),
                 "text_offset": offsets,
@@ -984,78 +989,107 @@ fn events(
         Finished,
     }
     let done: Vec<Option<Output>> = vec![None; n];
-    let state = (St::Start(first), rx, chunk, done);
-    futures::stream::unfold(state, move |(st, mut rx, chunk, mut done)| async move {
-        let mut out: Vec<SseEvent> = Vec::new();
-        let mut next = match st {
-            St::Finished => return None,
-            St::Start(first) => {
-                if api == Api::Chat {
-                    for i in 0..n {
-                        let role = json!({"role": "assistant", "content": ""});
-                        out.push(chunk(stream_choice(api, i, role, None), json!({})));
-                    }
-                }
-                first
-            }
-            St::Running => rx.recv().await,
-        };
-        let mut finished = false;
-        // Take what is ready now, so a fast model sends fewer, larger writes.
-        loop {
-            match next {
-                Some((i, Event::Text(t))) => {
-                    let piece = stream_choice(api, i, json!({"content": t}), None);
-                    out.push(chunk(piece, json!({})));
-                }
-                Some((i, Event::Done(Ok(o)))) => {
-                    let finish = o.finish.as_str();
-                    // Like llama.cpp's server, a choice's last chunk carries the speed
-                    // figures; log-probabilities, if asked for, come whole with it.
-                    let mut choices = stream_choice(api, i, json!({}), Some(finish));
-                    if want_logprobs && let Some(c) = choices.get_mut(0) {
-                        c["logprobs"] = logprobs_json(api, &o);
-                    }
-                    out.push(chunk(choices, json!({"timings": timings(&o)})));
-                    if let Some(d) = done.get_mut(i) {
-                        *d = Some(o);
-                    }
-                    if done.iter().all(Option::is_some) {
-                        if include_usage {
-                            let outs: Vec<Output> = done.iter().flatten().cloned().collect();
-                            out.push(chunk(json!([]), json!({"usage": usage_of(&outs)})));
+    // Per choice: the log-probabilities of the next piece of text, whether any were sent
+    // with a piece, and the bytes of text sent so far (completions' offsets).
+    let progress: Vec<(Vec<sov_models::generate::TokenLogprob>, bool, usize)> =
+        vec![(Vec::new(), false, 0); n];
+    let state = (St::Start(first), rx, chunk, done, progress);
+    futures::stream::unfold(
+        state,
+        move |(st, mut rx, chunk, mut done, mut progress)| async move {
+            let mut out: Vec<SseEvent> = Vec::new();
+            let mut next = match st {
+                St::Finished => return None,
+                St::Start(first) => {
+                    if api == Api::Chat {
+                        for i in 0..n {
+                            let role = json!({"role": "assistant", "content": ""});
+                            out.push(chunk(stream_choice(api, i, role, None), json!({})));
                         }
+                    }
+                    first
+                }
+                St::Running => rx.recv().await,
+            };
+            let mut finished = false;
+            // Take what is ready now, so a fast model sends fewer, larger writes.
+            loop {
+                match next {
+                    Some((i, Event::Logprobs(lp))) => {
+                        if let Some(p) = progress.get_mut(i) {
+                            p.0 = lp;
+                        }
+                    }
+                    Some((i, Event::Text(t))) => {
+                        let mut piece = stream_choice(api, i, json!({"content": t}), None);
+                        if let Some(p) = progress.get_mut(i) {
+                            // Each chunk carries the log-probabilities of the tokens it holds.
+                            if want_logprobs
+                                && !p.0.is_empty()
+                                && let Some(c) = piece.get_mut(0)
+                            {
+                                c["logprobs"] = logprobs_of(api, &p.0, p.2);
+                                p.1 = true;
+                            }
+                            p.0.clear();
+                            p.2 += t.len();
+                        }
+                        out.push(chunk(piece, json!({})));
+                    }
+                    Some((i, Event::Done(Ok(o)))) => {
+                        let finish = o.finish.as_str();
+                        // Like llama.cpp's server, a choice's last chunk carries the speed
+                        // figures; log-probabilities, if asked for, come whole with it.
+                        let mut choices = stream_choice(api, i, json!({}), Some(finish));
+                        // Sent piece by piece already; whole here only if no piece had any.
+                        let sent = progress.get(i).is_some_and(|p| p.1);
+                        if want_logprobs
+                            && !sent
+                            && let Some(c) = choices.get_mut(0)
+                        {
+                            c["logprobs"] = logprobs_json(api, &o);
+                        }
+                        out.push(chunk(choices, json!({"timings": timings(&o)})));
+                        if let Some(d) = done.get_mut(i) {
+                            *d = Some(o);
+                        }
+                        if done.iter().all(Option::is_some) {
+                            if include_usage {
+                                let outs: Vec<Output> = done.iter().flatten().cloned().collect();
+                                out.push(chunk(json!([]), json!({"usage": usage_of(&outs)})));
+                            }
+                            out.push(SseEvent::default().data("[DONE]"));
+                            finished = true;
+                            break;
+                        }
+                    }
+                    Some((_, Event::Done(Err(f)))) => {
+                        let msg = f.to_string();
+                        let err = json!({"error": {
+                            "message": msg, "type": "server_error", "param": null, "code": null
+                        }});
+                        out.push(SseEvent::default().data(err.to_string()));
                         out.push(SseEvent::default().data("[DONE]"));
                         finished = true;
                         break;
                     }
+                    None => {
+                        finished = true;
+                        break;
+                    }
                 }
-                Some((_, Event::Done(Err(f)))) => {
-                    let msg = f.to_string();
-                    let err = json!({"error": {
-                        "message": msg, "type": "server_error", "param": null, "code": null
-                    }});
-                    out.push(SseEvent::default().data(err.to_string()));
-                    out.push(SseEvent::default().data("[DONE]"));
-                    finished = true;
-                    break;
-                }
-                None => {
-                    finished = true;
+                next = rx.try_recv().ok();
+                if next.is_none() {
                     break;
                 }
             }
-            next = rx.try_recv().ok();
-            if next.is_none() {
-                break;
-            }
-        }
-        let st = if finished { St::Finished } else { St::Running };
-        Some((
-            futures::stream::iter(out.into_iter().map(Ok)),
-            (st, rx, chunk, done),
-        ))
-    })
+            let st = if finished { St::Finished } else { St::Running };
+            Some((
+                futures::stream::iter(out.into_iter().map(Ok)),
+                (st, rx, chunk, done, progress),
+            ))
+        },
+    )
     .flatten()
 }
 

@@ -45,6 +45,7 @@ pub async fn generate(
     while let Some(event) = events.recv().await {
         match event {
             Event::Text(t) => on_text(&t)?,
+            Event::Logprobs(_) => {}
             Event::Done(result) => return Ok(result?),
         }
     }

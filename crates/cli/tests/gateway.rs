@@ -218,7 +218,11 @@ fn models_are_imported_run_and_served_to_the_openai_client() {
     );
     assert!(tc["id"].as_str().unwrap().starts_with("call_"), "{tc}");
     assert_eq!(r["after_tool"]["answered"], true, "{}", r["after_tool"]);
-    assert_eq!(r["tool_stream"]["name"], "get_weather", "{}", r["tool_stream"]);
+    assert_eq!(
+        r["tool_stream"]["name"], "get_weather",
+        "{}",
+        r["tool_stream"]
+    );
     assert_eq!(r["tool_stream"]["args"], tc["args"], "{}", r["tool_stream"]);
     assert_eq!(
         r["concurrency"],
@@ -247,6 +251,10 @@ fn models_are_imported_run_and_served_to_the_openai_client() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["failures"], serde_json::json!([]), "{v:#}");
     assert_eq!(v["spec_version"], "2.3.0");
+    // Streamed log-probabilities arrive with the chunks whose tokens they are.
+    let slp = &v["stream_logprobs"];
+    assert!(slp["chunks_with_logprobs"].as_u64().unwrap() >= 2, "{slp}");
+    assert_eq!(slp["tokens"], slp["text"], "{slp}");
     // n = 2: two choices, indexed 0 and 1, the prompt counted once in the usage; streamed,
     // both choices' chunks, each finished, one usage chunk and one [DONE].
     let n2 = &v["n2"];

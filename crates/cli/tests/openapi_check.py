@@ -95,6 +95,7 @@ def streamed(what, schema, path, body):
     chunks, done = events(text)
     if not done:
         out["failures"].append({"what": what, "error": "no [DONE]"})
+    out.setdefault("streams", {})[what] = chunks
     for i, c in enumerate(chunks):
         if schema == "CreateCompletionResponse" and i + 1 < len(chunks):
             # The document has no schema for streamed completions: the chunks take the
@@ -215,6 +216,15 @@ for bad_format in [{"type": "yaml"}, {"type": "json_schema"},
     answer(f"response_format {json.dumps(bad_format)[:60]}", "ErrorResponse", "POST", "/chat/completions",
            {"model": llm, "messages": ask, "response_format": bad_format}, status=400)
 out["structured"] = structured
+# Streamed log-probabilities come chunk by chunk, and their tokens spell the text.
+lp_chunks = out["streams"].get("chat stream with logprobs", [])
+with_lp = [ch for c in lp_chunks for ch in c["choices"] if (ch.get("logprobs") or {}).get("content")]
+out["stream_logprobs"] = {
+    "chunks_with_logprobs": len(with_lp),
+    "tokens": "".join(t["token"] for ch in with_lp for t in ch["logprobs"]["content"]),
+    "text": "".join(ch["delta"].get("content") or "" for c in lp_chunks for ch in c["choices"]),
+}
+del out["streams"]
 tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
                          "additionalProperties": False}}}]

@@ -234,6 +234,19 @@ impl LanguageModel {
         on_text: &mut dyn FnMut(&str) -> bool,
         keep_going: &dyn Fn() -> bool,
     ) -> Result<Output> {
+        self.generate_with(req, &mut |t, _| on_text(t), keep_going)
+    }
+
+    /// [`Self::generate_while`], giving with each piece of text the log-probabilities of the
+    /// tokens that made it (when [`Request::logprobs`] asks for them): a streamed answer can
+    /// carry them chunk by chunk. Tokens whose text is never shown (a stop sequence) give
+    /// theirs to no piece.
+    pub fn generate_with(
+        &self,
+        req: &Request,
+        on_text: &mut dyn FnMut(&str, &[TokenLogprob]) -> bool,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<Output> {
         req.sampling.check().map_err(Error::Input)?;
         if req.prompt.is_empty() {
             return Err(Error::Input("the prompt is empty".into()));
@@ -279,6 +292,8 @@ impl LanguageModel {
         let mut tokens = Vec::new();
         let mut finish = Finish::Length;
         let mut logprobs = Vec::new();
+        // Log-probabilities already handed out with a piece of text.
+        let mut given_lp = 0;
         let mut matcher = req
             .constraint
             .as_ref()
@@ -336,9 +351,12 @@ impl LanguageModel {
                 });
             }
             let (text, stopped) = stream.push(&self.tokenizer.piece_bytes(next));
-            if !text.is_empty() && !on_text(&text) {
+            if !text.is_empty() && !on_text(&text, &logprobs[given_lp..]) {
                 finish = Finish::Cancelled;
                 break;
+            }
+            if !text.is_empty() {
+                given_lp = logprobs.len();
             }
             if stopped {
                 finish = Finish::Stop;
@@ -351,7 +369,7 @@ impl LanguageModel {
         if finish != Finish::Cancelled {
             let rest = stream.finish();
             if !rest.is_empty() {
-                on_text(&rest);
+                on_text(&rest, &logprobs[given_lp.min(logprobs.len())..]);
             }
         }
         Ok(Output {

@@ -93,6 +93,8 @@ pub enum EmbedInput {
 pub enum Event {
     /// Text formed (whole UTF-8 characters).
     Text(String),
+    /// The log-probabilities of the tokens that made the next `Text` (when asked for).
+    Logprobs(Vec<sov_models::generate::TokenLogprob>),
     /// The end: the whole output, or why it failed.
     Done(Result<Output, Failure>),
 }
@@ -473,10 +475,12 @@ fn run(node: &Node, name: &str, loaded: &Loaded, job: Job) {
                         && std::time::Instant::now() < deadline
                 };
                 let mut out = m
-                    .generate_while(
+                    .generate_with(
                         &req,
-                        &mut |t| {
+                        &mut |t, lp| {
                             !node.is_stopping()
+                                && (lp.is_empty()
+                                    || events.blocking_send(Event::Logprobs(lp.to_vec())).is_ok())
                                 && events.blocking_send(Event::Text(t.to_string())).is_ok()
                         },
                         &keep_going,
