@@ -472,12 +472,7 @@ impl Settings {
                     .get("json_schema")
                     .ok_or_else(|| bad("json_schema needs {\"name\", \"schema\"}".into()))?;
                 let name = js.get("name").and_then(Value::as_str).unwrap_or_default();
-                if name.is_empty()
-                    || name.len() > 64
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-                {
+                if !tools::is_plain_name(name) {
                     return Err(bad(
                         "json_schema.name is 1 to 64 letters, digits, _ or -".into()
                     ));

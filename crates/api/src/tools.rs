@@ -28,6 +28,16 @@ struct Tool {
     parameters: Value,
 }
 
+/// Whether `name` is 1 to 64 letters, digits, `_` or `-` (OpenAI's rule for function and
+/// schema names).
+pub(crate) fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// What the request allows the model to do.
 #[derive(Debug, Clone, PartialEq)]
 enum Choice {
@@ -93,12 +103,7 @@ impl Tools {
                 .get("function")
                 .ok_or_else(|| bad("a tool needs its function", "tools"))?;
             let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
-            if name.is_empty()
-                || name.len() > 64
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            {
+            if !is_plain_name(name) {
                 return Err(bad(
                     "a function's name is 1 to 64 letters, digits, _ or -",
                     "tools",

@@ -438,6 +438,27 @@ async fn walk(root: &Path, size_mib: usize, models: Option<&Path>) -> anyhow::Re
     Ok(())
 }
 
+/// Wait until `check` holds on every node of `nodes`.
+async fn wait_all<F, Fut>(what: &str, nodes: &[Node], check: F) -> anyhow::Result<()>
+where
+    F: Fn(Node) -> Fut + Clone,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_until(what, || {
+        let nodes = nodes.to_vec();
+        let check = check.clone();
+        async move {
+            for n in nodes {
+                if !check(n).await {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+    })
+    .await
+}
+
 /// One HTTP exchange of the demo's outside client: `(status, JSON body)`.
 fn http(
     method: &str,
@@ -588,17 +609,11 @@ async fn market_step(members: &[Member]) -> anyhow::Result<()> {
         short(&group.id)
     )?;
     let nodes: Vec<Node> = running.iter().map(|m| m.node().clone()).collect();
-    wait_until("every running member to hold the proposal", || {
-        let nodes = nodes.clone();
-        async move {
-            for n in &nodes {
-                if n.gov_show(&pid).await.is_err() {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        }
-    })
+    wait_all(
+        "every running member to hold the proposal",
+        &nodes,
+        |n| async move { n.gov_show(&pid).await.is_ok() },
+    )
     .await?;
     for m in &running {
         if m.node().gov_show(&pid).await?.status == "passed" {
@@ -606,17 +621,11 @@ async fn market_step(members: &[Member]) -> anyhow::Result<()> {
         }
         m.node().gov_vote(&pid, Choice::Yes).await?;
     }
-    wait_until("every running member to pass the policy", || {
-        let nodes = nodes.clone();
-        async move {
-            for n in &nodes {
-                if n.gov_show(&pid).await.map(|s| s.status).ok().as_deref() != Some("passed") {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        }
-    })
+    wait_all(
+        "every running member to pass the policy",
+        &nodes,
+        |n| async move { n.gov_show(&pid).await.is_ok_and(|s| s.status == "passed") },
+    )
     .await?;
     let s = seller.node().gov_show(&pid).await?;
     say!(
@@ -1080,17 +1089,11 @@ async fn governance_step(members: &mut [Member], model: &str, root: &Path) -> an
         group.id
     )?;
     let nodes: Vec<Node> = running.iter().map(|&i| members[i].node().clone()).collect();
-    wait_until("every running member to hold the group", || {
-        let nodes = nodes.clone();
-        async move {
-            for n in &nodes {
-                if n.gov_status(&gid).await.is_err() {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        }
-    })
+    wait_all(
+        "every running member to hold the group",
+        &nodes,
+        |n| async move { n.gov_status(&gid).await.is_ok() },
+    )
     .await?;
     let model_id: ContentId = model.parse()?;
     let p = members[founder]
@@ -1104,17 +1107,11 @@ async fn governance_step(members: &mut [Member], model: &str, root: &Path) -> an
         p.action,
         group.id
     )?;
-    wait_until("every running member to hold the proposal", || {
-        let nodes = nodes.clone();
-        async move {
-            for n in &nodes {
-                if n.gov_show(&pid).await.is_err() {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        }
-    })
+    wait_all(
+        "every running member to hold the proposal",
+        &nodes,
+        |n| async move { n.gov_show(&pid).await.is_ok() },
+    )
     .await?;
     // Four of five must say yes (2/3 of 5 is 3.33): after three the proposal is still open.
     for (k, &i) in running.iter().enumerate() {
@@ -1142,17 +1139,11 @@ async fn governance_step(members: &mut [Member], model: &str, root: &Path) -> an
             s.status
         )?;
     }
-    wait_until("every running member to serve digits-coop", || {
-        let nodes = nodes.clone();
-        async move {
-            for n in &nodes {
-                if !n.model("digits-coop").await.is_ok_and(|e| e.id == model_id) {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        }
-    })
+    wait_all(
+        "every running member to serve digits-coop",
+        &nodes,
+        |n| async move { n.model("digits-coop").await.is_ok_and(|e| e.id == model_id) },
+    )
     .await?;
     say!(
         "    passed on every node; each now serves the model as \"digits-coop\" (and \"default\"): \

@@ -46,6 +46,20 @@ where
     }
 }
 
+/// [`wait_for`] `check` on each of `nodes` in turn (`what` names the wait, with the node's
+/// index); panics when one times out.
+pub async fn wait_each<F, Fut>(nodes: &[(usize, Node)], what: &str, timeout: Duration, check: F)
+where
+    F: Fn(Node) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for (i, n) in nodes {
+        wait_for(&format!("node {i}: {what}"), timeout, || check(n.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
 /// One node of a [`Cluster`] and what it takes to restart it.
 struct Slot {
     home: PathBuf,
@@ -151,6 +165,26 @@ impl Cluster {
     /// Node `i`'s home directory.
     pub fn home(&self, i: usize) -> &std::path::Path {
         &self.slots[i].home
+    }
+
+    /// Nodes `ids`, with their indices (for [`wait_each`]).
+    pub fn nodes(&self, ids: impl IntoIterator<Item = usize>) -> Vec<(usize, Node)> {
+        ids.into_iter().map(|i| (i, self.node(i).clone())).collect()
+    }
+
+    /// Connect every live node to every other (dialled directly, not found through the DHT).
+    pub async fn mesh(&self) {
+        for i in self.live() {
+            for j in self.live() {
+                if i < j {
+                    let addr = self.addrs(j)[0].clone();
+                    self.node(i)
+                        .dial(addr)
+                        .await
+                        .expect("a live node answers a dial");
+                }
+            }
+        }
     }
 
     /// Node `i`'s key seed (its identity, as a client of other nodes too).

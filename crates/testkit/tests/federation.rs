@@ -65,18 +65,6 @@ fn shard(i: usize, n: usize) -> Membership {
     }
 }
 
-/// Connect every node to every other.
-async fn mesh(cluster: &Cluster) {
-    for i in cluster.live() {
-        for j in cluster.live() {
-            if i < j {
-                let addr = cluster.addrs(j)[0].clone();
-                cluster.node(i).dial(addr).await.unwrap();
-            }
-        }
-    }
-}
-
 /// Accuracy of `params` of `model` on the digits test split (the one the shards leave out).
 fn test_accuracy(model: &str, params: &[f32]) -> f32 {
     let spec = sov_learn::model::ModelSpec::new(model.parse().unwrap(), [1, 8, 8], 10).unwrap();
@@ -110,7 +98,7 @@ async fn until_round(nodes: &[Node], id: sov_core::ContentId, round: u32, timeou
 async fn four_members_train_digits_under_secure_aggregation() {
     init_logging();
     let mut cluster = Cluster::start(4, seed(), Duration::from_secs(30)).await;
-    mesh(&cluster).await;
+    cluster.mesh().await;
     let nodes: Vec<Node> = cluster
         .live()
         .iter()
@@ -155,7 +143,7 @@ async fn four_members_train_digits_under_secure_aggregation() {
 async fn training_goes_on_when_the_aggregator_is_killed_mid_round() {
     init_logging();
     let mut cluster = Cluster::start(5, seed(), Duration::from_secs(30)).await;
-    mesh(&cluster).await;
+    cluster.mesh().await;
     let nodes: Vec<Node> = cluster
         .live()
         .iter()
@@ -353,7 +341,7 @@ impl Mallory {
 async fn a_member_sending_a_mis_sized_masked_input_is_left_out_and_strangers_inject_nothing() {
     init_logging();
     let mut cluster = Cluster::start(3, seed(), Duration::from_secs(30)).await;
-    mesh(&cluster).await;
+    cluster.mesh().await;
     let nodes: Vec<Node> = cluster
         .live()
         .iter()
@@ -481,7 +469,7 @@ async fn a_member_sending_a_mis_sized_masked_input_is_left_out_and_strangers_inj
 async fn a_restarted_member_resumes_and_the_budget_stops_training() {
     init_logging();
     let mut cluster = Cluster::start(3, seed(), Duration::from_secs(30)).await;
-    mesh(&cluster).await;
+    cluster.mesh().await;
     let nodes: Vec<Node> = cluster
         .live()
         .iter()
@@ -563,7 +551,7 @@ async fn a_member_whose_table_does_not_fit_the_task_is_refused_at_join() {
         &["1,2,3,0", "1,2,3,7", "0,0,0,2"],
     );
     let mut cluster = Cluster::start(2, seed(), Duration::from_secs(30)).await;
-    mesh(&cluster).await;
+    cluster.mesh().await;
     let (a, b) = (cluster.node(0).clone(), cluster.node(1).clone());
     let task = Task {
         data: "csv".into(),
@@ -607,7 +595,7 @@ async fn a_member_whose_table_does_not_fit_the_task_is_refused_at_join() {
 async fn every_round_model_is_signed_kept_by_every_member_and_predicts() {
     init_logging();
     let mut cluster = Cluster::start(3, seed(), Duration::from_secs(30)).await;
-    mesh(&cluster).await;
+    cluster.mesh().await;
     let nodes: Vec<Node> = cluster
         .live()
         .iter()

@@ -19,7 +19,7 @@ use sov_node::{
     auth::{Grant, make_assertion},
     gov::member,
 };
-use sov_testkit::{Cluster, init_logging, seed, wait_for};
+use sov_testkit::{Cluster, init_logging, seed, wait_each, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 const ENDPOINT: &str = "http://127.0.0.1:7878/oauth/token";
@@ -29,17 +29,6 @@ fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-async fn mesh(cluster: &Cluster) {
-    for i in cluster.live() {
-        for j in cluster.live() {
-            if i < j {
-                let addr = cluster.addrs(j)[0].clone();
-                cluster.node(i).dial(addr).await.unwrap();
-            }
-        }
-    }
 }
 
 /// Ask `node`'s token endpoint for a token as `client`.
@@ -70,7 +59,7 @@ async fn wait_refused(node: &Node, token: &str, what: &str) {
 async fn a_token_from_one_member_opens_another_member_and_a_revocation_reaches_them_all() {
     init_logging();
     let mut cluster = Cluster::start(3, seed(), Duration::from_secs(3600)).await;
-    mesh(&cluster).await;
+    cluster.mesh().await;
     let members = (0..3)
         .map(|i| member(cluster.node(i).did(), None, None))
         .collect();
@@ -80,15 +69,13 @@ async fn a_token_from_one_member_opens_another_member_and_a_revocation_reaches_t
         .await
         .unwrap();
     let group: sov_core::ContentId = g.id.parse().unwrap();
-    for i in 0..3 {
-        let n = cluster.node(i).clone();
-        wait_for(&format!("node {i} holds the group"), WAIT, || {
-            let n = n.clone();
-            async move { n.gov_status(&group).await.is_ok() }
-        })
-        .await
-        .unwrap();
-    }
+    wait_each(
+        &cluster.nodes(0..3),
+        "holds the group",
+        WAIT,
+        |n| async move { n.gov_status(&group).await.is_ok() },
+    )
+    .await;
     let consumer = Keypair::from_seed(&[41; 32]);
     let stranger = Keypair::from_seed(&[42; 32]);
 
@@ -134,26 +121,22 @@ async fn a_token_from_one_member_opens_another_member_and_a_revocation_reaches_t
         .await
         .unwrap();
     let p: sov_core::ContentId = p.id.parse().unwrap();
-    for i in 0..3 {
-        let n = cluster.node(i).clone();
-        wait_for(&format!("node {i} holds the proposal"), WAIT, || {
-            let n = n.clone();
-            async move { n.gov_show(&p).await.is_ok() }
-        })
-        .await
-        .unwrap();
-    }
+    wait_each(
+        &cluster.nodes(0..3),
+        "holds the proposal",
+        WAIT,
+        |n| async move { n.gov_show(&p).await.is_ok() },
+    )
+    .await;
     cluster.node(0).gov_vote(&p, Choice::Yes).await.unwrap();
     cluster.node(1).gov_vote(&p, Choice::Yes).await.unwrap();
-    for i in 0..3 {
-        let n = cluster.node(i).clone();
-        wait_for(&format!("node {i} sees the policy pass"), WAIT, || {
-            let n = n.clone();
-            async move { n.gov_show(&p).await.unwrap().status == "passed" }
-        })
-        .await
-        .unwrap();
-    }
+    wait_each(
+        &cluster.nodes(0..3),
+        "sees the policy pass",
+        WAIT,
+        |n| async move { n.gov_show(&p).await.unwrap().status == "passed" },
+    )
+    .await;
 
     // The consumer asks node 0; the token is for the group, with the scope the policy gives.
     let grant = ask(cluster.node(0), &consumer, None).await.unwrap();
@@ -233,7 +216,7 @@ async fn a_token_from_one_member_opens_another_member_and_a_revocation_reaches_t
     cluster.kill(2).await;
     cluster.node(1).token_revoke(&second.jti).await.unwrap();
     cluster.restart(2).await;
-    mesh(&cluster).await;
+    cluster.mesh().await;
     wait_refused(
         cluster.node(2),
         &second.access_token,

@@ -8,21 +8,9 @@ use std::time::Duration;
 
 use sov_gov::{Action, Choice};
 use sov_node::{Node, gov::member, models::ImportOptions};
-use sov_testkit::{Cluster, init_logging, models_dir, seed, wait_for};
+use sov_testkit::{Cluster, init_logging, models_dir, seed, wait_each, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Connect every live node to every other.
-async fn mesh(cluster: &Cluster) {
-    for i in cluster.live() {
-        for j in cluster.live() {
-            if i < j {
-                let addr = cluster.addrs(j)[0].clone();
-                cluster.node(i).dial(addr).await.unwrap();
-            }
-        }
-    }
-}
 
 /// Found a group of every node of `cluster` on node 0; wait until each member holds it.
 async fn found(cluster: &Cluster, rule: &str) -> sov_core::ContentId {
@@ -69,7 +57,7 @@ async fn wait_status(cluster: &Cluster, nodes: &[usize], p: sov_core::ContentId,
 async fn three_nodes_pass_two_thirds_on_the_second_yes_and_the_certificate_verifies() {
     init_logging();
     let mut cluster = Cluster::start(3, seed(), Duration::from_secs(3600)).await;
-    mesh(&cluster).await;
+    cluster.mesh().await;
     let group = found(&cluster, "2/3").await;
     let p = cluster
         .node(1)
@@ -83,15 +71,13 @@ async fn three_nodes_pass_two_thirds_on_the_second_yes_and_the_certificate_verif
         .await
         .unwrap();
     let p: sov_core::ContentId = p.id.parse().unwrap();
-    for i in 0..3 {
-        let n = cluster.node(i).clone();
-        wait_for(&format!("node {i} holds the proposal"), WAIT, || {
-            let n = n.clone();
-            async move { n.gov_show(&p).await.is_ok() }
-        })
-        .await
-        .unwrap();
-    }
+    wait_each(
+        &cluster.nodes(0..3),
+        "holds the proposal",
+        WAIT,
+        |n| async move { n.gov_show(&p).await.is_ok() },
+    )
+    .await;
     cluster.node(0).gov_vote(&p, Choice::Yes).await.unwrap();
     // One yes of three: the proposal stays open on every node, whatever arrives.
     let n2 = cluster.node(2).clone();
@@ -132,7 +118,7 @@ async fn three_nodes_pass_two_thirds_on_the_second_yes_and_the_certificate_verif
 async fn nodes_that_were_offline_during_a_vote_reach_the_same_outcome() {
     init_logging();
     let mut cluster = Cluster::start(7, seed(), Duration::from_secs(3600)).await;
-    mesh(&cluster).await;
+    cluster.mesh().await;
     let group = found(&cluster, "majority").await;
     cluster.kill(5).await;
     cluster.kill(6).await;
@@ -168,7 +154,7 @@ async fn nodes_that_were_offline_during_a_vote_reach_the_same_outcome() {
     let counted = cluster.node(0).gov_show(&p).await.unwrap().votes.len();
     cluster.restart(5).await;
     cluster.restart(6).await;
-    mesh(&cluster).await;
+    cluster.mesh().await;
     wait_status(&cluster, &[5, 6], p, "passed").await;
     for i in [5, 6] {
         let s = cluster.node(i).gov_show(&p).await.unwrap();
@@ -184,7 +170,7 @@ async fn a_passed_promotion_is_served_under_the_groups_name_by_every_member() {
     init_logging();
     let dir = models_dir().join("all-MiniLM-L6-v2");
     let mut cluster = Cluster::start(3, seed(), Duration::from_secs(3600)).await;
-    mesh(&cluster).await;
+    cluster.mesh().await;
     let group = found(&cluster, "2/3").await;
     let entry = cluster
         .node(0)
@@ -273,7 +259,7 @@ async fn a_governed_federation_admits_the_groups_members_and_drops_the_removed_f
 {
     init_logging();
     let mut cluster = Cluster::start(4, seed(), Duration::from_secs(3600)).await;
-    mesh(&cluster).await;
+    cluster.mesh().await;
     // The group is nodes 0, 1 and 2; node 3 is not in it.
     let members = (0..3)
         .map(|i| member(cluster.node(i).did(), None, None))
@@ -284,15 +270,13 @@ async fn a_governed_federation_admits_the_groups_members_and_drops_the_removed_f
         .await
         .unwrap();
     let group: sov_core::ContentId = g.id.parse().unwrap();
-    for i in 0..3 {
-        let n = cluster.node(i).clone();
-        wait_for(&format!("node {i} holds the group"), WAIT, || {
-            let n = n.clone();
-            async move { n.gov_status(&group).await.is_ok() }
-        })
-        .await
-        .unwrap();
-    }
+    wait_each(
+        &cluster.nodes(0..3),
+        "holds the group",
+        WAIT,
+        |n| async move { n.gov_status(&group).await.is_ok() },
+    )
+    .await;
     let task = sov_learn::federation::Task {
         data: "digits".into(),
         input: [1, 8, 8],
@@ -441,7 +425,7 @@ async fn a_governed_federation_admits_the_groups_members_and_drops_the_removed_f
 async fn a_passed_release_is_fetched_and_checked_by_every_member() {
     init_logging();
     let mut cluster = Cluster::start(3, seed(), Duration::from_secs(3600)).await;
-    mesh(&cluster).await;
+    cluster.mesh().await;
     let group = found(&cluster, "majority").await;
     let artifact: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
     let (added, _) = cluster
@@ -500,7 +484,7 @@ async fn a_passed_release_is_fetched_and_checked_by_every_member() {
 async fn a_passed_policy_change_holds_from_the_next_round_on_every_member() {
     init_logging();
     let mut cluster = Cluster::start(3, seed(), Duration::from_secs(3600)).await;
-    mesh(&cluster).await;
+    cluster.mesh().await;
     let group = found(&cluster, "majority").await;
     let task = sov_learn::federation::Task {
         data: "digits".into(),
