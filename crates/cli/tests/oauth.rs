@@ -100,6 +100,25 @@ else:
 print(json.dumps(out))
 "#;
 
+/// The sum of the samples named `name` whose labels include `labels`, in the client's
+/// `metrics` answer.
+fn metric(m: &Value, name: &str, labels: &Value) -> f64 {
+    m["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s[0] == name
+                && labels
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .all(|(k, v)| s[1][k] == *v)
+        })
+        .map(|s| s[2].as_f64().unwrap())
+        .sum()
+}
+
 #[test]
 fn a_did_key_client_gets_a_token_with_pyjwt_and_uses_it_with_the_openai_client() {
     let python = script("openai-venv", &[]).trim().to_string();
@@ -170,22 +189,7 @@ fn a_did_key_client_gets_a_token_with_pyjwt_and_uses_it_with_the_openai_client()
         "{m}"
     );
     assert!(m["openmetrics_families"].as_u64().unwrap() >= 10, "{m}");
-    let value = |name: &str, labels: Value| -> f64 {
-        m["samples"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| {
-                s[0] == name
-                    && labels
-                        .as_object()
-                        .unwrap()
-                        .iter()
-                        .all(|(k, v)| s[1][k] == *v)
-            })
-            .map(|s| s[2].as_f64().unwrap())
-            .sum()
-    };
+    let value = |name: &str, labels: Value| metric(&m, name, &labels);
     assert!(
         value(
             "sov_tokens_issued_total",
@@ -231,13 +235,11 @@ fn a_did_key_client_gets_a_token_with_pyjwt_and_uses_it_with_the_openai_client()
         serde_json::json!({"route": "/metrics"}),
     );
     let again = run("metrics");
-    let after: f64 = again["samples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s[0] == "sov_http_requests_total" && s[1]["route"] == "/metrics")
-        .map(|s| s[2].as_f64().unwrap())
-        .sum();
+    let after = metric(
+        &again,
+        "sov_http_requests_total",
+        &serde_json::json!({"route": "/metrics"}),
+    );
     assert_eq!(after, before + 1.0, "{again}");
 }
 

@@ -47,6 +47,8 @@ const TICK: Duration = Duration::from_secs(1);
 const SYNC_EVERY: Duration = Duration::from_secs(5);
 /// Members told of a group at once, per group.
 const MAX_TELLING: usize = 8;
+/// Gossiped revocations checked at once, per group.
+const MAX_REVOKING: usize = 16;
 
 /// A member as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -579,6 +581,11 @@ impl Node {
                     debug!(group = %id, ?source, "revocation refused: {e}");
                     return Verdict::Malformed;
                 }
+                use std::sync::atomic::Ordering::SeqCst;
+                if gov.revoking.fetch_add(1, SeqCst) >= MAX_REVOKING {
+                    gov.revoking.fetch_sub(1, SeqCst);
+                    return Verdict::Ignore;
+                }
                 let node = self.clone();
                 let gov = gov.clone();
                 let b = b.clone();
@@ -586,6 +593,7 @@ impl Node {
                     if let Err(e) = node.take_revocation(&gov, &b).await {
                         debug!(group = %gov.id, "revocation refused: {e}");
                     }
+                    gov.revoking.fetch_sub(1, SeqCst);
                 });
                 return Verdict::Accept;
             }

@@ -174,6 +174,9 @@ fn unix_now() -> u64 {
 /// How a ban imposed again at start begins its reason.
 pub(crate) const KEPT_BAN: &str = "kept from an earlier run: ";
 
+/// Most bans kept in the store at once.
+const MAX_KEPT_BANS: usize = 4096;
+
 /// The records topic of the bans this node imposed: PeerId → `{until, reason}` (JSON).
 const BANS_TOPIC: &str = "peer-bans";
 
@@ -206,11 +209,18 @@ impl Node {
         let now = unix_now();
         let kept = self
             .blocking(move |s| {
-                // Ended bans are forgotten as new ones come.
+                // Ended bans are forgotten as new ones come; past the cap (PeerIds are free),
+                // a ban holds in memory for this run only.
+                let mut live = 0;
                 for (k, v) in s.records(BANS_TOPIC)? {
                     if serde_json::from_slice::<KeptBan>(&v).map_or(true, |b| b.until <= now) {
                         s.remove_record(BANS_TOPIC, &k)?;
+                    } else {
+                        live += 1;
                     }
+                }
+                if live >= MAX_KEPT_BANS {
+                    return Ok(false);
                 }
                 s.put_record(BANS_TOPIC, &peer.to_bytes(), &json)
             })

@@ -79,6 +79,9 @@ pub(crate) struct Gov {
     /// Members being told of the group now (bounded: an offline member's ask waits for the
     /// bulk protocol's timeout).
     pub(crate) telling: AtomicUsize,
+    /// Gossiped revocations being checked and kept now (bounded: a member flooding the topic
+    /// costs at most this many tasks; the rest come again with the catch-up).
+    pub(crate) revoking: AtomicUsize,
 }
 
 impl Gov {
@@ -93,6 +96,7 @@ impl Gov {
             enacting: Mutex::new(BTreeSet::new()),
             syncing: AtomicUsize::new(0),
             telling: AtomicUsize::new(0),
+            revoking: AtomicUsize::new(0),
         }
     }
 }
