@@ -185,6 +185,9 @@ pub struct NodeRunArgs {
     /// Compute threads per served model (default: 1).
     #[arg(long, value_name = "N", env = "SOV_THREADS")]
     pub threads: Option<usize>,
+    /// Requests one model decodes together (default: 4; more wait their turn).
+    #[arg(long, value_name = "N", env = "SOV_PARALLEL")]
+    pub parallel: Option<usize>,
 }
 
 /// `sov model …`

@@ -64,6 +64,9 @@ pub fn run(home: &Home, args: NodeRunArgs) -> anyhow::Result<()> {
     if let Some(k) = args.replicas {
         file.storage.replicas = k;
     }
+    if let Some(p) = args.parallel {
+        file.models.parallel = p;
+    }
     if let Some(t) = args.threads {
         file.models.threads = t.max(1);
     }

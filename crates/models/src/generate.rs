@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Prompt tokens fed through the network together (bounds the memory of a long prompt).
-const PROMPT_BATCH: usize = 256;
+pub const PROMPT_BATCH: usize = 256;
 
 /// A language model ready to generate.
 pub struct LanguageModel {
@@ -247,6 +247,29 @@ impl LanguageModel {
         on_text: &mut dyn FnMut(&str, &[TokenLogprob]) -> bool,
         keep_going: &dyn Fn() -> bool,
     ) -> Result<Output> {
+        let mut seq = self.sequence(req.clone())?;
+        loop {
+            if seq.is_finished() {
+                break;
+            }
+            // Asked before each part of the prompt and before each new token.
+            let ask = seq.wants_sample() || seq.in_prompt();
+            if ask && !keep_going() {
+                seq.cancel();
+                break;
+            }
+            if seq.wants_sample() {
+                seq.sample(self, on_text);
+            } else {
+                self.feed(&mut [(&mut seq, PROMPT_BATCH)])?;
+            }
+        }
+        Ok(seq.output(on_text))
+    }
+
+    /// A generation that runs step by step: feed it ([`Self::feed`], with others), and
+    /// [`Sequence::sample`] when it asks. The request is checked here.
+    pub fn sequence(&self, req: Request) -> Result<Sequence> {
         req.sampling.check().map_err(Error::Input)?;
         if req.prompt.is_empty() {
             return Err(Error::Input("the prompt is empty".into()));
@@ -265,123 +288,260 @@ impl LanguageModel {
             )));
         }
         let budget = req.max_tokens.min(ctx - req.prompt.len());
-        let mut session = self.llama.session(req.prompt.len() + budget);
-        let mut sampler = Sampler::new(req.sampling.clone());
-        let mut history = req.prompt.clone();
-        let mut stream = TextStream::new(&req.stop);
+        Ok(Sequence {
+            session: self.llama.session(req.prompt.len() + budget),
+            sampler: Sampler::new(req.sampling.clone()),
+            history: req.prompt.clone(),
+            stream: TextStream::new(req.stop.clone()),
+            matcher: req
+                .constraint
+                .as_ref()
+                .map(|g| crate::constrain::Matcher::new(g.clone())),
+            top_n: req.logprobs.map(|n| n.min(MAX_TOP_LOGPROBS)),
+            budget,
+            fed: 0,
+            next: None,
+            logits: None,
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            given_lp: 0,
+            finish: None,
+            started: Instant::now(),
+            prompt_seconds: 0.0,
+            decoding: None,
+            req,
+        })
+    }
 
-        let start = Instant::now();
-        let mut logits = Vec::new();
-        for batch in req.prompt.chunks(PROMPT_BATCH) {
-            if !keep_going() {
-                return Ok(Output {
-                    text: String::new(),
-                    prompt_tokens: req.prompt.len(),
-                    completion_tokens: 0,
-                    tokens: Vec::new(),
-                    finish: Finish::Cancelled,
-                    prompt_seconds: start.elapsed().as_secs_f64(),
-                    decode_seconds: 0.0,
-                    logprobs: Vec::new(),
-                });
+    /// Feed each sequence what it waits for (its prompt's next part, at most the given
+    /// number of tokens, or its last sampled token) through the network together: the
+    /// weights are read once for all of them. Sequences that wait for nothing (finished, or
+    /// asking to sample) are left as they are. An error (a context that cannot hold the
+    /// tokens, which [`Self::sequence`] rules out) leaves every sequence as it was.
+    pub fn feed(&self, seqs: &mut [(&mut Sequence, usize)]) -> Result<()> {
+        let mut inputs: Vec<(&mut crate::llama::Session, &[u32])> = Vec::new();
+        let mut which = Vec::new();
+        for (i, (seq, max_prompt)) in seqs.iter_mut().enumerate() {
+            let Sequence {
+                session,
+                req,
+                fed,
+                next,
+                finish,
+                logits,
+                ..
+            } = &mut **seq;
+            if finish.is_some() || logits.is_some() {
+                continue;
             }
-            logits = self.llama.forward_batch(&mut session, batch)?;
-        }
-        let prompt_seconds = start.elapsed().as_secs_f64();
-        let start = Instant::now();
-        let mut tokens = Vec::new();
-        let mut finish = Finish::Length;
-        let mut logprobs = Vec::new();
-        // Log-probabilities already handed out with a piece of text.
-        let mut given_lp = 0;
-        let mut matcher = req
-            .constraint
-            .as_ref()
-            .map(|g| crate::constrain::Matcher::new(g.clone()));
-        let top_n = req.logprobs.map(|n| n.min(MAX_TOP_LOGPROBS));
-        while tokens.len() < budget {
-            if !keep_going() {
-                finish = Finish::Cancelled;
-                break;
-            }
-            let log_softmax = top_n.map(|_| log_softmax(&logits));
-            let next = match &mut matcher {
-                None => sampler.sample(&mut logits, &history),
-                Some(m) => match self.constrained(m, &mut sampler, &mut logits, &history) {
-                    Some(t) => t,
-                    // Nothing may come next (the grammar is finished and the model has no
-                    // end token it may use): stop here.
-                    None => {
-                        finish = Finish::Stop;
-                        break;
-                    }
-                },
+            let tokens: &[u32] = match next {
+                Some(t) => std::slice::from_ref(t),
+                None => &req.prompt[*fed..(*fed + (*max_prompt).max(1)).min(req.prompt.len())],
             };
-            if let Some(m) = &mut matcher
-                && !self.tokenizer.is_eog(next)
-            {
-                m.advance(&self.tokenizer.piece_bytes(next));
+            if tokens.is_empty() {
+                continue;
             }
-            tokens.push(next);
-            history.push(next);
-            if self.tokenizer.is_eog(next) {
-                finish = Finish::Stop;
-                break;
-            }
-            if let (Some(n), Some(lp)) = (top_n, log_softmax) {
-                let mut order: Vec<u32> = (0..lp.len() as u32).collect();
-                let k = n.min(order.len());
-                if k > 0 {
-                    order.select_nth_unstable_by(k - 1, |a, b| {
-                        lp[*b as usize].total_cmp(&lp[*a as usize])
-                    });
-                    order.truncate(k);
-                    order.sort_by(|a, b| lp[*b as usize].total_cmp(&lp[*a as usize]));
-                } else {
-                    order.clear();
+            inputs.push((session, tokens));
+            which.push(i);
+        }
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        let out = self.llama.forward_multi(&mut inputs)?;
+        let counts: Vec<usize> = inputs.iter().map(|(_, t)| t.len()).collect();
+        drop(inputs);
+        for ((i, logits), n) in which.into_iter().zip(out).zip(counts) {
+            let seq = &mut *seqs[i].0;
+            if seq.next.take().is_none() {
+                seq.fed += n;
+                if seq.fed < seq.req.prompt.len() {
+                    continue;
                 }
-                logprobs.push(TokenLogprob {
-                    id: next,
-                    bytes: self.tokenizer.piece_bytes(next),
-                    logprob: lp.get(next as usize).copied().unwrap_or(f32::NEG_INFINITY),
-                    top: order
-                        .into_iter()
-                        .map(|t| (t, self.tokenizer.piece_bytes(t), lp[t as usize]))
-                        .collect(),
+                seq.prompt_seconds = seq.started.elapsed().as_secs_f64();
+                seq.decoding = Some(Instant::now());
+            }
+            seq.logits = Some(logits);
+        }
+        Ok(())
+    }
+}
+
+/// One generation in progress (see [`LanguageModel::sequence`]): its prompt is read in
+/// parts, then each step samples a token from the logits and, unless it ended, waits for
+/// that token to be fed. Several sequences fed together decode together.
+pub struct Sequence {
+    req: Request,
+    session: crate::llama::Session,
+    sampler: Sampler,
+    history: Vec<u32>,
+    stream: TextStream,
+    matcher: Option<crate::constrain::Matcher>,
+    top_n: Option<usize>,
+    /// Most tokens it may generate (its limit, or what the context holds).
+    budget: usize,
+    /// Prompt tokens fed so far.
+    fed: usize,
+    /// A sampled token waiting to be fed.
+    next: Option<u32>,
+    /// Logits waiting to be sampled from.
+    logits: Option<Vec<f32>>,
+    tokens: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
+    /// Log-probabilities already handed out with a piece of text.
+    given_lp: usize,
+    finish: Option<Finish>,
+    started: Instant,
+    prompt_seconds: f64,
+    /// When its first token was sampled from (the prompt was all read).
+    decoding: Option<Instant>,
+}
+
+impl Sequence {
+    /// Whether it ended (see [`Self::output`]).
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// Whether its next step is [`Self::sample`] (else it waits to be fed).
+    pub fn wants_sample(&self) -> bool {
+        self.finish.is_none() && self.logits.is_some()
+    }
+
+    /// Whether it is still reading its prompt.
+    pub fn in_prompt(&self) -> bool {
+        self.finish.is_none() && self.fed < self.req.prompt.len()
+    }
+
+    /// Prompt tokens not read yet.
+    pub fn prompt_left(&self) -> usize {
+        self.req.prompt.len() - self.fed.min(self.req.prompt.len())
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Stop it here (finish reason [`Finish::Cancelled`]).
+    pub fn cancel(&mut self) {
+        self.finish.get_or_insert(Finish::Cancelled);
+    }
+
+    /// Stop it here as if its limit was reached (finish reason [`Finish::Length`]).
+    pub fn cut(&mut self) {
+        self.finish.get_or_insert(Finish::Length);
+    }
+
+    /// Sample the next token from the logits fed last, and hand `on_text` the text it
+    /// completes (with its tokens' log-probabilities, when asked for); `on_text` returning
+    /// `false` cancels. Does nothing unless [`Self::wants_sample`].
+    pub fn sample(
+        &mut self,
+        model: &LanguageModel,
+        on_text: &mut dyn FnMut(&str, &[TokenLogprob]) -> bool,
+    ) {
+        if self.finish.is_some() {
+            return;
+        }
+        let Some(mut logits) = self.logits.take() else {
+            return;
+        };
+        if self.tokens.len() >= self.budget {
+            self.finish = Some(Finish::Length);
+            return;
+        }
+        let log_softmax = self.top_n.map(|_| log_softmax(&logits));
+        let next = match &mut self.matcher {
+            None => self.sampler.sample(&mut logits, &self.history),
+            Some(m) => match model.constrained(m, &mut self.sampler, &mut logits, &self.history) {
+                Some(t) => t,
+                // Nothing may come next (the grammar is finished and the model has no end
+                // token it may use): stop here.
+                None => {
+                    self.finish = Some(Finish::Stop);
+                    return;
+                }
+            },
+        };
+        let tok = &model.tokenizer;
+        if let Some(m) = &mut self.matcher
+            && !tok.is_eog(next)
+        {
+            m.advance(&tok.piece_bytes(next));
+        }
+        self.tokens.push(next);
+        self.history.push(next);
+        if tok.is_eog(next) {
+            self.finish = Some(Finish::Stop);
+            return;
+        }
+        if let (Some(n), Some(lp)) = (self.top_n, log_softmax) {
+            let mut order: Vec<u32> = (0..lp.len() as u32).collect();
+            let k = n.min(order.len());
+            if k > 0 {
+                order.select_nth_unstable_by(k - 1, |a, b| {
+                    lp[*b as usize].total_cmp(&lp[*a as usize])
                 });
+                order.truncate(k);
+                order.sort_by(|a, b| lp[*b as usize].total_cmp(&lp[*a as usize]));
+            } else {
+                order.clear();
             }
-            let (text, stopped) = stream.push(&self.tokenizer.piece_bytes(next));
-            if !text.is_empty() && !on_text(&text, &logprobs[given_lp..]) {
-                finish = Finish::Cancelled;
-                break;
-            }
-            if !text.is_empty() {
-                given_lp = logprobs.len();
-            }
-            if stopped {
-                finish = Finish::Stop;
-                break;
-            }
-            if tokens.len() < budget {
-                logits = self.llama.forward(&mut session, next)?;
-            }
+            self.logprobs.push(TokenLogprob {
+                id: next,
+                bytes: tok.piece_bytes(next),
+                logprob: lp.get(next as usize).copied().unwrap_or(f32::NEG_INFINITY),
+                top: order
+                    .into_iter()
+                    .map(|t| (t, tok.piece_bytes(t), lp[t as usize]))
+                    .collect(),
+            });
         }
+        let (text, stopped) = self.stream.push(&tok.piece_bytes(next));
+        if !text.is_empty() && !on_text(&text, &self.logprobs[self.given_lp..]) {
+            self.finish = Some(Finish::Cancelled);
+            return;
+        }
+        if !text.is_empty() {
+            self.given_lp = self.logprobs.len();
+        }
+        if stopped {
+            self.finish = Some(Finish::Stop);
+        } else if self.tokens.len() >= self.budget {
+            self.finish = Some(Finish::Length);
+        } else {
+            self.next = Some(next);
+        }
+    }
+
+    /// The end: text held back (a possible stop sequence that was not one) goes to
+    /// `on_text` unless it was cancelled, and the whole output is returned. A sequence
+    /// that had not finished ends here as cancelled.
+    pub fn output(mut self, on_text: &mut dyn FnMut(&str, &[TokenLogprob]) -> bool) -> Output {
+        let finish = *self.finish.get_or_insert(Finish::Cancelled);
         if finish != Finish::Cancelled {
-            let rest = stream.finish();
+            let rest = self.stream.finish();
             if !rest.is_empty() {
-                on_text(&rest, &logprobs[given_lp.min(logprobs.len())..]);
+                on_text(
+                    &rest,
+                    &self.logprobs[self.given_lp.min(self.logprobs.len())..],
+                );
             }
         }
-        Ok(Output {
-            text: stream.text,
-            prompt_tokens: req.prompt.len(),
-            completion_tokens: tokens.len(),
-            tokens,
+        let prompt_seconds = match self.decoding {
+            Some(_) => self.prompt_seconds,
+            None => self.started.elapsed().as_secs_f64(),
+        };
+        Output {
+            text: self.stream.text,
+            prompt_tokens: self.req.prompt.len(),
+            completion_tokens: self.tokens.len(),
+            tokens: self.tokens,
             finish,
             prompt_seconds,
-            decode_seconds: start.elapsed().as_secs_f64(),
-            logprobs,
-        })
+            decode_seconds: self.decoding.map_or(0.0, |d| d.elapsed().as_secs_f64()),
+            logprobs: self.logprobs,
+        }
     }
 }
 
@@ -434,8 +594,8 @@ impl LanguageModel {
 
 /// Turns token bytes into text for the caller: whole characters only, stop sequences cut
 /// off and never shown.
-struct TextStream<'a> {
-    stop: &'a [String],
+struct TextStream {
+    stop: Vec<String>,
     /// Bytes of a character not yet complete.
     partial: Vec<u8>,
     /// All text formed so far (up to a stop sequence, once one is found).
@@ -445,8 +605,8 @@ struct TextStream<'a> {
     stopped: bool,
 }
 
-impl<'a> TextStream<'a> {
-    fn new(stop: &'a [String]) -> Self {
+impl TextStream {
+    fn new(stop: Vec<String>) -> Self {
         TextStream {
             stop,
             partial: Vec::new(),
@@ -500,7 +660,7 @@ impl<'a> TextStream<'a> {
         }
         // Hold back the longest tail that could still grow into a stop sequence.
         let mut hold = 0;
-        for s in self.stop {
+        for s in &self.stop {
             for (i, _) in s.char_indices().skip(1) {
                 if i > hold && self.text.ends_with(&s[..i]) {
                     hold = i;
@@ -536,7 +696,7 @@ mod tests {
 
     fn run(pieces: &[&[u8]], stop: &[&str]) -> (Vec<String>, String, bool) {
         let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
-        let mut s = TextStream::new(&stop);
+        let mut s = TextStream::new(stop);
         let mut out = Vec::new();
         let mut stopped = false;
         for p in pieces {

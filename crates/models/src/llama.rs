@@ -16,8 +16,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::{Error, Result, gguf::Gguf};
 
+mod activations;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod kquant;
 mod ops;
 mod pool;
 mod q8;
@@ -288,43 +290,66 @@ impl Llama {
     /// weight matrix is read once for all of them, which makes reading a prompt several
     /// times faster than feeding it token by token; the values are the same.
     pub fn forward_batch(&self, s: &mut Session, tokens: &[u32]) -> Result<Vec<f32>> {
+        let mut out = self.forward_multi(&mut [(s, tokens)])?;
+        out.pop().ok_or_else(|| Error::tensor("no logits"))
+    }
+
+    /// Feed several sequences at once, each its own tokens (a prompt's next part, or the
+    /// one token just sampled); returns each sequence's logits after its last token. Every
+    /// weight matrix is read once for all the tokens of all the sequences (continuous
+    /// batching: concurrent requests share the read that bounds a decode step); attention
+    /// stays within each sequence. Each sequence's values are the same as if it were fed
+    /// alone. Nothing is changed when any sequence's tokens do not fit its context.
+    pub fn forward_multi(&self, seqs: &mut [(&mut Session, &[u32])]) -> Result<Vec<Vec<f32>>> {
         #[cfg(target_arch = "x86_64")]
         if let Some(f) = avx2::Features::detect() {
-            return f.run(Forward {
-                model: self,
-                session: s,
-                tokens,
-            });
+            return f.run(Forward { model: self, seqs });
         }
-        self.forward_impl(s, tokens)
+        self.forward_impl(seqs)
     }
 
     #[inline(always)]
-    fn forward_impl(&self, s: &mut Session, tokens: &[u32]) -> Result<Vec<f32>> {
+    fn forward_impl(&self, seqs: &mut [(&mut Session, &[u32])]) -> Result<Vec<Vec<f32>>> {
         #[cfg(target_arch = "x86_64")]
         let fast = avx2::Features::detect();
         let c = &self.config;
-        let n = tokens.len();
-        if n == 0 {
-            return Err(Error::tensor("no tokens to feed"));
+        for (s, tokens) in seqs.iter() {
+            if tokens.is_empty() {
+                return Err(Error::tensor("no tokens to feed"));
+            }
+            if s.pos + tokens.len() > s.ctx {
+                return Err(Error::tensor(format!(
+                    "{} more tokens do not fit the context of {} ({} used)",
+                    tokens.len(),
+                    s.ctx,
+                    s.pos
+                )));
+            }
         }
-        if s.pos + n > s.ctx {
-            return Err(Error::tensor(format!(
-                "{n} more tokens do not fit the context of {} ({} used)",
-                s.ctx, s.pos
-            )));
+        if seqs.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut x: Vec<Vec<f32>> = tokens
+        // Every token of every sequence, in order: (sequence, position).
+        let at: Vec<(usize, usize)> = seqs
             .iter()
+            .enumerate()
+            .flat_map(|(i, (s, tokens))| (0..tokens.len()).map(move |t| (i, s.pos + t)))
+            .collect();
+        let mut x: Vec<Vec<f32>> = seqs
+            .iter()
+            .flat_map(|(_, tokens)| tokens.iter())
             .map(|&t| self.embd.row(t as usize))
             .collect::<Result<_>>()?;
+        let n = x.len();
         let (hd, kvd) = (c.head_dim, c.kv_dim());
         let group = c.n_head / c.n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut scores = vec![0f32; s.pos + n];
+        let longest = at.iter().map(|&(_, p)| p + 1).max().unwrap_or(1);
+        let mut scores = vec![0f32; longest];
         let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        let angles: Vec<Vec<(f32, f32)>> = (0..n)
-            .map(|t| rope_cache(hd, s.pos + t, c.rope_base))
+        let angles: Vec<Vec<(f32, f32)>> = at
+            .iter()
+            .map(|&(_, pos)| rope_cache(hd, pos, c.rope_base))
             .collect();
         for (l, layer) in self.layers.iter().enumerate() {
             let normed: Vec<Vec<f32>> = x
@@ -348,6 +373,7 @@ impl Llama {
                 }
             }
             for t in 0..n {
+                let s = &mut seqs[at[t].0].0;
                 rope(&mut q[t], hd, &angles[t], c.rope_neox);
                 rope(&mut k[t], hd, &angles[t], c.rope_neox);
                 half(&mut q[t]);
@@ -356,12 +382,12 @@ impl Llama {
                 s.k[l].extend_from_slice(&k[t]);
                 s.v[l].extend_from_slice(&v[t]);
             }
-            let (keys, values) = (&s.k[l], &s.v[l]);
             let mut att = vec![vec![0f32; c.n_embd]; n];
             for (t, att_out) in att.iter_mut().enumerate() {
-                // Token t sees positions 0 ..= pos + t.
-                let seen = s.pos + t + 1;
-                let scores = &mut scores[..seen];
+                let (i, pos) = at[t];
+                let (keys, values) = (&seqs[i].0.k[l], &seqs[i].0.v[l]);
+                // The token at `pos` sees its sequence's positions 0 ..= pos.
+                let scores = &mut scores[..pos + 1];
                 for h in 0..c.n_head {
                     let kvh = h / group;
                     let qh = &q[t][h * hd..(h + 1) * hd];
@@ -406,13 +432,16 @@ impl Llama {
                 }
             }
         }
-        s.pos += n;
-        let last = rms_norm(&x[n - 1], &self.out_norm, c.rms_eps);
+        // Each sequence's last token gives its logits.
+        let mut last = Vec::with_capacity(seqs.len());
+        let mut end = 0;
+        for (s, tokens) in seqs.iter_mut() {
+            end += tokens.len();
+            s.pos += tokens.len();
+            last.push(rms_norm(&x[end - 1], &self.out_norm, c.rms_eps));
+        }
         let out = self.output.as_ref().unwrap_or(&self.embd);
-        Ok(pool
-            .matmul(out, std::slice::from_ref(&last))
-            .pop()
-            .unwrap_or_default())
+        Ok(pool.matmul(out, &last))
     }
 
     /// Greedy decoding: feed `prompt`, then pick the most likely token `n` times.
@@ -434,18 +463,17 @@ impl Llama {
 
 /// A forward pass to run compiled for AVX2/FMA/F16C (see [`avx2::Compiled`]).
 #[cfg(target_arch = "x86_64")]
-struct Forward<'a> {
+struct Forward<'a, 'b, 'c> {
     model: &'a Llama,
-    session: &'a mut Session,
-    tokens: &'a [u32],
+    seqs: &'a mut [(&'b mut Session, &'c [u32])],
 }
 
 #[cfg(target_arch = "x86_64")]
-impl avx2::Compiled for Forward<'_> {
-    type Output = Result<Vec<f32>>;
+impl avx2::Compiled for Forward<'_, '_, '_> {
+    type Output = Result<Vec<Vec<f32>>>;
     #[inline(always)]
     fn run(self) -> Self::Output {
-        self.model.forward_impl(self.session, self.tokens)
+        self.model.forward_impl(self.seqs)
     }
 }
 
@@ -554,6 +582,105 @@ mod tests {
                 let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
                 let bound = w.iter().map(|v| v.abs()).sum::<f32>() * amax / 254.0 * 1.01;
                 assert!((y - exact).abs() <= bound + 1e-6, "{y} vs {exact}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    use super::qmatrix::Activations;
+    use super::*;
+    use crate::quant::GgmlType;
+
+    fn bytes(n: usize, seed: u32) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// A matrix of random blocks of `ty` (scales set to small f16 values).
+    fn matrix(ty: GgmlType, rows: usize, cols: usize, seed: u32) -> QMatrix {
+        let row_bytes = ty.bytes_for(cols as u64).unwrap() as usize;
+        let mut data = bytes(rows * row_bytes, seed);
+        let scale = |i: usize| half::f16::from_f32(0.002 + 0.001 * (i % 7) as f32).to_le_bytes();
+        for (i, b) in data.chunks_exact_mut(ty.block_bytes()).enumerate() {
+            match ty {
+                GgmlType::Q6K => b[208..].copy_from_slice(&scale(i)),
+                GgmlType::Q4K | GgmlType::Q4_1 => {
+                    b[..2].copy_from_slice(&scale(i));
+                    b[2..4].copy_from_slice(&scale(i + 3));
+                }
+                _ => b[..2].copy_from_slice(&scale(i)),
+            }
+        }
+        QMatrix {
+            ty,
+            rows,
+            cols,
+            row_bytes,
+            data,
+        }
+    }
+
+    /// Every hand-written kernel against the portable code, bit for bit, one input and
+    /// several; and both close to the product of the dequantised weights.
+    #[test]
+    fn the_kernels_agree_with_the_portable_code_bit_for_bit() {
+        let (rows, cols) = (12, 512);
+        let xs: Vec<Vec<f32>> = (0..3)
+            .map(|s| {
+                bytes(cols, 50 + s)
+                    .into_iter()
+                    .map(|b| (b as f32 - 127.5) / 40.0)
+                    .collect()
+            })
+            .collect();
+        for ty in [
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q5_0,
+            GgmlType::Q4K,
+            GgmlType::Q6K,
+        ] {
+            let m = matrix(ty, rows, cols, ty as u32 + 7);
+            let acts: Vec<Activations> = xs.iter().map(|x| Activations::new(ty, x)).collect();
+            let mut portable = vec![0f32; rows * xs.len()];
+            m.rows_portable(&acts, 0..rows, &mut portable);
+            for (t, x) in xs.iter().enumerate() {
+                let mut one = vec![0f32; rows];
+                m.rows_portable(&acts[t..t + 1], 0..rows, &mut one);
+                if !matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0) {
+                    assert_eq!(one, portable[t * rows..(t + 1) * rows], "{ty:?}");
+                }
+                for (r, y) in one.iter().enumerate() {
+                    let w = m.row(r).unwrap();
+                    let exact: f32 = w.iter().zip(x).map(|(a, b)| a * b).sum();
+                    let size: f32 = w.iter().zip(x).map(|(a, b)| (a * b).abs()).sum();
+                    // 8-bit activations: within a few percent of the magnitudes.
+                    assert!((y - exact).abs() <= 0.02 * size, "{ty:?}: {y} vs {exact}");
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if let Some(f) = avx2::Features::detect() {
+                assert!(avx2::Features::has_kernel(ty));
+                let mut fast = vec![0f32; rows * xs.len()];
+                f.dot_rows(ty, &m.data, m.row_bytes, &acts, &mut fast);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                if matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0) {
+                    // Their portable code sums in one lane: equal up to rounding.
+                    for (a, b) in fast.iter().zip(&portable) {
+                        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{ty:?}");
+                    }
+                } else {
+                    assert_eq!(bits(&fast), bits(&portable), "{ty:?}");
+                }
             }
         }
     }

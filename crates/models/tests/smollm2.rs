@@ -307,3 +307,108 @@ fn a_long_prompt_stops_between_batches_when_asked() {
         .unwrap();
     assert_eq!((out.finish, out.completion_tokens), (Finish::Cancelled, 3));
 }
+
+/// Issue 20, item 4: sequences fed together (continuous batching: prompts read in parts
+/// beside others' decode steps, requests joining and leaving at any step) give exactly
+/// what each gives alone: tokens, text, finish reason and log-probabilities.
+#[test]
+fn sequences_decoded_together_give_what_each_gives_alone() {
+    use sov_models::generate::{LanguageModel, Request};
+    use sov_models::sample::SamplingParams;
+    let bytes = std::fs::read(model()).unwrap();
+    let m = LanguageModel::from_bytes(&bytes).unwrap();
+    drop(bytes);
+    let req = |text: &str, max_tokens, seed: Option<u64>, stop: &[&str]| Request {
+        prompt: m.text_prompt(text).unwrap(),
+        max_tokens,
+        sampling: match seed {
+            None => SamplingParams::greedy(),
+            Some(seed) => SamplingParams {
+                seed,
+                ..SamplingParams::default()
+            },
+        },
+        stop: stop.iter().map(|s| s.to_string()).collect(),
+        logprobs: Some(2),
+        constraint: None,
+    };
+    let reqs = [
+        req("The capital of France is", 12, None, &[]),
+        req(
+            &"A long prompt to read in many parts while others decode. ".repeat(6),
+            9,
+            Some(7),
+            &[],
+        ),
+        req("Once upon a time", 20, Some(42), &["."]),
+        req("1, 2, 3, 4,", 3, None, &[]),
+        req("def fib(n):", 16, Some(3), &["\n\n"]),
+    ];
+    let alone: Vec<_> = reqs
+        .iter()
+        .map(|r| {
+            let mut pieces = String::new();
+            let out = m
+                .generate_with(
+                    r,
+                    &mut |t, _| {
+                        pieces.push_str(t);
+                        true
+                    },
+                    &|| true,
+                )
+                .unwrap();
+            assert_eq!(pieces, out.text);
+            out
+        })
+        .collect();
+    // Together: requests join one by one (one more at every other step), prompts are fed
+    // seven tokens at a time beside the others' single tokens.
+    let mut waiting: Vec<(usize, Request)> = reqs.iter().cloned().enumerate().collect();
+    waiting.reverse();
+    let mut active: Vec<(usize, sov_models::generate::Sequence, String)> = Vec::new();
+    let mut done = vec![None; reqs.len()];
+    let (mut step, mut widest) = (0, 0);
+    while !waiting.is_empty() || !active.is_empty() {
+        if step % 2 == 0
+            && let Some((i, r)) = waiting.pop()
+        {
+            active.push((i, m.sequence(r).unwrap(), String::new()));
+        }
+        step += 1;
+        for (_, seq, text) in &mut active {
+            if seq.wants_sample() {
+                seq.sample(&m, &mut |t, _| {
+                    text.push_str(t);
+                    true
+                });
+            }
+        }
+        let mut k = 0;
+        while k < active.len() {
+            if active[k].1.is_finished() {
+                let (i, seq, mut text) = active.remove(k);
+                let out = seq.output(&mut |t, _| {
+                    text.push_str(t);
+                    true
+                });
+                assert_eq!(text, out.text);
+                done[i] = Some(out);
+            } else {
+                k += 1;
+            }
+        }
+        let mut batch: Vec<(&mut sov_models::generate::Sequence, usize)> =
+            active.iter_mut().map(|(_, s, _)| (s, 7)).collect();
+        widest = widest.max(batch.len());
+        m.feed(&mut batch).unwrap();
+    }
+    assert!(widest >= 4, "at most {widest} sequences were fed together");
+    for (i, (a, b)) in alone.iter().zip(&done).enumerate() {
+        let b = b.as_ref().unwrap();
+        assert_eq!(a.tokens, b.tokens, "request {i}");
+        assert_eq!(a.text, b.text, "request {i}");
+        assert_eq!(a.finish, b.finish, "request {i}");
+        assert_eq!(a.logprobs, b.logprobs, "request {i}");
+    }
+}

@@ -25,6 +25,7 @@
 //!
 //! [models]
 //! threads = 1                      # compute threads per loaded model
+//! parallel = 4                     # requests one model decodes together (continuous batching)
 //! max_loaded_bytes = 8589934592    # weights kept loaded at once (least recently used go first)
 //! max_prompt_tokens = 8192          # longest prompt a request may bring
 //! request_timeout_secs = 600        # a generation's time budget, queueing included
@@ -60,6 +61,8 @@ pub struct File {
 pub struct ModelsSection {
     /// Compute threads per loaded model.
     pub threads: usize,
+    /// Requests one model decodes together; more wait their turn.
+    pub parallel: usize,
     /// Bytes of weights kept loaded at once; the least recently used model is unloaded to
     /// make room for another.
     pub max_loaded_bytes: u64,
@@ -73,6 +76,7 @@ impl Default for ModelsSection {
     fn default() -> Self {
         Self {
             threads: 1,
+            parallel: DEFAULT_PARALLEL,
             max_loaded_bytes: DEFAULT_MAX_LOADED_BYTES,
             max_prompt_tokens: DEFAULT_MAX_PROMPT_TOKENS,
             request_timeout_secs: DEFAULT_REQUEST_TIMEOUT.as_secs(),
@@ -82,6 +86,11 @@ impl Default for ModelsSection {
 
 /// How long a pin mandate holds by default: 7 days.
 pub const DEFAULT_PIN_MANDATE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Requests one model decodes together by default (llama.cpp's server has as many slots).
+pub const DEFAULT_PARALLEL: usize = 4;
+/// Most requests one model may decode together.
+pub const MAX_PARALLEL: usize = 64;
 
 /// Default longest prompt: 8,192 tokens.
 pub const DEFAULT_MAX_PROMPT_TOKENS: usize = 8192;
@@ -236,6 +245,8 @@ pub struct Config {
     pub gossip_heartbeat: Duration,
     /// Compute threads per loaded model.
     pub threads: usize,
+    /// Requests one model decodes together.
+    pub parallel: usize,
     /// Bytes of model weights kept loaded at once.
     pub max_loaded_bytes: u64,
     /// Longest prompt, in tokens.
@@ -276,6 +287,11 @@ impl File {
                 "models.max_prompt_tokens and models.request_timeout_secs must be at least 1"
                     .into(),
             ));
+        }
+        if !(1..=MAX_PARALLEL).contains(&self.models.parallel) {
+            return Err(Error::Config(format!(
+                "models.parallel must be 1 to {MAX_PARALLEL}"
+            )));
         }
         if self.models.threads == 0 {
             return Err(Error::Config("models.threads must be at least 1".into()));
@@ -321,6 +337,7 @@ impl File {
             api_rate_per_address: self.api.rate_per_address,
             gossip_heartbeat: Duration::from_secs(1),
             threads: self.models.threads,
+            parallel: self.models.parallel,
             max_loaded_bytes: self.models.max_loaded_bytes,
             max_prompt_tokens: self.models.max_prompt_tokens,
             request_timeout: Duration::from_secs(self.models.request_timeout_secs),
@@ -352,6 +369,7 @@ impl Config {
             api_rate_per_address: DEFAULT_RATE_PER_ADDRESS,
             gossip_heartbeat: Duration::from_millis(200),
             threads: 1,
+            parallel: DEFAULT_PARALLEL,
             max_loaded_bytes: DEFAULT_MAX_LOADED_BYTES,
             max_prompt_tokens: DEFAULT_MAX_PROMPT_TOKENS,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub generation_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     /// Tokens of generation work queued or running, by model.
     pub queued_tokens: Family<Labels, Gauge>,
+    /// Requests decoded together in each step of a model (continuous batching).
+    pub decode_batch: Histogram,
     /// Connected peers.
     pub peers: Gauge,
     /// Peers banned now.
@@ -81,6 +83,7 @@ impl Default for Metrics {
             generated_tokens: Family::default(),
             generation_seconds: Family::default(),
             queued_tokens: Family::default(),
+            decode_batch: Histogram::new(exponential_buckets(1.0, 2.0, 7)),
             peers: Gauge::default(),
             banned_peers: Gauge::default(),
             bans: Counter::default(),
@@ -130,6 +133,11 @@ impl Default for Metrics {
             "generation_queued_tokens",
             "tokens of generation work queued or running, by model",
             m.queued_tokens.clone(),
+        );
+        r.register(
+            "generation_decode_batch",
+            "requests decoded together in one step of a model",
+            m.decode_batch.clone(),
         );
         r.register("peers", "connected peers", m.peers.clone());
         r.register("banned_peers", "peers banned now", m.banned_peers.clone());

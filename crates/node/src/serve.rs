@@ -1,14 +1,16 @@
 //! Serving models: an actor that owns the loaded models, one worker per model fed by a
-//! bounded queue.
+//! bounded queue; a language model's worker decodes its requests together.
 //!
 //! ```text
 //!   Node::generate / embed ──Submit──▶ serve actor ──job──▶ worker (blocking pool, one per model)
 //!   Node::remove_model ─────Evict───▶  (loaded models,      loads from the store once, then
-//!                                       LRU within budget)  runs jobs first come, first served
+//!                                       LRU within budget)  decodes up to `parallel` requests
+//!                                                           together, first come, first served
 //! ```
 //!
 //! A request names a model; the first request starts its worker, which loads the weights
-//! from the store; later requests queue there and run one after another. The async side
+//! from the store; later requests queue there and join the running ones at the next step
+//! while fewer than `[models] parallel` (4) run (see [`decode`]). The async side
 //! only waits on channels, so a long generation never blocks the node: other routes, other
 //! models and the network go on. Text streams back as it forms; when the receiver goes
 //! away (a client disconnected) or the node stops, generation ends at the next token.
@@ -17,16 +19,16 @@
 //! unloads the least recently used first. One model larger than the budget still loads,
 //! alone. Removing a model always unloads it.
 //!
-//! Why a queue and not batching: on a CPU, one decode step of a small model is bound by
-//! reading its weights from memory; batching would let several sequences share that read,
-//! which is a later gain. The queue is the simple, fair first step.
+//! Why batching: on a CPU, one decode step of a small model is bound by reading its
+//! weights; requests decoded together share that read (continuous batching, as llama.cpp's
+//! server does with its slots), and each gets exactly the tokens it would get alone.
 
 use std::{collections::HashMap, sync::mpsc as std_mpsc};
 
 use sov_core::ContentId;
 use sov_models::{
     chat::Message,
-    generate::{Output, Request},
+    generate::{LanguageModel, Output, Request, Sequence, TokenLogprob},
     sample::SamplingParams,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -392,8 +394,13 @@ impl Actor {
                 }
             };
             info!(model = %name, secs = started.elapsed().as_secs_f64(), "model loaded");
-            while let Ok(job) = rx.recv() {
-                run(&node, name, &loaded, job);
+            match &loaded {
+                Loaded::Language(m) => decode(&node, name, m, &rx),
+                _ => {
+                    while let Ok(job) = rx.recv() {
+                        run(&loaded, job);
+                    }
+                }
             }
             debug!(model = %name, "model worker ended");
         });
@@ -430,85 +437,233 @@ fn fail(job: Job, f: Failure) {
     }
 }
 
-fn run(node: &Node, name: &str, loaded: &Loaded, job: Job) {
-    match (loaded, job) {
-        (
-            Loaded::Language(m),
-            Job::Generate {
-                generation: g,
-                events,
-                since,
-                work: _work,
-            },
-        ) => {
-            let budget = node.inner.config.request_timeout;
-            let deadline = since + budget;
-            let started = std::time::Instant::now();
-            let result = (|| {
-                let prompt = match &g.prompt {
-                    Prompt::Chat(messages) => m.chat_prompt(messages),
-                    Prompt::Text(t) => m.text_prompt(t),
-                    Prompt::Tokens(ids) => m.token_prompt(ids),
-                }
-                .map_err(failure)?;
-                let max_prompt = node.inner.config.max_prompt_tokens;
-                if prompt.len() > max_prompt {
-                    return Err(Failure::ContextLength(format!(
-                        "the prompt has {} tokens; this node takes at most {max_prompt} ([models] max_prompt_tokens)",
-                        prompt.len()
-                    )));
-                }
-                let room = m.context_length().saturating_sub(prompt.len());
-                let req = Request {
-                    max_tokens: g.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS.min(room)),
-                    prompt,
-                    sampling: g.sampling.clone(),
-                    stop: g.stop.clone(),
-                    logprobs: g.logprobs,
-                    constraint: g.constraint.clone(),
-                };
-                // Checked between prompt batches and before each token: a client that has
-                // gone, a node that stops or a budget that ran out ends the work there.
-                let keep_going = || {
-                    !node.is_stopping()
-                        && !events.is_closed()
-                        && std::time::Instant::now() < deadline
-                };
-                let mut out = m
-                    .generate_with(
-                        &req,
-                        &mut |t, lp| {
-                            !node.is_stopping()
-                                && (lp.is_empty()
-                                    || events.blocking_send(Event::Logprobs(lp.to_vec())).is_ok())
-                                && events.blocking_send(Event::Text(t.to_string())).is_ok()
-                        },
-                        &keep_going,
-                    )
-                    .map_err(failure)?;
-                if std::time::Instant::now() >= deadline && !events.is_closed() {
-                    if out.completion_tokens == 0 {
-                        return Err(Failure::Timeout(format!(
-                            "the request used its time budget of {} s before its first token ([models] request_timeout_secs)",
-                            budget.as_secs()
-                        )));
-                    }
-                    out.finish = sov_models::generate::Finish::Length;
-                }
-                Ok(out)
-            })();
-            if let Ok(out) = &result {
-                let m = node.metrics();
-                let l = crate::metrics::label("model", name);
-                m.generated_tokens
-                    .get_or_create(&l)
-                    .inc_by(out.completion_tokens as u64);
-                m.generation_seconds
-                    .get_or_create(&l)
-                    .inc_by(started.elapsed().as_secs_f64());
+/// Most prompt tokens read in one step while other requests decode: a newcomer's prompt
+/// delays their next token by about this much work, and is read in parts.
+const PROMPT_SHARE: usize = 64;
+
+/// A generation being decoded.
+struct Running {
+    seq: Sequence,
+    events: mpsc::Sender<Event>,
+    /// When its time budget runs out.
+    deadline: std::time::Instant,
+    /// Why it failed, if the forward pass did.
+    failed: Option<Failure>,
+    /// Its share of the queued work, given back when it ends.
+    _work: Option<Work>,
+}
+
+impl Running {
+    /// Whether to go on: the node runs, the client is there, the budget lasts.
+    fn keep_going(&self, node: &Node) -> bool {
+        !node.is_stopping() && !self.events.is_closed() && std::time::Instant::now() < self.deadline
+    }
+}
+
+/// Serve a language model (continuous batching): up to `[models] parallel` requests
+/// decode together, each step reading the weights once for all of them; a new request
+/// joins at the next step, and a finished one leaves at once. Each step gives every
+/// decoding request one token, and the oldest request still reading its prompt a part of
+/// it ([`PROMPT_SHARE`] tokens while others decode, more when it is alone). A request whose
+/// reader is slow (its channel full) waits without holding the others up.
+fn decode(node: &Node, name: &str, m: &LanguageModel, rx: &std_mpsc::Receiver<Job>) {
+    let parallel = node.inner.config.parallel.max(1);
+    let metrics = node.metrics();
+    let label = crate::metrics::label("model", name);
+    let mut running: Vec<Running> = Vec::new();
+    let mut open = true;
+    loop {
+        // New requests: wait for one when idle; else take what is queued, up to `parallel`.
+        if running.is_empty() {
+            match rx.recv() {
+                Ok(job) if open => start(node, m, job, &mut running),
+                _ => return,
             }
-            let _ = events.blocking_send(Event::Done(result));
         }
+        while open && running.len() < parallel {
+            match rx.try_recv() {
+                Ok(job) => start(node, m, job, &mut running),
+                Err(std_mpsc::TryRecvError::Empty) => break,
+                Err(std_mpsc::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        let step = std::time::Instant::now();
+        let mut progressed = false;
+        // Each request whose reader has room samples its next token.
+        let mut sampled = 0u64;
+        for r in &mut running {
+            if !r.keep_going(node) {
+                r.seq.cancel();
+            } else if r.seq.wants_sample() && r.events.capacity() >= 2 {
+                let events = &r.events;
+                let before = r.seq.generated();
+                r.seq.sample(m, &mut |t, lp| send(node, events, t, lp));
+                sampled += (r.seq.generated() - before) as u64;
+                progressed = true;
+            }
+        }
+        metrics
+            .generated_tokens
+            .get_or_create(&label)
+            .inc_by(sampled);
+        // The finished leave (once their reader has room for the end).
+        let mut k = 0;
+        while k < running.len() {
+            let r = &running[k];
+            let ended = r.seq.is_finished() || r.failed.is_some();
+            let room = r.events.is_closed() || node.is_stopping() || r.events.capacity() >= 3;
+            if ended && room {
+                finish(node, running.remove(k));
+                progressed = true;
+            } else {
+                k += 1;
+            }
+        }
+        // Feed: each decoding request its last token, the oldest reading its prompt a part.
+        let decoding = running
+            .iter()
+            .filter(|r| !r.seq.is_finished() && !r.seq.in_prompt())
+            .count();
+        let share = if decoding > 0 {
+            PROMPT_SHARE
+        } else {
+            sov_models::generate::PROMPT_BATCH
+        };
+        let mut reading = false;
+        let mut batch: Vec<(&mut Sequence, usize)> = Vec::new();
+        let mut fed = Vec::new();
+        for (i, r) in running.iter_mut().enumerate() {
+            if r.seq.is_finished() || r.seq.wants_sample() || r.failed.is_some() {
+                continue;
+            }
+            if r.seq.in_prompt() {
+                if std::mem::replace(&mut reading, true) {
+                    continue;
+                }
+                batch.push((&mut r.seq, share));
+            } else {
+                batch.push((&mut r.seq, 1));
+            }
+            fed.push(i);
+        }
+        if !batch.is_empty() {
+            metrics.decode_batch.observe(batch.len() as f64);
+            let result = m.feed(&mut batch);
+            drop(batch);
+            if let Err(e) = result {
+                warn!(model = %name, "decode step failed: {e}");
+                let f = failure(e);
+                for i in fed {
+                    running[i].failed = Some(f.clone());
+                }
+            }
+            progressed = true;
+        }
+        if progressed {
+            metrics
+                .generation_seconds
+                .get_or_create(&label)
+                .inc_by(step.elapsed().as_secs_f64());
+        } else {
+            // Every request waits for its reader: give them a moment.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+}
+
+/// Hand a piece of text (and its tokens' log-probabilities) to the reader; `false` when
+/// the reader is gone or the node stops.
+fn send(node: &Node, events: &mpsc::Sender<Event>, text: &str, lp: &[TokenLogprob]) -> bool {
+    !node.is_stopping()
+        && (lp.is_empty() || events.try_send(Event::Logprobs(lp.to_vec())).is_ok())
+        && events.try_send(Event::Text(text.to_string())).is_ok()
+}
+
+/// Take a job into the running set: a generation becomes a sequence (its prompt made and
+/// checked here; a bad one is answered at once), anything else is refused.
+fn start(node: &Node, m: &LanguageModel, job: Job, running: &mut Vec<Running>) {
+    let Job::Generate {
+        generation: g,
+        events,
+        since,
+        work,
+    } = job
+    else {
+        return fail(
+            job,
+            Failure::BadRequest("this is a language model: it does not make embeddings".into()),
+        );
+    };
+    let deadline = since + node.inner.config.request_timeout;
+    let seq = (|| {
+        let prompt = match &g.prompt {
+            Prompt::Chat(messages) => m.chat_prompt(messages),
+            Prompt::Text(t) => m.text_prompt(t),
+            Prompt::Tokens(ids) => m.token_prompt(ids),
+        }
+        .map_err(failure)?;
+        let max_prompt = node.inner.config.max_prompt_tokens;
+        if prompt.len() > max_prompt {
+            return Err(Failure::ContextLength(format!(
+                "the prompt has {} tokens; this node takes at most {max_prompt} ([models] max_prompt_tokens)",
+                prompt.len()
+            )));
+        }
+        let room = m.context_length().saturating_sub(prompt.len());
+        m.sequence(Request {
+            max_tokens: g.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS.min(room)),
+            prompt,
+            sampling: g.sampling.clone(),
+            stop: g.stop.clone(),
+            logprobs: g.logprobs,
+            constraint: g.constraint.clone(),
+        })
+        .map_err(failure)
+    })();
+    match seq {
+        Ok(seq) => running.push(Running {
+            seq,
+            events,
+            deadline,
+            failed: None,
+            _work: work,
+        }),
+        Err(f) => {
+            let _ = events.try_send(Event::Done(Err(f)));
+        }
+    }
+}
+
+/// A request's end: the text held back, then its output (or why it failed) to its reader.
+fn finish(node: &Node, r: Running) {
+    let Running {
+        seq,
+        events,
+        deadline,
+        failed,
+        ..
+    } = r;
+    let mut out = seq.output(&mut |t, lp| send(node, &events, t, lp));
+    let result = match failed {
+        Some(f) => Err(f),
+        None if std::time::Instant::now() >= deadline && !events.is_closed() => {
+            if out.completion_tokens == 0 {
+                Err(Failure::Timeout(format!(
+                    "the request used its time budget of {} s before its first token ([models] request_timeout_secs)",
+                    node.inner.config.request_timeout.as_secs()
+                )))
+            } else {
+                out.finish = sov_models::generate::Finish::Length;
+                Ok(out)
+            }
+        }
+        None => Ok(out),
+    };
+    let _ = events.try_send(Event::Done(result));
+}
+
+fn run(loaded: &Loaded, job: Job) {
+    match (loaded, job) {
         (Loaded::Embedding(b), Job::Embed { inputs, reply }) => {
             let out = inputs
                 .iter()

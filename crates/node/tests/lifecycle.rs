@@ -268,3 +268,111 @@ async fn imports_read_the_header_first() {
     assert!(node.objects().await.unwrap().is_empty());
     node.shutdown().await;
 }
+
+/// Issue 20, item 4: one model decodes concurrent requests together (continuous
+/// batching), each getting exactly what it gets alone, and a request whose reader does not
+/// read holds no one else up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_decode_together_and_each_gets_what_it_gets_alone() {
+    use sov_models::generate::{LanguageModel, Request};
+    let path = fixture("tiny-llama.gguf");
+    let alone_model = LanguageModel::from_bytes(&std::fs::read(&path).unwrap()).unwrap();
+    let sampling = |i: u64| SamplingParams {
+        seed: i,
+        temperature: 1.5,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        ..SamplingParams::default()
+    };
+    // Request 0 is long and its reader reads nothing until the others are done: its
+    // events (two a token, with log-probabilities) fill its channel and it waits.
+    let prompts: Vec<Vec<u32>> = (0..6u32).map(|i| vec![1, 2 + i, 3, 4 + i]).collect();
+    let max = |i: usize| if i == 0 { 240 } else { 40 + 7 * i };
+    let run_alone = |i: usize, seed: u64| {
+        let req = Request {
+            prompt: prompts[i].clone(),
+            max_tokens: max(i),
+            sampling: sampling(seed),
+            stop: Vec::new(),
+            logprobs: Some(1),
+            constraint: None,
+        };
+        alone_model.generate(&req, &mut |_| true).unwrap()
+    };
+    // Request 0's seed: the first whose answer is long enough to fill its channel.
+    let seed0 = (100..300)
+        .find(|&seed| run_alone(0, seed).completion_tokens > 150)
+        .expect("a seed for a long answer");
+    let seed = |i: usize| if i == 0 { seed0 } else { i as u64 };
+    let alone: Vec<_> = (0..prompts.len()).map(|i| run_alone(i, seed(i))).collect();
+
+    let home = tempfile::tempdir().unwrap();
+    let mut config = Config::loopback();
+    config.parallel = 4;
+    let node = Node::offline(home.path(), Keypair::generate(), config)
+        .await
+        .unwrap();
+    let o = ImportOptions {
+        name: Some("llama".into()),
+        ..ImportOptions::default()
+    };
+    node.import_model(&path, o).await.unwrap();
+    let entry = node.model("llama").await.unwrap();
+    let mut receivers = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let g = Generation {
+            prompt: Prompt::Tokens(p.clone()),
+            max_tokens: Some(max(i)),
+            sampling: sampling(seed(i)),
+            stop: Vec::new(),
+            logprobs: Some(1),
+            constraint: None,
+        };
+        receivers.push(node.generate(&entry, g).await.unwrap());
+    }
+    let mut first = receivers.remove(0);
+    let read = |mut rx: tokio::sync::mpsc::Receiver<Event>| async move {
+        let mut text = String::new();
+        while let Some(e) = rx.recv().await {
+            match e {
+                Event::Text(t) => text.push_str(&t),
+                Event::Logprobs(_) => {}
+                Event::Done(r) => return (text, r.unwrap()),
+            }
+        }
+        panic!("the generation ended without Done");
+    };
+    let others = futures::future::join_all(receivers.into_iter().map(read));
+    let others = tokio::time::timeout(Duration::from_secs(60), others)
+        .await
+        .expect("the other requests finished while request 0's reader read nothing");
+    for (i, (text, out)) in others.iter().enumerate() {
+        let want = &alone[i + 1];
+        assert_eq!(out.tokens, want.tokens, "request {}", i + 1);
+        assert_eq!(out.logprobs, want.logprobs, "request {}", i + 1);
+        assert_eq!(text, &want.text, "request {}", i + 1);
+    }
+    // Request 0 is still there, waiting for its reader.
+    assert!(matches!(first.try_recv(), Ok(Event::Logprobs(_))));
+    let (text, out) = tokio::time::timeout(Duration::from_secs(60), read(first))
+        .await
+        .unwrap();
+    assert_eq!(out.tokens, alone[0].tokens);
+    assert_eq!(text, alone[0].text);
+    // The steps: some decoded more than one request.
+    let metrics = node.metrics_text().await;
+    let value = |key: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {metrics}"))
+    };
+    let steps = value("sov_generation_decode_batch_count");
+    let single = value("sov_generation_decode_batch_bucket{le=\"1.0\"}");
+    assert!(
+        steps > single,
+        "{single} of {steps} steps decoded one request"
+    );
+    node.shutdown().await;
+}

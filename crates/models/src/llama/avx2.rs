@@ -8,7 +8,10 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+use super::activations::Activations;
+use super::kquant::{Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES, Q8KBlock};
 use super::q8::Q8Block;
+use crate::quant::{GgmlType, scale_min_k4};
 
 /// Proof that this CPU has AVX2, FMA and F16C: the only way to reach the code compiled
 /// for them.
@@ -45,22 +48,30 @@ impl Features {
         }
     }
 
-    /// Rows of a Q4_1 (`q4_1`) or Q8_0 matrix (`data`, `row_bytes` per row) times each
-    /// activation vector of `xs`, through the hand-written block kernels: each row is read
-    /// once and used for every input while it sits in L1. `y[x·rows + i]` gets row `i` for
-    /// input `x`.
+    /// Whether [`Self::dot_rows`] has a kernel for weights of type `ty`.
+    pub(super) fn has_kernel(ty: GgmlType) -> bool {
+        matches!(
+            ty,
+            GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4K | GgmlType::Q6K
+        )
+    }
+
+    /// Rows of a matrix of type `ty` (`data`, `row_bytes` per row; one that
+    /// [`Self::has_kernel`]) times each activation vector of `xs`, through the hand-written
+    /// block kernels: each row is read once and used for every input while it sits in L1.
+    /// `y[x·rows + i]` gets row `i` for input `x`.
     pub(super) fn dot_rows(
         self,
-        q4_1: bool,
+        ty: GgmlType,
         data: &[u8],
         row_bytes: usize,
-        xs: &[&[Q8Block]],
+        xs: &[Activations],
         y: &mut [f32],
     ) {
         // SAFETY: as in `run`.
         #[allow(unsafe_code)]
         unsafe {
-            dot_rows(q4_1, data, row_bytes, xs, y)
+            dot_rows(ty, data, row_bytes, xs, y)
         }
     }
 
@@ -87,14 +98,17 @@ fn run_compiled<C: Compiled>(work: C) -> C::Output {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_rows(q4_1: bool, data: &[u8], row_bytes: usize, xs: &[&[Q8Block]], y: &mut [f32]) {
+fn dot_rows(ty: GgmlType, data: &[u8], row_bytes: usize, xs: &[Activations], y: &mut [f32]) {
     let rows = data.len() / row_bytes;
     for (i, row) in data.chunks_exact(row_bytes).enumerate() {
-        for (x, q) in xs.iter().enumerate() {
-            y[x * rows + i] = if q4_1 {
-                dot_q4_1(row, q)
-            } else {
-                dot_q8_0(row, q)
+        for (x, a) in xs.iter().enumerate() {
+            y[x * rows + i] = match ty {
+                GgmlType::Q4_1 => dot_q4_1(row, &a.q),
+                GgmlType::Q8_0 => dot_q8_0(row, &a.q),
+                GgmlType::Q5_0 => dot_q5_0(row, &a.q),
+                GgmlType::Q4K => dot_q4_k(row, &a.k),
+                GgmlType::Q6K => dot_q6_k(row, &a.k),
+                _ => f32::NAN,
             };
         }
     }
@@ -263,4 +277,199 @@ fn dot_q8_0(row: &[u8], xq: &[Q8Block]) -> f32 {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc);
     }
     hsum(acc)
+}
+
+/// One Q4_K row times Q8_K activations: ggml's AVX2 `ggml_vec_dot_q4_K_q8_K`, the same
+/// lanes as [`super::kquant::dot_q4_k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_k(row: &[u8], xs: &[Q8KBlock]) -> f32 {
+    let m4 = _mm256_set1_epi8(0xF);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = _mm_setzero_ps();
+    for (b, y) in row.chunks_exact(Q4_K_BYTES).zip(xs) {
+        let (xd, xmin) = f16x2(b);
+        let d = y.d * xd;
+        let dmin = -y.d * xmin;
+        let mut sm = [0u8; 16];
+        for j in 0..8 {
+            (sm[j], sm[8 + j]) = scale_min_k4(j, &b[4..16]);
+        }
+        // Eight scales then eight minimums, widened to 16 bits.
+        let mins_and_scales = _mm256_cvtepu8_epi16(load16(&sm));
+        let bsums = load16i(&y.bsums);
+        let q8s = _mm_hadd_epi16(
+            _mm256_extracti128_si256::<0>(bsums),
+            _mm256_extracti128_si256::<1>(bsums),
+        );
+        let prod = _mm_madd_epi16(_mm256_extracti128_si256::<1>(mins_and_scales), q8s);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
+        let sc = _mm256_extracti128_si256::<0>(mins_and_scales);
+        let scales = _mm256_set_m128i(sc, sc);
+        let mut sumi = _mm256_setzero_si256();
+        for j in 0..4 {
+            let (Ok(q4), Ok(lo), Ok(hi)) = (
+                <&[u8; 32]>::try_from(&b[16 + 32 * j..16 + 32 * (j + 1)]),
+                <&[i8; 32]>::try_from(&y.q[64 * j..64 * j + 32]),
+                <&[i8; 32]>::try_from(&y.q[64 * j + 32..64 * (j + 1)]),
+            ) else {
+                continue;
+            };
+            let scale_l = _mm256_shuffle_epi8(scales, _mm256_set1_epi16(k4_pair(2 * j)));
+            let scale_h = _mm256_shuffle_epi8(scales, _mm256_set1_epi16(k4_pair(2 * j + 1)));
+            let q4bits = load32(q4);
+            let q4l = _mm256_and_si256(q4bits, m4);
+            let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(q4bits), m4);
+            let pl = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q4l, load32(lo)));
+            let ph = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(q4h, load32(hi)));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    let acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+    let acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
+    hsum(acc) + _mm_cvtss_f32(acc_m)
+}
+
+/// The shuffle that spreads 16-bit scale `i` of a register to every 16-bit lane.
+#[inline(always)]
+fn k4_pair(i: usize) -> i16 {
+    let lo = (2 * i) as i16;
+    lo | ((lo + 1) << 8)
+}
+
+/// One Q6_K row times Q8_K activations: ggml's AVX2 `ggml_vec_dot_q6_K_q8_K`, the same
+/// lanes as [`super::kquant::dot_q6_k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q6_k(row: &[u8], xs: &[Q8KBlock]) -> f32 {
+    let m4 = _mm256_set1_epi8(0xF);
+    let m2 = _mm256_set1_epi8(3);
+    let m32s = _mm256_set1_epi8(32);
+    let mut acc = _mm256_setzero_ps();
+    for (b, y) in row.chunks_exact(Q6_K_BYTES).zip(xs) {
+        let d = y.d * f16x1(&b[208..210]);
+        let Ok(sc) = <&[u8; 16]>::try_from(&b[192..208]) else {
+            continue;
+        };
+        let scales = load16(sc);
+        let mut sumi = _mm256_setzero_si256();
+        for j in 0..2 {
+            let (Ok(ql1), Ok(ql2), Ok(qh)) = (
+                <&[u8; 32]>::try_from(&b[64 * j..64 * j + 32]),
+                <&[u8; 32]>::try_from(&b[64 * j + 32..64 * (j + 1)]),
+                <&[u8; 32]>::try_from(&b[128 + 32 * j..128 + 32 * (j + 1)]),
+            ) else {
+                continue;
+            };
+            let (q4bits1, q4bits2, q4bits_h) = (load32(ql1), load32(ql2), load32(qh));
+            let high = |shift: i32| -> __m256i {
+                let h = match shift {
+                    0 => q4bits_h,
+                    2 => _mm256_srli_epi16::<2>(q4bits_h),
+                    4 => _mm256_srli_epi16::<4>(q4bits_h),
+                    _ => _mm256_srli_epi16::<6>(q4bits_h),
+                };
+                _mm256_slli_epi16::<4>(_mm256_and_si256(h, m2))
+            };
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(q4bits1, m4), high(0)),
+                _mm256_or_si256(_mm256_and_si256(q4bits2, m4), high(2)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(q4bits1), m4),
+                    high(4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(q4bits2), m4),
+                    high(6),
+                ),
+            ];
+            for (part, q) in q.into_iter().enumerate() {
+                let at = 128 * j + 32 * part;
+                let Ok(x) = <&[i8; 32]>::try_from(&y.q[at..at + 32]) else {
+                    continue;
+                };
+                let x = load32(x);
+                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, x), _mm256_maddubs_epi16(m32s, x));
+                // Scales 2·(4j + part) and the next, eight 16-bit lanes each.
+                let s = (8 * j + 2 * part) as i8;
+                let pick = _mm_set_epi8(
+                    s + 1,
+                    s + 1,
+                    s + 1,
+                    s + 1,
+                    s + 1,
+                    s + 1,
+                    s + 1,
+                    s + 1,
+                    s,
+                    s,
+                    s,
+                    s,
+                    s,
+                    s,
+                    s,
+                    s,
+                );
+                let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum(acc)
+}
+
+/// One Q5_0 row times Q8_0 activations: ggml's AVX2 `ggml_vec_dot_q5_0_q8_0`, the same
+/// lanes as [`super::kquant::dot_q5_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q5_0(row: &[u8], xs: &[Q8Block]) -> f32 {
+    let mask = _mm_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    // Byte k of the fifth-bit word picks bit k: spread each of the four bytes over eight
+    // lanes, then test one bit per lane.
+    let spread = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let bit = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    let mut acc = _mm256_setzero_ps();
+    for (b, y) in row.chunks_exact(Q5_0_BYTES).zip(xs) {
+        let d = f16x1(b) * y.d;
+        let Ok(nibbles) = <&[u8; 16]>::try_from(&b[6..22]) else {
+            continue;
+        };
+        let qs = load16(nibbles);
+        let lo = _mm_and_si128(qs, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
+        let qx = _mm256_set_m128i(hi, lo);
+        let qh = i32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        // 0xFF where the fifth bit is set (ggml's `bytes_from_bits_32`).
+        let bits = _mm256_shuffle_epi8(_mm256_set1_epi32(qh), spread);
+        let bits = _mm256_cmpeq_epi8(_mm256_or_si256(bits, bit), _mm256_set1_epi64x(-1));
+        // Without its fifth bit a value is its nibble − 16: 0xF0 | nibble as a signed byte.
+        let qx = _mm256_or_si256(
+            qx,
+            _mm256_andnot_si256(bits, _mm256_set1_epi8(0xF0u8 as i8)),
+        );
+        let Ok(xq) = <&[i8; 32]>::try_from(&y.q[..]) else {
+            continue;
+        };
+        let x = load32(xq);
+        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(x, qx));
+        let p = _mm256_madd_epi16(p, ones);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p), acc);
+    }
+    hsum(acc)
+}
+
+/// 16 signed 16-bit values into a register.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load16i(v: &[i16; 16]) -> __m256i {
+    // SAFETY: `v` is 32 readable bytes, and an unaligned load needs no alignment.
+    #[allow(unsafe_code)]
+    unsafe {
+        _mm256_loadu_si256(v.as_ptr().cast())
+    }
 }

@@ -55,3 +55,15 @@ pub(super) fn dot_i8(a: &[i8; 32], b: &[i8; 32]) -> i32 {
     }
     acc.iter().sum()
 }
+
+/// f16 → f32 for every bit pattern (256 KiB, built once): `half`'s conversion is done in
+/// software unless the binary is built for F16C, and a model holds millions of block scales.
+pub(super) fn f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_bits(b).to_f32()).collect())
+}
+
+#[inline(always)]
+pub(super) fn h(table: &[f32], lo: u8, hi: u8) -> f32 {
+    table[u16::from_le_bytes([lo, hi]) as usize]
+}

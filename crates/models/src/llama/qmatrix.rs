@@ -12,9 +12,11 @@ use crate::{
     quant::{self, GgmlType},
 };
 
+pub(super) use super::activations::Activations;
 #[cfg(target_arch = "x86_64")]
 use super::avx2::{self, Compiled};
-use super::q8::{Q8Block, dot_i8, quantize_q8};
+use super::kquant;
+use super::q8::{dot_i8, f16_table, h};
 
 /// A weight matrix kept in its file type: `rows` rows of `cols` values, each row a whole
 /// number of blocks.
@@ -102,24 +104,21 @@ impl QMatrix {
     /// compiled for them: the compiler vectorises the fixed-size block loops (3.6× faster on
     /// this machine's EPYC than the SSE2 baseline).
     pub(super) fn rows_batch(&self, xs: &[Activations], rows: Range<usize>, y: &mut [f32]) {
-        debug_assert!(
-            xs.iter()
-                .all(|a| a.x.len() == self.cols || a.q.len() * 32 == self.cols)
-        );
+        debug_assert!(xs.iter().all(|a| a.x.len() == self.cols
+            || a.q.len() * 32 == self.cols
+            || a.k.len() * kquant::QK_K == self.cols));
         #[cfg(target_arch = "x86_64")]
         if let Some(f) = avx2::Features::detect() {
-            match self.ty {
-                GgmlType::Q4_1 | GgmlType::Q8_0 => {
-                    let qs: Vec<&[Q8Block]> = xs.iter().map(|a| a.q.as_slice()).collect();
-                    let data = &self.data[rows.start * self.row_bytes..rows.end * self.row_bytes];
-                    f.dot_rows(self.ty == GgmlType::Q4_1, data, self.row_bytes, &qs, y);
-                }
-                _ => f.run(Portable {
+            if avx2::Features::has_kernel(self.ty) {
+                let data = &self.data[rows.start * self.row_bytes..rows.end * self.row_bytes];
+                f.dot_rows(self.ty, data, self.row_bytes, xs, y);
+            } else {
+                f.run(Portable {
                     m: self,
                     xs,
                     rows,
                     y,
-                }),
+                });
             }
             return;
         }
@@ -184,6 +183,13 @@ impl QMatrix {
                     }
                 }
             }
+            GgmlType::Q5_0 | GgmlType::Q4K | GgmlType::Q6K => {
+                for (i, row) in data.chunks_exact(self.row_bytes).enumerate() {
+                    for (x, a) in xs.iter().enumerate() {
+                        y[x * len + i] = dot_other(self.ty, row, a, t);
+                    }
+                }
+            }
             _ => {
                 for (i, r) in rows.enumerate() {
                     let w = self.row(r);
@@ -242,6 +248,11 @@ impl QMatrix {
                     *yo = acc;
                 }
             }
+            GgmlType::Q5_0 | GgmlType::Q4K | GgmlType::Q6K => {
+                for (yo, row) in y.iter_mut().zip(data.chunks_exact(self.row_bytes)) {
+                    *yo = dot_other(self.ty, row, a, t);
+                }
+            }
             _ => {
                 for (r, yo) in rows.zip(y.iter_mut()) {
                     *yo = match self.row(r) {
@@ -272,39 +283,15 @@ impl Compiled for Portable<'_> {
     }
 }
 
-/// The input of a matrix product: the values, and for quantised weights, the values
-/// rounded to 8 bits per block.
-pub(super) struct Activations {
-    pub(super) x: Vec<f32>,
-    pub(super) q: Vec<Q8Block>,
-}
-
-impl Activations {
-    pub(super) fn new(ty: GgmlType, x: &[f32]) -> Self {
-        match ty {
-            // The quantised kernels read only the 8-bit blocks.
-            GgmlType::Q4_1 | GgmlType::Q8_0 => Activations {
-                x: Vec::new(),
-                q: quantize_q8(x),
-            },
-            _ => Activations {
-                x: x.to_vec(),
-                q: Vec::new(),
-            },
-        }
-    }
-}
-
-/// f16 → f32 for every bit pattern (256 KiB, built once): `half`'s conversion is done in
-/// software unless the binary is built for F16C, and a model holds millions of block scales.
-pub(super) fn f16_table() -> &'static [f32] {
-    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_bits(b).to_f32()).collect())
-}
-
+/// One row of a Q5_0, Q4_K or Q6_K matrix times one input (the portable kernels).
 #[inline(always)]
-pub(super) fn h(table: &[f32], lo: u8, hi: u8) -> f32 {
-    table[u16::from_le_bytes([lo, hi]) as usize]
+fn dot_other(ty: GgmlType, row: &[u8], a: &Activations, t: &[f32]) -> f32 {
+    match ty {
+        GgmlType::Q5_0 => kquant::dot_q5_0(row, &a.q, t),
+        GgmlType::Q4K => kquant::dot_q4_k(row, &a.k, t),
+        GgmlType::Q6K => kquant::dot_q6_k(row, &a.k, t),
+        _ => f32::NAN,
+    }
 }
 
 /// Round to f16 precision (llama.cpp keeps its KV cache in f16).
