@@ -65,13 +65,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let (decode_s, decode_cpu) = (t2.elapsed().as_secs_f64(), cpu_seconds() - c2);
     println!(
-        "{{\"threads\":{threads},\"load_s\":{load_s:.3},\"prompt_tokens\":{},\"prompt_tokens_per_s\":{:.2},\"completion_tokens\":{n},\"decode_tokens_per_s\":{:.2},\"decode_tokens_per_cpu_s\":{:.2},\"prompt_cpu_s\":{prompt_cpu:.2},\"peak_rss_mib\":{:.1},\"bytes_per_token\":{}}}",
+        "{{\"threads\":{threads},\"load_s\":{load_s:.3},\"prompt_tokens\":{},\"prompt_tokens_per_s\":{:.2},\"completion_tokens\":{n},\"decode_tokens_per_s\":{:.2},\"decode_tokens_per_cpu_s\":{:.2},\"prompt_cpu_s\":{prompt_cpu:.2},\"peak_rss_mib\":{:.1},\"bytes_per_token\":{},\"kernels\":\"{}\"}}",
         prompt.len(),
         prompt.len() as f64 / prompt_s,
         n as f64 / decode_s,
         n as f64 / decode_cpu,
         peak_rss_mib(),
         m.bytes_per_token(),
+        Llama::kernels(),
     );
     Ok(())
 }

@@ -19,7 +19,7 @@ use crate::{Error, Result, gguf::Gguf};
 mod activations;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
-mod kquant;
+mod blocks;
 mod ops;
 mod pool;
 mod q8;
@@ -248,6 +248,20 @@ impl Llama {
     /// Threads used for the matrix products.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// The kernels the products run on this CPU (chosen at run time): `avx512-vnni`,
+    /// `avx-vnni` or `avx2` (with FMA and F16C), else `portable`.
+    pub fn kernels() -> &'static str {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(f) = avx2::Features::detect() {
+            return match f.vnni() {
+                avx2::Vnni::Avx512 => "avx512-vnni",
+                avx2::Vnni::Avx => "avx-vnni",
+                avx2::Vnni::No => "avx2",
+            };
+        }
+        "portable"
     }
 
     /// Bytes of weights one token reads: every matrix once (the embedding only one row,
@@ -634,7 +648,7 @@ mod kernel_tests {
     #[test]
     fn the_kernels_agree_with_the_portable_code_bit_for_bit() {
         let (rows, cols) = (12, 512);
-        let xs: Vec<Vec<f32>> = (0..3)
+        let xs: Vec<Vec<f32>> = (0..6)
             .map(|s| {
                 bytes(cols, 50 + s)
                     .into_iter()
@@ -656,9 +670,7 @@ mod kernel_tests {
             for (t, x) in xs.iter().enumerate() {
                 let mut one = vec![0f32; rows];
                 m.rows_portable(&acts[t..t + 1], 0..rows, &mut one);
-                if !matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0) {
-                    assert_eq!(one, portable[t * rows..(t + 1) * rows], "{ty:?}");
-                }
+                assert_eq!(one, portable[t * rows..(t + 1) * rows], "{ty:?}");
                 for (r, y) in one.iter().enumerate() {
                     let w = m.row(r).unwrap();
                     let exact: f32 = w.iter().zip(x).map(|(a, b)| a * b).sum();
@@ -669,18 +681,33 @@ mod kernel_tests {
             }
             #[cfg(target_arch = "x86_64")]
             if let Some(f) = avx2::Features::detect() {
+                use avx2::Vnni;
                 assert!(avx2::Features::has_kernel(ty));
-                let mut fast = vec![0f32; rows * xs.len()];
-                f.dot_rows(ty, &m.data, m.row_bytes, &acts, &mut fast);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                if matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0) {
-                    // Their portable code sums in one lane: equal up to rounding.
-                    for (a, b) in fast.iter().zip(&portable) {
-                        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{ty:?}");
+                let mut avx2_bits = None;
+                // Each kind of integer dot product this CPU has (AVX2's always), for one
+                // input up to six (the kernels take four at a time): the same bits.
+                for vnni in [Vnni::No, Vnni::Avx512, Vnni::Avx] {
+                    let Some(f) = f.with_vnni(vnni) else { continue };
+                    for n in 1..=xs.len() {
+                        let mut fast = vec![0f32; rows * n];
+                        f.dot_rows(ty, &m.data, m.row_bytes, &acts[..n], &mut fast);
+                        assert_eq!(
+                            bits(&fast),
+                            bits(
+                                &avx2_bits.get_or_insert_with(|| {
+                                    let mut all = vec![0f32; rows * xs.len()];
+                                    f.dot_rows(ty, &m.data, m.row_bytes, &acts, &mut all);
+                                    all
+                                })[..rows * n]
+                            ),
+                            "{ty:?} {vnni:?} {n} inputs"
+                        );
                     }
-                } else {
-                    assert_eq!(bits(&fast), bits(&portable), "{ty:?}");
                 }
+                let fast = avx2_bits.unwrap_or_default();
+                assert_eq!(bits(&fast), bits(&portable), "{ty:?}");
+                eprintln!("{ty:?}: the kernels agree ({:?} present)", f.vnni());
             }
         }
     }

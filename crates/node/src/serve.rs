@@ -393,7 +393,7 @@ impl Actor {
                     return;
                 }
             };
-            info!(model = %name, secs = started.elapsed().as_secs_f64(), "model loaded");
+            info!(model = %name, secs = started.elapsed().as_secs_f64(), kernels = sov_models::llama::Llama::kernels(), "model loaded");
             match &loaded {
                 Loaded::Language(m) => decode(&node, name, m, &rx),
                 _ => {

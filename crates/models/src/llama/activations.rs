@@ -1,6 +1,6 @@
 //! The input of a matrix product, as the weights' kernels take it.
 
-use super::kquant::{Q8KBlock, quantize_q8k};
+use super::blocks::{Q8KBlock, quantize_q8k};
 use super::q8::{Q8Block, quantize_q8};
 use crate::quant::GgmlType;
 

@@ -9,14 +9,29 @@
 use std::arch::x86_64::*;
 
 use super::activations::Activations;
-use super::kquant::{Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES, Q8KBlock};
+use super::blocks::{Q4_K_BYTES, Q6_K_BYTES, Q8KBlock};
 use super::q8::Q8Block;
 use crate::quant::{GgmlType, scale_min_k4};
 
 /// Proof that this CPU has AVX2, FMA and F16C: the only way to reach the code compiled
-/// for them.
+/// for them; and which integer dot-product instructions it has besides.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Features(());
+pub(super) struct Features {
+    vnni: Vnni,
+}
+
+/// The instructions that multiply bytes and sum them by fours in one step (`vpdpbusd`),
+/// where the CPU has them: the same integers as AVX2's `maddubs` + `madd`, one instruction
+/// instead of two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Vnni {
+    /// Neither: AVX2's two steps.
+    No,
+    /// AVX-512 VNNI on 256-bit registers (AVX-512 VL): Intel since Ice Lake, AMD since Zen 4.
+    Avx512,
+    /// AVX-VNNI (the VEX encoding): Intel since Alder Lake.
+    Avx,
+}
 
 /// Work to run compiled for these features: its `run` is `#[inline(always)]`, so its body
 /// (and what it inlines) is built inside [`Features::run`]'s AVX2/FMA/F16C function.
@@ -28,12 +43,54 @@ pub(super) trait Compiled {
 }
 
 impl Features {
-    /// The features, if this CPU has all three (the standard library caches the check).
+    /// The features, if this CPU has all three, with the best dot-product instructions
+    /// it has. `SOV_KERNELS=portable` (no SIMD kernels) or `SOV_KERNELS=avx2` (no VNNI)
+    /// asks for less, to compare them; checked once.
     pub(super) fn detect() -> Option<Self> {
+        static CHOSEN: std::sync::OnceLock<Option<Features>> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let best = Self::best()?;
+            match std::env::var("SOV_KERNELS").as_deref() {
+                Ok("portable") => None,
+                Ok("avx2") => best.with_vnni(Vnni::No),
+                _ => Some(best),
+            }
+        })
+    }
+
+    fn best() -> Option<Self> {
+        let vnni = if std::is_x86_feature_detected!("avx512vnni")
+            && std::is_x86_feature_detected!("avx512vl")
+        {
+            Vnni::Avx512
+        } else if std::is_x86_feature_detected!("avxvnni") {
+            Vnni::Avx
+        } else {
+            Vnni::No
+        };
         (std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c"))
-        .then_some(Features(()))
+        .then_some(Features { vnni })
+    }
+
+    /// Which dot-product instructions the kernels use.
+    pub(super) fn vnni(self) -> Vnni {
+        self.vnni
+    }
+
+    /// The same features, using the dot-product instructions `vnni` only if the CPU has
+    /// them (tests compare each kind with the others).
+    pub(super) fn with_vnni(self, vnni: Vnni) -> Option<Self> {
+        let have = match vnni {
+            Vnni::No => true,
+            Vnni::Avx512 => {
+                std::is_x86_feature_detected!("avx512vnni")
+                    && std::is_x86_feature_detected!("avx512vl")
+            }
+            Vnni::Avx => std::is_x86_feature_detected!("avxvnni"),
+        };
+        have.then_some(Features { vnni })
     }
 
     /// Run `work` compiled for these features: the portable code, vectorised by the
@@ -68,6 +125,25 @@ impl Features {
         xs: &[Activations],
         y: &mut [f32],
     ) {
+        let rows = data.len() / row_bytes;
+        if matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q5_0) {
+            // Inputs four at a time: each block is unpacked once for all four.
+            let qs: Vec<&[Q8Block]> = xs.iter().map(|a| a.q.as_slice()).collect();
+            for (group, out) in qs.chunks(4).zip(y.chunks_mut(4 * rows)) {
+                // SAFETY: as in `run`; and the VNNI kernels run only where `detect` or
+                // `with_vnni` found their instructions.
+                #[allow(unsafe_code)]
+                unsafe {
+                    let kernel = match ty {
+                        GgmlType::Q4_1 => pick::<Q4_1>(self.vnni, group.len()),
+                        GgmlType::Q8_0 => pick::<Q8_0>(self.vnni, group.len()),
+                        _ => pick::<Q5_0>(self.vnni, group.len()),
+                    };
+                    kernel(data, row_bytes, group, out)
+                }
+            }
+            return;
+        }
         // SAFETY: as in `run`.
         #[allow(unsafe_code)]
         unsafe {
@@ -103,9 +179,6 @@ fn dot_rows(ty: GgmlType, data: &[u8], row_bytes: usize, xs: &[Activations], y: 
     for (i, row) in data.chunks_exact(row_bytes).enumerate() {
         for (x, a) in xs.iter().enumerate() {
             y[x * rows + i] = match ty {
-                GgmlType::Q4_1 => dot_q4_1(row, &a.q),
-                GgmlType::Q8_0 => dot_q8_0(row, &a.q),
-                GgmlType::Q5_0 => dot_q5_0(row, &a.q),
                 GgmlType::Q4K => dot_q4_k(row, &a.k),
                 GgmlType::Q6K => dot_q6_k(row, &a.k),
                 _ => f32::NAN,
@@ -235,52 +308,8 @@ fn f16x1(b: &[u8]) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
 }
 
-/// One Q4_1 row (blocks of d, m: f16 and 16 bytes of nibbles) times Q8_1 activations.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4_1(row: &[u8], xq: &[Q8Block]) -> f32 {
-    let mask = _mm_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = 0f32;
-    for (b, xb) in row.chunks_exact(20).zip(xq) {
-        let (d, m) = f16x2(b);
-        let Ok(nibbles) = <&[u8; 16]>::try_from(&b[4..20]) else {
-            continue;
-        };
-        let qs = load16(nibbles);
-        let lo = _mm_and_si128(qs, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
-        let w = _mm256_set_m128i(hi, lo);
-        let x = load32(&xb.q);
-        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc);
-        mins = m.mul_add(xb.s, mins);
-    }
-    hsum(acc) + mins
-}
-
-/// One Q8_0 row (blocks of d: f16 and 32 signed bytes) times Q8_0 activations.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q8_0(row: &[u8], xq: &[Q8Block]) -> f32 {
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    for (b, xb) in row.chunks_exact(34).zip(xq) {
-        let d = f16x1(b);
-        let Ok(qs) = <&[u8; 32]>::try_from(&b[2..34]) else {
-            continue;
-        };
-        let w = load32(qs);
-        let x = load32(&xb.q);
-        // |w| as unsigned times x with w's sign: maddubs wants one unsigned operand.
-        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-        let p = _mm256_madd_epi16(p, ones);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc);
-    }
-    hsum(acc)
-}
-
 /// One Q4_K row times Q8_K activations: ggml's AVX2 `ggml_vec_dot_q4_K_q8_K`, the same
-/// lanes as [`super::kquant::dot_q4_k`].
+/// lanes as [`super::blocks::dot_q4_k`].
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q4_k(row: &[u8], xs: &[Q8KBlock]) -> f32 {
     let m4 = _mm256_set1_epi8(0xF);
@@ -338,7 +367,7 @@ fn k4_pair(i: usize) -> i16 {
 }
 
 /// One Q6_K row times Q8_K activations: ggml's AVX2 `ggml_vec_dot_q6_K_q8_K`, the same
-/// lanes as [`super::kquant::dot_q6_k`].
+/// lanes as [`super::blocks::dot_q6_k`].
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q6_k(row: &[u8], xs: &[Q8KBlock]) -> f32 {
     let m4 = _mm256_set1_epi8(0xF);
@@ -418,51 +447,6 @@ fn dot_q6_k(row: &[u8], xs: &[Q8KBlock]) -> f32 {
     hsum(acc)
 }
 
-/// One Q5_0 row times Q8_0 activations: ggml's AVX2 `ggml_vec_dot_q5_0_q8_0`, the same
-/// lanes as [`super::kquant::dot_q5_0`].
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q5_0(row: &[u8], xs: &[Q8Block]) -> f32 {
-    let mask = _mm_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    // Byte k of the fifth-bit word picks bit k: spread each of the four bytes over eight
-    // lanes, then test one bit per lane.
-    let spread = _mm256_set_epi64x(
-        0x0303_0303_0303_0303,
-        0x0202_0202_0202_0202,
-        0x0101_0101_0101_0101,
-        0,
-    );
-    let bit = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
-    let mut acc = _mm256_setzero_ps();
-    for (b, y) in row.chunks_exact(Q5_0_BYTES).zip(xs) {
-        let d = f16x1(b) * y.d;
-        let Ok(nibbles) = <&[u8; 16]>::try_from(&b[6..22]) else {
-            continue;
-        };
-        let qs = load16(nibbles);
-        let lo = _mm_and_si128(qs, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
-        let qx = _mm256_set_m128i(hi, lo);
-        let qh = i32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-        // 0xFF where the fifth bit is set (ggml's `bytes_from_bits_32`).
-        let bits = _mm256_shuffle_epi8(_mm256_set1_epi32(qh), spread);
-        let bits = _mm256_cmpeq_epi8(_mm256_or_si256(bits, bit), _mm256_set1_epi64x(-1));
-        // Without its fifth bit a value is its nibble − 16: 0xF0 | nibble as a signed byte.
-        let qx = _mm256_or_si256(
-            qx,
-            _mm256_andnot_si256(bits, _mm256_set1_epi8(0xF0u8 as i8)),
-        );
-        let Ok(xq) = <&[i8; 32]>::try_from(&y.q[..]) else {
-            continue;
-        };
-        let x = load32(xq);
-        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(x, qx));
-        let p = _mm256_madd_epi16(p, ones);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p), acc);
-    }
-    hsum(acc)
-}
-
 /// 16 signed 16-bit values into a register.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -471,5 +455,165 @@ fn load16i(v: &[i16; 16]) -> __m256i {
     #[allow(unsafe_code)]
     unsafe {
         _mm256_loadu_si256(v.as_ptr().cast())
+    }
+}
+
+/// u8 × i8 products summed by fours into eight 32-bit lanes: `maddubs` then `madd` (AVX2;
+/// the 16-bit pair sums cannot saturate for these weights).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sum4_avx2(w: __m256i, x: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
+}
+
+/// The same sums in one instruction (AVX-512 VNNI on 256-bit registers).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+fn sum4_vnni512(w: __m256i, x: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
+}
+
+/// The same sums in one instruction (AVX-VNNI).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+fn sum4_avxvnni(w: __m256i, x: __m256i) -> __m256i {
+    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x)
+}
+
+/// Rows of a Q4_1, Q8_0 or Q5_0 matrix times up to four inputs (Q8 blocks of 32), as
+/// ggml's `ggml_vec_dot_q4_1_q8_1`, `…_q8_0_q8_0` and `…_q5_0_q8_0` compute each product:
+/// per block, the integer sums in eight lanes, scaled by `d·dₓ` into eight float lanes
+/// with FMA (and Q4_1's minimums in one scalar), the lanes added at the end of the row.
+/// Each block is unpacked once for every input, and each input's arithmetic is what it
+/// would be alone. One version per way of summing bytes by fours ([`Vnni`]), all giving
+/// the same integers.
+macro_rules! block_kernels {
+    ($name:ident, $features:literal, $sum4:ident) => {
+        #[target_feature(enable = $features)]
+        fn $name<const T: u8, const N: usize>(
+            data: &[u8],
+            row_bytes: usize,
+            xs: &[&[Q8Block]],
+            y: &mut [f32],
+        ) {
+            let rows = data.len() / row_bytes;
+            let Ok(xs) = <&[&[Q8Block]; N]>::try_from(xs) else {
+                return;
+            };
+            let mask = _mm_set1_epi8(0x0F);
+            // Q5_0's fifth bits, one per byte (ggml's `bytes_from_bits_32`).
+            let spread = _mm256_set_epi64x(
+                0x0303_0303_0303_0303,
+                0x0202_0202_0202_0202,
+                0x0101_0101_0101_0101,
+                0,
+            );
+            let bit = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+            let high = _mm256_set1_epi8(0xF0u8 as i8);
+            for (i, row) in data.chunks_exact(row_bytes).enumerate() {
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut mins = [0f32; N];
+                let block = match T {
+                    Q4_1 => 20,
+                    Q8_0 => 34,
+                    _ => 22,
+                };
+                for (bi, b) in row.chunks_exact(block).enumerate() {
+                    // The weights as unsigned bytes, and the signs to give the inputs.
+                    let (d, m, w, sign) = match T {
+                        Q4_1 => {
+                            let (d, m) = f16x2(b);
+                            let Ok(nibbles) = <&[u8; 16]>::try_from(&b[4..20]) else {
+                                continue;
+                            };
+                            let qs = load16(nibbles);
+                            let lo = _mm_and_si128(qs, mask);
+                            let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
+                            (d, m, _mm256_set_m128i(hi, lo), None)
+                        }
+                        Q8_0 => {
+                            let Ok(qs) = <&[u8; 32]>::try_from(&b[2..34]) else {
+                                continue;
+                            };
+                            let w = load32(qs);
+                            // |w| unsigned, and w's sign moved onto the input.
+                            (f16x1(b), 0.0, _mm256_sign_epi8(w, w), Some(w))
+                        }
+                        _ => {
+                            let Ok(nibbles) = <&[u8; 16]>::try_from(&b[6..22]) else {
+                                continue;
+                            };
+                            let qs = load16(nibbles);
+                            let lo = _mm_and_si128(qs, mask);
+                            let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
+                            let qh = i32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                            let bits = _mm256_shuffle_epi8(_mm256_set1_epi32(qh), spread);
+                            let bits = _mm256_cmpeq_epi8(
+                                _mm256_or_si256(bits, bit),
+                                _mm256_set1_epi64x(-1),
+                            );
+                            // Without its fifth bit a value is its nibble − 16.
+                            let q = _mm256_or_si256(
+                                _mm256_set_m128i(hi, lo),
+                                _mm256_andnot_si256(bits, high),
+                            );
+                            (f16x1(b), 0.0, _mm256_sign_epi8(q, q), Some(q))
+                        }
+                    };
+                    for k in 0..N {
+                        let Some(xb) = xs[k].get(bi) else { continue };
+                        let x = load32(&xb.q);
+                        let x = match sign {
+                            Some(s) => _mm256_sign_epi8(x, s),
+                            None => x,
+                        };
+                        let p = _mm256_cvtepi32_ps($sum4(w, x));
+                        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), p, acc[k]);
+                        mins[k] = m.mul_add(xb.s, mins[k]);
+                    }
+                }
+                for k in 0..N {
+                    y[k * rows + i] = if T == Q4_1 {
+                        hsum(acc[k]) + mins[k]
+                    } else {
+                        hsum(acc[k])
+                    };
+                }
+            }
+        }
+    };
+}
+
+block_kernels!(blocks_avx2, "avx2,fma,f16c", sum4_avx2);
+block_kernels!(
+    blocks_vnni512,
+    "avx2,fma,f16c,avx512vnni,avx512vl",
+    sum4_vnni512
+);
+block_kernels!(blocks_avxvnni, "avx2,fma,f16c,avxvnni", sum4_avxvnni);
+
+/// [`block_kernels`]' weight types.
+const Q4_1: u8 = 0;
+const Q8_0: u8 = 1;
+const Q5_0: u8 = 2;
+
+/// A block kernel, compiled for its features.
+type BlockKernel = unsafe fn(&[u8], usize, &[&[Q8Block]], &mut [f32]);
+
+/// The block kernel for weight type `T`, `n` inputs (1 to 4) and these instructions.
+fn pick<const T: u8>(vnni: Vnni, n: usize) -> BlockKernel {
+    match (vnni, n) {
+        (Vnni::No, 1) => blocks_avx2::<T, 1>,
+        (Vnni::No, 2) => blocks_avx2::<T, 2>,
+        (Vnni::No, 3) => blocks_avx2::<T, 3>,
+        (Vnni::No, _) => blocks_avx2::<T, 4>,
+        (Vnni::Avx512, 1) => blocks_vnni512::<T, 1>,
+        (Vnni::Avx512, 2) => blocks_vnni512::<T, 2>,
+        (Vnni::Avx512, 3) => blocks_vnni512::<T, 3>,
+        (Vnni::Avx512, _) => blocks_vnni512::<T, 4>,
+        (Vnni::Avx, 1) => blocks_avxvnni::<T, 1>,
+        (Vnni::Avx, 2) => blocks_avxvnni::<T, 2>,
+        (Vnni::Avx, 3) => blocks_avxvnni::<T, 3>,
+        (Vnni::Avx, _) => blocks_avxvnni::<T, 4>,
     }
 }

@@ -44,18 +44,6 @@ pub(super) fn round_even(v: f32) -> f32 {
     (v + MAGIC) - MAGIC
 }
 
-/// Σ a·b over 32 signed bytes, exactly (fixed sizes let the compiler vectorise it).
-#[inline(always)]
-pub(super) fn dot_i8(a: &[i8; 32], b: &[i8; 32]) -> i32 {
-    let mut acc = [0i32; 8];
-    for k in 0..4 {
-        for l in 0..8 {
-            acc[l] += a[8 * k + l] as i16 as i32 * b[8 * k + l] as i16 as i32;
-        }
-    }
-    acc.iter().sum()
-}
-
 /// f16 → f32 for every bit pattern (256 KiB, built once): `half`'s conversion is done in
 /// software unless the binary is built for F16C, and a model holds millions of block scales.
 pub(super) fn f16_table() -> &'static [f32] {

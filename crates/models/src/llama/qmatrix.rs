@@ -15,8 +15,8 @@ use crate::{
 pub(super) use super::activations::Activations;
 #[cfg(target_arch = "x86_64")]
 use super::avx2::{self, Compiled};
-use super::kquant;
-use super::q8::{dot_i8, f16_table, h};
+use super::blocks;
+use super::q8::f16_table;
 
 /// A weight matrix kept in its file type: `rows` rows of `cols` values, each row a whole
 /// number of blocks.
@@ -106,7 +106,7 @@ impl QMatrix {
     pub(super) fn rows_batch(&self, xs: &[Activations], rows: Range<usize>, y: &mut [f32]) {
         debug_assert!(xs.iter().all(|a| a.x.len() == self.cols
             || a.q.len() * 32 == self.cols
-            || a.k.len() * kquant::QK_K == self.cols));
+            || a.k.len() * blocks::QK_K == self.cols));
         #[cfg(target_arch = "x86_64")]
         if let Some(f) = avx2::Features::detect() {
             if avx2::Features::has_kernel(self.ty) {
@@ -125,73 +125,30 @@ impl QMatrix {
         self.rows_portable(xs, rows, y);
     }
 
+    /// The portable kernels ([`blocks`]), in the lanes of the AVX2 ones: the same bits.
     #[inline(always)]
     pub(super) fn rows_portable(&self, xs: &[Activations], rows: Range<usize>, y: &mut [f32]) {
         let len = rows.len();
         debug_assert_eq!(y.len(), len * xs.len());
         let data = &self.data[rows.start * self.row_bytes..rows.end * self.row_bytes];
         let t = f16_table();
-        if let [a] = xs {
-            return self.rows_one(a, rows, y);
-        }
-        let nx = xs.len();
-        let mut acc = vec![0f32; nx];
-        let mut mins = vec![0f32; nx];
-        match self.ty {
-            GgmlType::Q4_1 => {
-                // Σ (q·d + m)·x ≈ d·dx·Σ q·qx + m·sx, per block of 32. Each block is
-                // unpacked once, in registers, and used for every input; each input's sums
-                // run over the blocks in the same order as a single product's.
-                for (i, row) in data.chunks_exact(self.row_bytes).enumerate() {
-                    acc.fill(0.0);
-                    mins.fill(0.0);
-                    for (bi, b) in row.chunks_exact(20).enumerate() {
-                        let d = h(t, b[0], b[1]);
-                        let m = h(t, b[2], b[3]);
-                        let mut w = [0i8; 32];
-                        for j in 0..16 {
-                            w[j] = (b[4 + j] & 0xF) as i8;
-                            w[j + 16] = (b[4 + j] >> 4) as i8;
-                        }
-                        for ((a, ac), mn) in xs.iter().zip(&mut acc).zip(&mut mins) {
-                            let xb = &a.q[bi];
-                            *ac += d * xb.d * dot_i8(&w, &xb.q) as f32;
-                            *mn += m * xb.s;
-                        }
-                    }
-                    for (x, (ac, mn)) in acc.iter().zip(&mins).enumerate() {
-                        y[x * len + i] = ac + mn;
-                    }
-                }
-            }
-            GgmlType::Q8_0 => {
-                for (i, row) in data.chunks_exact(self.row_bytes).enumerate() {
-                    acc.fill(0.0);
-                    for (bi, b) in row.chunks_exact(34).enumerate() {
-                        let d = h(t, b[0], b[1]);
-                        let mut w = [0i8; 32];
-                        for (o, &q) in w.iter_mut().zip(&b[2..34]) {
-                            *o = q as i8;
-                        }
-                        for (a, ac) in xs.iter().zip(&mut acc) {
-                            let xb = &a.q[bi];
-                            *ac += d * xb.d * dot_i8(&w, &xb.q) as f32;
-                        }
-                    }
-                    for (x, ac) in acc.iter().enumerate() {
-                        y[x * len + i] = *ac;
-                    }
-                }
-            }
-            GgmlType::Q5_0 | GgmlType::Q4K | GgmlType::Q6K => {
-                for (i, row) in data.chunks_exact(self.row_bytes).enumerate() {
+        let dot: Option<RowDot> = match self.ty {
+            GgmlType::Q4_1 => Some(|r, a, t| blocks::dot_q4_1(r, &a.q, t)),
+            GgmlType::Q8_0 => Some(|r, a, t| blocks::dot_q8_0(r, &a.q, t)),
+            GgmlType::Q5_0 => Some(|r, a, t| blocks::dot_q5_0(r, &a.q, t)),
+            GgmlType::Q4K => Some(|r, a, t| blocks::dot_q4_k(r, &a.k, t)),
+            GgmlType::Q6K => Some(|r, a, t| blocks::dot_q6_k(r, &a.k, t)),
+            _ => None,
+        };
+        for (i, r) in rows.enumerate() {
+            match dot {
+                Some(dot) => {
+                    let row = &data[i * self.row_bytes..(i + 1) * self.row_bytes];
                     for (x, a) in xs.iter().enumerate() {
-                        y[x * len + i] = dot_other(self.ty, row, a, t);
+                        y[x * len + i] = dot(row, a, t);
                     }
                 }
-            }
-            _ => {
-                for (i, r) in rows.enumerate() {
+                None => {
                     let w = self.row(r);
                     for (x, a) in xs.iter().enumerate() {
                         y[x * len + i] = match &w {
@@ -205,65 +162,8 @@ impl QMatrix {
     }
 }
 
-impl QMatrix {
-    /// One input: each block is unpacked and multiplied at once, in registers (the batch
-    /// path's unpack-then-reuse is slower when there is nothing to reuse). Same values.
-    #[inline(always)]
-    pub(super) fn rows_one(&self, a: &Activations, rows: Range<usize>, y: &mut [f32]) {
-        let data = &self.data[rows.start * self.row_bytes..rows.end * self.row_bytes];
-        let t = f16_table();
-        let xq = &a.q;
-        match self.ty {
-            GgmlType::Q4_1 => {
-                for (yo, row) in y.iter_mut().zip(data.chunks_exact(self.row_bytes)) {
-                    let mut acc = 0f32;
-                    let mut mins = 0f32;
-                    for (b, xb) in row.chunks_exact(20).zip(xq) {
-                        let d = h(t, b[0], b[1]);
-                        let m = h(t, b[2], b[3]);
-                        let mut w = [0i8; 32];
-                        for j in 0..16 {
-                            w[j] = (b[4 + j] & 0xF) as i8;
-                            w[j + 16] = (b[4 + j] >> 4) as i8;
-                        }
-                        let dot = dot_i8(&w, &xb.q);
-                        acc += d * xb.d * dot as f32;
-                        mins += m * xb.s;
-                    }
-                    *yo = acc + mins;
-                }
-            }
-            GgmlType::Q8_0 => {
-                for (yo, row) in y.iter_mut().zip(data.chunks_exact(self.row_bytes)) {
-                    let mut acc = 0f32;
-                    for (b, xb) in row.chunks_exact(34).zip(xq) {
-                        let d = h(t, b[0], b[1]);
-                        let mut w = [0i8; 32];
-                        for (o, &q) in w.iter_mut().zip(&b[2..34]) {
-                            *o = q as i8;
-                        }
-                        let dot = dot_i8(&w, &xb.q);
-                        acc += d * xb.d * dot as f32;
-                    }
-                    *yo = acc;
-                }
-            }
-            GgmlType::Q5_0 | GgmlType::Q4K | GgmlType::Q6K => {
-                for (yo, row) in y.iter_mut().zip(data.chunks_exact(self.row_bytes)) {
-                    *yo = dot_other(self.ty, row, a, t);
-                }
-            }
-            _ => {
-                for (r, yo) in rows.zip(y.iter_mut()) {
-                    *yo = match self.row(r) {
-                        Ok(w) => w.iter().zip(&a.x).map(|(a, b)| a * b).sum(),
-                        Err(_) => f32::NAN,
-                    };
-                }
-            }
-        }
-    }
-}
+/// One row times one input, given the f16 table.
+type RowDot = fn(&[u8], &Activations, &[f32]) -> f32;
 
 /// The portable rows of a product, run compiled for AVX2 (see [`avx2::Compiled`]).
 #[cfg(target_arch = "x86_64")]
@@ -280,17 +180,6 @@ impl Compiled for Portable<'_> {
     #[inline(always)]
     fn run(self) {
         self.m.rows_portable(self.xs, self.rows, self.y)
-    }
-}
-
-/// One row of a Q5_0, Q4_K or Q6_K matrix times one input (the portable kernels).
-#[inline(always)]
-fn dot_other(ty: GgmlType, row: &[u8], a: &Activations, t: &[f32]) -> f32 {
-    match ty {
-        GgmlType::Q5_0 => kquant::dot_q5_0(row, &a.q, t),
-        GgmlType::Q4K => kquant::dot_q4_k(row, &a.k, t),
-        GgmlType::Q6K => kquant::dot_q6_k(row, &a.k, t),
-        _ => f32::NAN,
     }
 }
 

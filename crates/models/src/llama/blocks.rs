@@ -1,6 +1,7 @@
-//! The products of the K-quant weights (Q4_K, Q6_K) with activations rounded to 8 bits per
-//! block of 256 (GGML's Q8_K), and of Q5_0 weights with Q8_0 activations: the portable
-//! reference, written in the lanes of ggml's AVX2 kernels (eight 32-bit integer sums per
+//! The portable block kernels: Q4_1, Q8_0 and Q5_0 weights times activations rounded to 8
+//! bits per block of 32 (GGML's Q8_1/Q8_0), and the K-quants (Q4_K, Q6_K) times
+//! activations rounded per block of 256 (GGML's Q8_K). Each is written in the lanes of
+//! ggml's AVX2 kernel (eight 32-bit integer sums per
 //! block, each scaled into its own float accumulator with a fused multiply-add, the lanes
 //! added at the end in ggml's order), so it gives the same bits as they do, and as the
 //! AVX2 versions in [`super::avx2`] do.
@@ -139,6 +140,45 @@ pub(super) fn dot_q6_k(row: &[u8], xs: &[Q8KBlock], t: &[f32]) -> f32 {
         }
         for (a, s) in acc.iter_mut().zip(sumi) {
             *a = d.mul_add(s as f32, *a);
+        }
+    }
+    hsum8(&acc)
+}
+
+/// One Q4_1 row times Q8_1 activations (ggml's `ggml_vec_dot_q4_1_q8_1`, AVX2 lanes).
+#[inline(always)]
+pub(super) fn dot_q4_1(row: &[u8], xs: &[Q8Block], t: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut mins = 0f32;
+    for (b, y) in row.chunks_exact(20).zip(xs) {
+        let (d, m) = (h(t, b[0], b[1]), h(t, b[2], b[3]));
+        let qs = &b[4..20];
+        let dx = d * y.d;
+        for (l, a) in acc.iter_mut().enumerate() {
+            let mut p = 0i32;
+            for k in 4 * l..4 * l + 4 {
+                let q = if k < 16 { qs[k] & 0xF } else { qs[k - 16] >> 4 };
+                p += q as i32 * y.q[k] as i32;
+            }
+            *a = dx.mul_add(p as f32, *a);
+        }
+        mins = m.mul_add(y.s, mins);
+    }
+    hsum8(&acc) + mins
+}
+
+/// One Q8_0 row times Q8_0 activations (ggml's `ggml_vec_dot_q8_0_q8_0`, AVX2 lanes).
+#[inline(always)]
+pub(super) fn dot_q8_0(row: &[u8], xs: &[Q8Block], t: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (b, y) in row.chunks_exact(34).zip(xs) {
+        let dx = h(t, b[0], b[1]) * y.d;
+        for (l, a) in acc.iter_mut().enumerate() {
+            let mut p = 0i32;
+            for k in 4 * l..4 * l + 4 {
+                p += b[2 + k] as i8 as i32 * y.q[k] as i32;
+            }
+            *a = dx.mul_add(p as f32, *a);
         }
     }
     hsum8(&acc)
