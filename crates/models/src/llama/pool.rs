@@ -1,5 +1,8 @@
-//! The helper threads that split the larger matrix products by rows. They wait blocked
-//! (no spinning), so a node serving one model leaves the other cores alone.
+//! The helper threads that split the larger matrix products by rows. Between products that
+//! follow each other closely (a forward pass hands out four per layer) a helper spins for a
+//! moment, as llama.cpp's threads do, so a hand-off costs no wake-up; once the model is idle
+//! longer than [`SPIN`] it waits blocked, so a node serving one model leaves the other cores
+//! alone.
 
 use std::sync::{Arc, mpsc};
 
@@ -11,8 +14,32 @@ pub(super) const SPLIT_BYTES: usize = 64 << 10;
 
 pub(super) type Job = Box<dyn FnOnce() -> Vec<f32> + Send>;
 
-/// Helper threads for the matrix products: each waits, blocked (no spinning: these
-/// machines' cores are shared), for a block of rows to compute, and sends the values back.
+/// How long a thread polls for its next message before it waits blocked: longer than the
+/// gap between two products of one forward pass, far shorter than a pause between tokens
+/// that matters.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// The next message on `rx`: polled for up to [`SPIN`], then waited for blocked. `None`
+/// when the sender is gone.
+fn next<T>(rx: &mpsc::Receiver<T>) -> Option<T> {
+    let start = std::time::Instant::now();
+    let mut polls = 0u32;
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Some(v),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        polls += 1;
+        if polls.is_multiple_of(64) && start.elapsed() >= SPIN {
+            return rx.recv().ok();
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// Helper threads for the matrix products: each waits (polling briefly, then blocked) for
+/// a block of rows to compute, and sends the values back.
 pub(super) struct Pool {
     pub(super) helpers: Vec<(mpsc::SyncSender<Job>, mpsc::Receiver<Vec<f32>>)>,
 }
@@ -26,7 +53,7 @@ impl Pool {
                 std::thread::Builder::new()
                     .name(format!("sov-matvec-{}", i + 1))
                     .spawn(move || {
-                        while let Ok(job) = job_rx.recv() {
+                        while let Some(job) = next(&job_rx) {
                             if out_tx.send(job()).is_err() {
                                 break;
                             }
@@ -99,7 +126,7 @@ impl Pool {
             shares.push(compute(ms, &acts, 0));
             for (i, &was_sent) in sent.iter().enumerate().skip(1) {
                 let got = if was_sent {
-                    self.helpers[i - 1].1.recv().ok()
+                    next(&self.helpers[i - 1].1)
                 } else {
                     None
                 };
