@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 use super::activations::Activations;
 use super::blocks::{Q4_K_BYTES, Q6_K_BYTES, Q8KBlock};
 use super::q8::Q8Block;
-use crate::quant::{GgmlType, scale_min_k4};
+use crate::quant::GgmlType;
 
 /// Proof that this CPU has AVX2, FMA and F16C: the only way to reach the code compiled
 /// for them; and which integer dot-product instructions it has besides.
@@ -173,16 +173,52 @@ fn run_compiled<C: Compiled>(work: C) -> C::Output {
     work.run()
 }
 
+/// Rows of a Q4_K or Q6_K matrix times the inputs, four at a time (each block unpacked
+/// once for all four).
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_rows(ty: GgmlType, data: &[u8], row_bytes: usize, xs: &[Activations], y: &mut [f32]) {
     let rows = data.len() / row_bytes;
+    let ks: Vec<&[Q8KBlock]> = xs.iter().map(|a| a.k.as_slice()).collect();
+    for (group, out) in ks.chunks(4).zip(y.chunks_mut(4 * rows)) {
+        match (ty, group.len()) {
+            (GgmlType::Q4K, 1) => k_rows::<Q4K, 1>(data, row_bytes, group, out),
+            (GgmlType::Q4K, 2) => k_rows::<Q4K, 2>(data, row_bytes, group, out),
+            (GgmlType::Q4K, 3) => k_rows::<Q4K, 3>(data, row_bytes, group, out),
+            (GgmlType::Q4K, _) => k_rows::<Q4K, 4>(data, row_bytes, group, out),
+            (_, 1) => k_rows::<Q6K, 1>(data, row_bytes, group, out),
+            (_, 2) => k_rows::<Q6K, 2>(data, row_bytes, group, out),
+            (_, 3) => k_rows::<Q6K, 3>(data, row_bytes, group, out),
+            (_, _) => k_rows::<Q6K, 4>(data, row_bytes, group, out),
+        }
+    }
+}
+
+/// [`k_rows`]' weight types.
+const Q4K: u8 = 0;
+const Q6K: u8 = 1;
+
+/// Every row of a K-quant matrix times `N` inputs; `y[k·rows + i]` gets row `i` for input
+/// `k`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k_rows<const T: u8, const N: usize>(
+    data: &[u8],
+    row_bytes: usize,
+    xs: &[&[Q8KBlock]],
+    y: &mut [f32],
+) {
+    let rows = data.len() / row_bytes;
+    let Ok(xs) = <&[&[Q8KBlock]; N]>::try_from(xs) else {
+        return;
+    };
     for (i, row) in data.chunks_exact(row_bytes).enumerate() {
-        for (x, a) in xs.iter().enumerate() {
-            y[x * rows + i] = match ty {
-                GgmlType::Q4K => dot_q4_k(row, &a.k),
-                GgmlType::Q6K => dot_q6_k(row, &a.k),
-                _ => f32::NAN,
-            };
+        let out = if T == Q4K {
+            dot_q4_k::<N>(row, xs)
+        } else {
+            dot_q6_k::<N>(row, xs)
+        };
+        for (k, v) in out.into_iter().enumerate() {
+            y[k * rows + i] = v;
         }
     }
 }
@@ -308,39 +344,33 @@ fn f16x1(b: &[u8]) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
 }
 
-/// One Q4_K row times Q8_K activations: ggml's AVX2 `ggml_vec_dot_q4_K_q8_K`, the same
-/// lanes as [`super::blocks::dot_q4_k`].
+/// One Q4_K row times `N` Q8_K activation vectors: ggml's AVX2 `ggml_vec_dot_q4_K_q8_K`
+/// for each (the same lanes as [`super::blocks::dot_q4_k`]), each block unpacked once.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4_k(row: &[u8], xs: &[Q8KBlock]) -> f32 {
+fn dot_q4_k<const N: usize>(row: &[u8], xs: &[&[Q8KBlock]; N]) -> [f32; N] {
     let m4 = _mm256_set1_epi8(0xF);
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_m = _mm_setzero_ps();
-    for (b, y) in row.chunks_exact(Q4_K_BYTES).zip(xs) {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut acc_m = [_mm_setzero_ps(); N];
+    for (bi, b) in row.chunks_exact(Q4_K_BYTES).enumerate() {
         let (xd, xmin) = f16x2(b);
-        let d = y.d * xd;
-        let dmin = -y.d * xmin;
-        let mut sm = [0u8; 16];
-        for j in 0..8 {
-            (sm[j], sm[8 + j]) = scale_min_k4(j, &b[4..16]);
-        }
-        // Eight scales then eight minimums, widened to 16 bits.
-        let mins_and_scales = _mm256_cvtepu8_epi16(load16(&sm));
-        let bsums = load16i(&y.bsums);
-        let q8s = _mm_hadd_epi16(
-            _mm256_extracti128_si256::<0>(bsums),
-            _mm256_extracti128_si256::<1>(bsums),
-        );
-        let prod = _mm_madd_epi16(_mm256_extracti128_si256::<1>(mins_and_scales), q8s);
-        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
+        // Eight 6-bit scales, then eight minimums (ggml's `utmp` unpacking).
+        let w =
+            |k: usize| u32::from_le_bytes([b[4 + 4 * k], b[5 + 4 * k], b[6 + 4 * k], b[7 + 4 * k]]);
+        let (u0, u1, u2) = (w(0), w(1), w(2));
+        let (m1, m2, m3) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
+        let u3 = ((u2 >> 4) & m2) | (((u1 >> 6) & m3) << 4);
+        let mins_hi = u1 & m1;
+        let u1 = (u2 & m2) | (((u0 >> 6) & m3) << 4);
+        let (u0, u2) = (u0 & m1, mins_hi);
+        let mins_and_scales =
+            _mm256_cvtepu8_epi16(_mm_set_epi32(u3 as i32, u2 as i32, u1 as i32, u0 as i32));
+        let mins16 = _mm256_extracti128_si256::<1>(mins_and_scales);
         let sc = _mm256_extracti128_si256::<0>(mins_and_scales);
         let scales = _mm256_set_m128i(sc, sc);
-        let mut sumi = _mm256_setzero_si256();
+        let mut sumi = [_mm256_setzero_si256(); N];
         for j in 0..4 {
-            let (Ok(q4), Ok(lo), Ok(hi)) = (
-                <&[u8; 32]>::try_from(&b[16 + 32 * j..16 + 32 * (j + 1)]),
-                <&[i8; 32]>::try_from(&y.q[64 * j..64 * j + 32]),
-                <&[i8; 32]>::try_from(&y.q[64 * j + 32..64 * (j + 1)]),
-            ) else {
+            let Ok(q4) = <&[u8; 32]>::try_from(&b[16 + 32 * j..16 + 32 * (j + 1)]) else {
                 continue;
             };
             let scale_l = _mm256_shuffle_epi8(scales, _mm256_set1_epi16(k4_pair(2 * j)));
@@ -348,15 +378,40 @@ fn dot_q4_k(row: &[u8], xs: &[Q8KBlock]) -> f32 {
             let q4bits = load32(q4);
             let q4l = _mm256_and_si256(q4bits, m4);
             let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(q4bits), m4);
-            let pl = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q4l, load32(lo)));
-            let ph = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(q4h, load32(hi)));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+            for k in 0..N {
+                let Some(y) = xs[k].get(bi) else { continue };
+                let (Ok(lo), Ok(hi)) = (
+                    <&[i8; 32]>::try_from(&y.q[64 * j..64 * j + 32]),
+                    <&[i8; 32]>::try_from(&y.q[64 * j + 32..64 * (j + 1)]),
+                ) else {
+                    continue;
+                };
+                let pl = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q4l, load32(lo)));
+                let ph = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(q4h, load32(hi)));
+                sumi[k] = _mm256_add_epi32(sumi[k], _mm256_add_epi32(pl, ph));
+            }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        for k in 0..N {
+            let Some(y) = xs[k].get(bi) else { continue };
+            let bsums = load16i(&y.bsums);
+            let q8s = _mm_hadd_epi16(
+                _mm256_extracti128_si256::<0>(bsums),
+                _mm256_extracti128_si256::<1>(bsums),
+            );
+            let prod = _mm_madd_epi16(mins16, q8s);
+            acc_m[k] = _mm_fmadd_ps(_mm_set1_ps(-y.d * xmin), _mm_cvtepi32_ps(prod), acc_m[k]);
+            acc[k] = _mm256_fmadd_ps(
+                _mm256_set1_ps(y.d * xd),
+                _mm256_cvtepi32_ps(sumi[k]),
+                acc[k],
+            );
+        }
     }
-    let acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
-    let acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
-    hsum(acc) + _mm_cvtss_f32(acc_m)
+    std::array::from_fn(|k| {
+        let m = _mm_add_ps(acc_m[k], _mm_movehl_ps(acc_m[k], acc_m[k]));
+        let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        hsum(acc[k]) + _mm_cvtss_f32(m)
+    })
 }
 
 /// The shuffle that spreads 16-bit scale `i` of a register to every 16-bit lane.
@@ -366,21 +421,22 @@ fn k4_pair(i: usize) -> i16 {
     lo | ((lo + 1) << 8)
 }
 
-/// One Q6_K row times Q8_K activations: ggml's AVX2 `ggml_vec_dot_q6_K_q8_K`, the same
-/// lanes as [`super::blocks::dot_q6_k`].
+/// One Q6_K row times `N` Q8_K activation vectors: ggml's AVX2 `ggml_vec_dot_q6_K_q8_K`
+/// for each (the same lanes as [`super::blocks::dot_q6_k`]), each block unpacked once.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q6_k(row: &[u8], xs: &[Q8KBlock]) -> f32 {
+fn dot_q6_k<const N: usize>(row: &[u8], xs: &[&[Q8KBlock]; N]) -> [f32; N] {
     let m4 = _mm256_set1_epi8(0xF);
     let m2 = _mm256_set1_epi8(3);
     let m32s = _mm256_set1_epi8(32);
-    let mut acc = _mm256_setzero_ps();
-    for (b, y) in row.chunks_exact(Q6_K_BYTES).zip(xs) {
-        let d = y.d * f16x1(&b[208..210]);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (bi, b) in row.chunks_exact(Q6_K_BYTES).enumerate() {
+        let xd = f16x1(&b[208..210]);
         let Ok(sc) = <&[u8; 16]>::try_from(&b[192..208]) else {
             continue;
         };
         let scales = load16(sc);
-        let mut sumi = _mm256_setzero_si256();
+        let mut sumi = [_mm256_setzero_si256(); N];
         for j in 0..2 {
             let (Ok(ql1), Ok(ql2), Ok(qh)) = (
                 <&[u8; 32]>::try_from(&b[64 * j..64 * j + 32]),
@@ -390,61 +446,51 @@ fn dot_q6_k(row: &[u8], xs: &[Q8KBlock]) -> f32 {
                 continue;
             };
             let (q4bits1, q4bits2, q4bits_h) = (load32(ql1), load32(ql2), load32(qh));
-            let high = |shift: i32| -> __m256i {
-                let h = match shift {
-                    0 => q4bits_h,
-                    2 => _mm256_srli_epi16::<2>(q4bits_h),
-                    4 => _mm256_srli_epi16::<4>(q4bits_h),
-                    _ => _mm256_srli_epi16::<6>(q4bits_h),
-                };
-                _mm256_slli_epi16::<4>(_mm256_and_si256(h, m2))
-            };
+            let high = |h: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(h, m2));
             let q = [
-                _mm256_or_si256(_mm256_and_si256(q4bits1, m4), high(0)),
-                _mm256_or_si256(_mm256_and_si256(q4bits2, m4), high(2)),
+                _mm256_or_si256(_mm256_and_si256(q4bits1, m4), high(q4bits_h)),
+                _mm256_or_si256(
+                    _mm256_and_si256(q4bits2, m4),
+                    high(_mm256_srli_epi16::<2>(q4bits_h)),
+                ),
                 _mm256_or_si256(
                     _mm256_and_si256(_mm256_srli_epi16::<4>(q4bits1), m4),
-                    high(4),
+                    high(_mm256_srli_epi16::<4>(q4bits_h)),
                 ),
                 _mm256_or_si256(
                     _mm256_and_si256(_mm256_srli_epi16::<4>(q4bits2), m4),
-                    high(6),
+                    high(_mm256_srli_epi16::<6>(q4bits_h)),
                 ),
             ];
             for (part, q) in q.into_iter().enumerate() {
-                let at = 128 * j + 32 * part;
-                let Ok(x) = <&[i8; 32]>::try_from(&y.q[at..at + 32]) else {
-                    continue;
-                };
-                let x = load32(x);
-                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, x), _mm256_maddubs_epi16(m32s, x));
                 // Scales 2·(4j + part) and the next, eight 16-bit lanes each.
                 let s = (8 * j + 2 * part) as i8;
-                let pick = _mm_set_epi8(
-                    s + 1,
-                    s + 1,
-                    s + 1,
-                    s + 1,
-                    s + 1,
-                    s + 1,
-                    s + 1,
-                    s + 1,
-                    s,
-                    s,
-                    s,
-                    s,
-                    s,
-                    s,
-                    s,
-                    s,
-                );
+                let t = s + 1;
+                let pick = _mm_set_epi8(t, t, t, t, t, t, t, t, s, s, s, s, s, s, s, s);
                 let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
+                let at = 128 * j + 32 * part;
+                for k in 0..N {
+                    let Some(y) = xs[k].get(bi) else { continue };
+                    let Ok(x) = <&[i8; 32]>::try_from(&y.q[at..at + 32]) else {
+                        continue;
+                    };
+                    let x = load32(x);
+                    let p =
+                        _mm256_sub_epi16(_mm256_maddubs_epi16(q, x), _mm256_maddubs_epi16(m32s, x));
+                    sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(scale, p));
+                }
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        for k in 0..N {
+            let Some(y) = xs[k].get(bi) else { continue };
+            acc[k] = _mm256_fmadd_ps(
+                _mm256_set1_ps(y.d * xd),
+                _mm256_cvtepi32_ps(sumi[k]),
+                acc[k],
+            );
+        }
     }
-    hsum(acc)
+    std::array::from_fn(|k| hsum(acc[k]))
 }
 
 /// 16 signed 16-bit values into a register.
