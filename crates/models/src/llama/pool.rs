@@ -12,7 +12,15 @@ use super::qmatrix::{Activations, QMatrix};
 /// more than it saves.
 pub(super) const SPLIT_BYTES: usize = 64 << 10;
 
-pub(super) type Job = Box<dyn FnOnce() -> Vec<f32> + Send>;
+/// Parts each thread's share of a product for several tokens is cut into, for the threads
+/// to balance.
+const PARTS_PER_THREAD: usize = 4;
+
+/// Work for a helper: it gives back the parts it computed, each with its number.
+pub(super) type Job = Box<dyn FnOnce() -> Parts + Send>;
+
+/// Computed parts of a product: (part number, values).
+pub(super) type Parts = Vec<(usize, Vec<f32>)>;
 
 /// How long a thread polls for its next message before it waits blocked: longer than the
 /// gap between two products of one forward pass, far shorter than a pause between tokens
@@ -41,7 +49,7 @@ fn next<T>(rx: &mpsc::Receiver<T>) -> Option<T> {
 /// Helper threads for the matrix products: each waits (polling briefly, then blocked) for
 /// a block of rows to compute, and sends the values back.
 pub(super) struct Pool {
-    pub(super) helpers: Vec<(mpsc::SyncSender<Job>, mpsc::Receiver<Vec<f32>>)>,
+    pub(super) helpers: Vec<(mpsc::SyncSender<Job>, mpsc::Receiver<Parts>)>,
 }
 
 impl Pool {
@@ -91,58 +99,74 @@ impl Pool {
                 m.rows_batch(a, 0..m.rows, out);
             }
         } else {
-            // Share i of matrix k: rows part(k, i).
-            let part = |rows: usize, i: usize| {
-                let per = rows.div_ceil(n);
-                (i * per).min(rows)..((i + 1) * per).min(rows)
-            };
-            let compute = |ms: &[Arc<QMatrix>], acts: &[Vec<Activations>], i: usize| -> Vec<f32> {
-                let mut out = Vec::new();
-                for (m, a) in ms.iter().zip(acts) {
-                    let r = part(m.rows, i);
-                    let at = out.len();
-                    out.resize(at + r.len() * a.len(), 0.0);
-                    m.rows_batch(a, r, &mut out[at..]);
+            // The rows of every matrix in parts, taken one at a time by whichever thread is
+            // free (this one and the helpers): a thread that starts late or runs slower
+            // (a shared core) takes fewer, so no one waits for the slowest share.
+            let parts: Arc<Vec<(usize, std::ops::Range<usize>)>> = Arc::new(
+                ms.iter()
+                    .enumerate()
+                    .flat_map(|(k, m)| {
+                        // One token: a part per thread (small parts cost more than they
+                        // balance); several: smaller parts.
+                        let cut = if xs.len() > 1 { PARTS_PER_THREAD } else { 1 };
+                        let per = m.rows.div_ceil(cut * n).max(8);
+                        (0..m.rows.div_ceil(per))
+                            .map(move |c| (k, c * per..((c + 1) * per).min(m.rows)))
+                    })
+                    .collect(),
+            );
+            let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let work = {
+                let (ms, acts, parts, taken) =
+                    (ms.to_vec(), acts.clone(), parts.clone(), taken.clone());
+                move || -> Parts {
+                    let mut done = Vec::new();
+                    loop {
+                        let t = taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((k, rows)) = parts.get(t) else {
+                            return done;
+                        };
+                        let a = &acts[*k];
+                        let mut out = vec![0f32; rows.len() * a.len()];
+                        ms[*k].rows_batch(a, rows.clone(), &mut out);
+                        done.push((t, out));
+                    }
                 }
-                out
             };
-            let mut sent = vec![false; n];
-            for (i, (tx, _)) in self.helpers.iter().enumerate() {
-                let (mj, aj) = (ms.to_vec(), acts.clone());
-                let job: Job = Box::new(move || {
-                    let mut out = Vec::new();
-                    for (m, a) in mj.iter().zip(aj.iter()) {
-                        let per = m.rows.div_ceil(n);
-                        let r = ((i + 1) * per).min(m.rows)..((i + 2) * per).min(m.rows);
-                        let at = out.len();
-                        out.resize(at + r.len() * a.len(), 0.0);
-                        m.rows_batch(a, r, &mut out[at..]);
-                    }
-                    out
-                });
-                sent[i + 1] = tx.send(job).is_ok();
+            let sent: Vec<bool> = self
+                .helpers
+                .iter()
+                .map(|(tx, _)| {
+                    let w = work.clone();
+                    tx.send(Box::new(w)).is_ok()
+                })
+                .collect();
+            let mut done = work();
+            for ((_, rx), was_sent) in self.helpers.iter().zip(sent) {
+                if was_sent && let Some(d) = next(rx) {
+                    done.extend(d);
+                }
             }
-            let mut shares: Vec<Vec<f32>> = Vec::with_capacity(n);
-            shares.push(compute(ms, &acts, 0));
-            for (i, &was_sent) in sent.iter().enumerate().skip(1) {
-                let got = if was_sent {
-                    next(&self.helpers[i - 1].1)
-                } else {
-                    None
-                };
-                // A helper that is gone: its share is done here.
-                shares.push(got.unwrap_or_else(|| compute(ms, &acts, i)));
+            // Parts a helper that is gone took and never gave back: done here.
+            let mut have = vec![false; parts.len()];
+            for (t, _) in &done {
+                have[*t] = true;
             }
-            for (i, share) in shares.iter().enumerate() {
-                let mut at = 0;
-                for (m, out) in ms.iter().zip(&mut flat) {
-                    let r = part(m.rows, i);
-                    let len = r.len();
-                    for x in 0..xs.len() {
-                        out[x * m.rows + r.start..x * m.rows + r.end]
-                            .copy_from_slice(&share[at + x * len..at + (x + 1) * len]);
-                    }
-                    at += len * xs.len();
+            for (t, (k, rows)) in parts.iter().enumerate() {
+                if !have[t] {
+                    let a = &acts[*k];
+                    let mut out = vec![0f32; rows.len() * a.len()];
+                    ms[*k].rows_batch(a, rows.clone(), &mut out);
+                    done.push((t, out));
+                }
+            }
+            for (t, values) in done {
+                let (k, rows) = &parts[t];
+                let (m, out) = (&ms[*k], &mut flat[*k]);
+                let len = rows.len();
+                for x in 0..xs.len() {
+                    out[x * m.rows + rows.start..x * m.rows + rows.end]
+                        .copy_from_slice(&values[x * len..(x + 1) * len]);
                 }
             }
         }
