@@ -82,6 +82,20 @@ fn q4_k_m_decodes_as_llama_cpp_does() {
         one = m.forward(&mut b, t).unwrap();
     }
     assert_eq!(together, one);
+    // Two threads (the rows in parts, taken as the threads come free): the same values.
+    let mut m = m;
+    m.set_threads(2);
+    let mut c = m.session(r.prompt.len() + 1);
+    assert_eq!(m.forward_batch(&mut c, &r.prompt).unwrap(), together);
+    let next = sov_models::llama::argmax(&together).unwrap();
+    let mut d = m.session(r.prompt.len() + 1);
+    m.set_threads(1);
+    let one_thread = {
+        m.forward_batch(&mut d, &r.prompt).unwrap();
+        m.forward(&mut d, next).unwrap()
+    };
+    m.set_threads(2);
+    assert_eq!(m.forward(&mut c, next).unwrap(), one_thread);
 }
 
 #[derive(serde::Deserialize)]
