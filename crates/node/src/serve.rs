@@ -453,7 +453,16 @@ struct Running {
     _work: Option<Work>,
 }
 
+/// How many times `[models] parallel` sequences a model keeps, counting those whose reader
+/// is not reading.
+const STALLED_SLOTS: usize = 4;
+
 impl Running {
+    /// Whether it waits for its reader (its next token is sampled, its channel full).
+    fn stalled(&self) -> bool {
+        self.seq.wants_sample() && self.events.capacity() < 2
+    }
+
     /// Whether to go on: the node runs, the client is there, the budget lasts.
     fn keep_going(&self, node: &Node) -> bool {
         !node.is_stopping() && !self.events.is_closed() && std::time::Instant::now() < self.deadline
@@ -480,7 +489,14 @@ fn decode(node: &Node, name: &str, m: &LanguageModel, rx: &std_mpsc::Receiver<Jo
                 _ => return,
             }
         }
-        while open && running.len() < parallel {
+        // Requests whose reader is not reading (their channel full) do not count against
+        // `parallel`, so a few stalled clients cannot hold a model; all told at most
+        // STALLED_SLOTS times as many sequences are kept (their caches are memory).
+        loop {
+            let moving = running.iter().filter(|r| !r.stalled()).count();
+            if !open || moving >= parallel || running.len() >= parallel * STALLED_SLOTS {
+                break;
+            }
             match rx.try_recv() {
                 Ok(job) => start(node, m, job, &mut running),
                 Err(std_mpsc::TryRecvError::Empty) => break,
