@@ -512,14 +512,8 @@ mod tests {
 
     /// A small deterministic stream of values in [-r, r].
     fn values(n: usize, seed: u32, r: f32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x as f32 / u32::MAX as f32 * 2.0 - 1.0) * r
-            })
+        q8::xorshift(n, seed)
+            .map(|x| (x as f32 / u32::MAX as f32 * 2.0 - 1.0) * r)
             .collect()
     }
 
@@ -607,17 +601,7 @@ mod kernel_tests {
     use super::*;
     use crate::quant::GgmlType;
 
-    fn bytes(n: usize, seed: u32) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
+    use super::q8::test_bytes as bytes;
 
     /// A matrix of random blocks of `ty` (scales set to small f16 values).
     fn matrix(ty: GgmlType, rows: usize, cols: usize, seed: u32) -> QMatrix {
@@ -627,7 +611,7 @@ mod kernel_tests {
         for (i, b) in data.chunks_exact_mut(ty.block_bytes()).enumerate() {
             match ty {
                 GgmlType::Q6K => b[208..].copy_from_slice(&scale(i)),
-                GgmlType::Q4K | GgmlType::Q4_1 => {
+                GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q4_1 => {
                     b[..2].copy_from_slice(&scale(i));
                     b[2..4].copy_from_slice(&scale(i + 3));
                 }
@@ -661,6 +645,7 @@ mod kernel_tests {
             GgmlType::Q8_0,
             GgmlType::Q5_0,
             GgmlType::Q4K,
+            GgmlType::Q5K,
             GgmlType::Q6K,
         ] {
             let m = matrix(ty, rows, cols, ty as u32 + 7);

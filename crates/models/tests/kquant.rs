@@ -98,22 +98,12 @@ fn q4_k_m_decodes_as_llama_cpp_does() {
     assert_eq!(m.forward(&mut c, next).unwrap(), one_thread);
 }
 
-#[derive(serde::Deserialize)]
-struct Logprobs {
-    rows: Vec<common::LogprobRow>,
-}
-
 /// The log-probabilities of llama.cpp's five most likely tokens at each of 16 steps: within
 /// the difference its Q6_K product makes (measured: mean 0.088, largest 0.51 nats). A wrong
 /// block layout or scale would be off by whole nats.
 #[test]
 fn q4_k_m_log_probabilities_are_near_llama_cpps() {
-    let (g, bytes) = Gguf::read(&model()).unwrap();
-    let m = Llama::from_gguf(&g, &bytes).unwrap();
-    drop(bytes);
-    let fixture: Logprobs =
-        serde_json::from_slice(include_bytes!("../fixtures/smollm2-q4km-logprobs.json")).unwrap();
-    let (n, mean, worst) = common::compare_logprobs(&m, &fixture.rows, false);
-    eprintln!("{n} log-probabilities: mean difference {mean:.2e}, largest {worst:.2e}");
+    let fixture = include_bytes!("../fixtures/smollm2-q4km-logprobs.json");
+    let (_, mean, worst) = common::logprobs_against(&model(), fixture);
     assert!(mean < 0.12 && worst < 0.7, "mean {mean}, largest {worst}");
 }

@@ -208,20 +208,10 @@ async fn outcome(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generations_are_bounded_in_prompt_time_and_queued_work() {
     use sov_node::serve::Failure;
-    let home = tempfile::tempdir().unwrap();
     let mut config = Config::loopback();
     config.max_prompt_tokens = 8;
     config.request_timeout = Duration::ZERO;
-    let node = Node::offline(home.path(), Keypair::generate(), config)
-        .await
-        .unwrap();
-    let o = ImportOptions {
-        name: Some("llama".into()),
-        ..ImportOptions::default()
-    };
-    node.import_model(&fixture("tiny-llama.gguf"), o)
-        .await
-        .unwrap();
+    let (_home, node) = serving_tiny_llama(config).await;
 
     let long = Prompt::Tokens(vec![1; 9]);
     match outcome(&node, "llama", long, 2).await {
@@ -307,17 +297,9 @@ async fn concurrent_requests_decode_together_and_each_gets_what_it_gets_alone() 
     let seed = |i: usize| if i == 0 { seed0 } else { i as u64 };
     let alone: Vec<_> = (0..prompts.len()).map(|i| run_alone(i, seed(i))).collect();
 
-    let home = tempfile::tempdir().unwrap();
     let mut config = Config::loopback();
     config.parallel = 2;
-    let node = Node::offline(home.path(), Keypair::generate(), config)
-        .await
-        .unwrap();
-    let o = ImportOptions {
-        name: Some("llama".into()),
-        ..ImportOptions::default()
-    };
-    node.import_model(&path, o).await.unwrap();
+    let (_home, node) = serving_tiny_llama(config).await;
     let entry = node.model("llama").await.unwrap();
     let mut receivers = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
@@ -375,4 +357,20 @@ async fn concurrent_requests_decode_together_and_each_gets_what_it_gets_alone() 
         "{single} of {steps} steps decoded one request"
     );
     node.shutdown().await;
+}
+
+/// An offline node with `config` and the tiny Llama fixture imported as `llama`.
+async fn serving_tiny_llama(config: Config) -> (tempfile::TempDir, Node) {
+    let home = tempfile::tempdir().unwrap();
+    let node = Node::offline(home.path(), Keypair::generate(), config)
+        .await
+        .unwrap();
+    let o = ImportOptions {
+        name: Some("llama".into()),
+        ..ImportOptions::default()
+    };
+    node.import_model(&fixture("tiny-llama.gguf"), o)
+        .await
+        .unwrap();
+    (home, node)
 }

@@ -62,7 +62,11 @@ fn round_trips_small_empty_and_multi_chunk_objects() {
 
 #[test]
 fn an_edited_file_reuses_its_unchanged_chunks() {
-    let (_d, store) = node();
+    // The cut points depend on the node's chunking secret (derived from its key): a fixed
+    // key makes the count below the same on every run. With random keys an edit re-chunks
+    // 1 to 3 chunks: the one it lands in, and a neighbour or two when it moves a cut.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store.redb"), Keypair::from_seed(&[7; 32])).unwrap();
     let mut data = random_bytes(8 << 20, 1);
     let first = add(&store, &data, "v1");
     data[4 << 20] ^= 0xff;
@@ -70,7 +74,7 @@ fn an_edited_file_reuses_its_unchanged_chunks() {
     assert_ne!(first.id, second.id);
     assert!(first.chunks >= 8, "{first:?}");
     assert!(
-        second.new_chunks <= 2,
+        second.new_chunks <= 3,
         "an edit in one place re-chunked {} of {} chunks",
         second.new_chunks,
         second.chunks

@@ -23,7 +23,7 @@ impl Activations {
         match ty {
             // The quantised kernels read only the 8-bit blocks.
             GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q5_0 => a.q = quantize_q8(x),
-            GgmlType::Q4K | GgmlType::Q6K => a.k = quantize_q8k(x),
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => a.k = quantize_q8k(x),
             _ => a.x = x.to_vec(),
         }
         a

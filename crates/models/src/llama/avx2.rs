@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::activations::Activations;
-use super::blocks::{Q4_K_BYTES, Q6_K_BYTES, Q8KBlock};
+use super::blocks::{Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8KBlock};
 use super::q8::Q8Block;
 use crate::quant::GgmlType;
 
@@ -109,7 +109,12 @@ impl Features {
     pub(super) fn has_kernel(ty: GgmlType) -> bool {
         matches!(
             ty,
-            GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4K | GgmlType::Q6K
+            GgmlType::Q4_1
+                | GgmlType::Q8_0
+                | GgmlType::Q5_0
+                | GgmlType::Q4K
+                | GgmlType::Q5K
+                | GgmlType::Q6K
         )
     }
 
@@ -173,7 +178,7 @@ fn run_compiled<C: Compiled>(work: C) -> C::Output {
     work.run()
 }
 
-/// Rows of a Q4_K or Q6_K matrix times the inputs, four at a time (each block unpacked
+/// Rows of a Q4_K, Q5_K or Q6_K matrix times the inputs, four at a time (each block unpacked
 /// once for all four).
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_rows(ty: GgmlType, data: &[u8], row_bytes: usize, xs: &[Activations], y: &mut [f32]) {
@@ -185,6 +190,10 @@ fn dot_rows(ty: GgmlType, data: &[u8], row_bytes: usize, xs: &[Activations], y: 
             (GgmlType::Q4K, 2) => k_rows::<Q4K, 2>(data, row_bytes, group, out),
             (GgmlType::Q4K, 3) => k_rows::<Q4K, 3>(data, row_bytes, group, out),
             (GgmlType::Q4K, _) => k_rows::<Q4K, 4>(data, row_bytes, group, out),
+            (GgmlType::Q5K, 1) => k_rows::<Q5K, 1>(data, row_bytes, group, out),
+            (GgmlType::Q5K, 2) => k_rows::<Q5K, 2>(data, row_bytes, group, out),
+            (GgmlType::Q5K, 3) => k_rows::<Q5K, 3>(data, row_bytes, group, out),
+            (GgmlType::Q5K, _) => k_rows::<Q5K, 4>(data, row_bytes, group, out),
             (_, 1) => k_rows::<Q6K, 1>(data, row_bytes, group, out),
             (_, 2) => k_rows::<Q6K, 2>(data, row_bytes, group, out),
             (_, 3) => k_rows::<Q6K, 3>(data, row_bytes, group, out),
@@ -196,6 +205,7 @@ fn dot_rows(ty: GgmlType, data: &[u8], row_bytes: usize, xs: &[Activations], y: 
 /// [`k_rows`]' weight types.
 const Q4K: u8 = 0;
 const Q6K: u8 = 1;
+const Q5K: u8 = 2;
 
 /// Every row of a K-quant matrix times `N` inputs; `y[k·rows + i]` gets row `i` for input
 /// `k`.
@@ -212,10 +222,10 @@ fn k_rows<const T: u8, const N: usize>(
         return;
     };
     for (i, row) in data.chunks_exact(row_bytes).enumerate() {
-        let out = if T == Q4K {
-            dot_q4_k::<N>(row, xs)
-        } else {
-            dot_q6_k::<N>(row, xs)
+        let out = match T {
+            Q4K => dot_q4_k::<N>(row, xs),
+            Q5K => dot_q5_k::<N>(row, xs),
+            _ => dot_q6_k::<N>(row, xs),
         };
         for (k, v) in out.into_iter().enumerate() {
             y[k * rows + i] = v;
@@ -354,19 +364,9 @@ fn dot_q4_k<const N: usize>(row: &[u8], xs: &[&[Q8KBlock]; N]) -> [f32; N] {
     let mut acc_m = [_mm_setzero_ps(); N];
     for (bi, b) in row.chunks_exact(Q4_K_BYTES).enumerate() {
         let (xd, xmin) = f16x2(b);
-        // Eight 6-bit scales, then eight minimums (ggml's `utmp` unpacking).
-        let w =
-            |k: usize| u32::from_le_bytes([b[4 + 4 * k], b[5 + 4 * k], b[6 + 4 * k], b[7 + 4 * k]]);
-        let (u0, u1, u2) = (w(0), w(1), w(2));
-        let (m1, m2, m3) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
-        let u3 = ((u2 >> 4) & m2) | (((u1 >> 6) & m3) << 4);
-        let mins_hi = u1 & m1;
-        let u1 = (u2 & m2) | (((u0 >> 6) & m3) << 4);
-        let (u0, u2) = (u0 & m1, mins_hi);
-        let mins_and_scales =
-            _mm256_cvtepu8_epi16(_mm_set_epi32(u3 as i32, u2 as i32, u1 as i32, u0 as i32));
-        let mins16 = _mm256_extracti128_si256::<1>(mins_and_scales);
-        let sc = _mm256_extracti128_si256::<0>(mins_and_scales);
+        let ms = mins_and_scales(&b[4..16]);
+        let mins16 = _mm256_extracti128_si256::<1>(ms);
+        let sc = _mm256_extracti128_si256::<0>(ms);
         let scales = _mm256_set_m128i(sc, sc);
         let mut sumi = [_mm256_setzero_si256(); N];
         for j in 0..4 {
@@ -412,6 +412,91 @@ fn dot_q4_k<const N: usize>(row: &[u8], xs: &[&[Q8KBlock]; N]) -> [f32; N] {
         let m = _mm_add_ss(m, _mm_movehdup_ps(m));
         hsum(acc[k]) + _mm_cvtss_f32(m)
     })
+}
+
+/// Eight 6-bit scales then eight minimums of a Q4_K/Q5_K block's 12 scale bytes, widened
+/// to 16 bits (ggml's `utmp` unpacking).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mins_and_scales(b: &[u8]) -> __m256i {
+    let w = |k: usize| u32::from_le_bytes([b[4 * k], b[1 + 4 * k], b[2 + 4 * k], b[3 + 4 * k]]);
+    let (u0, u1, u2) = (w(0), w(1), w(2));
+    let (m1, m2, m3) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
+    let u3 = ((u2 >> 4) & m2) | (((u1 >> 6) & m3) << 4);
+    let mins_hi = u1 & m1;
+    let u1 = (u2 & m2) | (((u0 >> 6) & m3) << 4);
+    let (u0, u2) = (u0 & m1, mins_hi);
+    _mm256_cvtepu8_epi16(_mm_set_epi32(u3 as i32, u2 as i32, u1 as i32, u0 as i32))
+}
+
+/// One Q5_K row times `N` Q8_K activation vectors: ggml's AVX2 `ggml_vec_dot_q5_K_q8_K`
+/// for each (the same lanes as [`super::blocks::dot_q5_k`]), each block unpacked once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q5_k<const N: usize>(row: &[u8], xs: &[&[Q8KBlock]; N]) -> [f32; N] {
+    let m4 = _mm256_set1_epi8(0xF);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut mins = [0f32; N];
+    for (bi, b) in row.chunks_exact(Q5_K_BYTES).enumerate() {
+        let (xd, xmin) = f16x2(b);
+        let ms = mins_and_scales(&b[4..16]);
+        let mins16 = _mm256_extracti128_si256::<1>(ms);
+        let sc = _mm256_extracti128_si256::<0>(ms);
+        let scales = _mm256_set_m128i(sc, sc);
+        let Ok(qh) = <&[u8; 32]>::try_from(&b[16..48]) else {
+            continue;
+        };
+        let hbits = load32(qh);
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for j in 0..4 {
+            let Ok(q5) = <&[u8; 32]>::try_from(&b[48 + 32 * j..48 + 32 * (j + 1)]) else {
+                continue;
+            };
+            let scale_l = _mm256_shuffle_epi8(scales, _mm256_set1_epi16(k4_pair(2 * j)));
+            let scale_h = _mm256_shuffle_epi8(scales, _mm256_set1_epi16(k4_pair(2 * j + 1)));
+            let q5bits = load32(q5);
+            // Fifth bits 2j and 2j + 1 of each byte, moved to 16.
+            let fifth = |bit: usize| {
+                let one = _mm256_and_si256(hbits, _mm256_set1_epi8(1 << bit));
+                _mm256_slli_epi16::<4>(_mm256_srl_epi16(one, _mm_cvtsi32_si128(bit as i32)))
+            };
+            let ql = _mm256_add_epi8(_mm256_and_si256(q5bits, m4), fifth(2 * j));
+            let qhi = _mm256_add_epi8(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(q5bits), m4),
+                fifth(2 * j + 1),
+            );
+            for k in 0..N {
+                let Some(y) = xs[k].get(bi) else { continue };
+                let (Ok(lo), Ok(hi)) = (
+                    <&[i8; 32]>::try_from(&y.q[64 * j..64 * j + 32]),
+                    <&[i8; 32]>::try_from(&y.q[64 * j + 32..64 * (j + 1)]),
+                ) else {
+                    continue;
+                };
+                let pl = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(ql, load32(lo)));
+                let ph = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(qhi, load32(hi)));
+                sumi[k] = _mm256_add_epi32(sumi[k], _mm256_add_epi32(pl, ph));
+            }
+        }
+        for k in 0..N {
+            let Some(y) = xs[k].get(bi) else { continue };
+            let bsums = load16i(&y.bsums);
+            let q8s = _mm_hadd_epi16(
+                _mm256_extracti128_si256::<0>(bsums),
+                _mm256_extracti128_si256::<1>(bsums),
+            );
+            let prod = _mm_madd_epi16(mins16, q8s);
+            let z = _mm_setzero_si128();
+            let total = _mm_cvtsi128_si32(_mm_hadd_epi32(_mm_hadd_epi32(prod, z), z));
+            mins[k] = (-y.d * xmin).mul_add(total as f32, mins[k]);
+            acc[k] = _mm256_fmadd_ps(
+                _mm256_set1_ps(y.d * xd),
+                _mm256_cvtepi32_ps(sumi[k]),
+                acc[k],
+            );
+        }
+    }
+    std::array::from_fn(|k| hsum(acc[k]) + mins[k])
 }
 
 /// The shuffle that spreads 16-bit scale `i` of a register to every 16-bit lane.

@@ -14,6 +14,8 @@ pub(super) const QK_K: usize = 256;
 /// Bytes of one Q4_K block: f16 d, f16 dmin, 12 bytes of 6-bit scales and minimums, 128
 /// bytes of 4-bit values.
 pub(super) const Q4_K_BYTES: usize = 144;
+/// Bytes of one Q5_K block: as Q4_K, with 32 bytes of fifth bits before the 4-bit values.
+pub(super) const Q5_K_BYTES: usize = 176;
 /// Bytes of one Q6_K block: 128 bytes of low 4 bits, 64 of high 2 bits, 16 i8 scales, f16 d.
 pub(super) const Q6_K_BYTES: usize = 210;
 /// Bytes of one Q5_0 block: f16 d, 32 fifth bits, 16 bytes of 4-bit values.
@@ -105,6 +107,49 @@ pub(super) fn dot_q4_k(row: &[u8], xs: &[Q8KBlock], t: &[f32]) -> f32 {
         }
     }
     hsum8(&acc) + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]))
+}
+
+/// One Q5_K row times Q8_K activations (ggml's `ggml_vec_dot_q5_K_q8_K`, AVX2 lanes; its
+/// minimums summed to one integer per block and added in a scalar).
+#[inline(always)]
+pub(super) fn dot_q5_k(row: &[u8], xs: &[Q8KBlock], t: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut mins = 0f32;
+    for (b, y) in row.chunks_exact(Q5_K_BYTES).zip(xs) {
+        let d = y.d * h(t, b[0], b[1]);
+        let dmin = -y.d * h(t, b[2], b[3]);
+        let (mut sc, mut mn) = ([0i32; 8], [0i32; 8]);
+        for j in 0..8 {
+            let (s, m) = scale_min_k4(j, &b[4..16]);
+            sc[j] = s as i32;
+            mn[j] = m as i32;
+        }
+        let m: i32 = (0..8)
+            .map(|k| mn[k] * (y.bsums[2 * k] as i32 + y.bsums[2 * k + 1] as i32))
+            .sum();
+        mins = dmin.mul_add(m as f32, mins);
+        let (qh, qs) = (&b[16..48], &b[48..176]);
+        let mut sumi = [0i32; 8];
+        for j in 0..4 {
+            let q = &qs[32 * j..32 * (j + 1)];
+            let lo = &y.q[64 * j..64 * j + 32];
+            let hi = &y.q[64 * j + 32..64 * (j + 1)];
+            for (l, s) in sumi.iter_mut().enumerate() {
+                let (mut pl, mut ph) = (0i32, 0i32);
+                for k in 4 * l..4 * l + 4 {
+                    let bl = ((qh[k] >> (2 * j)) & 1) << 4;
+                    let bh = ((qh[k] >> (2 * j + 1)) & 1) << 4;
+                    pl += ((q[k] & 0xF) | bl) as i32 * lo[k] as i32;
+                    ph += ((q[k] >> 4) | bh) as i32 * hi[k] as i32;
+                }
+                *s += sc[2 * j] * pl + sc[2 * j + 1] * ph;
+            }
+        }
+        for (a, s) in acc.iter_mut().zip(sumi) {
+            *a = d.mul_add(s as f32, *a);
+        }
+    }
+    hsum8(&acc) + mins
 }
 
 /// One Q6_K row times Q8_K activations (ggml's `ggml_vec_dot_q6_K_q8_K`, AVX2 lanes).
@@ -210,18 +255,7 @@ mod tests {
     use super::*;
     use crate::quant::{GgmlType, dequantize};
 
-    /// A deterministic stream of bytes.
-    fn bytes(n: usize, seed: u32) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
+    use super::super::q8::test_bytes as bytes;
 
     /// Random blocks of `ty` with sane f16 scales (a small positive d, and dmin).
     fn blocks(ty: GgmlType, n: usize, seed: u32) -> Vec<u8> {
@@ -230,7 +264,7 @@ mod tests {
         let m = half::f16::from_f32(0.0071).to_le_bytes();
         for blk in b.chunks_exact_mut(ty.block_bytes()) {
             match ty {
-                GgmlType::Q4K => {
+                GgmlType::Q4K | GgmlType::Q5K => {
                     blk[..2].copy_from_slice(&d);
                     blk[2..4].copy_from_slice(&m);
                 }
@@ -299,6 +333,7 @@ mod tests {
                     GgmlType::Q4K,
                     dot_q4_k as fn(&[u8], &[Q8KBlock], &[f32]) -> f32,
                 ),
+                (GgmlType::Q5K, dot_q5_k),
                 (GgmlType::Q6K, dot_q6_k),
             ] {
                 let row = blocks(ty, 4, seed);

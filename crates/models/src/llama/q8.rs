@@ -55,3 +55,21 @@ pub(super) fn f16_table() -> &'static [f32] {
 pub(super) fn h(table: &[f32], lo: u8, hi: u8) -> f32 {
     table[u16::from_le_bytes([lo, hi]) as usize]
 }
+
+/// A deterministic xorshift stream of `n` words from `seed`, for the tests' inputs.
+#[cfg(test)]
+pub(super) fn xorshift(n: usize, seed: u32) -> impl Iterator<Item = u32> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..n).map(move |_| {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    })
+}
+
+/// `n` deterministic bytes from `seed`, for the tests' inputs.
+#[cfg(test)]
+pub(super) fn test_bytes(n: usize, seed: u32) -> Vec<u8> {
+    xorshift(n, seed).map(|x| (x >> 24) as u8).collect()
+}

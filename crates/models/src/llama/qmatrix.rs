@@ -137,6 +137,7 @@ impl QMatrix {
             GgmlType::Q8_0 => Some(|r, a, t| blocks::dot_q8_0(r, &a.q, t)),
             GgmlType::Q5_0 => Some(|r, a, t| blocks::dot_q5_0(r, &a.q, t)),
             GgmlType::Q4K => Some(|r, a, t| blocks::dot_q4_k(r, &a.k, t)),
+            GgmlType::Q5K => Some(|r, a, t| blocks::dot_q5_k(r, &a.k, t)),
             GgmlType::Q6K => Some(|r, a, t| blocks::dot_q6_k(r, &a.k, t)),
             _ => None,
         };

@@ -67,3 +67,19 @@ pub fn compare_logprobs(m: &Llama, rows: &[LogprobRow], greedy: bool) -> (usize,
     }
     (n, total / n.max(1) as f64, worst)
 }
+
+/// llama.cpp's log-probability fixture (`fixtures/llamacpp_logprobs.py`) against the model
+/// at `path`: (count, mean, largest) difference, printed.
+pub fn logprobs_against(path: &Path, fixture: &[u8]) -> (usize, f64, f64) {
+    #[derive(serde::Deserialize)]
+    struct Logprobs {
+        rows: Vec<LogprobRow>,
+    }
+    let (g, bytes) = sov_models::gguf::Gguf::read(path).unwrap();
+    let m = Llama::from_gguf(&g, &bytes).unwrap();
+    drop(bytes);
+    let fixture: Logprobs = serde_json::from_slice(fixture).unwrap();
+    let (n, mean, worst) = compare_logprobs(&m, &fixture.rows, false);
+    eprintln!("{n} log-probabilities: mean difference {mean:.2e}, largest {worst:.2e}");
+    (n, mean, worst)
+}
