@@ -16,6 +16,8 @@ mod common;
 
 use std::path::PathBuf;
 
+use common::Greedy;
+
 use sov_models::{gguf::Gguf, llama::Llama, quant::GgmlType};
 
 fn model() -> PathBuf {
@@ -31,18 +33,6 @@ fn model() -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-#[derive(serde::Deserialize)]
-struct Greedy {
-    rows: Vec<Row>,
-}
-
-#[derive(serde::Deserialize)]
-struct Row {
-    text: String,
-    prompt: Vec<u32>,
-    greedy: Vec<u32>,
 }
 
 #[test]

@@ -9,6 +9,8 @@ mod common;
 
 use std::path::PathBuf;
 
+use common::Greedy;
+
 use sov_models::{gguf::Gguf, llama::Llama, quant::GgmlType, tokenizer::Tokenizer};
 
 fn model() -> PathBuf {
@@ -104,20 +106,6 @@ fn smollm2_reads_like_ggufs_reference() {
             "{name}: |sum| {a} vs {abs_sum}"
         );
     }
-}
-
-#[derive(serde::Deserialize)]
-struct Greedy {
-    rows: Vec<Row>,
-}
-
-#[derive(serde::Deserialize)]
-struct Row {
-    text: String,
-    prompt: Vec<u32>,
-    greedy: Vec<u32>,
-    /// llama.cpp's log-probability margin of each pick over its runner-up.
-    gap: Vec<f64>,
 }
 
 #[test]

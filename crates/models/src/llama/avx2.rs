@@ -223,8 +223,8 @@ fn k_rows<const T: u8, const N: usize>(
     };
     for (i, row) in data.chunks_exact(row_bytes).enumerate() {
         let out = match T {
-            Q4K => dot_q4_k::<N>(row, xs),
-            Q5K => dot_q5_k::<N>(row, xs),
+            Q4K => dot_q45_k::<false, N>(row, xs),
+            Q5K => dot_q45_k::<true, N>(row, xs),
             _ => dot_q6_k::<N>(row, xs),
         };
         for (k, v) in out.into_iter().enumerate() {
@@ -354,66 +354,6 @@ fn f16x1(b: &[u8]) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
 }
 
-/// One Q4_K row times `N` Q8_K activation vectors: ggml's AVX2 `ggml_vec_dot_q4_K_q8_K`
-/// for each (the same lanes as [`super::blocks::dot_q4_k`]), each block unpacked once.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4_k<const N: usize>(row: &[u8], xs: &[&[Q8KBlock]; N]) -> [f32; N] {
-    let m4 = _mm256_set1_epi8(0xF);
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut acc_m = [_mm_setzero_ps(); N];
-    for (bi, b) in row.chunks_exact(Q4_K_BYTES).enumerate() {
-        let (xd, xmin) = f16x2(b);
-        let ms = mins_and_scales(&b[4..16]);
-        let mins16 = _mm256_extracti128_si256::<1>(ms);
-        let sc = _mm256_extracti128_si256::<0>(ms);
-        let scales = _mm256_set_m128i(sc, sc);
-        let mut sumi = [_mm256_setzero_si256(); N];
-        for j in 0..4 {
-            let Ok(q4) = <&[u8; 32]>::try_from(&b[16 + 32 * j..16 + 32 * (j + 1)]) else {
-                continue;
-            };
-            let scale_l = _mm256_shuffle_epi8(scales, _mm256_set1_epi16(k4_pair(2 * j)));
-            let scale_h = _mm256_shuffle_epi8(scales, _mm256_set1_epi16(k4_pair(2 * j + 1)));
-            let q4bits = load32(q4);
-            let q4l = _mm256_and_si256(q4bits, m4);
-            let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(q4bits), m4);
-            for k in 0..N {
-                let Some(y) = xs[k].get(bi) else { continue };
-                let (Ok(lo), Ok(hi)) = (
-                    <&[i8; 32]>::try_from(&y.q[64 * j..64 * j + 32]),
-                    <&[i8; 32]>::try_from(&y.q[64 * j + 32..64 * (j + 1)]),
-                ) else {
-                    continue;
-                };
-                let pl = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q4l, load32(lo)));
-                let ph = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(q4h, load32(hi)));
-                sumi[k] = _mm256_add_epi32(sumi[k], _mm256_add_epi32(pl, ph));
-            }
-        }
-        for k in 0..N {
-            let Some(y) = xs[k].get(bi) else { continue };
-            let bsums = load16i(&y.bsums);
-            let q8s = _mm_hadd_epi16(
-                _mm256_extracti128_si256::<0>(bsums),
-                _mm256_extracti128_si256::<1>(bsums),
-            );
-            let prod = _mm_madd_epi16(mins16, q8s);
-            acc_m[k] = _mm_fmadd_ps(_mm_set1_ps(-y.d * xmin), _mm_cvtepi32_ps(prod), acc_m[k]);
-            acc[k] = _mm256_fmadd_ps(
-                _mm256_set1_ps(y.d * xd),
-                _mm256_cvtepi32_ps(sumi[k]),
-                acc[k],
-            );
-        }
-    }
-    std::array::from_fn(|k| {
-        let m = _mm_add_ps(acc_m[k], _mm_movehl_ps(acc_m[k], acc_m[k]));
-        let m = _mm_add_ss(m, _mm_movehdup_ps(m));
-        hsum(acc[k]) + _mm_cvtss_f32(m)
-    })
-}
-
 /// Eight 6-bit scales then eight minimums of a Q4_K/Q5_K block's 12 scale bytes, widened
 /// to 16 bits (ggml's `utmp` unpacking).
 #[inline]
@@ -429,42 +369,51 @@ fn mins_and_scales(b: &[u8]) -> __m256i {
     _mm256_cvtepu8_epi16(_mm_set_epi32(u3 as i32, u2 as i32, u1 as i32, u0 as i32))
 }
 
-/// One Q5_K row times `N` Q8_K activation vectors: ggml's AVX2 `ggml_vec_dot_q5_K_q8_K`
-/// for each (the same lanes as [`super::blocks::dot_q5_k`]), each block unpacked once.
+/// One Q4_K (`FIVE` false) or Q5_K row times `N` Q8_K activation vectors: ggml's AVX2
+/// `ggml_vec_dot_q4_K_q8_K` / `ggml_vec_dot_q5_K_q8_K` for each (the same lanes as
+/// [`super::blocks::dot_q4_k`] and [`super::blocks::dot_q5_k`]: Q4_K sums its minimums in
+/// four float lanes, Q5_K in one integer and a scalar), each block unpacked once.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q5_k<const N: usize>(row: &[u8], xs: &[&[Q8KBlock]; N]) -> [f32; N] {
+fn dot_q45_k<const FIVE: bool, const N: usize>(row: &[u8], xs: &[&[Q8KBlock]; N]) -> [f32; N] {
     let m4 = _mm256_set1_epi8(0xF);
+    let (block, values) = if FIVE {
+        (Q5_K_BYTES, 48)
+    } else {
+        (Q4_K_BYTES, 16)
+    };
     let mut acc = [_mm256_setzero_ps(); N];
+    let mut acc_m = [_mm_setzero_ps(); N];
     let mut mins = [0f32; N];
-    for (bi, b) in row.chunks_exact(Q5_K_BYTES).enumerate() {
+    for (bi, b) in row.chunks_exact(block).enumerate() {
         let (xd, xmin) = f16x2(b);
         let ms = mins_and_scales(&b[4..16]);
         let mins16 = _mm256_extracti128_si256::<1>(ms);
         let sc = _mm256_extracti128_si256::<0>(ms);
         let scales = _mm256_set_m128i(sc, sc);
-        let Ok(qh) = <&[u8; 32]>::try_from(&b[16..48]) else {
-            continue;
+        let hbits = match <&[u8; 32]>::try_from(&b[16..48]) {
+            Ok(qh) if FIVE => load32(qh),
+            _ => _mm256_setzero_si256(),
         };
-        let hbits = load32(qh);
+        // Q5_K's fifth bit `bit` of each byte, moved to 16.
+        let fifth = |bit: usize| {
+            let one = _mm256_and_si256(hbits, _mm256_set1_epi8(1 << bit));
+            _mm256_slli_epi16::<4>(_mm256_srl_epi16(one, _mm_cvtsi32_si128(bit as i32)))
+        };
         let mut sumi = [_mm256_setzero_si256(); N];
         for j in 0..4 {
-            let Ok(q5) = <&[u8; 32]>::try_from(&b[48 + 32 * j..48 + 32 * (j + 1)]) else {
+            let Ok(q) = <&[u8; 32]>::try_from(&b[values + 32 * j..values + 32 * (j + 1)]) else {
                 continue;
             };
             let scale_l = _mm256_shuffle_epi8(scales, _mm256_set1_epi16(k4_pair(2 * j)));
             let scale_h = _mm256_shuffle_epi8(scales, _mm256_set1_epi16(k4_pair(2 * j + 1)));
-            let q5bits = load32(q5);
-            // Fifth bits 2j and 2j + 1 of each byte, moved to 16.
-            let fifth = |bit: usize| {
-                let one = _mm256_and_si256(hbits, _mm256_set1_epi8(1 << bit));
-                _mm256_slli_epi16::<4>(_mm256_srl_epi16(one, _mm_cvtsi32_si128(bit as i32)))
-            };
-            let ql = _mm256_add_epi8(_mm256_and_si256(q5bits, m4), fifth(2 * j));
-            let qhi = _mm256_add_epi8(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(q5bits), m4),
-                fifth(2 * j + 1),
-            );
+            let bits = load32(q);
+            let mut ql = _mm256_and_si256(bits, m4);
+            let mut qhi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+            if FIVE {
+                ql = _mm256_add_epi8(ql, fifth(2 * j));
+                qhi = _mm256_add_epi8(qhi, fifth(2 * j + 1));
+            }
             for k in 0..N {
                 let Some(y) = xs[k].get(bi) else { continue };
                 let (Ok(lo), Ok(hi)) = (
@@ -486,9 +435,13 @@ fn dot_q5_k<const N: usize>(row: &[u8], xs: &[&[Q8KBlock]; N]) -> [f32; N] {
                 _mm256_extracti128_si256::<1>(bsums),
             );
             let prod = _mm_madd_epi16(mins16, q8s);
-            let z = _mm_setzero_si128();
-            let total = _mm_cvtsi128_si32(_mm_hadd_epi32(_mm_hadd_epi32(prod, z), z));
-            mins[k] = (-y.d * xmin).mul_add(total as f32, mins[k]);
+            if FIVE {
+                let z = _mm_setzero_si128();
+                let total = _mm_cvtsi128_si32(_mm_hadd_epi32(_mm_hadd_epi32(prod, z), z));
+                mins[k] = (-y.d * xmin).mul_add(total as f32, mins[k]);
+            } else {
+                acc_m[k] = _mm_fmadd_ps(_mm_set1_ps(-y.d * xmin), _mm_cvtepi32_ps(prod), acc_m[k]);
+            }
             acc[k] = _mm256_fmadd_ps(
                 _mm256_set1_ps(y.d * xd),
                 _mm256_cvtepi32_ps(sumi[k]),
@@ -496,7 +449,14 @@ fn dot_q5_k<const N: usize>(row: &[u8], xs: &[&[Q8KBlock]; N]) -> [f32; N] {
             );
         }
     }
-    std::array::from_fn(|k| hsum(acc[k]) + mins[k])
+    std::array::from_fn(|k| {
+        if FIVE {
+            return hsum(acc[k]) + mins[k];
+        }
+        let m = _mm_add_ps(acc_m[k], _mm_movehl_ps(acc_m[k], acc_m[k]));
+        let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        hsum(acc[k]) + _mm_cvtss_f32(m)
+    })
 }
 
 /// The shuffle that spreads 16-bit scale `i` of a register to every 16-bit lane.

@@ -68,6 +68,18 @@ pub(super) fn hsum8(a: &[f32; 8]) -> f32 {
     (r[0] + r[2]) + (r[1] + r[3])
 }
 
+/// The eight 6-bit scales and minimums of a Q4_K/Q5_K block (its 12 scale bytes).
+#[inline(always)]
+fn scales_mins(q: &[u8]) -> ([i32; 8], [i32; 8]) {
+    let (mut sc, mut mn) = ([0i32; 8], [0i32; 8]);
+    for j in 0..8 {
+        let (s, m) = scale_min_k4(j, q);
+        sc[j] = s as i32;
+        mn[j] = m as i32;
+    }
+    (sc, mn)
+}
+
 /// One Q4_K row times Q8_K activations (ggml's `ggml_vec_dot_q4_K_q8_K`, AVX2 lanes).
 #[inline(always)]
 pub(super) fn dot_q4_k(row: &[u8], xs: &[Q8KBlock], t: &[f32]) -> f32 {
@@ -76,12 +88,7 @@ pub(super) fn dot_q4_k(row: &[u8], xs: &[Q8KBlock], t: &[f32]) -> f32 {
     for (b, y) in row.chunks_exact(Q4_K_BYTES).zip(xs) {
         let d = y.d * h(t, b[0], b[1]);
         let dmin = -y.d * h(t, b[2], b[3]);
-        let (mut sc, mut mn) = ([0i32; 8], [0i32; 8]);
-        for j in 0..8 {
-            let (s, m) = scale_min_k4(j, &b[4..16]);
-            sc[j] = s as i32;
-            mn[j] = m as i32;
-        }
+        let (sc, mn) = scales_mins(&b[4..16]);
         // The minimums: Σ over sub-blocks of min · (Σ of its 32 activations), in 4 lanes.
         for (m, a) in acc_m.iter_mut().enumerate() {
             let s = |k: usize| y.bsums[2 * k] as i32 + y.bsums[2 * k + 1] as i32;
@@ -118,12 +125,7 @@ pub(super) fn dot_q5_k(row: &[u8], xs: &[Q8KBlock], t: &[f32]) -> f32 {
     for (b, y) in row.chunks_exact(Q5_K_BYTES).zip(xs) {
         let d = y.d * h(t, b[0], b[1]);
         let dmin = -y.d * h(t, b[2], b[3]);
-        let (mut sc, mut mn) = ([0i32; 8], [0i32; 8]);
-        for j in 0..8 {
-            let (s, m) = scale_min_k4(j, &b[4..16]);
-            sc[j] = s as i32;
-            mn[j] = m as i32;
-        }
+        let (sc, mn) = scales_mins(&b[4..16]);
         let m: i32 = (0..8)
             .map(|k| mn[k] * (y.bsums[2 * k] as i32 + y.bsums[2 * k + 1] as i32))
             .sum();

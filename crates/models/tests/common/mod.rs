@@ -83,3 +83,19 @@ pub fn logprobs_against(path: &Path, fixture: &[u8]) -> (usize, f64, f64) {
     eprintln!("{n} log-probabilities: mean difference {mean:.2e}, largest {worst:.2e}");
     (n, mean, worst)
 }
+
+/// llama.cpp's greedy continuations (`fixtures/llamacpp_greedy.py`).
+#[derive(serde::Deserialize)]
+pub struct Greedy {
+    pub rows: Vec<GreedyRow>,
+}
+
+/// One prompt of a [`Greedy`] fixture.
+#[derive(serde::Deserialize)]
+pub struct GreedyRow {
+    pub text: String,
+    pub prompt: Vec<u32>,
+    pub greedy: Vec<u32>,
+    /// llama.cpp's log-probability margin of each pick over its runner-up.
+    pub gap: Vec<f64>,
+}
