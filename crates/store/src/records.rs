@@ -61,6 +61,34 @@ impl Store {
         Ok(true)
     }
 
+    /// Keep every `(key, value)` under `topic` in one transaction: a reader sees all of them
+    /// or none. Returns how many were new or changed.
+    pub fn put_records(&self, topic: &str, entries: &[(&[u8], &[u8])]) -> Result<usize> {
+        let mut keys = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            if value.len() > MAX_RECORD {
+                return Err(Error::Invalid(format!(
+                    "a record of {} bytes is over the limit of {MAX_RECORD}",
+                    value.len()
+                )));
+            }
+            keys.push(full_key(topic, key)?);
+        }
+        let w = self.begin_write()?;
+        let mut changed = 0;
+        {
+            let mut t = w.open_table(RECORDS)?;
+            for (k, (_, value)) in keys.iter().zip(entries) {
+                let old = t.insert(k.as_slice(), *value)?;
+                if old.is_none_or(|o| o.value() != *value) {
+                    changed += 1;
+                }
+            }
+        }
+        self.commit(w)?;
+        Ok(changed)
+    }
+
     /// The value under `topic` and `key`.
     pub fn record(&self, topic: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let k = full_key(topic, key)?;
@@ -137,6 +165,25 @@ mod tests {
         assert!(store.put_record("fl", b"b", b"2").unwrap());
         assert!(store.put_record("fl", b"a", b"1").unwrap());
         assert!(!store.put_record("fl", b"a", b"1").unwrap());
+        assert_eq!(
+            store
+                .put_records("both", &[(b"x", b"1"), (b"y", b"2")])
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            store
+                .put_records("both", &[(b"x", b"1"), (b"y", b"3")])
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.record("both", b"y").unwrap().unwrap(), b"3");
+        assert!(
+            store
+                .put_records("both", &[(b"z", &[0; MAX_RECORD + 1])])
+                .is_err()
+        );
+        assert!(store.record("both", b"z").unwrap().is_none());
         // A topic that is a prefix of another, or extends it, stays apart.
         store.put_record("f", b"lx", b"other").unwrap();
         store.put_record("fl2", b"a", b"other").unwrap();

@@ -101,21 +101,23 @@ impl Node {
                     serde_json::to_vec(&served).map_err(|e| Error::Refused(e.to_string()))?;
                 let replaced = self
                     .blocking(move |s| {
-                        let mut replaced = false;
+                        let mut newer: Vec<(&[u8], &[u8])> = Vec::new();
                         for key in [served.name.as_str(), DEFAULT_NAME] {
-                            let newer = match s.record(SERVED_TOPIC, key.as_bytes())? {
+                            let is_newer = match s.record(SERVED_TOPIC, key.as_bytes())? {
                                 Some(old) => serde_json::from_slice::<Served>(&old)
                                     .map_or(true, |o| {
                                         (o.created, o.proposal) < (served.created, served.proposal)
                                     }),
                                 None => true,
                             };
-                            if newer {
-                                s.put_record(SERVED_TOPIC, key.as_bytes(), &json)?;
-                                replaced = true;
+                            if is_newer {
+                                newer.push((key.as_bytes(), &json));
                             }
                         }
-                        Ok(replaced)
+                        // Both names at once: no reader sees the group's name served and
+                        // `default` not yet.
+                        s.put_records(SERVED_TOPIC, &newer)?;
+                        Ok(!newer.is_empty())
                     })
                     .await?;
                 Ok((
