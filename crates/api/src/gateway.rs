@@ -194,6 +194,56 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
 }
 
+/// The model a request names, or, when it names none (`model` left out or null, as
+/// llama.cpp's and LM Studio's single-model clients send), the node's default: the model a
+/// group promoted as `default`, else the only model here of the `kind` the route needs.
+async fn entry_or_default(
+    state: &AppState,
+    model: Option<&str>,
+    kind: ModelKind,
+) -> Result<ModelEntry, OaiError> {
+    if let Some(name) = model {
+        return entry(state, name).await;
+    }
+    if let Ok(e) = state.node.model(sov_node::gov::DEFAULT_NAME).await
+        && e.manifest.kind == kind
+    {
+        return Ok(e);
+    }
+    let all = state
+        .node
+        .models()
+        .await
+        .map_err(|e| OaiError::server(e.to_string()))?;
+    let mut of_kind: Vec<ModelEntry> = all
+        .into_iter()
+        .filter(|e| e.manifest.kind == kind)
+        .collect();
+    match of_kind.len() {
+        1 => Ok(of_kind.remove(0)),
+        0 => Err(OaiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            code: Some("model_not_found"),
+            param: Some("model"),
+            message: format!("there is no {} model here", kind.as_str()),
+        }),
+        _ => Err(OaiError::invalid(
+            format!(
+                "name a model: there are {} {} models here ({})",
+                of_kind.len(),
+                kind.as_str(),
+                of_kind
+                    .iter()
+                    .map(|e| e.manifest.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Some("model"),
+        )),
+    }
+}
+
 async fn entry(state: &AppState, model: &str) -> Result<ModelEntry, OaiError> {
     state.node.model(model).await.map_err(|e| OaiError {
         status: StatusCode::NOT_FOUND,
@@ -359,7 +409,9 @@ const MAX_CHOICES: u64 = 8;
 /// The sampling and length settings both completion routes share.
 #[derive(Debug, Deserialize)]
 struct Settings {
-    model: String,
+    /// Left out or null: the node's default (see [`entry_or_default`]).
+    #[serde(default)]
+    model: Option<String>,
     #[serde(default)]
     stream: bool,
     stream_options: Option<StreamOptions>,
@@ -734,7 +786,7 @@ async fn complete(
 ) -> Result<Response, OaiError> {
     let (max_tokens, sampling, stop) = settings.job_parts()?;
     let logprobs = settings.logprobs(api)?;
-    let entry = entry(&state, &settings.model).await?;
+    let entry = entry_or_default(&state, settings.model.as_deref(), ModelKind::Language).await?;
     if entry.manifest.kind != ModelKind::Language {
         return Err(OaiError::invalid(
             format!(
@@ -1099,7 +1151,8 @@ enum EmbeddingInput {
 
 #[derive(Debug, Deserialize)]
 struct EmbeddingRequest {
-    model: String,
+    #[serde(default)]
+    model: Option<String>,
     input: EmbeddingInput,
     encoding_format: Option<String>,
     dimensions: Option<u64>,
@@ -1138,7 +1191,7 @@ pub(crate) async fn embeddings(
             Some("input"),
         ));
     }
-    let entry = entry(&state, &req.model).await?;
+    let entry = entry_or_default(&state, req.model.as_deref(), ModelKind::Embedding).await?;
     if entry.manifest.kind != ModelKind::Embedding {
         return Err(OaiError::invalid(
             format!(

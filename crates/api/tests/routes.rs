@@ -435,6 +435,56 @@ async fn every_route_checks_the_token_and_answers_with_its_status_and_error_shap
         "invalid_request_error",
     );
 
+    // A request naming no model (as llama.cpp's and LM Studio's clients send) is served by
+    // the only model of its kind here; with none of that kind it is a 404, with two a 400
+    // that names them.
+    for model in [json!(null), json!("absent")] {
+        let mut chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0});
+        if model.is_null() {
+            chat["model"] = model;
+        }
+        let c = ok(&app, Method::POST, "/v1/chat/completions", json_body(chat)).await;
+        assert_eq!(
+            (c.status, c.json()["model"].clone()),
+            (StatusCode::OK, json!("tiny")),
+            "{:?}",
+            String::from_utf8_lossy(&c.body)
+        );
+    }
+    let emb = ok(
+        &app,
+        Method::POST,
+        "/v1/embeddings",
+        json_body(json!({"input": "a"})),
+    )
+    .await;
+    oai_error(&emb, StatusCode::NOT_FOUND, "invalid_request_error");
+    assert_eq!(emb.json()["error"]["code"], "model_not_found");
+    let m = ok(
+        &app,
+        Method::POST,
+        "/api/v1/models",
+        json_body(json!({"path": path, "name": "tiny-too"})),
+    )
+    .await;
+    assert_eq!(m.status, StatusCode::OK);
+    let cmpl = json!({"prompt": "a", "max_tokens": 2});
+    let c = ok(&app, Method::POST, "/v1/completions", json_body(cmpl)).await;
+    oai_error(&c, StatusCode::BAD_REQUEST, "invalid_request_error");
+    let m = c.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        m.contains("tiny, tiny-too") || m.contains("tiny-too, tiny"),
+        "{m}"
+    );
+    let rm = ok(
+        &app,
+        Method::DELETE,
+        "/api/v1/models/tiny-too",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(rm.status, StatusCode::OK);
+
     // Removing the model answers with it, and the gateway no longer knows it.
     let rm = ok(&app, Method::DELETE, "/api/v1/models/tiny", Body::empty()).await;
     assert_eq!(

@@ -20,6 +20,8 @@ mod enact;
 pub(crate) mod state;
 mod sync;
 
+pub use enact::DEFAULT_NAME;
+
 use std::{
     sync::Arc,
     time::{Duration, Instant},
