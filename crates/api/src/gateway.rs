@@ -636,11 +636,18 @@ fn messages(msgs: Vec<ChatMessage>) -> Result<Vec<Message>, OaiError> {
                     None => String::new(),
                 },
                 Some(Content::Text(t)) => t,
+                // Text parts are joined by a line break, as llama.cpp joins them: glued
+                // together, "What is" and "the best book" would read "What isthe best book".
                 Some(Content::Parts(parts)) => {
                     let mut s = String::new();
                     for p in parts {
                         match (p.kind.as_str(), p.text) {
-                            ("text", Some(t)) => s.push_str(&t),
+                            ("text", Some(t)) => {
+                                if !s.is_empty() {
+                                    s.push('\n');
+                                }
+                                s.push_str(&t);
+                            }
                             (kind, _) => {
                                 return Err(OaiError::invalid(
                                     format!(

@@ -389,6 +389,22 @@ async fn every_route_checks_the_token_and_answers_with_its_status_and_error_shap
         (c.status, c.json()["object"].clone()),
         (StatusCode::OK, json!("chat.completion"))
     );
+    // Text parts of a message are read as their texts joined by line breaks (as llama.cpp
+    // reads them), not glued together.
+    let usage = |content: Value| {
+        let chat = json!({"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": 1, "temperature": 0});
+        let app = app.clone();
+        async move {
+            let c = ok(&app, Method::POST, "/v1/chat/completions", json_body(chat)).await;
+            assert_eq!(c.status, StatusCode::OK);
+            c.json()["usage"]["prompt_tokens"].clone()
+        }
+    };
+    let parts =
+        json!([{"type": "text", "text": "What is"}, {"type": "text", "text": "the best book"}]);
+    let joined = usage(parts).await;
+    assert_eq!(joined, usage(json!("What is\nthe best book")).await);
+    assert_ne!(joined, usage(json!("What isthe best book")).await);
     let cmpl = json!({"model": "tiny", "prompt": "a", "max_tokens": 2, "temperature": 0});
     let c = ok(&app, Method::POST, "/v1/completions", json_body(cmpl)).await;
     assert_eq!(

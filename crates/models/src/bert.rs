@@ -279,7 +279,7 @@ impl Bert {
         let ids = self.tokenizer.encode(text, self.max_tokens + 1);
         if ids.len() > self.max_tokens {
             return Err(Error::ContextLength(format!(
-                "the input is longer than the {} tokens this model takes",
+                "the input is too large: more than the {} tokens this model takes",
                 self.max_tokens
             )));
         }
