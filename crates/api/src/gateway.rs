@@ -25,7 +25,7 @@ use std::{
 
 use crate::tools;
 use axum::{
-    Json,
+    Extension, Json,
     body::Bytes,
     extract::{Path, Request, State},
     http::StatusCode,
@@ -132,12 +132,15 @@ impl IntoResponse for OaiError {
 /// `/v1` routes need `Authorization: Bearer <admin token>`; errors in OpenAI's shape.
 pub(crate) async fn require_token(
     State(state): State<AppState>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let asked = crate::Asked::of(&state, &req);
     match asked.check(&state).await {
-        Ok(_) => next.run(req).await,
+        Ok(caller) => {
+            req.extensions_mut().insert(caller.cache_scope());
+            next.run(req).await
+        }
         Err(crate::Denied::Invalid(why)) => OaiError::unauthorized(
             &format!(
                 "Incorrect API key provided: {why} (use the node's admin token, in \
@@ -703,14 +706,17 @@ fn chat_message(o: &Output, with_tools: bool) -> (Value, &'static str) {
     )
 }
 
-/// Usage of `n` choices of one prompt: the prompt counted once, every choice's tokens.
+/// Usage of `n` choices of one prompt: the prompt counted once, every choice's tokens; of
+/// the prompt, the tokens the first choice took from the prompt cache (`cached_tokens`).
 fn usage_of(outs: &[Output]) -> Value {
     let prompt = outs.first().map_or(0, |o| o.prompt_tokens);
+    let cached = outs.first().map_or(0, |o| o.cached_tokens);
     let completion: usize = outs.iter().map(|o| o.completion_tokens).sum();
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
     })
 }
 
@@ -723,6 +729,7 @@ enum Api {
 
 pub(crate) async fn chat_completions(
     State(state): State<AppState>,
+    scope: Option<Extension<crate::CacheScope>>,
     body: Bytes,
 ) -> Result<Response, OaiError> {
     let req: ChatRequest = parse(&body)?;
@@ -755,11 +762,21 @@ pub(crate) async fn chat_completions(
             ),
         }
     }
-    complete(state, req.settings, Prompt::Chat(msgs), Api::Chat, tools).await
+    let scope = cache_scope(scope);
+    complete(
+        state,
+        req.settings,
+        Prompt::Chat(msgs),
+        Api::Chat,
+        tools,
+        scope,
+    )
+    .await
 }
 
 pub(crate) async fn completions(
     State(state): State<AppState>,
+    scope: Option<Extension<crate::CacheScope>>,
     body: Bytes,
 ) -> Result<Response, OaiError> {
     let req: CompletionRequest = parse(&body)?;
@@ -781,7 +798,13 @@ pub(crate) async fn completions(
             Some("prompt"),
         ));
     }
-    complete(state, req.settings, prompt, Api::Text, None).await
+    let scope = cache_scope(scope);
+    complete(state, req.settings, prompt, Api::Text, None, scope).await
+}
+
+/// The caller's prompt-cache scope; a request that came by no token check shares with no one.
+fn cache_scope(scope: Option<Extension<crate::CacheScope>>) -> String {
+    scope.map_or_else(|| new_id("unshared"), |Extension(s)| s.0)
 }
 
 async fn complete(
@@ -790,6 +813,7 @@ async fn complete(
     prompt: Prompt,
     api: Api,
     tools: Option<tools::Tools>,
+    cache_scope: String,
 ) -> Result<Response, OaiError> {
     let (max_tokens, sampling, stop) = settings.job_parts()?;
     let logprobs = settings.logprobs(api)?;
@@ -830,6 +854,7 @@ async fn complete(
                     stop: stop.clone(),
                     logprobs,
                     constraint: constraint.clone(),
+                    cache_scope: cache_scope.clone(),
                 },
             )
             .await

@@ -387,6 +387,22 @@ pub(crate) fn bearer(state: &AppState, req: &Request) -> Bearer {
     }
 }
 
+/// Whose prompt cache a request may use: "" for the owner, else the client's DID (so no
+/// client learns another's prompts from how fast its own are read). `/v1`'s token check
+/// puts it on the request.
+#[derive(Debug, Clone)]
+pub(crate) struct CacheScope(pub(crate) String);
+
+impl Caller {
+    /// Its prompt-cache scope.
+    pub(crate) fn cache_scope(self) -> CacheScope {
+        CacheScope(match self {
+            Caller::Owner => String::new(),
+            Caller::Client(c) => c.sub,
+        })
+    }
+}
+
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let asked = Asked::of(&state, &req);
     match asked.check(&state).await {

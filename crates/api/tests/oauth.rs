@@ -444,3 +444,80 @@ async fn rate_limits_answer_429_with_retry_after_per_token_and_per_address_but_n
     );
     node.shutdown().await;
 }
+
+/// The prompt cache is each caller's own: a client sending the prompt another client sent
+/// gets no cached tokens (and no faster prompt), so it cannot learn what others asked; the
+/// same client sending it again does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_learn_another_clients_prompt_from_the_prompt_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let node = Node::start(home.path(), Keypair::generate(), Config::loopback())
+        .await
+        .unwrap();
+    let app = sov_api::router(node.clone(), TOKEN);
+    let json = |path: &str, bearer: &str, body: Value| {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header("host", HOST)
+            .header("authorization", format!("Bearer {bearer}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let app = app.clone();
+        async move {
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+        }
+    };
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/fixtures/tiny-llama.gguf")
+        .display()
+        .to_string();
+    let (s, e) = json(
+        "/api/v1/models",
+        TOKEN,
+        serde_json::json!({"path": fixture, "name": "tiny"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    let mut tokens = Vec::new();
+    for seed in [81u8, 82] {
+        let client = Keypair::from_seed(&[seed; 32]);
+        let g = node
+            .token_issue(client.did(), &["infer".into()], 600)
+            .await
+            .unwrap();
+        tokens.push(g.access_token);
+    }
+    let secret = serde_json::json!({
+        "model": "tiny", "max_tokens": 2, "temperature": 0,
+        "messages": [{"role": "user", "content": "my diagnosis is confidential: a b c d e f g"}],
+    });
+    let cached = |bearer: String| {
+        let ask = json("/v1/chat/completions", &bearer, secret.clone());
+        async move {
+            let (s, r) = ask.await;
+            assert_eq!(s, StatusCode::OK, "{r}");
+            r["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    assert_eq!(cached(tokens[0].clone()).await, 0, "client A, first time");
+    assert_eq!(
+        cached(tokens[1].clone()).await,
+        0,
+        "client B: A's prompt is not B's"
+    );
+    assert_eq!(cached(TOKEN.into()).await, 0, "the owner: nor the owner's");
+    assert!(
+        cached(tokens[0].clone()).await > 0,
+        "client A again: its own"
+    );
+    node.shutdown().await;
+}

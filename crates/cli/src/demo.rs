@@ -1295,6 +1295,7 @@ async fn model_step(members: &[Member], owner: &str, models: Option<&Path>) -> a
             stop: Vec::new(),
             logprobs: None,
             constraint: None,
+            cache_scope: String::new(),
         },
         &mut |_| Ok(()),
     )

@@ -428,6 +428,7 @@ impl Engine {
                     stop: Vec::new(),
                     logprobs: None,
                     constraint: None,
+                    cache_scope: String::new(),
                 };
                 let out = local.block_on(generate(local.node(), entry, generation, on_text))?;
                 Ok(Summary {

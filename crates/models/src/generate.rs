@@ -6,7 +6,10 @@
 //! could be the start of a stop sequence is held back until it is known not to be one, so a
 //! stop sequence never reaches the caller.
 
-use std::time::Instant;
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use crate::{
     Error, Result,
@@ -28,6 +31,66 @@ pub struct LanguageModel {
     pub tokenizer: Tokenizer,
     /// Its chat template.
     pub template: ChatTemplate,
+    /// Finished generations' keys and values (see [`PromptCache`]).
+    cache: Arc<PromptCache>,
+}
+
+/// Finished generations that are kept at most, and the bytes of keys and values they may
+/// hold together; the least recently finished go first.
+const CACHED_SESSIONS: usize = 4;
+const CACHED_BYTES: usize = 256 << 20;
+
+/// The prompt cache: the keys and values of the last few generations, kept when they end,
+/// so that a prompt that begins as one of them did (the same system prompt, a chat that goes
+/// on, the same request again) reads only what follows the shared part. The values are the
+/// ones reading the whole prompt gives (a token's keys and values depend only on the tokens
+/// before it), so answers are the same with and without it; OpenAI's
+/// `usage.prompt_tokens_details.cached_tokens` counts what was reused. A request reuses only
+/// what requests of its own [`Request::cache_scope`] left: how fast a prompt is read, and
+/// `cached_tokens`, would tell one client what another asked.
+#[derive(Default)]
+struct PromptCache {
+    /// Each with its scope and the tokens its keys and values are of; the most recent last.
+    kept: Mutex<Vec<(String, Vec<u32>, crate::llama::Session)>>,
+}
+
+impl PromptCache {
+    /// The kept session of `scope` that shares the longest beginning with `prompt` (taken
+    /// out), and how many tokens they share; none if none shares any.
+    fn take(&self, scope: &str, prompt: &[u32]) -> Option<(usize, crate::llama::Session)> {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let (i, shared) = kept
+            .iter()
+            .enumerate()
+            .filter(|(_, (s, _, _))| s == scope)
+            .map(|(i, (_, tokens, _))| {
+                let n = tokens
+                    .iter()
+                    .zip(prompt)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                (i, n)
+            })
+            .max_by_key(|&(_, n)| n)?;
+        if shared == 0 {
+            return None;
+        }
+        Some((shared, kept.remove(i).2))
+    }
+
+    /// Keep a finished session of `scope` whose keys and values are of `tokens`.
+    fn put(&self, scope: String, tokens: Vec<u32>, session: crate::llama::Session) {
+        if session.is_empty() {
+            return;
+        }
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.push((scope, tokens, session));
+        while kept.len() > CACHED_SESSIONS
+            || kept.iter().map(|(_, _, s)| s.kv_bytes()).sum::<usize>() > CACHED_BYTES
+        {
+            kept.remove(0);
+        }
+    }
 }
 
 /// Why generation ended (OpenAI's `finish_reason`).
@@ -66,7 +129,10 @@ pub struct Request {
     /// alternatives (`None`: none; at most [`MAX_TOP_LOGPROBS`]).
     pub logprobs: Option<usize>,
     /// Keep the output to this grammar (JSON, or JSON a schema describes).
-    pub constraint: Option<std::sync::Arc<crate::constrain::Grammar>>,
+    pub constraint: Option<Arc<crate::constrain::Grammar>>,
+    /// Whose prompt cache it may use: requests with the same scope reuse each other's
+    /// keys and values, no others (the gateway gives each client its own; "" is the owner's).
+    pub cache_scope: String,
 }
 
 /// Most alternatives reported per token (OpenAI's limit).
@@ -95,6 +161,9 @@ pub struct Output {
     pub tokens: Vec<u32>,
     /// Prompt length in tokens.
     pub prompt_tokens: usize,
+    /// Of those, how many were not read again: their keys and values came from an earlier
+    /// generation that began the same way (the prompt cache).
+    pub cached_tokens: usize,
     /// Tokens generated.
     pub completion_tokens: usize,
     /// Why it ended.
@@ -108,9 +177,12 @@ pub struct Output {
 }
 
 impl Output {
-    /// Prompt tokens per second.
+    /// Prompt tokens read per second (those from the prompt cache were not read).
     pub fn prompt_tokens_per_s(&self) -> f64 {
-        rate(self.prompt_tokens, self.prompt_seconds)
+        rate(
+            self.prompt_tokens.saturating_sub(self.cached_tokens),
+            self.prompt_seconds,
+        )
     }
 
     /// Generated tokens per second (the first token comes from the prompt pass, so it is
@@ -150,6 +222,7 @@ impl LanguageModel {
             llama,
             tokenizer,
             template,
+            cache: Arc::default(),
         })
     }
 
@@ -288,8 +361,20 @@ impl LanguageModel {
             )));
         }
         let budget = req.max_tokens.min(ctx - req.prompt.len());
+        let room = req.prompt.len() + budget;
+        // At least the prompt's last token is read again: its logits start the answer.
+        let (session, cached) = match self.cache.take(&req.cache_scope, &req.prompt) {
+            Some((shared, mut session)) => {
+                let n = shared.min(req.prompt.len() - 1);
+                session.rewind(n, room, &self.llama);
+                (session, n)
+            }
+            None => (self.llama.session(room), 0),
+        };
         Ok(Sequence {
-            session: self.llama.session(req.prompt.len() + budget),
+            session,
+            cache: self.cache.clone(),
+            cached,
             sampler: Sampler::new(req.sampling.clone()),
             history: req.prompt.clone(),
             stream: TextStream::new(req.stop.clone()),
@@ -299,7 +384,7 @@ impl LanguageModel {
                 .map(|g| crate::constrain::Matcher::new(g.clone())),
             top_n: req.logprobs.map(|n| n.min(MAX_TOP_LOGPROBS)),
             budget,
-            fed: 0,
+            fed: cached,
             next: None,
             logits: None,
             tokens: Vec::new(),
@@ -372,6 +457,10 @@ impl LanguageModel {
 pub struct Sequence {
     req: Request,
     session: crate::llama::Session,
+    /// Where its session goes when it ends.
+    cache: Arc<PromptCache>,
+    /// Prompt tokens whose keys and values came from the cache.
+    cached: usize,
     sampler: Sampler,
     history: Vec<u32>,
     stream: TextStream,
@@ -532,7 +621,17 @@ impl Sequence {
             Some(_) => self.prompt_seconds,
             None => self.started.elapsed().as_secs_f64(),
         };
+        // The tokens fed so far (the prompt, then each sampled token once it was fed) are
+        // what the session's keys and values are of.
+        let mut history = std::mem::take(&mut self.history);
+        history.truncate(self.session.len());
+        self.cache.put(
+            std::mem::take(&mut self.req.cache_scope),
+            history,
+            std::mem::take(&mut self.session),
+        );
         Output {
+            cached_tokens: self.cached,
             text: self.stream.text,
             prompt_tokens: self.req.prompt.len(),
             completion_tokens: self.tokens.len(),

@@ -161,6 +161,7 @@ pub struct Llama {
 }
 
 /// The state of one sequence: its KV cache and position.
+#[derive(Debug, Default)]
 pub struct Session {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
@@ -177,6 +178,28 @@ impl Session {
     /// Whether no token was seen yet.
     pub fn is_empty(&self) -> bool {
         self.pos == 0
+    }
+
+    /// Keep the first `n` tokens' keys and values and forget the rest, to go on from there
+    /// with room for `ctx` tokens in all (at most the model's context): a prompt that begins
+    /// as an earlier one did reads only what follows the shared part.
+    pub fn rewind(&mut self, n: usize, ctx: usize, model: &Llama) {
+        let n = n.min(self.pos);
+        let kv = model.config.kv_dim();
+        for layer in self.k.iter_mut().chain(self.v.iter_mut()) {
+            layer.truncate(n * kv);
+        }
+        self.pos = n;
+        self.ctx = ctx.min(model.config.n_ctx).max(n + 1);
+    }
+
+    /// Bytes its keys and values take.
+    pub fn kv_bytes(&self) -> usize {
+        self.k
+            .iter()
+            .chain(&self.v)
+            .map(|l| l.len() * std::mem::size_of::<f32>())
+            .sum()
     }
 }
 

@@ -213,6 +213,7 @@ fn chat_prompts_and_answers_match_llama_cpp() {
             stop: vec![],
             logprobs: None,
             constraint: None,
+            cache_scope: String::new(),
         };
         let mut streamed = String::new();
         let out = m
@@ -247,7 +248,6 @@ fn a_long_prompt_stops_between_batches_when_asked() {
     use sov_models::generate::{Finish, LanguageModel, Request};
     let bytes = std::fs::read(model()).unwrap();
     let m = LanguageModel::from_bytes(&bytes).unwrap();
-    drop(bytes);
     let prompt = m
         .text_prompt(&"the quick brown fox jumps over the lazy dog. ".repeat(300))
         .unwrap();
@@ -259,6 +259,7 @@ fn a_long_prompt_stops_between_batches_when_asked() {
         stop: vec![],
         logprobs: None,
         constraint: None,
+        cache_scope: String::new(),
     };
     let asked = std::cell::Cell::new(0);
     let out = m
@@ -270,7 +271,9 @@ fn a_long_prompt_stops_between_batches_when_asked() {
     assert_eq!(out.finish, Finish::Cancelled);
     assert_eq!(out.completion_tokens, 0);
     assert_eq!(asked.get(), 2, "asked after the first batch, then stopped");
-    // Asked again before each new token: stopping after three tokens gives three.
+    // Asked again before each new token: stopping after three tokens gives three. (A
+    // model of its own: this one's prompt cache holds the first batch.)
+    let m = LanguageModel::from_bytes(&bytes).unwrap();
     let req = Request {
         prompt: req.prompt[..300].to_vec(),
         ..req
@@ -309,6 +312,7 @@ fn sequences_decoded_together_give_what_each_gives_alone() {
         stop: stop.iter().map(|s| s.to_string()).collect(),
         logprobs: Some(2),
         constraint: None,
+        cache_scope: String::new(),
     };
     let reqs = [
         req("The capital of France is", 12, None, &[]),
@@ -389,4 +393,56 @@ fn sequences_decoded_together_give_what_each_gives_alone() {
         assert_eq!(a.finish, b.finish, "request {i}");
         assert_eq!(a.logprobs, b.logprobs, "request {i}");
     }
+}
+
+/// The prompt cache: a prompt that begins as an earlier generation did (the same prompt
+/// again, or one that goes on from its answer) reads only the rest, and the answer is the
+/// one a model that never saw the earlier prompt gives: tokens and log-probabilities.
+#[test]
+fn a_prompt_that_goes_on_from_an_earlier_one_reads_only_the_rest_and_answers_the_same() {
+    use sov_models::generate::{LanguageModel, Output, Request};
+    use sov_models::sample::SamplingParams;
+    let bytes = std::fs::read(model()).unwrap();
+    let m = LanguageModel::from_bytes(&bytes).unwrap();
+    let fresh = || LanguageModel::from_bytes(&bytes).unwrap();
+    let req = |prompt: Vec<u32>| Request {
+        prompt,
+        max_tokens: 8,
+        sampling: SamplingParams::greedy(),
+        stop: Vec::new(),
+        logprobs: Some(2),
+        constraint: None,
+        cache_scope: String::new(),
+    };
+    let run = |m: &LanguageModel, prompt: &[u32]| -> Output {
+        m.generate_with(&req(prompt.to_vec()), &mut |_, _| true, &|| true)
+            .unwrap()
+    };
+    let same = |a: &Output, b: &Output| {
+        assert_eq!(
+            (&a.tokens, &a.text, &a.logprobs),
+            (&b.tokens, &b.text, &b.logprobs)
+        );
+    };
+    let p1 = m.text_prompt("The capital of France is").unwrap();
+    let first = run(&m, &p1);
+    assert_eq!(first.cached_tokens, 0);
+    assert_eq!(first.tokens.len(), 8);
+    // The same prompt again: all but its last token come from the cache.
+    let again = run(&m, &p1);
+    assert_eq!(again.cached_tokens, p1.len() - 1);
+    same(&first, &again);
+    // A prompt that goes on from the answer: the prompt and the answer's fed tokens (all but
+    // the last one sampled) are reused.
+    let more = m.text_prompt(" And the capital of Spain is").unwrap();
+    let p2: Vec<u32> = [p1.as_slice(), &first.tokens, &more].concat();
+    let on = run(&m, &p2);
+    assert_eq!(on.cached_tokens, p1.len() + first.tokens.len() - 1);
+    same(&on, &run(&fresh(), &p2));
+    // A prompt that shares no beginning reads everything.
+    let other = m.text_prompt("Once upon a time").unwrap();
+    assert_ne!(other[0], p1[0]);
+    let o = run(&m, &other);
+    assert_eq!(o.cached_tokens, 0);
+    same(&o, &run(&fresh(), &other));
 }

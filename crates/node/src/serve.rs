@@ -79,6 +79,9 @@ pub struct Generation {
     pub logprobs: Option<usize>,
     /// Keep the output to this grammar (`response_format`).
     pub constraint: Option<std::sync::Arc<sov_models::constrain::Grammar>>,
+    /// Whose prompt cache it may use (see [`sov_models::generate::Request::cache_scope`]):
+    /// the gateway's caller, "" for the owner.
+    pub cache_scope: String,
 }
 
 /// An embedding input.
@@ -633,6 +636,7 @@ fn start(node: &Node, m: &LanguageModel, job: Job, running: &mut Vec<Running>) {
             stop: g.stop.clone(),
             logprobs: g.logprobs,
             constraint: g.constraint.clone(),
+            cache_scope: g.cache_scope.clone(),
         })
         .map_err(failure)
     })();
@@ -789,6 +793,7 @@ mod tests {
             stop: Vec::new(),
             logprobs: None,
             constraint: None,
+            cache_scope: String::new(),
         };
         let long = g(Prompt::Text("x".repeat(30_000)), Some(100));
         assert_eq!(estimate(&long), 10_100);

@@ -121,6 +121,7 @@ async fn ask(node: &Node, model: &str) -> String {
                 stop: Vec::new(),
                 logprobs: None,
                 constraint: None,
+                cache_scope: String::new(),
             },
         )
         .await
@@ -187,6 +188,7 @@ async fn outcome(
         stop: Vec::new(),
         logprobs: None,
         constraint: None,
+        cache_scope: String::new(),
     };
     let mut events = node.generate(&entry, generation).await?;
     let done = async {
@@ -287,6 +289,7 @@ async fn concurrent_requests_decode_together_and_each_gets_what_it_gets_alone() 
             stop: Vec::new(),
             logprobs: Some(1),
             constraint: None,
+            cache_scope: String::new(),
         };
         alone_model.generate(&req, &mut |_| true).unwrap()
     };
@@ -310,6 +313,7 @@ async fn concurrent_requests_decode_together_and_each_gets_what_it_gets_alone() 
             stop: Vec::new(),
             logprobs: Some(1),
             constraint: None,
+            cache_scope: String::new(),
         };
         receivers.push(node.generate(&entry, g).await.unwrap());
     }
