@@ -14,6 +14,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use half::f16;
+
 use crate::{Error, Result, gguf::Gguf};
 
 mod activations;
@@ -25,10 +27,14 @@ mod pool;
 mod q8;
 mod qmatrix;
 
-use ops::{attend, dot_f16_order, expf_ggml, rms_norm, rope, rope_cache, vector};
-use pool::Pool;
+use ops::{Cache, attend_head, expf_ggml, rms_norm, rope, rope_cache, vector};
+use pool::{PartFn, Pool};
 pub use qmatrix::QMatrix;
 use qmatrix::half;
+
+/// Attention this large or larger, in (token, head, position seen) triples, is shared with
+/// the helper threads: about 1,024 are worth a hand-off (some 15 µs of work).
+const PARALLEL_ATTENTION: usize = 1024;
 
 /// The shape of a Llama model, from its GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,8 +169,8 @@ pub struct Llama {
 /// The state of one sequence: its KV cache and position.
 #[derive(Debug, Default)]
 pub struct Session {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Vec<f16>>,
+    v: Vec<Vec<f16>>,
     pos: usize,
     ctx: usize,
 }
@@ -198,7 +204,7 @@ impl Session {
         self.k
             .iter()
             .chain(&self.v)
-            .map(|l| l.len() * std::mem::size_of::<f32>())
+            .map(|l| l.len() * std::mem::size_of::<f16>())
             .sum()
     }
 }
@@ -347,8 +353,6 @@ impl Llama {
 
     #[inline(always)]
     fn forward_impl(&self, seqs: &mut [(&mut Session, &[u32])]) -> Result<Vec<Vec<f32>>> {
-        #[cfg(target_arch = "x86_64")]
-        let fast = avx2::Features::detect();
         let c = &self.config;
         for (s, tokens) in seqs.iter() {
             if tokens.is_empty() {
@@ -378,11 +382,7 @@ impl Llama {
             .map(|&t| self.embd.row(t as usize))
             .collect::<Result<_>>()?;
         let n = x.len();
-        let (hd, kvd) = (c.head_dim, c.kv_dim());
-        let group = c.n_head / c.n_head_kv;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let longest = at.iter().map(|&(_, p)| p + 1).max().unwrap_or(1);
-        let mut scores = vec![0f32; longest];
+        let hd = c.head_dim;
         let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         let angles: Vec<Vec<(f32, f32)>> = at
             .iter()
@@ -414,34 +414,10 @@ impl Llama {
                 rope(&mut q[t], hd, &angles[t], c.rope_neox);
                 rope(&mut k[t], hd, &angles[t], c.rope_neox);
                 half(&mut q[t]);
-                half(&mut k[t]);
-                half(&mut v[t]);
-                s.k[l].extend_from_slice(&k[t]);
-                s.v[l].extend_from_slice(&v[t]);
+                s.k[l].extend(k[t].iter().map(|&x| f16::from_f32(x)));
+                s.v[l].extend(v[t].iter().map(|&x| f16::from_f32(x)));
             }
-            let mut att = vec![vec![0f32; c.n_embd]; n];
-            for (t, att_out) in att.iter_mut().enumerate() {
-                let (i, pos) = at[t];
-                let (keys, values) = (&seqs[i].0.k[l], &seqs[i].0.v[l]);
-                // The token at `pos` sees its sequence's positions 0 ..= pos.
-                let scores = &mut scores[..pos + 1];
-                for h in 0..c.n_head {
-                    let kvh = h / group;
-                    let qh = &q[t][h * hd..(h + 1) * hd];
-                    for (p, sc) in scores.iter_mut().enumerate() {
-                        let kp = &keys[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
-                        *sc = dot_f16_order(qh, kp) * scale;
-                    }
-                    let out = &mut att_out[h * hd..(h + 1) * hd];
-                    let at = kvh * hd;
-                    #[cfg(target_arch = "x86_64")]
-                    if let Some(f) = fast {
-                        f.attend(scores, values, kvd, at, out);
-                        continue;
-                    }
-                    attend(scores, values, kvd, at, out);
-                }
-            }
+            let att = self.attention(&pool, seqs, l, &at, q);
             let o = pool.matmul(&layer.wo, &att);
             for (xt, ot) in x.iter_mut().zip(&o) {
                 for (a, b) in xt.iter_mut().zip(ot) {
@@ -479,6 +455,105 @@ impl Llama {
         }
         let out = self.output.as_ref().unwrap_or(&self.embd);
         Ok(pool.matmul(out, &last))
+    }
+
+    /// Layer `l`'s attention for every token of `seqs` (`at`: each token's sequence and
+    /// position; `q`: its queries; its keys and values already in the cache): one output of
+    /// `n_embd` per token. Each (token, head) is one unit of work, its cost the positions it
+    /// sees; when there are enough, they are cut into parts of about equal cost shared with
+    /// the helper threads (a long prompt's attention grows with the square of its length).
+    fn attention(
+        &self,
+        pool: &Pool,
+        seqs: &mut [(&mut Session, &[u32])],
+        l: usize,
+        at: &[(usize, usize)],
+        q: Vec<Vec<f32>>,
+    ) -> Vec<Vec<f32>> {
+        #[cfg(target_arch = "x86_64")]
+        let fast = avx2::Features::detect();
+        let c = &self.config;
+        let (hd, kvd, heads) = (c.head_dim, c.kv_dim(), c.n_head);
+        let group = heads / c.n_head_kv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // The caches move into the work and back (no copy).
+        let kv: Arc<Vec<(Vec<f16>, Vec<f16>)>> = Arc::new(
+            seqs.iter_mut()
+                .map(|(s, _)| (std::mem::take(&mut s.k[l]), std::mem::take(&mut s.v[l])))
+                .collect(),
+        );
+        let cost: usize = at.iter().map(|&(_, p)| p + 1).sum::<usize>() * heads;
+        let units = at.len() * heads;
+        let parts = if cost < PARALLEL_ATTENTION {
+            1
+        } else {
+            units.min(pool.threads() * 4)
+        };
+        // Part k: the units from ends[k - 1] (or 0) to ends[k], cut where the cost so far
+        // passes k/parts of the whole.
+        let mut ends = Vec::with_capacity(parts);
+        let mut so_far = 0;
+        for (u, &(_, p)) in at
+            .iter()
+            .flat_map(|a| std::iter::repeat_n(a, heads))
+            .enumerate()
+        {
+            so_far += p + 1;
+            if so_far * parts >= cost * (ends.len() + 1) {
+                ends.push(u + 1);
+            }
+        }
+        ends.truncate(parts);
+        if let Some(last) = ends.last_mut() {
+            *last = units;
+        }
+        let ends = Arc::new(ends);
+        let (q, at_all) = (Arc::new(q), Arc::new(at.to_vec()));
+        let longest = at.iter().map(|&(_, p)| p + 1).max().unwrap_or(1);
+        let work: PartFn = {
+            let (kv, ends) = (kv.clone(), ends.clone());
+            Arc::new(move |part| {
+                let start = if part == 0 { 0 } else { ends[part - 1] };
+                let end = ends.get(part).copied().unwrap_or(start);
+                let mut out = vec![0f32; (end - start) * hd];
+                let mut scores = vec![0f32; longest];
+                for (u, o) in (start..end).zip(out.chunks_exact_mut(hd)) {
+                    let (t, h) = (u / heads, u % heads);
+                    let (i, pos) = at_all[t];
+                    let (keys, values) = &kv[i];
+                    let cache = Cache {
+                        keys,
+                        values,
+                        stride: kvd,
+                    };
+                    // The token at `pos` sees its sequence's positions 0 ..= pos.
+                    let (qh, kvh) = (&q[t][h * hd..(h + 1) * hd], (h / group) * hd);
+                    #[cfg(target_arch = "x86_64")]
+                    if let Some(f) = fast {
+                        f.attend_head(qh, &cache, kvh, scale, &mut scores[..=pos], o);
+                        continue;
+                    }
+                    attend_head(qh, &cache, kvh, scale, &mut scores[..=pos], o);
+                }
+                out
+            })
+        };
+        let values = pool.run_parts(ends.len(), work);
+        let mut att = vec![vec![0f32; c.n_embd]; at.len()];
+        let mut u = 0;
+        for v in &values {
+            for o in v.chunks_exact(hd) {
+                let (t, h) = (u / heads, u % heads);
+                att[t][h * hd..(h + 1) * hd].copy_from_slice(o);
+                u += 1;
+            }
+        }
+        let kv = Arc::try_unwrap(kv).unwrap_or_else(|shared| (*shared).clone());
+        for ((s, _), (k, v)) in seqs.iter_mut().zip(kv) {
+            s.k[l] = k;
+            s.v[l] = v;
+        }
+        att
     }
 
     /// Greedy decoding: feed `prompt`, then pick the most likely token `n` times.
@@ -559,12 +634,12 @@ mod tests {
     fn the_attention_kernels_agree_bit_for_bit() {
         let (hd, stride, positions) = (64, 192, 37);
         let scores = values(positions, 2, 6.0);
-        let v: Vec<f32> = values(positions * stride, 3, 2.0)
+        let v: Vec<f16> = values(positions * stride, 3, 2.0)
             .into_iter()
-            .map(|x| f16::from_f32(x).to_f32())
+            .map(f16::from_f32)
             .collect();
         let mut portable = vec![0f32; hd];
-        attend(&scores, &v, stride, 64, &mut portable);
+        ops::attend(&scores, &v, stride, 64, &mut portable);
         // A sum of f16-rounded values, divided: finite and of V's scale.
         assert!(portable.iter().all(|x| x.is_finite() && x.abs() <= 2.0));
         #[cfg(target_arch = "x86_64")]
@@ -577,7 +652,49 @@ mod tests {
         // The f16-order dot product is the exact dot product up to rounding.
         let (a, b) = (values(64, 4, 1.0), values(64, 5, 1.0));
         let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-        assert!((dot_f16_order(&a, &b) as f64 - exact).abs() < 1e-5);
+        assert!((ops::dot_f16_order(&a, &b) as f64 - exact).abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_head_s_scores_and_attention_agree_bit_for_bit_across_kernels() {
+        // Two key/value heads of 64 side by side, 300 positions: scores in f16 order.
+        let (hd, stride, positions) = (64, 128, 300);
+        let keys: Vec<f16> = values(positions * stride, 6, 1.5)
+            .into_iter()
+            .map(f16::from_f32)
+            .collect();
+        let vals: Vec<f16> = values(positions * stride, 7, 2.0)
+            .into_iter()
+            .map(f16::from_f32)
+            .collect();
+        let cache = Cache {
+            keys: &keys,
+            values: &vals,
+            stride,
+        };
+        let q: Vec<f32> = values(hd, 8, 1.0)
+            .into_iter()
+            .map(|x| f16::from_f32(x).to_f32())
+            .collect();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (mut s1, mut portable) = (vec![0f32; positions], vec![0f32; hd]);
+        attend_head(&q, &cache, hd, scale, &mut s1, &mut portable);
+        // Scores are q·k of the second head.
+        let k7: Vec<f32> = keys[7 * stride + hd..7 * stride + 2 * hd]
+            .iter()
+            .map(|x| x.to_f32())
+            .collect();
+        let exact: f32 = q.iter().zip(&k7).map(|(a, b)| a * b).sum::<f32>() * scale;
+        assert!((s1[7] - exact).abs() < 1e-4, "{} vs {exact}", s1[7]);
+        assert!(portable.iter().all(|x| x.is_finite() && x.abs() <= 2.0));
+        #[cfg(target_arch = "x86_64")]
+        if let Some(f) = avx2::Features::detect() {
+            let (mut s2, mut fast) = (vec![0f32; positions], vec![0f32; hd]);
+            f.attend_head(&q, &cache, hd, scale, &mut s2, &mut fast);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&s1), bits(&s2));
+            assert_eq!(bits(&portable), bits(&fast));
+        }
     }
 
     #[test]

@@ -149,6 +149,42 @@ fn log_probabilities_match_llama_cpp() {
     assert!(worst < 2e-3, "largest difference {worst}");
 }
 
+/// Attention over a long context (1,200 prompt tokens, then 16 decoded): llama.cpp's
+/// numbers and tokens, read once on one thread and once with the attention shared between
+/// two. (llama.cpp's own numbers for a long prompt depend on how many tokens it reads per
+/// step; the fixture is its one-token path, `fixtures/llamacpp_long_logprobs.py`.)
+#[test]
+fn a_long_context_gives_llama_cpps_log_probabilities_on_one_thread_or_two() {
+    #[derive(serde::Deserialize)]
+    struct Logprobs {
+        rows: Vec<common::LogprobRow>,
+    }
+    let fixture: Logprobs =
+        serde_json::from_slice(include_bytes!("../fixtures/smollm2-long-logprobs.json")).unwrap();
+    let (g, bytes) = Gguf::read(&model()).unwrap();
+    let mut m = Llama::from_gguf(&g, &bytes).unwrap();
+    drop(bytes);
+    let r = &fixture.rows[0];
+    assert_eq!(r.prompt.len(), 1200);
+    let mut at = Vec::new();
+    for threads in [1, 2] {
+        m.set_threads(threads);
+        let (n, mean, worst) = common::compare_logprobs(&m, &fixture.rows, true);
+        eprintln!(
+            "{threads} thread(s): {n} log-probabilities, mean difference {mean:.2e}, largest {worst:.2e}"
+        );
+        assert!(
+            worst < 2e-3,
+            "{threads} thread(s): largest difference {worst}"
+        );
+        let mut s = m.session(r.prompt.len() + 1);
+        m.forward_batch(&mut s, &r.prompt).unwrap();
+        at.push(m.forward(&mut s, r.steps[0].id).unwrap());
+    }
+    // The threads take parts of the attention, each part computed as one thread would.
+    assert_eq!(at[0], at[1], "one thread and two give the same logits");
+}
+
 #[test]
 fn smollm2_tokenises_like_llama_cpp() {
     let (g, _) = Gguf::read(&model()).unwrap();

@@ -8,8 +8,11 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+use half::f16;
+
 use super::activations::Activations;
 use super::blocks::{Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8KBlock};
+use super::ops::Cache;
 use super::q8::Q8Block;
 use crate::quant::GgmlType;
 
@@ -156,11 +159,30 @@ impl Features {
         }
     }
 
+    /// One query head's attention over the f16 cache (see [`super::ops::attend_head`]),
+    /// in ggml's lanes: the same values.
+    pub(super) fn attend_head(
+        self,
+        q: &[f32],
+        cache: &Cache,
+        at: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        // SAFETY: as in `run`.
+        #[allow(unsafe_code)]
+        unsafe {
+            attend_head(q, cache, at, scale, scores, out)
+        }
+    }
+
     /// Attention over the f16 cache (see [`super::ops::attend`]), in ggml's lanes.
+    #[cfg(test)]
     pub(super) fn attend(
         self,
         scores: &[f32],
-        values: &[f32],
+        values: &[f16],
         stride: usize,
         at: usize,
         out: &mut [f32],
@@ -296,13 +318,70 @@ fn f16_round(x: __m256) -> __m256 {
     _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
 }
 
-/// [`super::attend`] with eight lanes at a time (the same operations, so the same
+/// Eight f16 values to f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load8h(v: &[f16; 8]) -> __m256 {
+    // SAFETY: `v` is 8 readable f16 values (16 bytes: `f16` is a transparent `u16`), and an
+    // unaligned load needs no alignment.
+    #[allow(unsafe_code)]
+    unsafe {
+        _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().cast()))
+    }
+}
+
+/// [`super::ops::dot_f16_order`] of `q` and f16 values `k` (of a length that is a multiple
+/// of 32): four accumulators of eight lanes, then the same pairwise sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_f16_32(q: &[f32], k: &[f16]) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (qb, kb) in q.chunks_exact(32).zip(k.chunks_exact(32)) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            if let (Ok(x), Ok(y)) = (
+                <&[f32; 8]>::try_from(&qb[j * 8..j * 8 + 8]),
+                <&[f16; 8]>::try_from(&kb[j * 8..j * 8 + 8]),
+            ) {
+                *a = _mm256_fmadd_ps(load8(x), load8h(y), *a);
+            }
+        }
+    }
+    let a0 = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+    // Lanes l + (l + 4), then (0 + 1) and (2 + 3), then the two.
+    let t = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps::<1>(a0));
+    let h = _mm_add_ps(t, _mm_movehdup_ps(t)); // [t0 + t1, _, t2 + t3, _]
+    _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)))
+}
+
+/// [`super::ops::attend_head`] in eight lanes; heads whose width is not a multiple of 32
+/// take the portable scores.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn attend_head(
+    q: &[f32],
+    cache: &Cache,
+    at: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    if !hd.is_multiple_of(32) {
+        return super::ops::attend_head(q, cache, at, scale, scores, out);
+    }
+    for (p, sc) in scores.iter_mut().enumerate() {
+        let kp = &cache.keys[p * cache.stride + at..p * cache.stride + at + hd];
+        *sc = dot_f16_32(q, kp) * scale;
+    }
+    attend(scores, cache.values, cache.stride, at, out);
+}
+
+/// [`super::ops::attend`] with eight lanes at a time (the same operations, so the same
 /// values); heads whose width is not a multiple of 8 take the portable code.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn attend(scores: &[f32], values: &[f32], stride: usize, at: usize, out: &mut [f32]) {
+fn attend(scores: &[f32], values: &[f16], stride: usize, at: usize, out: &mut [f32]) {
     let hd = out.len();
     if !hd.is_multiple_of(8) {
-        return super::attend(scores, values, stride, at, out);
+        return super::ops::attend(scores, values, stride, at, out);
     }
     out.fill(0.0);
     let mut m = f32::NEG_INFINITY;
@@ -325,8 +404,8 @@ fn attend(scores: &[f32], values: &[f32], stride: usize, at: usize, out: &mut [f
         }
         let k = _mm256_set1_ps(vs);
         for (o, v) in out.chunks_exact_mut(8).zip(vp.chunks_exact(8)) {
-            if let (Ok(o), Ok(v)) = (<&mut [f32; 8]>::try_from(o), <&[f32; 8]>::try_from(v)) {
-                store8(o, f16_round(_mm256_fmadd_ps(load8(v), k, load8(o))));
+            if let (Ok(o), Ok(v)) = (<&mut [f32; 8]>::try_from(o), <&[f16; 8]>::try_from(v)) {
+                store8(o, f16_round(_mm256_fmadd_ps(load8h(v), k, load8(o))));
             }
         }
         sum = sum * ms + vs;

@@ -94,11 +94,42 @@ pub(super) fn expf_ggml(x: f32) -> f32 {
     }
 }
 
+/// One sequence's cached keys and values for one layer: `stride` f16 values per position
+/// (every key head side by side; the same for values).
+pub(super) struct Cache<'a> {
+    pub(super) keys: &'a [f16],
+    pub(super) values: &'a [f16],
+    pub(super) stride: usize,
+}
+
+/// One query head's attention over the positions `0..scores.len()` of `cache`, its key and
+/// value head starting at `at`: the scores `q·kₚ·scale` (summed in f16 order, as
+/// `ggml_vec_dot_f16` sums them), then [`attend`].
+pub(super) fn attend_head(
+    q: &[f32],
+    cache: &Cache,
+    at: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let mut k = vec![0f32; hd];
+    for (p, sc) in scores.iter_mut().enumerate() {
+        let kp = &cache.keys[p * cache.stride + at..p * cache.stride + at + hd];
+        for (d, s) in k.iter_mut().zip(kp) {
+            *d = s.to_f32();
+        }
+        *sc = dot_f16_order(q, &k) * scale;
+    }
+    attend(scores, cache.values, cache.stride, at, out);
+}
+
 /// The weighted sum of V for one head, as llama.cpp's CPU flash attention computes it: an
 /// online softmax over `scores`, the running sum of V kept at f16 precision (rounded after
 /// every step), divided by the softmax sum at the end. `values` holds one row of `stride`
 /// values per position; the head's values start at `at`.
-pub(super) fn attend(scores: &[f32], values: &[f32], stride: usize, at: usize, out: &mut [f32]) {
+pub(super) fn attend(scores: &[f32], values: &[f16], stride: usize, at: usize, out: &mut [f32]) {
     let hd = out.len();
     out.fill(0.0);
     let mut m = f32::NEG_INFINITY;
@@ -117,7 +148,7 @@ pub(super) fn attend(scores: &[f32], values: &[f32], stride: usize, at: usize, o
             vs = (sc - m).exp();
         }
         for (o, v) in out.iter_mut().zip(vp) {
-            *o = f16::from_f32(v.mul_add(vs, *o)).to_f32();
+            *o = f16::from_f32(v.to_f32().mul_add(vs, *o)).to_f32();
         }
         sum = sum * ms + vs;
     }

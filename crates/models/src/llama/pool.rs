@@ -1,8 +1,8 @@
-//! The helper threads that split the larger matrix products by rows. Between products that
-//! follow each other closely (a forward pass hands out four per layer) a helper spins for a
-//! moment, as llama.cpp's threads do, so a hand-off costs no wake-up; once the model is idle
-//! longer than [`SPIN`] it waits blocked, so a node serving one model leaves the other cores
-//! alone.
+//! The helper threads that split the larger matrix products by rows, and a long context's
+//! attention by (token, head). Between hand-offs that follow each other closely (a forward
+//! pass hands out four or five per layer) a helper spins for a moment, as llama.cpp's
+//! threads do, so a hand-off costs no wake-up; once the model is idle longer than [`SPIN`]
+//! it waits blocked, so a node serving one model leaves the other cores alone.
 
 use std::sync::{Arc, mpsc};
 
@@ -21,6 +21,9 @@ pub(super) type Job = Box<dyn FnOnce() -> Parts + Send>;
 
 /// Computed parts of a product: (part number, values).
 pub(super) type Parts = Vec<(usize, Vec<f32>)>;
+
+/// The work of one part, by its number: shared by every thread that takes parts.
+pub(super) type PartFn = Arc<dyn Fn(usize) -> Vec<f32> + Send + Sync>;
 
 /// How long a thread polls for its next message before it waits blocked: longer than the
 /// gap between two products of one forward pass, far shorter than a pause between tokens
@@ -115,53 +118,20 @@ impl Pool {
                     })
                     .collect(),
             );
-            let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let work = {
-                let (ms, acts, parts, taken) =
-                    (ms.to_vec(), acts.clone(), parts.clone(), taken.clone());
-                move || -> Parts {
-                    let mut done = Vec::new();
-                    loop {
-                        let t = taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((k, rows)) = parts.get(t) else {
-                            return done;
-                        };
+            let values = {
+                let (ms, acts, parts) = (ms.to_vec(), acts.clone(), parts.clone());
+                self.run_parts(
+                    parts.len(),
+                    Arc::new(move |t| {
+                        let (k, rows) = &parts[t];
                         let a = &acts[*k];
                         let mut out = vec![0f32; rows.len() * a.len()];
                         ms[*k].rows_batch(a, rows.clone(), &mut out);
-                        done.push((t, out));
-                    }
-                }
+                        out
+                    }),
+                )
             };
-            let sent: Vec<bool> = self
-                .helpers
-                .iter()
-                .map(|(tx, _)| {
-                    let w = work.clone();
-                    tx.send(Box::new(w)).is_ok()
-                })
-                .collect();
-            let mut done = work();
-            for ((_, rx), was_sent) in self.helpers.iter().zip(sent) {
-                if was_sent && let Some(d) = next(rx) {
-                    done.extend(d);
-                }
-            }
-            // Parts a helper that is gone took and never gave back: done here.
-            let mut have = vec![false; parts.len()];
-            for (t, _) in &done {
-                have[*t] = true;
-            }
-            for (t, (k, rows)) in parts.iter().enumerate() {
-                if !have[t] {
-                    let a = &acts[*k];
-                    let mut out = vec![0f32; rows.len() * a.len()];
-                    ms[*k].rows_batch(a, rows.clone(), &mut out);
-                    done.push((t, out));
-                }
-            }
-            for (t, values) in done {
-                let (k, rows) = &parts[t];
+            for ((k, rows), values) in parts.iter().zip(values) {
                 let (m, out) = (&ms[*k], &mut flat[*k]);
                 let len = rows.len();
                 for x in 0..xs.len() {
@@ -173,6 +143,60 @@ impl Pool {
         ms.iter()
             .zip(flat)
             .map(|(m, f)| f.chunks_exact(m.rows).map(|c| c.to_vec()).collect())
+            .collect()
+    }
+
+    /// Threads available to [`Self::run_parts`]: the helpers and the caller.
+    pub(super) fn threads(&self) -> usize {
+        self.helpers.len() + 1
+    }
+
+    /// `f(0)`, …, `f(parts − 1)`, shared between this thread and the helpers: each takes
+    /// the next part nobody took yet, so a thread that starts late or runs slower (a shared
+    /// core) takes fewer and no one waits for the slowest share. The values in part order.
+    pub(super) fn run_parts(&self, parts: usize, f: PartFn) -> Vec<Vec<f32>> {
+        if parts <= 1 || self.helpers.is_empty() {
+            return (0..parts).map(|t| f(t)).collect();
+        }
+        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let work = {
+            let (f, taken) = (f.clone(), taken.clone());
+            move || -> Parts {
+                let mut done = Vec::new();
+                loop {
+                    let t = taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if t >= parts {
+                        return done;
+                    }
+                    done.push((t, f(t)));
+                }
+            }
+        };
+        let sent: Vec<bool> = self
+            .helpers
+            .iter()
+            .map(|(tx, _)| {
+                let w = work.clone();
+                tx.send(Box::new(w)).is_ok()
+            })
+            .collect();
+        let mut done = work();
+        for ((_, rx), was_sent) in self.helpers.iter().zip(sent) {
+            if was_sent && let Some(d) = next(rx) {
+                done.extend(d);
+            }
+        }
+        let mut values: Vec<Option<Vec<f32>>> = vec![None; parts];
+        for (t, v) in done {
+            if let Some(slot) = values.get_mut(t) {
+                *slot = Some(v);
+            }
+        }
+        // Parts a helper that is gone took and never gave back: done here.
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(t, v)| v.unwrap_or_else(|| f(t)))
             .collect()
     }
 }
