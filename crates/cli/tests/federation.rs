@@ -83,12 +83,35 @@ fn five_node_processes_train_digits_with_secagg_and_dp_through_an_aggregator_kil
         .filter(|(i, _)| *i != v)
         .map(|(_, h)| h)
         .collect();
-    wait_long("every live node to finish", 600, || {
-        alive.iter().all(|h| {
-            let s = status(h, &id);
-            s["finished"] == true && s["has_model"] == true
-        })
-    });
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let states: Vec<serde_json::Value> = alive.iter().map(|h| status(h, &id)).collect();
+        if states
+            .iter()
+            .all(|s| s["finished"] == true && s["has_model"] == true)
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            // What each live node sees, and the end of its log: enough to tell a stuck
+            // round from a slow one.
+            for (h, s) in alive.iter().zip(&states) {
+                let log = h.log();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                eprintln!(
+                    "node {}: round {} aggregator {} live {} has_model {}\n{}",
+                    h.did(),
+                    s["round"],
+                    s["aggregator"],
+                    s["live"],
+                    s["has_model"],
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            panic!("timed out after 600 s waiting for every live node to finish");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let first = status(alive[0], &id);
     assert_eq!(first["round"], 20);
     for h in &alive[1..] {

@@ -656,12 +656,8 @@ impl Node {
         }
         let skipped = &order[..k];
         let live: Vec<Did> = live.into_iter().filter(|d| !skipped.contains(d)).collect();
-        {
-            let mut driving = lock(&fed.driving);
-            if *driving == Some(next) {
-                return;
-            }
-            *driving = Some(next);
+        if !lock(&fed.driving).begin(next) {
+            return;
         }
         let node = self.clone();
         let fed = fed.clone();
@@ -680,7 +676,7 @@ impl Node {
             if lock(&fed.ledger).round() < next {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            *lock(&fed.driving) = None;
+            lock(&fed.driving).end(next);
         });
     }
 }

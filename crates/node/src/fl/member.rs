@@ -509,18 +509,17 @@ impl Node {
             return Err("a model of the wrong size".into());
         }
         let me = self.did();
-        if let Some(mine) = r.transcript.iter().find(|c| c.member == me) {
-            let sent = state::lock(&fed.sent).get(&r.round).copied();
-            if sent.is_some_and(|s| s.as_slice() != mine.digest.as_slice()) {
-                warn!(federation = %fed.id, round = r.round, "the round names another message than the one this member sent");
-                return Err("the transcript does not hold what this member sent".into());
-            }
+        if let Some(mine) = r.transcript.iter().find(|c| c.member == me)
+            && !state::lock(&fed.sent).holds(r.round, &mine.digest)
+        {
+            warn!(federation = %fed.id, round = r.round, "the round names another message than the one this member sent");
+            return Err("the transcript does not hold what this member sent".into());
         }
         lock(&fed.ledger)
             .accept_round(record)
             .map_err(|e| e.to_string())?;
         *lock(&fed.params) = Some(Arc::new(values));
-        state::lock(&fed.sent).retain(|round, _| *round > r.round);
+        state::lock(&fed.sent).closed(r.round);
         let (id, round, record, params) = (fed.id, r.round, record.to_vec(), params.to_vec());
         if let Err(e) = self
             .blocking(move |s| state::save_round(s, &id, round, &record, &params))

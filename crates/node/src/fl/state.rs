@@ -79,14 +79,77 @@ pub(crate) struct Fed {
     /// Secure rounds this node takes part in, by round and aggregator.
     pub clients: tokio::sync::Mutex<HashMap<(u32, PeerId), ClientRound>>,
     /// The round this node is aggregating, if any.
-    pub driving: Mutex<Option<u32>>,
+    pub driving: Mutex<Driving>,
     /// The round waited for, and since when (for failover).
     pub pending: Mutex<(u32, Instant)>,
-    /// The digest of the message this node sent in each round it took part in.
-    pub sent: Mutex<HashMap<u32, [u8; 32]>>,
+    /// The digests of the messages this node sent in each round it took part in (one per
+    /// opening of the round it answered).
+    pub sent: Mutex<Sent>,
     /// Catch-ups in flight (bounded: a peer that never answers holds one for the bulk
     /// protocol's timeout).
     pub syncing: std::sync::atomic::AtomicUsize,
+}
+
+/// The round this node drives as aggregator. A drive's task outlives its round (it sends
+/// the result to every member) while the next round's drive starts: only the drive that
+/// holds the mark may clear it, or the next round would be driven twice at once, and its
+/// members, answering both, would refuse the record of the first to close.
+#[derive(Debug, Default)]
+pub(crate) struct Driving(Option<u32>);
+
+impl Driving {
+    /// Mark `round` as driven; false when it already is.
+    pub(crate) fn begin(&mut self, round: u32) -> bool {
+        if self.0 == Some(round) {
+            return false;
+        }
+        self.0 = Some(round);
+        true
+    }
+
+    /// The drive of `round` is over (a later round's mark stays).
+    pub(crate) fn end(&mut self, round: u32) {
+        if self.0 == Some(round) {
+            self.0 = None;
+        }
+    }
+}
+
+/// Messages sent per round at most remembered (a round opened again and again by a
+/// faulty aggregator costs no more).
+const SENT_PER_ROUND: usize = 16;
+
+/// The digests of the messages this member sent, by round. A round's record is taken only
+/// if it names one of them for this member: an aggregator cannot put words in its mouth,
+/// and a round opened twice (a retry, a failover racing the first aggregator) closes with
+/// either.
+#[derive(Debug, Default)]
+pub(crate) struct Sent(HashMap<u32, Vec<[u8; 32]>>);
+
+impl Sent {
+    pub(crate) fn insert(&mut self, round: u32, digest: [u8; 32]) {
+        let all = self.0.entry(round).or_default();
+        if !all.contains(&digest) {
+            if all.len() == SENT_PER_ROUND {
+                all.remove(0);
+            }
+            all.push(digest);
+        }
+    }
+
+    /// Whether a record naming `digest` as this member's message of `round` holds what it
+    /// sent (true when it sent nothing this node remembers: a round closed before a
+    /// restart).
+    pub(crate) fn holds(&self, round: u32, digest: &[u8]) -> bool {
+        self.0
+            .get(&round)
+            .is_none_or(|all| all.iter().any(|d| d.as_slice() == digest))
+    }
+
+    /// Forget the rounds up to `round`.
+    pub(crate) fn closed(&mut self, round: u32) {
+        self.0.retain(|r, _| *r > round);
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -108,9 +171,9 @@ impl Fed {
             membership,
             data: Arc::new(data),
             clients: tokio::sync::Mutex::new(HashMap::new()),
-            driving: Mutex::new(None),
+            driving: Mutex::new(Driving::default()),
             pending: Mutex::new((round + 1, Instant::now())),
-            sent: Mutex::new(HashMap::new()),
+            sent: Mutex::new(Sent::default()),
             syncing: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -219,4 +282,39 @@ pub(crate) fn load_ledger(
         _ => None,
     };
     Ok(Some((ledger, params)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_previous_rounds_drive_does_not_clear_the_next_ones_mark() {
+        let mut d = Driving::default();
+        assert!(d.begin(8));
+        assert!(!d.begin(8));
+        // Round 8 closed; its task still sends the result when round 9 starts.
+        assert!(d.begin(9));
+        d.end(8);
+        assert!(!d.begin(9), "round 9 would be driven twice");
+        d.end(9);
+        assert!(d.begin(9), "a failed round is driven again");
+    }
+
+    #[test]
+    fn a_record_must_name_one_of_the_messages_sent_in_its_round() {
+        let mut s = Sent::default();
+        assert!(s.holds(3, &[1; 32]), "nothing remembered for round 3");
+        s.insert(3, [1; 32]);
+        s.insert(3, [2; 32]);
+        assert!(s.holds(3, &[1; 32]) && s.holds(3, &[2; 32]));
+        assert!(!s.holds(3, &[9; 32]));
+        for i in 0..40u8 {
+            s.insert(4, [i; 32]);
+        }
+        assert_eq!(s.0[&4].len(), SENT_PER_ROUND);
+        assert!(s.holds(4, &[39; 32]) && !s.holds(4, &[0; 32]));
+        s.closed(3);
+        assert!(s.holds(3, &[9; 32]) && !s.holds(4, &[0; 32]));
+    }
 }
