@@ -13,13 +13,17 @@ fn status(home: &Home, id: &str) -> serde_json::Value {
 }
 
 /// Poll `ok` every 200 ms for up to `secs` seconds; fail loudly with `what`.
-fn wait_long(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+fn wait_long(what: &str, secs: u64, ok: impl FnMut() -> bool) {
+    wait_long_or(what, secs, ok, String::new);
+}
+
+/// [`wait_long`], and on a timeout `report` says what the nodes saw.
+fn wait_long_or(what: &str, secs: u64, mut ok: impl FnMut() -> bool, report: impl Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !ok() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
+        if Instant::now() > deadline {
+            panic!("timed out after {secs} s waiting for {what}\n{}", report());
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -83,23 +87,25 @@ fn five_node_processes_train_digits_with_secagg_and_dp_through_an_aggregator_kil
         .filter(|(i, _)| *i != v)
         .map(|(_, h)| h)
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let states: Vec<serde_json::Value> = alive.iter().map(|h| status(h, &id)).collect();
-        if states
-            .iter()
-            .all(|s| s["finished"] == true && s["has_model"] == true)
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            // What each live node sees, and the end of its log: enough to tell a stuck
-            // round from a slow one.
-            for (h, s) in alive.iter().zip(&states) {
+    // On a timeout, what each live node sees and the end of its log: enough to tell a
+    // stuck round from a slow one.
+    wait_long_or(
+        "every live node to finish",
+        600,
+        || {
+            alive.iter().all(|h| {
+                let s = status(h, &id);
+                s["finished"] == true && s["has_model"] == true
+            })
+        },
+        || {
+            let mut out = String::new();
+            for h in &alive {
+                let s = status(h, &id);
                 let log = h.log();
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                eprintln!(
-                    "node {}: round {} aggregator {} live {} has_model {}\n{}",
+                out += &format!(
+                    "node {}: round {} aggregator {} live {} has_model {}\n{}\n",
                     h.did(),
                     s["round"],
                     s["aggregator"],
@@ -108,10 +114,9 @@ fn five_node_processes_train_digits_with_secagg_and_dp_through_an_aggregator_kil
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }
-            panic!("timed out after 600 s waiting for every live node to finish");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            out
+        },
+    );
     let first = status(alive[0], &id);
     assert_eq!(first["round"], 20);
     for h in &alive[1..] {
