@@ -23,7 +23,6 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use crate::tools;
 use axum::{
     Extension, Json,
     body::Bytes,
@@ -41,7 +40,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sov_models::{
     chat::Message, constrain::Grammar, generate::Output, manifest::ModelKind,
-    sample::SamplingParams,
+    sample::SamplingParams, tools,
 };
 use sov_node::{
     models::ModelEntry,
@@ -626,18 +625,8 @@ fn messages(msgs: Vec<ChatMessage>) -> Result<Vec<Message>, OaiError> {
                     ));
                 }
             };
-            let (role, prefix) = if role == "tool" {
-                // Templates without a tool role read the result as the user's turn.
-                let id = m.tool_call_id.as_deref().unwrap_or("?");
-                ("user".to_string(), format!("Result of tool call {id}: "))
-            } else {
-                (role, String::new())
-            };
             let content = match m.content {
-                None => match &m.tool_calls {
-                    Some(calls) => tools::calls_as_text(calls).unwrap_or_default(),
-                    None => String::new(),
-                },
+                None => String::new(),
                 Some(Content::Text(t)) => t,
                 // Text parts are joined by a line break, as llama.cpp joins them: glued
                 // together, "What is" and "the best book" would read "What isthe best book".
@@ -665,37 +654,85 @@ fn messages(msgs: Vec<ChatMessage>) -> Result<Vec<Message>, OaiError> {
                     s
                 }
             };
+            let tool_calls = match m.tool_calls {
+                None | Some(Value::Null) => None,
+                Some(calls) if role == "assistant" => Some(tool_calls(calls)?),
+                Some(_) => {
+                    return Err(OaiError::invalid(
+                        "only an assistant's message has tool_calls",
+                        Some("messages"),
+                    ));
+                }
+            };
             Ok(Message {
                 role,
-                content: prefix + &content,
+                content,
+                tool_calls,
+                tool_call_id: m.tool_call_id,
             })
         })
         .collect()
 }
 
-/// A chat choice's message and finish reason. With tools, the answer is read back: a call
-/// becomes `tool_calls` (finish `tool_calls`), words become the content; an answer cut short
-/// stays as it is.
+/// An assistant's earlier calls, checked: `[{"id", "type": "function", "function": {"name",
+/// "arguments"}}]`, at most 64.
+fn tool_calls(calls: Value) -> Result<Value, OaiError> {
+    let bad = || {
+        OaiError::invalid(
+            "tool_calls is a list of {\"id\", \"type\": \"function\", \"function\": {\"name\", \"arguments\"}}",
+            Some("messages"),
+        )
+    };
+    let list = calls.as_array().ok_or_else(bad)?;
+    if list.len() > 64 {
+        return Err(bad());
+    }
+    for c in list {
+        let f = c.get("function").ok_or_else(bad)?;
+        let named = f
+            .get("name")
+            .and_then(Value::as_str)
+            .is_some_and(tools::is_plain_name);
+        let args = matches!(
+            f.get("arguments"),
+            Some(Value::String(_) | Value::Object(_))
+        );
+        if !named || !args {
+            return Err(bad());
+        }
+    }
+    Ok(calls)
+}
+
+/// A chat choice's message and finish reason. With tools, the answer is read back: calls
+/// become `tool_calls` (finish `tool_calls`), with the words before them as the content;
+/// words alone, or an answer cut short, stay as they are.
 fn chat_message(o: &Output, with_tools: bool) -> (Value, &'static str) {
     if with_tools {
-        match tools::read_answer(&o.text) {
-            Some(tools::Answer::Call { name, arguments }) => {
-                let id = format!("call_{:024x}", rand::random::<u128>() >> 32);
-                return (
-                    json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [{
-                        "id": id, "type": "function",
-                        "function": {"name": name, "arguments": arguments}
-                    }]}),
-                    "tool_calls",
-                );
-            }
-            Some(tools::Answer::Words(w)) => {
-                return (
-                    json!({"role": "assistant", "content": w, "refusal": null}),
-                    o.finish.as_str(),
-                );
-            }
-            None => {}
+        let answer = tools::read(&o.text);
+        if !answer.calls.is_empty() {
+            let calls: Vec<Value> = answer
+                .calls
+                .iter()
+                .map(|c| {
+                    json!({
+                        "id": format!("call_{:024x}", rand::random::<u128>() >> 32),
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments}
+                    })
+                })
+                .collect();
+            return (
+                json!({"role": "assistant", "content": answer.content, "refusal": null,
+                       "tool_calls": calls}),
+                "tool_calls",
+            );
+        }
+        if let Some(words) = answer.content {
+            return (
+                json!({"role": "assistant", "content": words, "refusal": null}),
+                o.finish.as_str(),
+            );
         }
     }
     // `refusal` is required, and null: this gateway never refuses in words (OpenAI's
@@ -734,33 +771,20 @@ pub(crate) async fn chat_completions(
 ) -> Result<Response, OaiError> {
     let req: ChatRequest = parse(&body)?;
     let tools = tools::Tools::parse(req.tools.as_ref(), req.tool_choice.as_ref())
-        .map_err(|e| OaiError::invalid(e.message, Some(e.param)))?;
-    let mut msgs = messages(req.messages)?;
-    if let Some(t) = &tools {
-        if req
+        .map_err(|e| OaiError::invalid(e.message, Some(e.param)))?
+        .map(Arc::new);
+    let msgs = messages(req.messages)?;
+    if tools.is_some()
+        && req
             .settings
             .response_format
             .as_ref()
             .is_some_and(|f| f.get("type").and_then(Value::as_str) != Some("text"))
-        {
-            return Err(OaiError::invalid(
-                "tools and a JSON response_format cannot be asked for together",
-                Some("response_format"),
-            ));
-        }
-        let text = t.system_text();
-        match msgs.first_mut() {
-            Some(m) if m.role == "system" => {
-                m.content = format!("{}\n\n{text}", m.content);
-            }
-            _ => msgs.insert(
-                0,
-                Message {
-                    role: "system".into(),
-                    content: text,
-                },
-            ),
-        }
+    {
+        return Err(OaiError::invalid(
+            "tools and a JSON response_format cannot be asked for together",
+            Some("response_format"),
+        ));
     }
     let scope = cache_scope(scope);
     complete(
@@ -812,7 +836,7 @@ async fn complete(
     settings: Settings,
     prompt: Prompt,
     api: Api,
-    tools: Option<tools::Tools>,
+    tools: Option<Arc<tools::Tools>>,
     cache_scope: String,
 ) -> Result<Response, OaiError> {
     let (max_tokens, sampling, stop) = settings.job_parts()?;
@@ -829,11 +853,9 @@ async fn complete(
         ));
     }
     let n = settings.choices()?;
+    // With tools, the node holds the answer to a call in the model's own way.
     let constraint = match &tools {
-        Some(t) => Some(Arc::new(
-            t.grammar()
-                .map_err(|e| OaiError::invalid(e.message, Some(e.param)))?,
-        )),
+        Some(_) => None,
         None => settings.constraint()?,
     };
     // Each choice is a generation of its own, seeded apart; their events are merged,
@@ -854,6 +876,7 @@ async fn complete(
                     stop: stop.clone(),
                     logprobs,
                     constraint: constraint.clone(),
+                    tools: tools.clone(),
                     cache_scope: cache_scope.clone(),
                 },
             )

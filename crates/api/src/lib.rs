@@ -49,7 +49,6 @@ pub mod limit;
 mod models;
 pub mod oauth;
 mod objects;
-mod tools;
 
 use std::{future::Future, sync::Arc};
 

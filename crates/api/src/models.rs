@@ -35,6 +35,9 @@ pub struct ModelInfo {
     pub weights_size: u64,
     /// The weights object.
     pub weights: String,
+    /// The object holding the chat template used instead of the weights file's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
     /// Licence.
     pub license: Option<String>,
     /// The parent model's manifest id.
@@ -153,6 +156,7 @@ impl From<&ModelEntry> for ModelInfo {
             quantization: m.quantization.clone(),
             weights_size: m.weights_size,
             weights: m.weights.to_string(),
+            chat_template: m.chat_template.map(|t| t.to_string()),
             license: m.license.clone(),
             parent: m.parent.map(|p| p.to_string()),
             signer: e.signer.to_string(),
@@ -206,6 +210,10 @@ pub struct ImportRequest {
     pub name: Option<String>,
     /// Its licence.
     pub license: Option<String>,
+    /// A chat template file (Jinja) to use instead of the GGUF file's own, on the node's
+    /// machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
 }
 
 pub(crate) async fn import(
@@ -222,11 +230,25 @@ pub(crate) async fn import(
             sov_core::quote(&req.path)
         )));
     }
+    let chat_template = match req.chat_template {
+        None => None,
+        Some(t) => {
+            let p = std::path::PathBuf::from(&t);
+            if !p.is_absolute() {
+                return Err(ApiError::bad_request(format!(
+                    "{} is not an absolute path (the node resolves no relative paths)",
+                    sov_core::quote(&t)
+                )));
+            }
+            Some(p)
+        }
+    };
     let opts = ImportOptions {
         name: req.name,
         license: req.license,
         parent: None,
         created,
+        chat_template,
     };
     let entry = state.node.import_model(&path, opts).await?;
     Ok(Json(ModelInfo::from(&entry)))

@@ -204,6 +204,11 @@ pub enum ModelCommand {
         /// Its licence (an SPDX expression, e.g. Apache-2.0).
         #[arg(long)]
         license: Option<String>,
+        /// A chat template (a Jinja file) to use instead of the GGUF file's own, as
+        /// llama.cpp's --chat-template-file; one with tool syntax (Qwen 2.5's, Hermes')
+        /// makes tool calls use it.
+        #[arg(long, value_name = "FILE")]
+        chat_template: Option<PathBuf>,
         /// Print a JSON object.
         #[arg(long)]
         json: bool,

@@ -1233,6 +1233,7 @@ async fn model_step(members: &[Member], owner: &str, models: Option<&Path>) -> a
                 license: Some("Apache-2.0".into()),
                 parent: None,
                 created,
+                chat_template: None,
             },
         )
         .await?;
@@ -1295,6 +1296,7 @@ async fn model_step(members: &[Member], owner: &str, models: Option<&Path>) -> a
             stop: Vec::new(),
             logprobs: None,
             constraint: None,
+            tools: None,
             cache_scope: String::new(),
         },
         &mut |_| Ok(()),

@@ -65,10 +65,17 @@ pub fn run(home: &Home, cmd: ModelCommand) -> anyhow::Result<()> {
             path,
             name,
             license,
+            chat_template,
             json,
         } => {
             let path = std::fs::canonicalize(&path)
                 .with_context(|| format!("{} cannot be read", path.display()))?;
+            let chat_template = chat_template
+                .map(|t| {
+                    std::fs::canonicalize(&t)
+                        .with_context(|| format!("{} cannot be read", t.display()))
+                })
+                .transpose()?;
             note!("checking and storing {} …", path.display());
             let info = match &remote {
                 Some(api) => api.post_json(
@@ -77,6 +84,7 @@ pub fn run(home: &Home, cmd: ModelCommand) -> anyhow::Result<()> {
                         path: path.display().to_string(),
                         name,
                         license,
+                        chat_template: chat_template.map(|t| t.display().to_string()),
                     },
                 )?,
                 None => {
@@ -88,6 +96,7 @@ pub fn run(home: &Home, cmd: ModelCommand) -> anyhow::Result<()> {
                             license,
                             parent: None,
                             created: now(),
+                            chat_template,
                         },
                     ))?;
                     ModelInfo::from(&entry)
@@ -227,6 +236,9 @@ pub fn run(home: &Home, cmd: ModelCommand) -> anyhow::Result<()> {
             )?;
             if let Some(p) = &m.parent {
                 say!("parent      {p}")?;
+            }
+            if let Some(t) = &m.chat_template {
+                say!("template    {t} (instead of the file's own)")?;
             }
             if let Some(t) = &m.training {
                 say!(
@@ -428,6 +440,7 @@ impl Engine {
                     stop: Vec::new(),
                     logprobs: None,
                     constraint: None,
+                    tools: None,
                     cache_scope: String::new(),
                 };
                 let out = local.block_on(generate(local.node(), entry, generation, on_text))?;

@@ -127,6 +127,37 @@ fn models_are_imported_run_and_served_to_the_openai_client() {
         serde_json::from_str(&std::fs::read_to_string(home.node_json()).unwrap()).unwrap();
     let base = format!("{}/v1", node["api"].as_str().unwrap());
     let token = std::fs::read_to_string(home.dir.path().join("admin.token")).unwrap();
+    // The same weights with Qwen 2.5's chat template, which has tool syntax of its own
+    // (imported through the running node's API). A template that does not parse is refused
+    // and nothing is stored.
+    let broken = home.dir.path().join("broken.jinja");
+    std::fs::write(&broken, "{% for m in messages %}").unwrap();
+    let refused = home.run(&[
+        "model",
+        "import",
+        gguf.to_str().unwrap(),
+        "--name",
+        "smollm2-tools",
+        "--chat-template",
+        broken.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("template"), "{why}");
+    let qwen = models.join("llama-templates/Qwen-Qwen2.5-7B-Instruct.jinja");
+    home.ok(&[
+        "model",
+        "import",
+        gguf.to_str().unwrap(),
+        "--name",
+        "smollm2-tools",
+        "--chat-template",
+        qwen.to_str().unwrap(),
+    ]);
+    let shown: Value =
+        serde_json::from_str(&home.ok(&["model", "show", "smollm2-tools", "--json"])).unwrap();
+    assert!(shown["chat_template"].is_string(), "{shown}");
+    assert_ne!(shown["chat_template"], shown["weights"]);
     let reference = root().join("crates/models/fixtures/minilm-reference.json");
     let out = Command::new(&python)
         .arg(root().join("crates/cli/tests/openai_client.py"))
@@ -141,7 +172,10 @@ fn models_are_imported_run_and_served_to_the_openai_client() {
     );
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
-    assert_eq!(r["models"], serde_json::json!(["minilm", "smollm2"]));
+    assert_eq!(
+        r["models"],
+        serde_json::json!(["minilm", "smollm2", "smollm2-tools"])
+    );
     let chat = &r["chat"];
     assert!(
         chat["content"].as_str().unwrap().contains("Paris"),
@@ -224,6 +258,28 @@ fn models_are_imported_run_and_served_to_the_openai_client() {
         r["tool_stream"]
     );
     assert_eq!(r["tool_stream"]["args"], tc["args"], "{}", r["tool_stream"]);
+    assert!(
+        tc["written"].as_str().unwrap().starts_with('{')
+            && tc["written"].as_str().unwrap().contains("\"tool_call\""),
+        "SmolLM2's own template has no tool syntax: the JSON envelope ({tc})"
+    );
+    // The model whose template has tool syntax: the call written in that syntax, parsed the
+    // same way; the result sent back (a `role: tool` message the template renders itself)
+    // is answered; streamed, the same call.
+    let native = &r["native"];
+    let tc = &native["tool_call"];
+    assert!(
+        tc["written"]
+            .as_str()
+            .unwrap()
+            .starts_with("<tool_call>\n{\"name\": \"get_weather\""),
+        "{tc}"
+    );
+    assert_eq!(tc["name"], "get_weather", "{tc}");
+    assert_eq!(tc["finish_reason"], "tool_calls", "{tc}");
+    assert!(tc["args"]["city"].is_string(), "{tc}");
+    assert_eq!(native["after_tool"]["answered"], true, "{native}");
+    assert_eq!(native["tool_stream"]["args"], tc["args"], "{native}");
     assert_eq!(
         r["concurrency"],
         serde_json::json!(["long: started", "others: done", "long: done"])
@@ -309,7 +365,7 @@ fn models_are_imported_run_and_served_to_the_openai_client() {
     assert!(remote["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
     // `sov model ls` through the API.
     let ls: Value = serde_json::from_str(&home.ok(&["model", "ls", "--json"])).unwrap();
-    assert_eq!(ls.as_array().unwrap().len(), 2);
+    assert_eq!(ls.as_array().unwrap().len(), 3);
 
     let pid = home.pid();
     signal(pid, "-TERM");

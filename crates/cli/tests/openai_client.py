@@ -138,24 +138,36 @@ tools = [{"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
                    "required": ["city", "unit"], "additionalProperties": False}}}]
 ask = [{"role": "user", "content": "What is the weather in Paris?"}]
-r = client.chat.completions.create(model="smollm2", messages=ask, tools=tools, tool_choice="required",
-                                   temperature=0, max_tokens=60)
-m = r.choices[0].message
-call = m.tool_calls[0]
-out["tool_call"] = {"name": call.function.name, "args": json.loads(call.function.arguments),
-                    "finish_reason": r.choices[0].finish_reason, "id": call.id, "content": m.content}
-follow = ask + [m.model_dump(exclude_none=True),
-                {"role": "tool", "tool_call_id": call.id, "content": "18 degrees celsius, sunny"}]
-r = client.chat.completions.create(model="smollm2", messages=follow, tools=tools, temperature=0, max_tokens=60)
-m = r.choices[0].message
-out["after_tool"] = {"finish_reason": r.choices[0].finish_reason,
-                     "answered": bool(m.content) or bool(m.tool_calls)}
-name, args = None, ""
-for chunk in client.chat.completions.create(model="smollm2", messages=ask, tools=tools, tool_choice="required",
-                                            temperature=0, max_tokens=60, stream=True):
-    for c in chunk.choices:
-        for tc in c.delta.tool_calls or []:
-            name = tc.function.name or name
-            args += tc.function.arguments or ""
-out["tool_stream"] = {"name": name, "args": json.loads(args) if args else None}
+
+
+def tool_calls(model):
+    """A call asked of `model`, its result sent back, and the call streamed. The tokens the
+    model wrote for the call (from its log-probabilities) show in which syntax it wrote it."""
+    r = client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice="required",
+                                       temperature=0, max_tokens=60, logprobs=True, top_logprobs=0)
+    m = r.choices[0].message
+    call = m.tool_calls[0]
+    found = {"name": call.function.name, "args": json.loads(call.function.arguments),
+             "finish_reason": r.choices[0].finish_reason, "id": call.id, "content": m.content,
+             "written": "".join(t.token for t in r.choices[0].logprobs.content)}
+    follow = ask + [m.model_dump(exclude_none=True),
+                    {"role": "tool", "tool_call_id": call.id, "content": "18 degrees celsius, sunny"}]
+    r = client.chat.completions.create(model=model, messages=follow, tools=tools, temperature=0, max_tokens=60)
+    m = r.choices[0].message
+    after = {"finish_reason": r.choices[0].finish_reason, "answered": bool(m.content) or bool(m.tool_calls)}
+    name, args = None, ""
+    for chunk in client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice="required",
+                                                temperature=0, max_tokens=60, stream=True):
+        for c in chunk.choices:
+            for tc in c.delta.tool_calls or []:
+                name = tc.function.name or name
+                args += tc.function.arguments or ""
+    return found, after, {"name": name, "args": json.loads(args) if args else None}
+
+
+# SmolLM2's own template has no tool syntax: the JSON envelope. "smollm2-tools" is the same
+# weights imported with Qwen 2.5's template (`--chat-template`): that template's syntax.
+out["tool_call"], out["after_tool"], out["tool_stream"] = tool_calls("smollm2")
+native = tool_calls("smollm2-tools")
+out["native"] = {"tool_call": native[0], "after_tool": native[1], "tool_stream": native[2]}
 print(json.dumps(out))

@@ -24,6 +24,9 @@ use crate::{Error, Result};
 
 /// Whitespace bytes allowed in a row between tokens of JSON (a model must not loop on it).
 const MAX_WS: u8 = 16;
+/// Whitespace bytes allowed after the whole value: one line break ends it; more would only
+/// let a model run on in blank lines until its token limit.
+const MAX_TRAILING_WS: u8 = 1;
 /// Most properties one object schema may declare (the matcher keeps them in a bit set).
 pub const MAX_PROPERTIES: usize = 64;
 /// Most nodes a compiled schema may have.
@@ -71,6 +74,12 @@ pub struct Grammar {
     any_literals: u32,
     /// An object of any keys and values (what [`Node::Any`] opens with `{`).
     any_object: u32,
+    /// Literal text before the value (a template's tool syntax: `<tool_call>\n`).
+    before: Vec<u8>,
+    /// Literal text after it (`\n</tool_call>`).
+    after: Vec<u8>,
+    /// Whether text that departs from `before` is free (the model answers in words).
+    or_words: bool,
 }
 
 impl Grammar {
@@ -81,6 +90,9 @@ impl Grammar {
             root: 0,
             any_literals: 0,
             any_object: 0,
+            before: Vec::new(),
+            after: Vec::new(),
+            or_words: false,
         };
         g.any_literals = g.push(Node::Literals(vec![
             b"true".to_vec(),
@@ -119,6 +131,20 @@ impl Grammar {
             }
         }
         Ok(g)
+    }
+
+    /// The value between literal texts: `before`, the value, `after` (a template's tool
+    /// syntax). With `or_words`, output that departs from `before` is free text, an answer in
+    /// words instead (the output may also be empty); output that follows `before` whole
+    /// is held to the value and `after`.
+    ///
+    /// Without `before`, with `or_words`: output whose first byte can open the value is the
+    /// value, any other is words.
+    pub fn framed(mut self, before: &str, after: &str, or_words: bool) -> Self {
+        self.before = before.as_bytes().to_vec();
+        self.after = after.as_bytes().to_vec();
+        self.or_words = or_words;
+        self
     }
 
     fn push(&mut self, n: Node) -> u32 {
@@ -365,8 +391,18 @@ enum ObjSt {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Frame {
-    /// The bottom: one value, then only whitespace.
+    /// The bottom: one value, then only whitespace (or the grammar's `after` text).
     Root { done: bool, ws: u8 },
+    /// Inside the grammar's `before` text, `pos` bytes matched (above the root's value).
+    Before { pos: u32 },
+    /// Inside its `after` text, `pos` bytes matched (the whole stack).
+    After { pos: u32 },
+    /// Free text: the output departed from `before` (the whole stack).
+    Words,
+    /// Before the first byte of a value that may instead be words (no `before` text), `ws`
+    /// whitespace bytes read: the first other byte opens the value if it can, else starts
+    /// words (above the root's value).
+    Gate { ws: u8 },
     /// A value of `node` is next (leading whitespace allowed).
     Value { node: u32, ws: u8 },
     /// Inside literal `alt` of `node`, `pos` bytes matched.
@@ -589,9 +625,46 @@ impl Grammar {
         let Some(top) = stack.pop() else { return };
         match top {
             Frame::Root { done, ws } => {
-                if done && is_ws(b) && ws < MAX_WS {
+                if done && self.after.first() == Some(&b) {
+                    out.push(vec![Frame::After { pos: 1 }]);
+                }
+                if done && is_ws(b) && ws < MAX_TRAILING_WS {
                     stack.push(Frame::Root { done, ws: ws + 1 });
                     out.push(stack);
+                }
+            }
+            Frame::Before { pos } => {
+                if self.before.get(pos as usize) == Some(&b) {
+                    if pos as usize + 1 < self.before.len() {
+                        stack.push(Frame::Before { pos: pos + 1 });
+                    }
+                    out.push(stack);
+                } else if self.or_words {
+                    out.push(vec![Frame::Words]);
+                }
+            }
+            Frame::After { pos } => {
+                if self.after.get(pos as usize) == Some(&b) {
+                    out.push(vec![Frame::After { pos: pos + 1 }]);
+                }
+            }
+            Frame::Words => out.push(vec![Frame::Words]),
+            Frame::Gate { ws } => {
+                if is_ws(b) {
+                    if ws < MAX_WS {
+                        stack.push(Frame::Gate { ws: ws + 1 });
+                        out.push(stack);
+                    } else {
+                        out.push(vec![Frame::Words]);
+                    }
+                    return;
+                }
+                let mut opened = Vec::new();
+                self.step(stack, b, &mut opened);
+                if opened.is_empty() {
+                    out.push(vec![Frame::Words]);
+                } else {
+                    out.extend(opened);
                 }
             }
             Frame::Value { node, ws } => {
@@ -842,12 +915,18 @@ impl Matcher {
     /// At the start of the output.
     pub fn new(grammar: Arc<Grammar>) -> Self {
         let root = grammar.root;
+        let mut start = vec![
+            Frame::Root { done: false, ws: 0 },
+            Frame::Value { node: root, ws: 0 },
+        ];
+        if !grammar.before.is_empty() {
+            start.push(Frame::Before { pos: 0 });
+        } else if grammar.or_words {
+            start.push(Frame::Gate { ws: 0 });
+        }
         Matcher {
             grammar,
-            states: vec![vec![
-                Frame::Root { done: false, ws: 0 },
-                Frame::Value { node: root, ws: 0 },
-            ]],
+            states: vec![start],
         }
     }
 
@@ -894,11 +973,18 @@ impl Matcher {
         true
     }
 
-    /// Whether the text so far is one whole value (the generation may end here).
+    /// Whether the text so far is one whole value, with the text around it if the grammar
+    /// has some (the generation may end here).
     pub fn can_end(&self) -> bool {
+        let g = &self.grammar;
         self.states.iter().any(|s| match s.as_slice() {
-            [Frame::Root { done: true, .. }] => true,
-            [Frame::Root { done: false, .. }, Frame::Num { st, .. }] => num_accepting(*st),
+            [Frame::Root { done: true, .. }] => g.after.is_empty(),
+            [Frame::Root { done: false, .. }, Frame::Num { st, .. }] => {
+                g.after.is_empty() && num_accepting(*st)
+            }
+            [Frame::After { pos }] => *pos as usize == g.after.len(),
+            [Frame::Words] => true,
+            [_, _, Frame::Before { pos: 0 } | Frame::Gate { .. }] => g.or_words,
             _ => false,
         })
     }
@@ -1024,5 +1110,68 @@ mod tests {
             r#"{"kids": [{"kids": []}, {"kids": [{"kids": []}]}]}"#
         ));
         assert!(!whole(&g, r#"{"kids": [{}]}"#));
+    }
+
+    #[test]
+    fn a_framed_value_holds_its_text_around_it_or_gives_way_to_words() {
+        let schema = serde_json::json!({"type": "object", "properties": {"n": {"type": "integer"}},
+            "required": ["n"], "additionalProperties": false});
+        let call = Grammar::from_schema(&schema).unwrap();
+        let g = call
+            .clone()
+            .framed("<tool_call>\n", "\n</tool_call>", false);
+        assert!(whole(&g, "<tool_call>\n{\"n\": 1}\n</tool_call>"));
+        // Whitespace before the value and between it and the closing text is allowed.
+        assert!(whole(&g, "<tool_call>\n {\"n\": 1} \n</tool_call>"));
+        for no in [
+            "{\"n\": 1}",
+            "<tool_call>\n{\"n\": 1}",
+            "<tool_call>\n{\"n\": 1}\n</tool_cal",
+            "<tool_call>\n{\"n\": \"x\"}\n</tool_call>",
+            "Sure: <tool_call>\n{\"n\": 1}\n</tool_call>",
+            "<tool_call>\n{\"n\": 1}\n</tool_call>\nmore",
+            "",
+        ] {
+            assert!(!whole(&g, no), "{no:?}");
+        }
+        // A number as the whole value ends where the closing text begins.
+        let n = Grammar::from_schema(&serde_json::json!({"type": "integer"}))
+            .unwrap()
+            .framed("<", ">", false);
+        assert!(whole(&n, "<12>"));
+        assert!(!whole(&n, "<12"));
+        // Or words: text that departs from the opening is free, text that follows it is held.
+        let w = call.framed("<tool_call>\n", "\n</tool_call>", true);
+        for ok in [
+            "",
+            "It is sunny.",
+            "<tools are fine>",
+            "<tool_call>\n{\"n\": 2}\n</tool_call>",
+        ] {
+            assert!(whole(&w, ok), "{ok:?}");
+        }
+        assert!(!prefix(&w, "<tool_call>\n{\"m\""));
+        // Not an answer yet: neither words nor a call.
+        assert!(!whole(&w, "<tool"));
+        // No opening text: a first byte that can open the value opens it, any other is words.
+        let gate = Grammar::from_schema(&schema).unwrap().framed("", "", true);
+        for ok in [
+            "",
+            "{\"n\": 3}",
+            "\n {\"n\": 3}",
+            "Hello {\"n\": x}",
+            "\n\nHello",
+            " ",
+        ] {
+            assert!(whole(&gate, ok), "{ok:?}");
+        }
+        for no in ["{\"n\": \"x\"}", "{\"n\": 3", "{} hello", "\n{\"m\": 1}"] {
+            assert!(!whole(&gate, no), "{no:?}");
+        }
+        assert!(!whole(&w, "<tool_call>\n{\"n\": 2}"));
+        let mut m = Matcher::new(Arc::new(w));
+        assert!(m.advance(b"<tool_call>\n"));
+        assert!(!m.can_end());
+        assert!(!m.allows(b"x"));
     }
 }

@@ -236,6 +236,22 @@ impl LanguageModel {
         Ok(())
     }
 
+    /// Check that `source` can serve as this GGUF file's chat template: it parses, and it
+    /// renders a one-message chat.
+    pub fn check_template(g: &Gguf, source: &str) -> Result<()> {
+        let tokenizer = Tokenizer::from_gguf(g)?;
+        ChatTemplate::from_gguf_or(g, &tokenizer, Some(source))?
+            .render(&[Message::new("user", "Hello")], true)
+            .map(|_| ())
+    }
+
+    /// Use `source` as the chat template instead of the file's own (its BOS and EOS texts
+    /// kept).
+    pub fn set_chat_template(&mut self, source: &str) -> Result<()> {
+        self.template = self.template.with_source(source)?;
+        Ok(())
+    }
+
     /// Load a GGUF file's bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let g = Gguf::parse(bytes)?;
@@ -256,8 +272,28 @@ impl LanguageModel {
     /// assistant's answer starts. Special tokens written by the template become their ids;
     /// special tokens inside a message's text do too (as in llama.cpp's server).
     pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        let text = self.template.render(messages, true)?;
+        self.chat_prompt_with_tools(messages, None)
+    }
+
+    /// [`Self::chat_prompt`] for a request that may call `tools`: in the template's own tool
+    /// syntax where it has one, else described in the system message (see
+    /// [`crate::tools`]). Earlier calls and results in `messages` are written either way.
+    pub fn chat_prompt_with_tools(
+        &self,
+        messages: &[Message],
+        tools: Option<&crate::tools::Tools>,
+    ) -> Result<Vec<u32>> {
+        let syntax = self.template.tool_syntax();
+        let (messages, listed) = crate::tools::prompt_messages(messages, tools, syntax);
+        let text = self
+            .template
+            .render_with_tools(&messages, listed.as_ref(), true)?;
         self.text_prompt_special(&text)
+    }
+
+    /// The grammar a call of `tools` is held to, in this model's way of calling them.
+    pub fn tool_grammar(&self, tools: &crate::tools::Tools) -> Result<crate::constrain::Grammar> {
+        tools.grammar(self.template.tool_syntax())
     }
 
     /// Prompt tokens for plain text (a BOS first if the model asks for one); special tokens

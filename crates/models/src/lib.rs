@@ -20,6 +20,7 @@ pub mod quant;
 pub mod safetensors;
 pub mod sample;
 pub mod tokenizer;
+pub mod tools;
 pub mod wordpiece;
 
 /// What went wrong.

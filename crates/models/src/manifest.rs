@@ -63,6 +63,11 @@ pub struct ModelManifest {
     pub tokenizer: Option<ContentId>,
     /// The object holding the architecture's settings (`config.json`), if separate.
     pub config: Option<ContentId>,
+    /// The object holding a chat template that replaces the weights file's own (Jinja
+    /// source), if the importer gave one. Absent from manifests that have none, so those
+    /// made before it existed keep their bytes and signatures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<ContentId>,
     /// Number of parameters.
     pub parameters: u64,
     /// Longest context in tokens (0 for models that take no token sequence).

@@ -21,6 +21,7 @@ use std::{
     collections::HashMap,
     io::{Cursor, Read},
     path::Path,
+    path::PathBuf,
     sync::Mutex,
 };
 
@@ -64,6 +65,9 @@ pub struct ImportOptions {
     pub parent: Option<ContentId>,
     /// Creation time (Unix seconds).
     pub created: u64,
+    /// A chat template (a Jinja file) to use instead of the GGUF file's own, as llama.cpp's
+    /// `--chat-template-file`: for a file whose template is wrong or lacks tool syntax.
+    pub chat_template: Option<PathBuf>,
 }
 
 fn model_error(e: impl std::fmt::Display) -> Error {
@@ -85,6 +89,13 @@ fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
         )));
     }
     Ok((f, meta.len()))
+}
+
+/// A chat template file: UTF-8 text of at most [`sov_models::chat::MAX_TEMPLATE`] bytes.
+fn read_template(path: &Path) -> Result<String> {
+    let bytes = read_limited(path, sov_models::chat::MAX_TEMPLATE as u64)?;
+    String::from_utf8(bytes)
+        .map_err(|_| Error::Model(format!("{}: a chat template is UTF-8 text", path.display())))
 }
 
 fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
@@ -297,6 +308,16 @@ impl Registry<'_> {
             )));
         }
         let created = opts.created;
+        let template = match &opts.chat_template {
+            None => None,
+            Some(_) if path.is_dir() => {
+                return Err(Error::Model(
+                    "a chat template is for a language model's GGUF file, not a model folder"
+                        .into(),
+                ));
+            }
+            Some(t) => Some(read_template(t)?),
+        };
         let Files {
             desc,
             format: fmt,
@@ -344,6 +365,9 @@ impl Registry<'_> {
             let (g, _) = sov_models::gguf::Gguf::read_head(&mut file, len).map_err(model_error)?;
             let desc = manifest::describe_gguf(&g).map_err(model_error)?;
             LanguageModel::check_table(&g).map_err(model_error)?;
+            if let Some(t) = &template {
+                LanguageModel::check_template(&g, t).map_err(model_error)?;
+            }
             std::io::Seek::rewind(&mut file)
                 .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
             Files {
@@ -382,6 +406,17 @@ impl Registry<'_> {
         let tokenizer = tokenizer
             .map(|t| add_bytes(store, t, "tokenizer.json", "application/json", created))
             .transpose()?;
+        let chat_template = template
+            .map(|t| {
+                add_bytes(
+                    store,
+                    t.into_bytes(),
+                    "chat_template.jinja",
+                    "text/plain",
+                    created,
+                )
+            })
+            .transpose()?;
         let config = config
             .map(|c| add_bytes(store, c, "config.json", "application/json", created))
             .transpose()?;
@@ -394,6 +429,7 @@ impl Registry<'_> {
             weights_size,
             tokenizer,
             config,
+            chat_template,
             parameters: desc.parameters,
             context_length: desc.context_length,
             dimensions: desc.dimensions,
@@ -463,6 +499,7 @@ pub fn parts(m: &ModelManifest) -> Vec<ContentId> {
     let mut v = vec![m.weights];
     v.extend(m.tokenizer);
     v.extend(m.config);
+    v.extend(m.chat_template);
     v
 }
 
@@ -512,9 +549,16 @@ pub(crate) fn load(store: &Store, entry: &ModelEntry) -> Result<Loaded> {
     let m = &entry.manifest;
     let weights = read_object(store, &m.weights, Some(m.weights_size))?;
     match (m.kind, m.format.as_str()) {
-        (ModelKind::Language, format::GGUF) => Ok(Loaded::Language(Box::new(
-            LanguageModel::from_bytes(&weights).map_err(model_error)?,
-        ))),
+        (ModelKind::Language, format::GGUF) => {
+            let mut lm = LanguageModel::from_bytes(&weights).map_err(model_error)?;
+            if let Some(id) = &m.chat_template {
+                let source = String::from_utf8(read_object(store, id, None)?).map_err(|_| {
+                    Error::Model(format!("model {}: its chat template is not UTF-8", m.name))
+                })?;
+                lm.set_chat_template(&source).map_err(model_error)?;
+            }
+            Ok(Loaded::Language(Box::new(lm)))
+        }
         (ModelKind::Embedding, format::SAFETENSORS) => {
             let side = |id: Option<ContentId>, what: &str| -> Result<Vec<u8>> {
                 let id = id.ok_or_else(|| {

@@ -79,6 +79,10 @@ pub struct Generation {
     pub logprobs: Option<usize>,
     /// Keep the output to this grammar (`response_format`).
     pub constraint: Option<std::sync::Arc<sov_models::constrain::Grammar>>,
+    /// Tools a chat may call: written into the prompt in the model's way, and the answer
+    /// held to a call of one of them (or words, where the request allows) instead of
+    /// `constraint`.
+    pub tools: Option<std::sync::Arc<sov_models::tools::Tools>>,
     /// Whose prompt cache it may use (see [`sov_models::generate::Request::cache_scope`]):
     /// the gateway's caller, "" for the owner.
     pub cache_scope: String,
@@ -616,11 +620,15 @@ fn start(node: &Node, m: &LanguageModel, job: Job, running: &mut Vec<Running>) {
     let deadline = since + node.inner.config.request_timeout;
     let seq = (|| {
         let prompt = match &g.prompt {
-            Prompt::Chat(messages) => m.chat_prompt(messages),
+            Prompt::Chat(messages) => m.chat_prompt_with_tools(messages, g.tools.as_deref()),
             Prompt::Text(t) => m.text_prompt(t),
             Prompt::Tokens(ids) => m.token_prompt(ids),
         }
         .map_err(failure)?;
+        let constraint = match &g.tools {
+            Some(t) => Some(std::sync::Arc::new(m.tool_grammar(t).map_err(failure)?)),
+            None => g.constraint.clone(),
+        };
         let max_prompt = node.inner.config.max_prompt_tokens;
         if prompt.len() > max_prompt {
             return Err(Failure::ContextLength(format!(
@@ -635,7 +643,7 @@ fn start(node: &Node, m: &LanguageModel, job: Job, running: &mut Vec<Running>) {
             sampling: g.sampling.clone(),
             stop: g.stop.clone(),
             logprobs: g.logprobs,
-            constraint: g.constraint.clone(),
+            constraint,
             cache_scope: g.cache_scope.clone(),
         })
         .map_err(failure)
@@ -793,6 +801,7 @@ mod tests {
             stop: Vec::new(),
             logprobs: None,
             constraint: None,
+            tools: None,
             cache_scope: String::new(),
         };
         let long = g(Prompt::Text("x".repeat(30_000)), Some(100));

@@ -121,6 +121,7 @@ async fn ask(node: &Node, model: &str) -> String {
                 stop: Vec::new(),
                 logprobs: None,
                 constraint: None,
+                tools: None,
                 cache_scope: String::new(),
             },
         )
@@ -188,6 +189,7 @@ async fn outcome(
         stop: Vec::new(),
         logprobs: None,
         constraint: None,
+        tools: None,
         cache_scope: String::new(),
     };
     let mut events = node.generate(&entry, generation).await?;
@@ -313,6 +315,7 @@ async fn concurrent_requests_decode_together_and_each_gets_what_it_gets_alone() 
             stop: Vec::new(),
             logprobs: Some(1),
             constraint: None,
+            tools: None,
             cache_scope: String::new(),
         };
         receivers.push(node.generate(&entry, g).await.unwrap());

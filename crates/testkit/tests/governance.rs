@@ -181,6 +181,7 @@ async fn a_passed_promotion_is_served_under_the_groups_name_by_every_member() {
                 license: Some("Apache-2.0".into()),
                 parent: None,
                 created: 1_800_000_000,
+                chat_template: None,
             },
         )
         .await

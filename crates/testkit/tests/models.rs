@@ -19,6 +19,7 @@ fn opts(name: &str) -> ImportOptions {
         license: Some("Apache-2.0".into()),
         parent: None,
         created: 1_800_000_000,
+        chat_template: None,
     }
 }
 

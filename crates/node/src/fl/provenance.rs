@@ -108,6 +108,7 @@ impl Node {
         let dp = g.dp().map_err(|e| e.to_string())?;
         let bytes = sov_learn::wire::f32s_to_bytes(params);
         let manifest = ModelManifest {
+            chat_template: None,
             name,
             kind: ModelKind::Classifier,
             architecture: g.task.model.clone(),
