@@ -931,7 +931,7 @@ async fn complete(
                         c["index"] = json!(k);
                     }
                 }
-                let role = json!({"role": "assistant", "content": ""});
+                let role = json!({"role": "assistant", "content": null});
                 chunks.push(chunk(
                     json!([{"index": i, "delta": role, "logprobs": null, "finish_reason": null}]),
                 ));
@@ -1105,7 +1105,9 @@ fn events(
                 St::Start(first) => {
                     if api == Api::Chat {
                         for i in 0..n {
-                            let role = json!({"role": "assistant", "content": ""});
+                            // No content yet: null, as llama.cpp sends it (a client may
+                            // take an empty string for a piece of text).
+                            let role = json!({"role": "assistant", "content": null});
                             out.push(chunk(stream_choice(api, i, role, None), json!({})));
                         }
                     }
@@ -1122,6 +1124,8 @@ fn events(
                             p.0 = lp;
                         }
                     }
+                    // No empty pieces (their log-probabilities go with the next one).
+                    Some((_, Event::Text(t))) if t.is_empty() => {}
                     Some((i, Event::Text(t))) => {
                         let mut piece = stream_choice(api, i, json!({"content": t}), None);
                         if let Some(p) = progress.get_mut(i) {
