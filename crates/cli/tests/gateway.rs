@@ -130,30 +130,29 @@ fn models_are_imported_run_and_served_to_the_openai_client() {
     // The same weights with Qwen 2.5's chat template, which has tool syntax of its own
     // (imported through the running node's API). A template that does not parse is refused
     // and nothing is stored.
+    let import_with = |template: &std::path::Path| {
+        home.run(&[
+            "model",
+            "import",
+            gguf.to_str().unwrap(),
+            "--name",
+            "smollm2-tools",
+            "--chat-template",
+            template.to_str().unwrap(),
+        ])
+    };
     let broken = home.dir.path().join("broken.jinja");
     std::fs::write(&broken, "{% for m in messages %}").unwrap();
-    let refused = home.run(&[
-        "model",
-        "import",
-        gguf.to_str().unwrap(),
-        "--name",
-        "smollm2-tools",
-        "--chat-template",
-        broken.to_str().unwrap(),
-    ]);
+    let refused = import_with(&broken);
     assert!(!refused.status.success());
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(why.contains("template"), "{why}");
-    let qwen = models.join("llama-templates/Qwen-Qwen2.5-7B-Instruct.jinja");
-    home.ok(&[
-        "model",
-        "import",
-        gguf.to_str().unwrap(),
-        "--name",
-        "smollm2-tools",
-        "--chat-template",
-        qwen.to_str().unwrap(),
-    ]);
+    let imported = import_with(&models.join("llama-templates/Qwen-Qwen2.5-7B-Instruct.jinja"));
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
     let shown: Value =
         serde_json::from_str(&home.ok(&["model", "show", "smollm2-tools", "--json"])).unwrap();
     assert!(shown["chat_template"].is_string(), "{shown}");

@@ -280,60 +280,63 @@ fn py_json(
             "tojson: nested too deeply",
         ));
     }
-    let (sep, colon) = (if indent.is_some() { "," } else { ", " }, ": ");
+    let quote = |s: &str, out: &mut String| {
+        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+    };
+    let (open, close, keyed) = match v.kind() {
+        K::Undefined | K::None => {
+            out.push_str("null");
+            return Ok(());
+        }
+        K::Bool => {
+            out.push_str(if v.is_true() { "true" } else { "false" });
+            return Ok(());
+        }
+        K::Number => {
+            out.push_str(&v.to_string());
+            return Ok(());
+        }
+        K::String => {
+            quote(v.as_str().unwrap_or_default(), out);
+            return Ok(());
+        }
+        K::Map => ('{', '}', true),
+        K::Seq | K::Iterable => ('[', ']', false),
+        _ => {
+            quote(&v.to_string(), out);
+            return Ok(());
+        }
+    };
+    // Items (a map's keys and values, or a list's items), as Python lays them out.
     let newline = |out: &mut String, level: usize| {
         if let Some(n) = indent {
             out.push('\n');
             out.extend(std::iter::repeat_n(' ', n * level));
         }
     };
-    let quote = |s: &str, out: &mut String| {
-        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
-    };
-    match v.kind() {
-        K::Undefined | K::None => out.push_str("null"),
-        K::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
-        K::Number => out.push_str(&v.to_string()),
-        K::String => quote(v.as_str().unwrap_or_default(), out),
-        K::Map => {
-            out.push('{');
-            let mut first = true;
-            for k in v.try_iter()? {
-                if !first {
-                    out.push_str(sep);
-                }
-                first = false;
-                newline(out, depth + 1);
-                match k.as_str() {
-                    Some(s) => quote(s, out),
-                    None => quote(&k.to_string(), out),
-                }
-                out.push_str(colon);
-                py_json(&v.get_item(&k)?, indent, depth + 1, out)?;
-            }
-            if !first {
-                newline(out, depth);
-            }
-            out.push('}');
+    out.push(open);
+    let mut first = true;
+    for item in v.try_iter()? {
+        if !first {
+            out.push_str(if indent.is_some() { "," } else { ", " });
         }
-        K::Seq | K::Iterable => {
-            out.push('[');
-            let mut first = true;
-            for item in v.try_iter()? {
-                if !first {
-                    out.push_str(sep);
-                }
-                first = false;
-                newline(out, depth + 1);
-                py_json(&item, indent, depth + 1, out)?;
+        first = false;
+        newline(out, depth + 1);
+        if keyed {
+            match item.as_str() {
+                Some(s) => quote(s, out),
+                None => quote(&item.to_string(), out),
             }
-            if !first {
-                newline(out, depth);
-            }
-            out.push(']');
+            out.push_str(": ");
+            py_json(&v.get_item(&item)?, indent, depth + 1, out)?;
+        } else {
+            py_json(&item, indent, depth + 1, out)?;
         }
-        _ => quote(&v.to_string(), out),
     }
+    if !first {
+        newline(out, depth);
+    }
+    out.push(close);
     Ok(())
 }
 
