@@ -445,6 +445,8 @@ struct ChatRequest {
     tools: Option<Value>,
     #[serde(default)]
     tool_choice: Option<Value>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -705,8 +707,9 @@ fn tool_calls(calls: Value) -> Result<Value, OaiError> {
 }
 
 /// A chat choice's message and finish reason. With tools, the answer is read back: calls
-/// become `tool_calls` (finish `tool_calls`), with the words before them as the content;
-/// words alone, or an answer cut short, stay as they are.
+/// become `tool_calls` (finish `tool_calls`, or `length` if the answer ran out of tokens
+/// after them, as llama.cpp says), with the words before them as the content; words alone,
+/// or an answer cut short, stay as they are.
 fn chat_message(o: &Output, with_tools: bool) -> (Value, &'static str) {
     if with_tools {
         let answer = tools::read(&o.text);
@@ -722,10 +725,14 @@ fn chat_message(o: &Output, with_tools: bool) -> (Value, &'static str) {
                     })
                 })
                 .collect();
+            let finish = match o.finish {
+                sov_models::generate::Finish::Length => "length",
+                _ => "tool_calls",
+            };
             return (
                 json!({"role": "assistant", "content": answer.content, "refusal": null,
                        "tool_calls": calls}),
-                "tool_calls",
+                finish,
             );
         }
         if let Some(words) = answer.content {
@@ -772,7 +779,7 @@ pub(crate) async fn chat_completions(
     let req: ChatRequest = parse(&body)?;
     let tools = tools::Tools::parse(req.tools.as_ref(), req.tool_choice.as_ref())
         .map_err(|e| OaiError::invalid(e.message, Some(e.param)))?
-        .map(Arc::new);
+        .map(|t| Arc::new(t.with_parallel(req.parallel_tool_calls.unwrap_or(true))));
     let msgs = messages(req.messages)?;
     if tools.is_some()
         && req

@@ -277,6 +277,9 @@ fn models_are_imported_run_and_served_to_the_openai_client() {
     assert_eq!(tc["name"], "get_weather", "{tc}");
     assert_eq!(tc["finish_reason"], "tool_calls", "{tc}");
     assert!(tc["args"]["city"].is_string(), "{tc}");
+    // (Several calls may come in one answer: parallel_tool_calls; each has its own id.)
+    assert!(tc["calls"].as_u64().unwrap() >= 1, "{tc}");
+    assert_eq!(tc["ids_distinct"], true, "{tc}");
     assert_eq!(native["after_tool"]["answered"], true, "{native}");
     assert_eq!(native["tool_stream"]["args"], tc["args"], "{native}");
     assert_eq!(

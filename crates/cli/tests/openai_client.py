@@ -144,11 +144,12 @@ def tool_calls(model):
     """A call asked of `model`, its result sent back, and the call streamed. The tokens the
     model wrote for the call (from its log-probabilities) show in which syntax it wrote it."""
     r = client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice="required",
-                                       temperature=0, max_tokens=60, logprobs=True, top_logprobs=0)
+                                       temperature=0, max_tokens=200, logprobs=True, top_logprobs=0)
     m = r.choices[0].message
     call = m.tool_calls[0]
     found = {"name": call.function.name, "args": json.loads(call.function.arguments),
              "finish_reason": r.choices[0].finish_reason, "id": call.id, "content": m.content,
+             "calls": len(m.tool_calls), "ids_distinct": len({c.id for c in m.tool_calls}) == len(m.tool_calls),
              "written": "".join(t.token for t in r.choices[0].logprobs.content)}
     follow = ask + [m.model_dump(exclude_none=True),
                     {"role": "tool", "tool_call_id": call.id, "content": "18 degrees celsius, sunny"}]

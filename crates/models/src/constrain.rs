@@ -80,6 +80,8 @@ pub struct Grammar {
     after: Vec<u8>,
     /// Whether text that departs from `before` is free (the model answers in words).
     or_words: bool,
+    /// Whether another framed value may follow `after` (several tool calls in one answer).
+    repeat: bool,
 }
 
 impl Grammar {
@@ -93,6 +95,7 @@ impl Grammar {
             before: Vec::new(),
             after: Vec::new(),
             or_words: false,
+            repeat: false,
         };
         g.any_literals = g.push(Node::Literals(vec![
             b"true".to_vec(),
@@ -144,6 +147,13 @@ impl Grammar {
         self.before = before.as_bytes().to_vec();
         self.after = after.as_bytes().to_vec();
         self.or_words = or_words;
+        self
+    }
+
+    /// After a framed value's `after`, another may follow (a line break between them
+    /// allowed): `before`, a value, `after`, as many times as the output has room for.
+    pub fn repeated(mut self) -> Self {
+        self.repeat = !self.before.is_empty();
         self
     }
 
@@ -393,9 +403,11 @@ enum ObjSt {
 enum Frame {
     /// The bottom: one value, then only whitespace (or the grammar's `after` text).
     Root { done: bool, ws: u8 },
-    /// Inside the grammar's `before` text, `pos` bytes matched (above the root's value).
-    Before { pos: u32 },
-    /// Inside its `after` text, `pos` bytes matched (the whole stack).
+    /// Inside the grammar's `before` text, `pos` bytes matched (above the root's value);
+    /// `first`: of the first value (only there may the output turn to words).
+    Before { pos: u32, first: bool },
+    /// Inside its `after` text, `pos` bytes matched (the whole stack); past its end, the
+    /// whitespace read after it.
     After { pos: u32 },
     /// Free text: the output departed from `before` (the whole stack).
     Words,
@@ -633,19 +645,43 @@ impl Grammar {
                     out.push(stack);
                 }
             }
-            Frame::Before { pos } => {
+            Frame::Before { pos, first } => {
                 if self.before.get(pos as usize) == Some(&b) {
                     if pos as usize + 1 < self.before.len() {
-                        stack.push(Frame::Before { pos: pos + 1 });
+                        stack.push(Frame::Before {
+                            pos: pos + 1,
+                            first,
+                        });
                     }
                     out.push(stack);
-                } else if self.or_words {
+                } else if self.or_words && first {
                     out.push(vec![Frame::Words]);
                 }
             }
             Frame::After { pos } => {
+                let end = self.after.len() as u32;
                 if self.after.get(pos as usize) == Some(&b) {
                     out.push(vec![Frame::After { pos: pos + 1 }]);
+                } else if self.repeat && pos >= end {
+                    if is_ws(b) && pos < end + 2 {
+                        out.push(vec![Frame::After { pos: pos + 1 }]);
+                    } else if self.before.first() == Some(&b) {
+                        // The next value opens.
+                        let mut next = vec![
+                            Frame::Root { done: false, ws: 0 },
+                            Frame::Value {
+                                node: self.root,
+                                ws: 0,
+                            },
+                        ];
+                        if self.before.len() > 1 {
+                            next.push(Frame::Before {
+                                pos: 1,
+                                first: false,
+                            });
+                        }
+                        out.push(next);
+                    }
                 }
             }
             Frame::Words => out.push(vec![Frame::Words]),
@@ -920,7 +956,10 @@ impl Matcher {
             Frame::Value { node: root, ws: 0 },
         ];
         if !grammar.before.is_empty() {
-            start.push(Frame::Before { pos: 0 });
+            start.push(Frame::Before {
+                pos: 0,
+                first: true,
+            });
         } else if grammar.or_words {
             start.push(Frame::Gate { ws: 0 });
         }
@@ -982,9 +1021,9 @@ impl Matcher {
             [Frame::Root { done: false, .. }, Frame::Num { st, .. }] => {
                 g.after.is_empty() && num_accepting(*st)
             }
-            [Frame::After { pos }] => *pos as usize == g.after.len(),
+            [Frame::After { pos }] => *pos as usize >= g.after.len(),
             [Frame::Words] => true,
-            [_, _, Frame::Before { pos: 0 } | Frame::Gate { .. }] => g.or_words,
+            [_, _, Frame::Before { pos: 0, .. } | Frame::Gate { .. }] => g.or_words,
             _ => false,
         })
     }
@@ -1153,6 +1192,27 @@ mod tests {
         assert!(!prefix(&w, "<tool_call>\n{\"m\""));
         // Not an answer yet: neither words nor a call.
         assert!(!whole(&w, "<tool"));
+        // Repeated: several framed values, a line break between them, never words after one.
+        let many = Grammar::from_schema(&schema)
+            .unwrap()
+            .framed("<tool_call>\n", "\n</tool_call>", true)
+            .repeated();
+        let one = "<tool_call>\n{\"n\": 1}\n</tool_call>";
+        for ok in [
+            one.to_string(),
+            format!("{one}\n{one}"),
+            format!("{one}{one}\n"),
+        ] {
+            assert!(whole(&many, &ok), "{ok:?}");
+        }
+        for no in [
+            format!("{one}\nand words"),
+            format!("{one}\n<tools>"),
+            format!("{one}\n<tool_call>\n{{\"n\": \"x\"}}\n</tool_call>"),
+            format!("{one}\n<tool_call>\n"),
+        ] {
+            assert!(!whole(&many, &no), "{no:?}");
+        }
         // No opening text: a first byte that can open the value opens it, any other is words.
         let gate = Grammar::from_schema(&schema).unwrap().framed("", "", true);
         for ok in [

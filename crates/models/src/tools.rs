@@ -74,6 +74,8 @@ enum Choice {
 pub struct Tools {
     list: Vec<Tool>,
     choice: Choice,
+    /// Whether one answer may hold several calls (OpenAI's `parallel_tool_calls`).
+    parallel: bool,
 }
 
 fn bad(m: impl Into<String>, param: &'static str) -> OaiError {
@@ -173,7 +175,19 @@ impl Tools {
                 Choice::Named(name.to_owned())
             }
         };
-        Ok(Some(Tools { list, choice }))
+        Ok(Some(Tools {
+            list,
+            choice,
+            parallel: true,
+        }))
+    }
+
+    /// Allow one answer several calls, or only one (OpenAI's `parallel_tool_calls`, true
+    /// unless a request says otherwise). Only a syntax that writes calls one after another
+    /// (Hermes) has room for several; the others hold one.
+    pub fn with_parallel(mut self, parallel: bool) -> Self {
+        self.parallel = parallel;
+        self
     }
 
     /// The tools the answer may call.
@@ -202,11 +216,12 @@ impl Tools {
                     .allowed()
                     .map(|t| call(t, "name", "arguments"))
                     .collect();
-                Ok(Grammar::from_schema(&json!({ "anyOf": alts }))?.framed(
+                let g = Grammar::from_schema(&json!({ "anyOf": alts }))?.framed(
                     HERMES_OPEN,
                     HERMES_CLOSE,
                     auto,
-                ))
+                );
+                Ok(if self.parallel { g.repeated() } else { g })
             }
             // The whole answer is the call; under `auto`, an answer that does not open with
             // `{` is words (llama.cpp's lazy grammar for Llama 3 does the same).
@@ -360,6 +375,9 @@ pub fn read(text: &str) -> Answer {
                 content.push_str(&rest[..at]);
                 calls.push(call);
             }
+            // An unclosed block that does not parse, after whole calls, is a call cut short
+            // (the answer ran out of tokens): dropped, not shown as words.
+            _ if !closed && !calls.is_empty() => content.push_str(&rest[..at]),
             _ => {
                 let kept = if closed {
                     rest.len() - after.len()
@@ -566,11 +584,20 @@ mod tests {
         ));
         let req = Tools::parse(Some(&weather()), Some(&json!("required")))
             .unwrap()
-            .unwrap()
+            .unwrap();
+        let g = req.grammar(Some(ToolSyntax::Hermes)).unwrap();
+        assert!(allowed(&g, text));
+        assert!(!allowed(&g, "It is sunny in Oslo."));
+        // Several calls in one answer, unless the request says one.
+        let twice = format!("{text}\n{text}");
+        assert!(allowed(&g, &twice));
+        assert_eq!(read(&twice).calls.len(), 2);
+        let single = req
+            .with_parallel(false)
             .grammar(Some(ToolSyntax::Hermes))
             .unwrap();
-        assert!(allowed(&req, text));
-        assert!(!allowed(&req, "It is sunny in Oslo."));
+        assert!(allowed(&single, text));
+        assert!(!allowed(&single, &twice));
         let oslo = call("get_weather", r#"{"city":"Oslo"}"#);
         assert_eq!(
             read(text),
@@ -588,6 +615,15 @@ mod tests {
             Answer {
                 content: Some("Let me look.".into()),
                 calls: vec![oslo, call("get_weather", r#"{"city":"Rome"}"#)]
+            }
+        );
+        // A call cut short after a whole one is dropped.
+        let cut = format!("{text}\n<tool_call>\n{{\"name\": \"get_wea");
+        assert_eq!(
+            read(&cut),
+            Answer {
+                content: None,
+                calls: vec![call("get_weather", r#"{"city":"Oslo"}"#)]
             }
         );
         // A block that is not a call stays words; so does an answer with no call.
