@@ -1,7 +1,7 @@
 //! A request's tools, a conversation with earlier calls and results, and a model's answer
-//! never panic sov: the tools are read (and compiled to both grammars, which then follow the
-//! answer byte by byte), the conversation is written for a template with tool syntax and for
-//! one without, and the answer is read back. The bytes are cut in three: tools JSON,
+//! never panic sov: the tools are read (and compiled to the envelope, Hermes and Llama 3
+//! grammars, which then follow the answer byte by byte), the conversation is written for a
+//! template with tool syntax and for one without, and the answer is read back. The bytes are cut in three: tools JSON,
 //! messages JSON, answer text.
 #![no_main]
 
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(template) = ChatTemplate::new(TEMPLATE, "", "") else {
         return;
     };
-    let syntaxes = [None, Some(ToolSyntax::Hermes)];
+    let syntaxes = [None, Some(ToolSyntax::Hermes), Some(ToolSyntax::Llama3)];
     if let Ok(msgs) = serde_json::from_slice::<Vec<Message>>(messages) {
         for syntax in syntaxes {
             let (m, listed) = tools::prompt_messages(&msgs, parsed.as_ref(), syntax);
