@@ -13,6 +13,10 @@ pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + messag
 /// Longest template source accepted (templates with tools run to a few KiB).
 pub const MAX_TEMPLATE: usize = 256 << 10;
 
+/// Most template instructions one render may run (minijinja's fuel): real templates use a
+/// few thousand per message; a loop of a million runs out and is an error.
+const MAX_FUEL: u64 = 10_000_000;
+
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
@@ -172,6 +176,9 @@ impl ChatTemplate {
 
     fn env(&self) -> minijinja::Environment<'_> {
         let mut env = minijinja::Environment::new();
+        // A template from a peer's model file renders at load (the tool-syntax probe) and
+        // for every chat: its loops may not run on without end.
+        env.set_fuel(Some(MAX_FUEL));
         if let Ok(syntax) = env
             .syntax()
             .to_builder()
@@ -241,7 +248,10 @@ impl ChatTemplate {
                     ("content", minijinja::Value::from(m.content.as_str())),
                 ];
                 if let Some(calls) = &m.tool_calls {
-                    pairs.push(("tool_calls", json_value(calls)));
+                    pairs.push((
+                        "tool_calls",
+                        minijinja::Value::from(minijinja::value::Serde(calls)),
+                    ));
                 }
                 if let Some(id) = &m.tool_call_id {
                     pairs.push(("tool_call_id", minijinja::Value::from(id.as_str())));
@@ -251,7 +261,9 @@ impl ChatTemplate {
             .collect();
         // No tools: `tools` is undefined, as templates test it (`tools is defined`, `tools |
         // length`); Python's None would not be iterable, minijinja's none is.
-        let tools = tools.map_or(minijinja::Value::UNDEFINED, json_value);
+        let tools = tools.map_or(minijinja::Value::UNDEFINED, |t| {
+            minijinja::Value::from(minijinja::value::Serde(t))
+        });
         tmpl.render(minijinja::context! {
             messages => messages.as_slice(),
             tools => tools,
@@ -340,27 +352,6 @@ fn py_json(
     Ok(())
 }
 
-/// A JSON value as a template value (objects keep their key order).
-fn json_value(v: &serde_json::Value) -> minijinja::Value {
-    use serde_json::Value as J;
-    match v {
-        J::Null => minijinja::Value::from(()),
-        J::Bool(b) => minijinja::Value::from(*b),
-        J::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) => minijinja::Value::from(i),
-            (None, Some(f)) => minijinja::Value::from(f),
-            (None, None) => minijinja::Value::from(n.to_string()),
-        },
-        J::String(s) => minijinja::Value::from(s.as_str()),
-        J::Array(a) => minijinja::Value::from(a.iter().map(json_value).collect::<Vec<_>>()),
-        J::Object(o) => minijinja::Value::from_pairs(
-            o.iter()
-                .map(|(k, v)| (k.as_str(), json_value(v)))
-                .collect::<Vec<_>>(),
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,6 +411,14 @@ mod tests {
             out,
             "[{\"a\": [1, 2.5, true, null], \"e\": {}, \"é\": \"x\\\"y\"}]|{\n  \"a\": [\n    1,\n    2.5,\n    true,\n    null\n  ],\n  \"e\": {},\n  \"é\": \"x\\\"y\"\n}|[]"
         );
+        // A template whose loops would run a billion times runs out of fuel instead.
+        let slow = "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}x{% endfor %}{% endfor %}{% endfor %}";
+        let e = ChatTemplate::new(slow, "", "")
+            .unwrap()
+            .render(&[Message::new("user", "Hi")], true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fuel"), "{e}");
         // Nesting without end is refused, not followed.
         let mut deep = serde_json::json!(1);
         for _ in 0..100 {

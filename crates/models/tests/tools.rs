@@ -43,6 +43,13 @@ fn weather_and_time() -> Value {
     ])
 }
 
+/// Those tools under `choice` (`None`: auto).
+fn weather_and_time_tools(choice: Option<Value>) -> Tools {
+    Tools::parse(Some(&weather_and_time()), choice.as_ref())
+        .unwrap()
+        .unwrap()
+}
+
 /// A user's question, the assistant's call (arguments as OpenAI's JSON text) and its result.
 fn conversation() -> Vec<Message> {
     let mut asked = Message::new("assistant", "");
@@ -65,9 +72,7 @@ fn render(t: &ChatTemplate, messages: &[Message], tools: Option<&Tools>) -> Stri
 
 #[test]
 fn templates_with_tool_syntax_get_the_tools_the_calls_and_the_results() {
-    let tools = Tools::parse(Some(&weather_and_time()), None)
-        .unwrap()
-        .unwrap();
+    let tools = weather_and_time_tools(None);
     let hermes = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>";
     let llama = "<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}<|eot_id|>";
     for (name, syntax, call) in [
@@ -151,9 +156,7 @@ fn smollm2_under_qwens_template_calls_a_tool_in_its_syntax() {
     // Required: calls, in the template's syntax, read back with arguments their schemas
     // allow (SmolLM2 asks for the weather and the time at once); with parallel_tool_calls
     // false, exactly one.
-    let required = Tools::parse(Some(&weather_and_time()), Some(&json!("required")))
-        .unwrap()
-        .unwrap();
+    let required = weather_and_time_tools(Some(json!("required")));
     let single = required.clone().with_parallel(false);
     for (tools, seed) in [
         (&required, None),
@@ -182,12 +185,9 @@ fn smollm2_under_qwens_template_calls_a_tool_in_its_syntax() {
         }
     }
     // One named function: that one (as often as the model calls it).
-    let named = Tools::parse(
-        Some(&weather_and_time()),
-        Some(&json!({"type": "function", "function": {"name": "get_time"}})),
-    )
-    .unwrap()
-    .unwrap();
+    let named = weather_and_time_tools(Some(
+        json!({"type": "function", "function": {"name": "get_time"}}),
+    ));
     let read = tools::read(&answer(&m, &question, &named, None));
     assert!(!read.calls.is_empty());
     assert!(read.calls.iter().all(|c| c.name == "get_time"), "{read:?}");
@@ -199,9 +199,7 @@ fn smollm2_under_qwens_template_calls_a_tool_in_its_syntax() {
 fn smollm2_under_llama3s_template_calls_a_tool_in_its_syntax() {
     let m = smollm2_under(LLAMA3);
     let question = [Message::new("user", "What is the weather in Paris?")];
-    let required = Tools::parse(Some(&weather_and_time()), Some(&json!("required")))
-        .unwrap()
-        .unwrap();
+    let required = weather_and_time_tools(Some(json!("required")));
     for seed in [None, Some(1)] {
         let text = answer(&m, &question, &required, seed);
         let v: Value = serde_json::from_str(&text).unwrap();
@@ -216,9 +214,7 @@ fn smollm2_under_llama3s_template_calls_a_tool_in_its_syntax() {
 /// Under `auto`, after a call's result came back: each answer is words, or (if it opens as a
 /// call, with `opening`) one whole call.
 fn auto_answers_are_words_or_whole_calls(m: &LanguageModel, opening: &str) {
-    let auto = Tools::parse(Some(&weather_and_time()), None)
-        .unwrap()
-        .unwrap();
+    let auto = weather_and_time_tools(None);
     for seed in [None, Some(3), Some(4)] {
         let text = answer(m, &conversation(), &auto, seed);
         let read = tools::read(&text);

@@ -552,6 +552,16 @@ pub(crate) fn load(store: &Store, entry: &ModelEntry) -> Result<Loaded> {
         (ModelKind::Language, format::GGUF) => {
             let mut lm = LanguageModel::from_bytes(&weights).map_err(model_error)?;
             if let Some(id) = &m.chat_template {
+                // A manifest from a peer may name any object: its size is checked before it
+                // is read.
+                let max = sov_models::chat::MAX_TEMPLATE as u64;
+                let size = store.info(id)?.meta.map_or(u64::MAX, |meta| meta.size);
+                if size > max {
+                    return Err(Error::Model(format!(
+                        "model {}: its chat template object is larger than {max} bytes",
+                        m.name
+                    )));
+                }
                 let source = String::from_utf8(read_object(store, id, None)?).map_err(|_| {
                     Error::Model(format!("model {}: its chat template is not UTF-8", m.name))
                 })?;
